@@ -1,0 +1,23 @@
+"""shiftquant: differentiable power-of-two (shift) quantization-aware training.
+
+The public API, re-exported here; nothing is defined in this file.
+"""
+from .convert import (calibrate, get_slope, load_float_weights, quantize_model, quantized_layers,
+                      quantizers, set_slope)
+from .errors import (BundleError, CheckpointError, ConfigError, DataError, ExportError,
+                     ShiftQuantError)
+from .nn.layers import QuantConv2d, QuantLinear
+from .quant.quantizers import ShiftQuantizer, UniformQuantizer
+from .quant.scales import ActivationQuantizer, WeightQuantizer
+from .recipe import PRESETS, QuantRecipe
+from .summary import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationQuantizer", "BundleError", "CheckpointError", "ConfigError", "DataError",
+    "ExportError", "PRESETS", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
+    "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "calibrate", "get_slope",
+    "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "set_slope",
+    "summary", "__version__",
+]

@@ -1,0 +1,32 @@
+"""Errors raised on purpose by shiftquant. Every one derives from :class:`ShiftQuantError`."""
+
+
+class ShiftQuantError(Exception):
+    """Base class of every error shiftquant raises on purpose."""
+
+
+class ConfigError(ShiftQuantError, ValueError):
+    """A recipe, config or argument has a value outside what is allowed.
+
+    The message names the field, the bad value and the allowed values.
+    """
+
+    def __init__(self, field: str, value, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{field}={value!r} is invalid: allowed {allowed}")
+
+
+class CheckpointError(ShiftQuantError):
+    """A checkpoint or weight file is unreadable or of the wrong kind."""
+
+
+class BundleError(ShiftQuantError):
+    """An exported bundle is corrupt, truncated, of another version or was tampered with."""
+
+
+class ExportError(ShiftQuantError):
+    """A model cannot be exported with the guarantees the exporter gives."""
+
+
+class DataError(ShiftQuantError):
+    """A dataset is missing, unreadable or inconsistent."""

@@ -1,0 +1,80 @@
+"""Quantized layers: the original layer's forward with ``weight_quantizer`` / ``input_quantizer`` slots.
+
+:class:`QuantConv2d` and :class:`QuantLinear` are static subclasses of ``nn.Conv2d`` / ``nn.Linear``.
+:func:`QuantMixin.from_float` takes over an existing layer's attributes and parameters (no copy, no
+re-initialization), so every argument of the original layer is kept and its parameters stay the
+same objects. The class the layer came from is kept in ``float_class``: when that class has a
+forward of its own (timm's ``Conv2dSame`` pads dynamically, for example) it is that forward that
+runs, with the quantized weight in place of the float one.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.stateless import _reparametrize_module
+
+
+class QuantMixin:
+    """Shared behaviour of the quantized layers. Either quantizer slot may be ``None``."""
+
+    weight_quantizer: nn.Module | None
+    input_quantizer: nn.Module | None
+    float_class: type
+
+    @classmethod
+    def from_float(cls, layer: nn.Module, weight_quantizer=None, input_quantizer=None):
+        new = cls.__new__(cls)
+        # Own copies of the registries (parameters, buffers, hooks), so the float layer is left as
+        # it was; the parameter objects themselves are shared.
+        new.__dict__.update({k: type(v)(v) if isinstance(v, (dict, set)) else v
+                             for k, v in layer.__dict__.items()})
+        new.float_class = type(layer)
+        new.weight_quantizer = weight_quantizer
+        new.input_quantizer = input_quantizer
+        return new
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.weight_quantizer is None:
+            return self.weight
+        return self.weight_quantizer(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        w = self.quantized_weight()
+        if self.float_class.forward is type(self).plain_forward:
+            return self._forward_with_weight(x, w)
+        # A subclass with its own forward: run it with the quantized weight swapped in.
+        with _reparametrize_module(self, {"weight": w}):
+            return self.float_class.forward(self, x)
+
+
+class QuantConv2d(QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` (or a subclass of it) with quantized weight and input."""
+
+    plain_forward = nn.Conv2d.forward
+
+    def _forward_with_weight(self, x, w):
+        return self._conv_forward(x, w, self.bias)
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    """``nn.Linear`` (or a subclass of it) with quantized weight and input."""
+
+    plain_forward = nn.Linear.forward
+
+    def _forward_with_weight(self, x, w):
+        return nn.functional.linear(x, w, self.bias)
+
+
+QUANT_CLASSES: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+def quant_class_for(layer: nn.Module) -> type | None:
+    """The quantized class that can take over ``layer``, or ``None``."""
+    if isinstance(layer, QuantMixin):
+        return None
+    for base, quant in QUANT_CLASSES.items():
+        if isinstance(layer, base):
+            return quant
+    return None

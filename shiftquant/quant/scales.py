@@ -1,0 +1,152 @@
+"""Scale policies: how real-valued weights and activations are brought to scale units and back.
+
+Weights (per output channel):
+
+* ``pretrained_std`` (the seed): ``z = (w - mu_c) / (k * sigma_c)`` with statistics taken without
+  gradient, quantize, multiply by ``k * sigma_hat_c`` where ``sigma_hat_c`` is the channel's std at
+  conversion time, fixed. The seed drops the mean (``keep_mean=False``); ``keep_mean=True`` adds
+  ``mu_c`` back, which makes the policy the identity at ``eps = 1``.
+* ``learned_pot``: ``s_c = 2^round(l_c)`` with ``l_c`` a learned log2 scale (rounded with a
+  straight-through gradient), ``w_q = s_c * Q(w / s_c)``. The identity at ``eps = 1``.
+
+Activations (per tensor):
+
+* ``standardize`` (the seed): a BatchNorm without affine parameters, divide by ``k``, quantize,
+  multiply by ``k``. Not the identity at ``eps = 1``: it normalizes the layer input.
+* ``learned_pot``: ``s = 2^round(l)``, ``x_q = s * Q(x / s)``; for post-ReLU inputs use an
+  unsigned quantizer with a zero level. The identity at ``eps = 1``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import round_ste
+from .quantizers import Quantizer
+
+WEIGHT_POLICIES = ("pretrained_std", "learned_pot")
+ACT_POLICIES = ("standardize", "learned_pot")
+
+
+def channel_stats(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel mean and std of a weight, shaped to broadcast against it."""
+    flat = w.reshape(w.shape[0], -1)
+    correction = 1 if flat.shape[1] > 1 else 0
+    std = flat.std(dim=1, correction=correction, keepdim=True).clamp_min(1e-12)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    return flat.mean(dim=1, keepdim=True).reshape(shape), std.reshape(shape)
+
+
+def mse_pot_exponent(x: torch.Tensor, quantizer: Quantizer, search: int = 4) -> torch.Tensor:
+    """Per-row integer log2 scale minimizing ``||x - 2^e Q(x / 2^e)||^2`` for a 2-D ``x``.
+
+    Candidates are ``ceil(log2 max|x|) - search .. + 1``: the top level at or just above the
+    largest magnitude, and coarser clipping below it.
+    """
+    x = x.detach().float()
+    top = torch.ceil(torch.log2(x.abs().amax(dim=1).clamp_min(1e-12)))
+    best_err = torch.full_like(top, float("inf"))
+    best = top.clone()
+    for offset in range(-search, 2):
+        e = top + offset
+        s = torch.exp2(e)[:, None]
+        err = (x - s * quantizer.hard(x / s)).pow(2).sum(dim=1)
+        better = err < best_err
+        best = torch.where(better, e, best)
+        best_err = torch.where(better, err, best_err)
+    return best
+
+
+def pot_scale(log2_scale: torch.Tensor) -> torch.Tensor:
+    """``2^round(l)`` with a straight-through gradient to ``l``; always an exact power of two."""
+    return torch.exp2(round_ste(log2_scale))
+
+
+class WeightQuantizer(nn.Module):
+    """Quantizes a layer's weight in real units: a scale policy around a :class:`Quantizer`."""
+
+    def __init__(self, quantizer: Quantizer, weight: torch.Tensor, policy: str = "pretrained_std",
+                 clip_sigma: float = 3.0, keep_mean: bool = False):
+        super().__init__()
+        self.quantizer, self.policy = quantizer, policy
+        self.clip_sigma, self.keep_mean = float(clip_sigma), bool(keep_mean)
+        shape = (weight.shape[0],) + (1,) * (weight.dim() - 1)
+        if policy == "pretrained_std":
+            self.register_buffer("sigma_hat", torch.ones(shape))
+        elif policy == "learned_pot":
+            self.log2_scale = nn.Parameter(torch.zeros(shape))
+        else:
+            raise ValueError(f"weight policy {policy!r}: allowed {WEIGHT_POLICIES}")
+        self.reset(weight)
+
+    @torch.no_grad()
+    def reset(self, weight: torch.Tensor) -> None:
+        """Take the fixed statistics (or the initial learned scale) from ``weight``."""
+        if self.policy == "pretrained_std":
+            self.sigma_hat.copy_(channel_stats(weight)[1])
+        else:
+            flat = weight.reshape(weight.shape[0], -1)
+            self.log2_scale.copy_(mse_pot_exponent(flat, self.quantizer).reshape(self.log2_scale.shape))
+
+    def decompose(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z, scale, offset)`` with ``forward(w) = quantizer(z) * scale + offset``."""
+        if self.policy == "pretrained_std":
+            mu, sigma = channel_stats(w.detach())
+            z = (w - mu) / (self.clip_sigma * sigma)
+            offset = mu if self.keep_mean else torch.zeros_like(mu)
+            return z, self.clip_sigma * self.sigma_hat, offset
+        s = pot_scale(self.log2_scale)
+        return w / s, s, torch.zeros_like(s)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        z, scale, offset = self.decompose(w)
+        return self.quantizer(z) * scale + offset
+
+    def extra_repr(self) -> str:
+        return f"policy={self.policy!r}, clip_sigma={self.clip_sigma:g}, keep_mean={self.keep_mean}"
+
+
+class ActivationQuantizer(nn.Module):
+    """Quantizes a layer's input in real units; ``channel_dim`` is 1 for Conv, -1 for Linear."""
+
+    def __init__(self, quantizer: Quantizer, num_channels: int, policy: str = "standardize",
+                 clip_sigma: float = 3.0, channel_dim: int = 1):
+        super().__init__()
+        self.quantizer, self.policy = quantizer, policy
+        self.clip_sigma, self.channel_dim = float(clip_sigma), channel_dim
+        if policy == "standardize":
+            self.norm = nn.BatchNorm1d(num_channels, affine=False)
+        elif policy == "learned_pot":
+            self.log2_scale = nn.Parameter(torch.zeros(()))
+            self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        else:
+            raise ValueError(f"activation policy {policy!r}: allowed {ACT_POLICIES}")
+
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        # BatchNorm1d over (N, C, L): move channels to dim 1 and flatten the rest into L.
+        moved = x.movedim(self.channel_dim, 1)
+        flat = moved.reshape(moved.shape[0], moved.shape[1], -1)
+        return self.norm(flat).reshape(moved.shape).movedim(1, self.channel_dim)
+
+    def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, scale)`` with ``forward(x) = quantizer(z) * scale``."""
+        if self.policy == "standardize":
+            k = torch.tensor(self.clip_sigma, dtype=x.dtype, device=x.device)
+            return self._standardize(x) / k, k
+        s = pot_scale(self.log2_scale)
+        return x / s, s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, scale = self.decompose(x)
+        return self.quantizer(z) * scale
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set a learned power-of-two scale from a sample of inputs (no-op for ``standardize``)."""
+        if self.policy == "learned_pot":
+            sample = x.detach().reshape(1, -1)
+            self.log2_scale.fill_(float(mse_pot_exponent(sample, self.quantizer)[0]))
+            self.calibrated.fill_(True)
+
+    def extra_repr(self) -> str:
+        return f"policy={self.policy!r}, clip_sigma={self.clip_sigma:g}"
