@@ -99,13 +99,13 @@ def calibrate(model: nn.Module, batches: Iterable) -> int:
     ``batches`` yields model inputs, or ``(input, target)`` pairs. The model runs in eval mode, at
     ``eps = 1`` so that each layer sees the float network's activations; slopes and mode are restored.
     """
-    targets = [m for _, m in model.named_modules()
-               if isinstance(m, ActivationQuantizer) and m.policy == "learned_pot"]
-    if not targets:
+    layers = [m for _, m in quantized_layers(model)
+              if isinstance(m.input_quantizer, ActivationQuantizer) and m.input_quantizer.policy == "learned_pot"]
+    if not layers:
         return 0
-    samples: dict[int, list[torch.Tensor]] = {id(m): [] for m in targets}
+    samples: dict[int, list[torch.Tensor]] = {id(m): [] for m in layers}
     hooks = [m.register_forward_pre_hook(lambda mod, args: samples[id(mod)].append(args[0].detach()))
-             for m in targets]
+             for m in layers]
     old_eps = {name: q.eps for name, q in quantizers(model)}
     was_training = model.training
     try:
@@ -120,10 +120,10 @@ def calibrate(model: nn.Module, batches: Iterable) -> int:
         for name, q in quantizers(model):
             q.eps = old_eps[name]
         model.train(was_training)
-    for m in targets:
+    for m in layers:
         if samples[id(m)]:
-            m.calibrate(torch.cat([s.flatten() for s in samples[id(m)]]))
-    return len(targets)
+            m.input_quantizer.calibrate(torch.cat([s.flatten() for s in samples[id(m)]]))
+    return len(layers)
 
 
 @dataclass

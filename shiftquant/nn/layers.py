@@ -33,15 +33,19 @@ class QuantMixin:
         new.input_quantizer = input_quantizer
         return new
 
-    def quantized_weight(self) -> torch.Tensor:
-        if self.weight_quantizer is None:
-            return self.weight
-        return self.weight_quantizer(self.weight)
+    def quantized_weight(self, input_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight the layer computes with, times ``input_scale`` when given."""
+        if self.weight_quantizer is not None:
+            return self.weight_quantizer(self.weight, input_scale)
+        return self.weight if input_scale is None else self.weight * input_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_scale = None
         if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        w = self.quantized_weight()
+            # Codes times a scalar scale: the layer is linear in its input, so the scale is
+            # applied to the weight, which is much smaller than the activation.
+            x, input_scale = self.input_quantizer.quantize(x)
+        w = self.quantized_weight(input_scale)
         if self.float_class.forward is type(self).plain_forward:
             return self._forward_with_weight(x, w)
         # A subclass with its own forward: run it with the quantized weight swapped in.

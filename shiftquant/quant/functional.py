@@ -22,8 +22,6 @@ import torch
 
 ROUNDINGS = ("ceil", "nearest")
 GRAD_MODES = ("scaled", "raw")
-# frexp mantissas are in [0.5, 1); log2(m) rounds up to 0 when m >= sqrt(1/2).
-_SQRT_HALF = math.sqrt(0.5)
 
 
 def shift_min_exponent(shift_bits: int) -> int:
@@ -52,42 +50,80 @@ def _assemble_levels(mags: list[float], zero: bool, signed: bool) -> torch.Tenso
     return torch.tensor(sorted(values), dtype=torch.float64)
 
 
-def _apply_sign_and_zero(x: torch.Tensor, mag: torch.Tensor, smallest: float, zero: bool, signed: bool):
-    """Shared tail of both hard quantizers: zero level, sign, unsigned clipping."""
+def _apply_sign_and_zero(x: torch.Tensor, mag: torch.Tensor, smallest: float, zero: bool,
+                         signed: bool) -> torch.Tensor:
+    """Shared tail of both hard quantizers: zero level, sign, unsigned clipping.
+
+    ``mag`` is a fresh tensor of magnitudes and is modified in place (large temporaries cost more
+    than the arithmetic on a CPU).
+    """
     if zero:
         # Half the smallest level is the boundary between zero and the smallest level.
-        mag = torch.where(x.abs() < smallest / 2, torch.zeros_like(mag), mag)
+        mag.masked_fill_(x.abs() < smallest / 2, 0.0)
     if signed:
-        return torch.where(x > 0, mag, -mag)
-    # Unsigned: negative inputs are below every level; they go to the lowest one.
-    low = 0.0 if zero else smallest
-    return torch.where(x > 0, mag, torch.full_like(mag, low))
+        mag.copysign_(x)
+        if not zero:
+            mag.masked_fill_(x == 0, -smallest)  # +0.0 goes to the negative side too
+        return mag
+    # Unsigned: inputs at or below zero are below every level; they go to the lowest one.
+    return mag.masked_fill_(x <= 0, 0.0 if zero else smallest)
 
 
-def shift_exponent(absx: torch.Tensor, shift_bits: int, rounding: str) -> torch.Tensor:
-    """Integer exponent ``e`` in ``[-(2^s-1), 0]`` of the shift level for ``|x|`` (no zero handling).
+# Float layouts: the integer type of the same width, mantissa bits, exponent bias.
+_LAYOUTS = {
+    torch.float32: (torch.int32, 23, 127),
+    torch.float64: (torch.int64, 52, 1023),
+    torch.float16: (torch.int16, 10, 15),
+    torch.bfloat16: (torch.int16, 7, 127),
+}
 
-    Exact for every float (uses ``frexp``, not ``log2``): ``|x| = m * 2^k`` with ``m`` in [0.5, 1).
-    ``ceil(log2|x|)`` is ``k - 1`` when ``m == 0.5`` (an exact power of two) and ``k`` otherwise;
-    ``round(log2|x|)`` is ``k`` when ``m >= sqrt(1/2)`` and ``k - 1`` otherwise.
+
+def _layout(dtype: torch.dtype):
+    if dtype not in _LAYOUTS:
+        raise TypeError(f"shift quantization needs a floating point tensor, got {dtype}")
+    return _LAYOUTS[dtype]
+
+
+def _pow2_bits(exponent: int, dtype: torch.dtype) -> int:
+    """Bit pattern of the float ``2^exponent`` in ``dtype``, as a Python int."""
+    int_dtype, mant_bits, bias = _layout(dtype)
+    return (exponent + bias) << mant_bits
+
+
+def shift_magnitude(x: torch.Tensor, shift_bits: int, rounding: str) -> torch.Tensor:
+    """``2^e`` for ``|x|``, ``e`` in ``[-(2^s-1), 0]`` the ceil or nearest log2, on the bit pattern.
+
+    Positive floats are ordered like their bit patterns, and an exponent is the bits above the
+    mantissa. So ``ceil(log2|x|)`` adds ``mantissa_max`` and masks the mantissa off (a non-zero
+    mantissa carries into the exponent), and ``round(log2|x|)`` adds ``2^m - mantissa(sqrt 2)``
+    (a significand of at least sqrt 2 carries). Clipping to the levels is an integer clamp.
+    Exact for every float, subnormals and zero included (zero goes to the smallest level).
     """
-    mantissa, k = torch.frexp(absx)
+    int_dtype, mant_bits, _ = _layout(x.dtype)
+    mant_mask = (1 << mant_bits) - 1
     if rounding == "ceil":
-        e = torch.where(mantissa == 0.5, k - 1, k)
+        carry = mant_mask
     elif rounding == "nearest":
-        e = torch.where(mantissa >= _SQRT_HALF, k, k - 1)
+        sqrt2_mant = int(torch.tensor(math.sqrt(2.0), dtype=x.dtype).view(int_dtype)) & mant_mask
+        carry = (1 << mant_bits) - sqrt2_mant
     else:
         raise ValueError(f"rounding={rounding!r}: allowed {ROUNDINGS}")
-    # frexp(0) gives k = 0, which clamps to the top; zero handling happens in the caller.
-    return e.clamp(shift_min_exponent(shift_bits), 0)
+    pow2 = x.view(int_dtype) & ~(1 << (torch.iinfo(int_dtype).bits - 1))  # |x|
+    pow2.add_(carry).bitwise_and_(~mant_mask)
+    pow2.clamp_(_pow2_bits(shift_min_exponent(shift_bits), x.dtype), _pow2_bits(0, x.dtype))
+    return pow2.view(x.dtype)
+
+
+def shift_exponent(x: torch.Tensor, shift_bits: int, rounding: str) -> torch.Tensor:
+    """Integer exponent ``e`` of :func:`shift_magnitude` (``int64``)."""
+    int_dtype, mant_bits, bias = _layout(x.dtype)
+    return (shift_magnitude(x, shift_bits, rounding).view(int_dtype) >> mant_bits).long() - bias
 
 
 def shift_quantize(x: torch.Tensor, shift_bits: int, rounding: str = "ceil", zero: bool = False,
                    signed: bool = True) -> torch.Tensor:
     """Hard shift quantizer Q(x): every output is one of :func:`shift_levels`."""
-    e = shift_exponent(x.abs(), shift_bits, rounding)
-    mag = torch.ldexp(torch.ones_like(x), e)
-    mag = torch.where(x == 0, torch.full_like(x, 2.0 ** shift_min_exponent(shift_bits)), mag)
+    mag = shift_magnitude(x, shift_bits, rounding)
     return _apply_sign_and_zero(x, mag, 2.0 ** shift_min_exponent(shift_bits), zero, signed)
 
 
@@ -110,14 +146,18 @@ class _RelaxedQuantize(torch.autograd.Function):
     """Forward ``eps*x + (1-eps)*q`` (``q = Q(x)`` precomputed); backward multiplies by ``factor``."""
 
     @staticmethod
-    def forward(ctx, x, q, eps, factor):
+    def forward(ctx, x, q, eps, factor, scaled):
         ctx.save_for_backward(factor)
-        return eps * x + (1 - eps) * q
+        ctx.scaled = scaled
+        # lerp is exact at both ends: q at eps = 0, x at eps = 1.
+        return torch.lerp(q, x, eps)
 
     @staticmethod
     def backward(ctx, grad):
         (factor,) = ctx.saved_tensors
-        return grad * factor, None, None, None
+        if ctx.scaled:  # the factor is 1: skip a pass over the tensor
+            return grad, None, None, None, None
+        return grad * factor, None, None, None, None
 
 
 def gradient_factor(eps: torch.Tensor, grad: str) -> torch.Tensor:
@@ -139,7 +179,7 @@ def relax(x: torch.Tensor, q: torch.Tensor, eps: torch.Tensor, grad: str = "scal
     At ``eps = 0`` the output is exactly ``q`` (no float rounding from the blend).
     """
     eps = eps.to(x.dtype)
-    return _RelaxedQuantize.apply(x, q.detach(), eps, gradient_factor(eps, grad))
+    return _RelaxedQuantize.apply(x, q.detach(), eps, gradient_factor(eps, grad), grad == "scaled")
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

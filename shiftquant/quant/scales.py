@@ -31,10 +31,12 @@ ACT_POLICIES = ("standardize", "learned_pot")
 def channel_stats(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel mean and std of a weight, shaped to broadcast against it."""
     flat = w.reshape(w.shape[0], -1)
-    correction = 1 if flat.shape[1] > 1 else 0
-    std = flat.std(dim=1, correction=correction, keepdim=True).clamp_min(1e-12)
+    mean = flat.mean(dim=1, keepdim=True)
+    # The unbiased std as a norm of the centred rows: several times faster than aten::std on a CPU.
+    dof = max(flat.shape[1] - 1, 1)
+    std = (torch.linalg.vector_norm(flat - mean, dim=1, keepdim=True) / dof**0.5).clamp_min(1e-12)
     shape = (-1,) + (1,) * (w.dim() - 1)
-    return flat.mean(dim=1, keepdim=True).reshape(shape), std.reshape(shape)
+    return mean.reshape(shape), std.reshape(shape)
 
 
 def mse_pot_exponent(x: torch.Tensor, quantizer: Quantizer, search: int = 4) -> torch.Tensor:
@@ -92,15 +94,19 @@ class WeightQuantizer(nn.Module):
         """``(z, scale, offset)`` with ``forward(w) = quantizer(z) * scale + offset``."""
         if self.policy == "pretrained_std":
             mu, sigma = channel_stats(w.detach())
-            z = (w - mu) / (self.clip_sigma * sigma)
+            z = (w - mu) * (1.0 / (self.clip_sigma * sigma))
             offset = mu if self.keep_mean else torch.zeros_like(mu)
             return z, self.clip_sigma * self.sigma_hat, offset
         s = pot_scale(self.log2_scale)
         return w / s, s, torch.zeros_like(s)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The quantized weight, times ``out_scale`` when given (a layer folds its input scale here)."""
         z, scale, offset = self.decompose(w)
-        return self.quantizer(z) * scale + offset
+        if out_scale is not None:
+            scale, offset = scale * out_scale, offset * out_scale
+        out = self.quantizer(z) * scale
+        return out + offset if self.keep_mean else out
 
     def extra_repr(self) -> str:
         return f"policy={self.policy!r}, clip_sigma={self.clip_sigma:g}, keep_mean={self.keep_mean}"
@@ -122,23 +128,38 @@ class ActivationQuantizer(nn.Module):
         else:
             raise ValueError(f"activation policy {policy!r}: allowed {ACT_POLICIES}")
 
-    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
-        # BatchNorm1d over (N, C, L): move channels to dim 1 and flatten the rest into L.
+    def _standardize(self, x: torch.Tensor, gain: float) -> torch.Tensor:
+        """``self.norm(x) * gain``, with the gain folded into the normalization (one pass)."""
+        norm = self.norm
+        # BatchNorm over (N, C, L): move channels to dim 1 and flatten the rest into L.
         moved = x.movedim(self.channel_dim, 1)
         flat = moved.reshape(moved.shape[0], moved.shape[1], -1)
-        return self.norm(flat).reshape(moved.shape).movedim(1, self.channel_dim)
+        if self.training and norm.track_running_stats:
+            norm.num_batches_tracked.add_(1)
+        weight = torch.full((flat.shape[1],), gain, dtype=x.dtype, device=x.device)
+        out = nn.functional.batch_norm(flat, norm.running_mean, norm.running_var, weight, None,
+                                       self.training or norm.running_mean is None, norm.momentum, norm.eps)
+        return out.reshape(moved.shape).movedim(1, self.channel_dim)
 
     def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, scale)`` with ``forward(x) = quantizer(z) * scale``."""
         if self.policy == "standardize":
             k = torch.tensor(self.clip_sigma, dtype=x.dtype, device=x.device)
-            return self._standardize(x) / k, k
+            return self._standardize(x, 1.0 / self.clip_sigma), k
         s = pot_scale(self.log2_scale)
-        return x / s, s
+        return x * (1.0 / s), s
+
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(quantizer(z), scale)``: codes at the current slope and the scalar they are worth.
+
+        A layer multiplies its (small) weight by ``scale`` instead of the (large) activation.
+        """
+        z, scale = self.decompose(x)
+        return self.quantizer(z), scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z, scale = self.decompose(x)
-        return self.quantizer(z) * scale
+        q, scale = self.quantize(x)
+        return q * scale
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:

@@ -92,7 +92,7 @@ def test_zero_level_and_unsigned():
 
 
 def test_exact_near_powers_of_two():
-    """frexp-based exponents are exact where a float log2 would round."""
+    """Bit-pattern exponents are exact where a float log2 would round."""
     above = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0))
     below = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0))
     assert F.shift_quantize(above[None], 3).item() == 1.0

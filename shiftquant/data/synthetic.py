@@ -1,0 +1,24 @@
+"""Random images and labels for smoke runs (no files, any size)."""
+from __future__ import annotations
+
+import torch
+
+from .base import ImageDataModule, TensorImageDataset
+
+
+class SyntheticDataModule(ImageDataModule):
+    name = "synthetic"
+
+    def __init__(self, num_classes: int = 10, channels: int = 3, image_size: int = 32,
+                 train_size: int = 256, val_size: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes, self.channels, self.image_size = num_classes, channels, image_size
+        self.train_size, self.val_size = train_size, val_size
+
+    def build(self):
+        g = torch.Generator().manual_seed(self.seed)
+        n = self.train_size + self.val_size
+        x = torch.randn(n, self.channels, self.image_size, self.image_size, generator=g)
+        y = torch.randint(0, self.num_classes, (n,), generator=g)
+        t = self.train_size
+        return TensorImageDataset(x[:t], y[:t]), TensorImageDataset(x[t:], y[t:])

@@ -1,0 +1,129 @@
+"""Build classifiers by name and load local weights without executing code.
+
+Names: ``resnet20`` / ``resnet_tiny`` (CIFAR-style, :mod:`resnet_cifar`), ``torchvision:NAME``,
+``timm:NAME``, or a bare torchvision or timm name (torchvision first).
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from .resnet_cifar import resnet20, resnet_tiny
+
+LOCAL_MODELS = {"resnet20": resnet20, "resnet_tiny": resnet_tiny}
+# Containers in which trainers nest a state_dict, and the prefixes they add to its keys.
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_PREFIXES = ("model.", "module.", "_orig_mod.")
+
+
+def _resolve(name: str) -> tuple[str, str]:
+    import timm
+    import torchvision
+
+    if name in LOCAL_MODELS:
+        return "local", name
+    source, _, bare = name.rpartition(":")
+    if source not in ("", "torchvision", "timm"):
+        raise ConfigError("model.name", name, "resnet20, resnet_tiny, torchvision:NAME, timm:NAME or a bare name")
+    if source in ("", "torchvision") and bare in torchvision.models.list_models(torchvision.models):
+        return "torchvision", bare
+    if source in ("", "timm") and timm.is_model(bare):
+        return "timm", bare
+    raise ConfigError("model.name", name,
+                      "resnet20, resnet_tiny, or a torchvision classification / timm model name")
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    if hasattr(model, "reset_classifier"):  # timm
+        model.reset_classifier(num_classes)
+        return
+    name, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    if last.out_features != num_classes:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                nn.Linear(last.in_features, num_classes, bias=last.bias is not None))
+
+
+def build_model(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
+                weights: str | None = None) -> nn.Module:
+    """A float classifier. ``pretrained`` downloads hub weights; ``weights`` loads a local file."""
+    import timm
+    import torchvision
+
+    if pretrained and weights:
+        raise ConfigError("model.pretrained", pretrained, "false when model.weights is set (one source of weights)")
+    source, bare = _resolve(name)
+    if source == "local":
+        if pretrained:
+            raise ConfigError("model.pretrained", True, f"false for {name} (no hub weights); use model.weights")
+        model = LOCAL_MODELS[bare](num_classes=num_classes, in_chans=in_chans)
+    elif source == "torchvision":
+        if in_chans != 3:
+            raise ConfigError("data.channels", in_chans, "3 for torchvision models")
+        if pretrained:
+            model = torchvision.models.get_model(bare, weights="DEFAULT")
+            _replace_head(model, num_classes)
+        else:
+            model = torchvision.models.get_model(bare, weights=None, num_classes=num_classes)
+    else:
+        model = timm.create_model(bare, pretrained=pretrained, in_chans=in_chans)
+        _replace_head(model, num_classes)
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weight file: safetensors, or a torch file read with ``weights_only=True``.
+
+    Accepts a bare state_dict, a torchvision/timm checkpoint, or a Lightning checkpoint; nested
+    containers and the usual key prefixes (``model.``, ``module.``) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read weights from {path}: {type(exc).__name__}: {exc}"[:500]) from None
+    for key in _NESTED_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state_dict of tensors")
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local weight file into a float ``model``; refuses (changing nothing) when it does not fit."""
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    # A Lightning checkpoint of a distillation run also holds the teacher: keep the student.
+    if not set(sd) <= set(own):
+        sd = {k: v for k, v in sd.items() if not k.startswith("teacher.")}
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    wrong = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            detail.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if wrong:
+            k = sorted(wrong)[0]
+            detail.append(f"shape of {k}: expected {tuple(own[k].shape)}, found {tuple(sd[k].shape)}")
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}: " + "; ".join(detail))
+    model.load_state_dict(sd)
