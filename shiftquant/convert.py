@@ -92,38 +92,72 @@ def get_slope(model: nn.Module) -> float | None:
     return values.pop() if values else None
 
 
+_CALIBRATION_SAMPLE = 1 << 18  # values kept per batch for a learned scale's search
+
+
+class _Observer:
+    """Statistics of one quantized layer's inputs: per-channel moments, and a strided sample."""
+
+    def __init__(self, quantizer: ActivationQuantizer):
+        self.quantizer = quantizer
+        self.sum = self.sumsq = None
+        self.count = 0
+        self.samples: list[torch.Tensor] = []
+
+    def __call__(self, module, args):
+        x = args[0].detach().float()
+        if self.quantizer.policy == "standardize":
+            per_channel = x.movedim(self.quantizer.channel_dim, 0).reshape(x.shape[self.quantizer.channel_dim], -1)
+            s, sq = per_channel.sum(1), per_channel.square().sum(1)
+            self.sum = s if self.sum is None else self.sum + s
+            self.sumsq = sq if self.sumsq is None else self.sumsq + sq
+            self.count += per_channel.shape[1]
+        else:
+            flat = x.reshape(-1)
+            self.samples.append(flat[:: max(1, flat.numel() // _CALIBRATION_SAMPLE)])
+
+    def apply(self) -> None:
+        if self.count:
+            mean = self.sum / self.count
+            var = (self.sumsq / self.count - mean.square()).clamp_min(0) * self.count / max(self.count - 1, 1)
+            self.quantizer.set_statistics(mean, var)
+        elif self.samples:
+            self.quantizer.calibrate(torch.cat(self.samples))
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable) -> int:
-    """Set learned activation scales from real inputs (run before training); returns the count.
+    """Set activation statistics from real inputs before training; returns how many were set.
 
-    ``batches`` yields model inputs, or ``(input, target)`` pairs. The model runs in eval mode, at
-    ``eps = 1`` so that each layer sees the float network's activations; slopes and mode are restored.
+    Learned power-of-two scales get the scale that minimizes the quantization error of the
+    observed inputs; ``standardize`` policies get their normalization statistics (otherwise they
+    start from mean 0, variance 1). ``batches`` yields inputs, or ``(input, target)`` pairs. The
+    model runs in eval mode at ``eps = 1``, so each layer sees the float network's activations;
+    slopes and mode are restored afterwards.
     """
-    layers = [m for _, m in quantized_layers(model)
-              if isinstance(m.input_quantizer, ActivationQuantizer) and m.input_quantizer.policy == "learned_pot"]
+    layers = [m for _, m in quantized_layers(model) if isinstance(m.input_quantizer, ActivationQuantizer)]
     if not layers:
         return 0
-    samples: dict[int, list[torch.Tensor]] = {id(m): [] for m in layers}
-    hooks = [m.register_forward_pre_hook(lambda mod, args: samples[id(mod)].append(args[0].detach()))
-             for m in layers]
+    observers = [_Observer(m.input_quantizer) for m in layers]
+    hooks = [m.register_forward_pre_hook(obs) for m, obs in zip(layers, observers)]
     old_eps = {name: q.eps for name, q in quantizers(model)}
     was_training = model.training
     try:
         model.eval()
         set_slope(model, 1.0)
+        device = next(model.parameters()).device
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(next(model.parameters()).device))
+            model(x.to(device))
     finally:
         for h in hooks:
             h.remove()
         for name, q in quantizers(model):
             q.eps = old_eps[name]
         model.train(was_training)
-    for m in layers:
-        if samples[id(m)]:
-            m.input_quantizer.calibrate(torch.cat([s.flatten() for s in samples[id(m)]]))
-    return len(layers)
+    for obs in observers:
+        obs.apply()
+    return sum(1 for obs in observers if obs.count or obs.samples)
 
 
 @dataclass

@@ -163,3 +163,15 @@ def test_inductor_quantized_block_matches_eager():
     for eps in (1.0, 0.25, 0.0):
         sq.set_slope(block, eps)
         torch.testing.assert_close(compiled(x), block(x), atol=1e-4, rtol=1e-4)
+
+
+def test_calibrate_sets_standardize_statistics():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    sq.quantize_model(model, sq.QuantRecipe.preset("all", act_shift_bits=2))
+    x = 5 + 2 * torch.randn(16, 3, 10, 10)
+    x[:, 1] += 3
+    assert sq.calibrate(model, [x[:8], x[8:]]) == 1
+    norm = model[0].input_quantizer.norm
+    per_channel = x.transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(norm.running_mean, per_channel.mean(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(norm.running_var, per_channel.var(1), atol=1e-3, rtol=1e-3)

@@ -162,6 +162,12 @@ class ActivationQuantizer(nn.Module):
         return q * scale
 
     @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Normalization statistics of the ``standardize`` policy (per input channel)."""
+        self.norm.running_mean.copy_(mean)
+        self.norm.running_var.copy_(var)
+
+    @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
         """Set a learned power-of-two scale from a sample of inputs (no-op for ``standardize``)."""
         if self.policy == "learned_pot":

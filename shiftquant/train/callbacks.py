@@ -1,0 +1,86 @@
+"""Callbacks and plugins of a training run: metric history, rank agreement, atomic checkpoints."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+
+from ..errors import ShiftQuantError
+
+
+class MetricHistory(L.Callback):
+    """Keeps the validation metrics of every epoch (``val/acc``, ``val/hard_acc``, ``val/eps``)."""
+
+    def __init__(self):
+        self.epochs: list[dict] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        row = {"epoch": trainer.current_epoch + 1}
+        for key in ("val/acc", "val/hard_acc", "val/eps", "val/loss"):
+            if key in trainer.callback_metrics:
+                row[key.split("/", 1)[1]] = float(trainer.callback_metrics[key])
+        self.epochs.append(row)
+
+    def state_dict(self):
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict):
+        self.epochs = list(state_dict.get("epochs", []))
+
+
+def weights_checksum(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class RankAgreement(L.Callback):
+    """At the end of training, checks that every process holds the same weights.
+
+    Writes ``rank_agreement.json`` (one checksum per rank) into ``out_dir`` and raises when the
+    ranks disagree: a desynchronized data-parallel run is caught, not silently exported.
+    """
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        digest = weights_checksum(pl_module.model)
+        as_int = torch.tensor([int(digest[i:i + 8], 16) for i in range(0, 64, 8)], dtype=torch.int64)
+        gathered = pl_module.all_gather(as_int).reshape(-1, 8)
+        checksums = ["".join(f"{int(v):08x}" for v in row) for row in gathered]
+        if trainer.is_global_zero:
+            Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(self.out_dir) / "rank_agreement.json", "w") as f:
+                json.dump({"world_size": trainer.world_size, "checksums": checksums}, f)
+        if len(set(checksums)) != 1:
+            raise ShiftQuantError(f"data-parallel ranks ended with different weights: {checksums}")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file, flushes it, then renames it into place:
+    a crash (even SIGKILL) leaves either the previous checkpoint or the new one, never half of one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()

@@ -1,0 +1,233 @@
+"""``train(cfg)``: the whole run behind ``python train.py``.
+
+1. :func:`prepare` validates every part of the config and builds what needs no data (recipe,
+   schedules, data module, model name). A bad value raises here, before any data is read.
+2. Optional float stage (``float_stage.epochs > 0``): train the float model first.
+3. With a recipe: measure the float model (``fp_test_acc``), keep a frozen teacher when
+   distilling, convert, calibrate learned activation scales, validate the starting point.
+4. Main stage: ``trainer.max_epochs`` epochs with the slope and learning-rate schedules.
+5. Test at the final slope (``relaxed_test_acc``) and hard (eps = 0, ``hard_test_acc``); write
+   ``results.json`` in the run directory.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from ..convert import calibrate, quantize_model, set_slope
+from ..data import DATAMODULES, ImageDataModule
+from ..errors import ConfigError, ShiftQuantError
+from ..models.factory import _resolve, build_model
+from ..recipe import QuantRecipe
+from .callbacks import AtomicCheckpointIO, MetricHistory, RankAgreement
+from .module import OPTIMIZERS, ClassifierModule, frozen_copy
+from .schedules import Schedule, build_schedule
+
+
+@dataclass
+class Plan:
+    """Everything built from the config before any data is read."""
+
+    recipe: QuantRecipe | None
+    eps: Schedule | None
+    lr: Schedule
+    float_lr: Schedule | None
+    datamodule: ImageDataModule
+    epochs: int
+    float_epochs: int
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def _positive_int(name: str, value, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(name, value, f"an integer >= {low}")
+    return value
+
+
+def build_datamodule(data_cfg: dict, seed: int) -> ImageDataModule:
+    data_cfg = dict(data_cfg)
+    name = data_cfg.pop("name", None)
+    if name not in DATAMODULES:
+        raise ConfigError("data.name", name, "one of " + ", ".join(DATAMODULES))
+    cls = DATAMODULES[name]
+    allowed = set()
+    for klass in cls.__mro__:
+        if klass.__dict__.get("__init__") is not None and klass is not object:
+            allowed |= set(inspect.signature(klass.__init__).parameters) - {"self", "kwargs"}
+    for key, value in data_cfg.items():
+        if key not in allowed or key == "seed":
+            raise ConfigError(f"data.{key}", value, f"a field of data={name}: " + ", ".join(sorted(allowed - {"seed"})))
+    _positive_int("data.batch_size", data_cfg.get("batch_size", 1))
+    _positive_int("data.num_workers", data_cfg.get("num_workers", 0), allow_zero=True)
+    for key in ("train_subset", "val_subset"):
+        if data_cfg.get(key) is not None:
+            _positive_int(f"data.{key}", data_cfg[key])
+    dm = cls(seed=seed, **data_cfg)
+    if hasattr(dm, "check"):
+        dm.check()
+    return dm
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Validate the whole config; raises :class:`ShiftQuantError` naming the bad key."""
+    epochs = _positive_int("trainer.max_epochs", cfg.trainer.get("max_epochs"))
+    float_cfg = _plain(cfg.get("float_stage"))
+    float_epochs = _positive_int("float_stage.epochs", float_cfg.get("epochs", 0), allow_zero=True)
+    quant = _plain(cfg.get("quant"))
+    enabled = quant.pop("enabled", True)
+    recipe = QuantRecipe.from_dict(quant) if enabled else None
+    if recipe is None and float_epochs:
+        raise ConfigError("float_stage.epochs", float_epochs, "0 when quant=none (train with trainer.max_epochs)")
+    sched = _plain(cfg.schedule)
+    lr = build_schedule(sched.get("lr", {}), "schedule.lr", epochs, unit_interval=False, non_increasing=False)
+    eps = None
+    if recipe is not None:
+        eps = build_schedule(sched.get("eps", {}), "schedule.eps", epochs, unit_interval=True, non_increasing=True)
+    float_lr = None
+    if float_epochs:
+        float_lr = build_schedule(float_cfg.get("lr", {}), "float_stage.lr", float_epochs,
+                                  unit_interval=False, non_increasing=False)
+    optim = _plain(cfg.optim)
+    if optim.get("name") not in OPTIMIZERS:
+        raise ConfigError("optim.name", optim.get("name"), "one of " + ", ".join(OPTIMIZERS))
+    model = _plain(cfg.model)
+    _resolve(model.get("name"))
+    weights = model.get("weights")
+    if weights and not Path(weights).is_file():
+        raise ConfigError("model.weights", weights, "the path of an existing weights file")
+    distill = _plain(cfg.get("distill"))
+    if distill.get("enabled") and recipe is None:
+        raise ConfigError("distill.enabled", True, "false when quant=none (distillation needs a float teacher)")
+    alpha = distill.get("alpha", 0.5)
+    if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ConfigError("distill.alpha", alpha, "a number in [0, 1]")
+    if not isinstance(distill.get("temperature", 1.0), (int, float)) or distill.get("temperature", 1.0) <= 0:
+        raise ConfigError("distill.temperature", distill.get("temperature"), "a number > 0")
+    _positive_int("calibrate_batches", cfg.get("calibrate_batches", 4), allow_zero=True)
+    dm = build_datamodule(_plain(cfg.data), int(cfg.seed))
+    return Plan(recipe, eps, lr, float_lr, dm, epochs, float_epochs)
+
+
+def _instantiate_all(node) -> list:
+    from hydra.utils import instantiate
+    return [instantiate(v) for v in (node or {}).values() if v is not None]
+
+
+def make_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int, history: MetricHistory, main: bool) -> L.Trainer:
+    trainer_cfg = _plain(cfg.trainer)
+    trainer_cfg["max_epochs"] = max_epochs
+    callbacks = [history, RankAgreement(str(out_dir))] + (_instantiate_all(cfg.get("callbacks")) if main else [])
+    if not trainer_cfg.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if main:
+        loggers = _instantiate_all(cfg.get("logger"))
+    else:
+        from lightning.pytorch.loggers import CSVLogger
+        loggers = [CSVLogger(str(out_dir), name="csv")]
+        trainer_cfg["enable_checkpointing"] = False
+    return L.Trainer(**trainer_cfg, logger=loggers or False, callbacks=callbacks,
+                     plugins=[AtomicCheckpointIO()], default_root_dir=str(out_dir))
+
+
+def _test_acc(trainer: L.Trainer, module, dm) -> float:
+    return float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run the configured job; returns the results also written to ``results.json``."""
+    plan = prepare(cfg)
+    started = time.time()
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), workers=True)
+    dm = plan.datamodule
+    dm.setup("fit")
+    model_cfg = _plain(cfg.model)
+    model = build_model(model_cfg["name"], dm.num_classes, dm.channels, bool(model_cfg.get("pretrained")),
+                        model_cfg.get("weights"))
+    distill = _plain(cfg.get("distill"))
+    meta = {"model": model_cfg, "num_classes": dm.num_classes, "in_chans": dm.channels,
+            "recipe": plan.recipe.to_dict() if plan.recipe else None, "data": dm.name}
+    results: dict = {"recipe": meta["recipe"], "model": model_cfg["name"], "data": dm.name,
+                     "seed": int(cfg.seed), "epochs": plan.epochs}
+    resuming = cfg.get("ckpt_path") is not None
+    float_history = MetricHistory()
+
+    if plan.float_epochs and not resuming:
+        float_module = ClassifierModule(model, plan.float_lr, None, _plain(cfg.optim), meta=meta)
+        float_trainer = make_trainer(cfg, out / "float_stage", plan.float_epochs, float_history, main=False)
+        float_trainer.fit(float_module, datamodule=dm)
+        results["float_stage_epochs"] = plan.float_epochs
+
+    history = MetricHistory()
+    teacher = None
+    if plan.recipe is not None:
+        eval_trainer = make_trainer(cfg, out / "float_eval", 1, MetricHistory(), main=False)
+        if not resuming:
+            results["fp_test_acc"] = _test_acc(eval_trainer, ClassifierModule(model, plan.lr, meta=meta), dm)
+        if distill.get("enabled"):
+            teacher = frozen_copy(model)
+        quantize_model(model, plan.recipe)
+        calibrate(model, dm.calibration_batches(int(cfg.get("calibrate_batches", 4))))
+    module = ClassifierModule(model, plan.lr, plan.eps, _plain(cfg.optim), teacher,
+                              distill.get("temperature", 4.0), distill.get("alpha", 0.5) if teacher else 0.0, meta)
+    trainer = make_trainer(cfg, out, plan.epochs, history, main=True)
+    if plan.recipe is not None and not resuming:
+        set_slope(model, plan.eps(0.0, plan.epochs))
+        start = trainer.validate(module, datamodule=dm, verbose=False)[0]
+        results["start_val_acc"] = float(start["val/acc"])
+        results["start_eps"] = plan.eps(0.0, plan.epochs)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    if plan.recipe is not None:
+        steps = trainer.num_training_batches
+        if not math.isfinite(steps):  # not set in the launching process of ddp_spawn
+            steps = math.ceil(len(dm.train_set) / (dm.batch_size * trainer.world_size))
+        steps = max(int(steps), 1)
+        eps_final = plan.eps(plan.epochs - 1 / steps, plan.epochs)
+        set_slope(model, eps_final)
+        results["eps_final"] = eps_final
+        results["relaxed_test_acc"] = _test_acc(trainer, module, dm)
+        set_slope(model, 0.0)
+        results["hard_test_acc"] = _test_acc(trainer, module, dm)
+    else:
+        results["fp_test_acc"] = _test_acc(trainer, module, dm)
+    ckpt_cb = trainer.checkpoint_callback
+    results["checkpoint"] = str(Path(ckpt_cb.last_model_path).resolve()) if ckpt_cb and ckpt_cb.last_model_path else None
+    results["best_checkpoint"] = str(Path(ckpt_cb.best_model_path).resolve()) if ckpt_cb and ckpt_cb.best_model_path else None
+    results["history"] = history.epochs
+    results["float_stage_history"] = float_history.epochs
+    results["wall_time_s"] = round(time.time() - started, 1)
+    if trainer.is_global_zero:
+        with open(out / "results.json", "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def report(results: dict) -> str:
+    """The final table printed at the end of a run."""
+    rows = [("float (fp_test_acc)", results.get("fp_test_acc"), "-")]
+    if results.get("recipe"):
+        rows += [(f"relaxed (eps = {results['eps_final']:g})", results.get("relaxed_test_acc"), results["eps_final"]),
+                 ("hard (eps = 0, deployed)", results.get("hard_test_acc"), 0.0)]
+    lines = [f"{'model':<28} {'test acc':>9}", "-" * 38]
+    for name, acc, _ in rows:
+        lines.append(f"{name:<28} {'-' if acc is None else f'{100 * acc:8.2f}%':>9}")
+    if results.get("checkpoint"):
+        lines.append(f"checkpoint: {results['checkpoint']}")
+    return "\n".join(lines)
+
+
+__all__ = ["Plan", "ShiftQuantError", "prepare", "report", "train"]

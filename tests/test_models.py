@@ -1,0 +1,76 @@
+"""Model factory and local weight loading (no code execution, clear refusals)."""
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from shiftquant.errors import CheckpointError, ConfigError
+from shiftquant.models import build_model, load_weights, read_state_dict, resnet20
+
+
+def test_resnet20_shape_and_size():
+    model = resnet20(num_classes=10, in_chans=1)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert 0.26e6 < sum(p.numel() for p in model.parameters()) < 0.28e6
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert "layer3.2.conv2" in names and "layer2.0.downsample.0" in names
+
+
+@pytest.mark.parametrize("name", ["resnet18", "torchvision:resnet18", "timm:resnet18", "resnet20"])
+def test_build_by_name(name):
+    model = build_model(name, num_classes=7, in_chans=3)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_unknown_name_is_a_config_error():
+    with pytest.raises(ConfigError, match="model.name"):
+        build_model("resnet9000", num_classes=10)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "lightning", "module_prefix", "safetensors"])
+def test_load_weights_from_common_containers(tmp_path, wrap):
+    src = torchvision.models.resnet18(num_classes=5)
+    sd = src.state_dict()
+    path = tmp_path / "w.pt"
+    if wrap == "plain":
+        torch.save(sd, path)
+    elif wrap in ("state_dict", "model"):
+        torch.save({wrap: sd, "epoch": 3}, path)
+    elif wrap == "lightning":
+        torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}, "hyper_parameters": {}}, path)
+    elif wrap == "module_prefix":
+        torch.save({f"module.{k}": v for k, v in sd.items()}, path)
+    else:
+        path = tmp_path / "w.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    model = build_model("resnet18", num_classes=5, weights=str(path))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+
+
+def test_wrong_architecture_refused_and_nothing_changed(tmp_path):
+    path = tmp_path / "r34.pt"
+    torch.save(torchvision.models.resnet34(num_classes=5).state_dict(), path)
+    model = torchvision.models.resnet18(num_classes=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_weights(model, path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        read_state_dict(path)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError):
+        read_state_dict(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "none.pt")

@@ -1,0 +1,85 @@
+"""Every experiment composes and validates; bad values fail before any data is read."""
+from pathlib import Path
+
+import pytest
+
+from shiftquant.errors import ConfigError, DataError, ShiftQuantError
+from shiftquant.train.run import prepare
+from tests.helpers import CONF, compose_cfg, make_image_folder
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_expected_experiments_exist():
+    for name in ["quickstart", "dbssq_r18_w3", "dbssq_r18_w1", "dbssq_r18_w3a3", "dbssq_r18_w4a4_uniform",
+                 "dbssq_r18_w1a1", "fmnist_resnet20_fp", "fmnist_resnet20_w3", "fmnist_resnet20_w3a3"]:
+        assert name in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(name, tmp_path):
+    root = make_image_folder(tmp_path / "imgs", per_class=1)
+    cfg = compose_cfg([f"experiment={name}", f"data.root={root}"] if name.startswith("dbssq") else
+                      [f"experiment={name}"], tmp_path)
+    if cfg.data.name == "fashion_mnist":
+        from shiftquant.data.fashion_mnist import find_root
+        if find_root(None) is None:
+            pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    plan = prepare(cfg)
+    assert plan.epochs == cfg.trainer.max_epochs
+    if cfg.quant.enabled:
+        assert plan.recipe is not None and plan.eps(0, plan.epochs) == 1.0
+
+
+SEED_RECIPES = {
+    "dbssq_r18_w3": (2, None, None, None),
+    "dbssq_r18_w1": (None, 1, None, None),
+    "dbssq_r18_w3a3": (2, None, 2, None),
+    "dbssq_r18_w4a4_uniform": (None, 4, None, 4),
+    "dbssq_r18_w1a1": (None, 1, None, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_RECIPES))
+def test_seed_experiments_follow_method(name, tmp_path):
+    cfg = compose_cfg([f"experiment={name}", "data.root=/nonexistent"], tmp_path)
+    q = cfg.quant
+    assert (q.weight_shift_bits, q.weight_uniform_bits, q.act_shift_bits, q.act_uniform_bits) == SEED_RECIPES[name]
+    assert (q.weight_rounding, q.weight_zero, q.weight_scale, q.act_scale) == ("ceil", False, "pretrained_std", "standardize")
+    assert cfg.model.name == "torchvision:resnet18" and cfg.model.pretrained
+    assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.9, 0.0)
+    assert cfg.data.batch_size == 256 and cfg.data.augment == "seed" and cfg.trainer.max_epochs == 15
+    eps = list(cfg.schedule.eps["values"])
+    lr = list(cfg.schedule.lr["values"])
+    assert eps == [1, .5, .5, .5, .25, .25, .25, .125, .125, .125, 1 / 16, 1 / 16, 1 / 32, 1 / 64, 1 / 128]
+    assert lr == [1e-3] + [1e-2] * 6 + [1e-3] * 8
+
+
+@pytest.mark.parametrize("override,key", [
+    ("quant.weight_shift_bits=9", "weight_shift_bits"),
+    ("quant.weight_rounding=floor", "weight_rounding"),
+    ("quant.act_scale=minmax", "act_scale"),
+    ("model.name=resnet9000", "model.name"),
+    ("data.name=mnist", "data.name"),
+    ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ("schedule.lr.kind=step", "schedule.lr.kind"),
+    ("schedule.eps.values=[1.0,0.5,2.0]", "schedule.eps"),
+    ("schedule.eps.values=[0.5,1.0]", "schedule.eps"),
+    ("schedule.lr.values=[0.1,-0.1]", "schedule.lr"),
+    ("optim.name=lion", "optim.name"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("model.weights=/no/such/file.pt", "model.weights"),
+    ("distill.alpha=1.5", "distill.alpha"),
+])
+def test_bad_values_fail_in_prepare(override, key, tmp_path):
+    cfg = compose_cfg(["experiment=quickstart", override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        prepare(cfg)
+
+
+def test_missing_imagenet_root_is_a_data_error(tmp_path):
+    cfg = compose_cfg(["experiment=dbssq_r18_w3", f"data.root={tmp_path / 'missing'}"], tmp_path)
+    with pytest.raises(DataError, match="train/"):
+        prepare(cfg)
+    assert issubclass(DataError, ShiftQuantError)
+    assert not (Path(tmp_path) / "results.json").exists()
