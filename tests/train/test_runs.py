@@ -102,3 +102,14 @@ def test_wandb_offline_and_tensorboard_loggers(tmp_path, monkeypatch):
                        "trainer.max_epochs=1"] + FAST_DIGITS, tmp_path / "tb")
     train(cfg)
     assert list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_distillation_from_float_teacher(tmp_path):
+    cfg = compose_cfg(["experiment=quickstart", "distill.enabled=true", "float_stage.epochs=2",
+                       "trainer.max_epochs=1"] + FAST_DIGITS, tmp_path)
+    results = train(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    kd = [float(r["train/kd"]) for r in rows if r.get("train/kd")]
+    assert kd and all(v >= 0 for v in kd)
+    ckpt = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)
+    assert any(k.startswith("teacher.") for k in ckpt["state_dict"])  # resumable with its teacher
