@@ -2,6 +2,7 @@
 
 The public API, re-exported here; nothing is defined in this file.
 """
+from .checkpoint import load_model as load_checkpoint
 from .convert import (calibrate, get_slope, load_float_weights, quantize_model, quantized_layers,
                       quantizers, set_slope)
 from .errors import (BundleError, CheckpointError, ConfigError, DataError, ExportError,
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationQuantizer", "BundleError", "CheckpointError", "ConfigError", "DataError",
-    "ExportError", "PRESETS", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
+    "ExportError", "PRESETS", "load_checkpoint", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
     "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "calibrate", "get_slope",
     "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "set_slope",
     "summary", "__version__",

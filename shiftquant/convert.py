@@ -38,8 +38,8 @@ def quantize_layer(name: str, layer: nn.Module, recipe: QuantRecipe) -> QuantMix
     return new.to(layer.weight.device).train(layer.training)
 
 
-def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
-    """Swap, in place, exactly the layers ``recipe`` selects; returns ``model``.
+def select_layers(model: nn.Module, recipe: QuantRecipe) -> list[tuple[str, nn.Module]]:
+    """The layers ``recipe`` selects in ``model``, without changing it.
 
     Refuses a recipe that selects nothing, or whose ``keep_float`` patterns match no layer.
     """
@@ -56,7 +56,16 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
         raise ConfigError("layers", recipe.layers,
                           f"patterns that select at least one {recipe.layer_types} layer of "
                           f"{type(model).__name__}")
-    for name, layer in chosen:
+    return chosen
+
+
+def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
+    """Swap, in place, exactly the layers ``recipe`` selects; returns ``model``.
+
+    Refuses (changing nothing) a recipe that selects nothing, or whose ``keep_float`` patterns
+    match no layer.
+    """
+    for name, layer in select_layers(model, recipe):
         _set_submodule(model, name, quantize_layer(name, layer, recipe))
     return model
 

@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from ..errors import ConfigError
+
 ROUNDINGS = ("ceil", "nearest")
 GRAD_MODES = ("scaled", "raw")
 
@@ -80,7 +82,7 @@ _LAYOUTS = {
 
 def _layout(dtype: torch.dtype):
     if dtype not in _LAYOUTS:
-        raise TypeError(f"shift quantization needs a floating point tensor, got {dtype}")
+        raise ConfigError("dtype", dtype, "a floating point dtype: " + ", ".join(map(str, _LAYOUTS)))
     return _LAYOUTS[dtype]
 
 
@@ -107,7 +109,7 @@ def shift_magnitude(x: torch.Tensor, shift_bits: int, rounding: str) -> torch.Te
         sqrt2_mant = int(torch.tensor(math.sqrt(2.0), dtype=x.dtype).view(int_dtype)) & mant_mask
         carry = (1 << mant_bits) - sqrt2_mant
     else:
-        raise ValueError(f"rounding={rounding!r}: allowed {ROUNDINGS}")
+        raise ConfigError("rounding", rounding, f"one of {ROUNDINGS}")
     pow2 = x.view(int_dtype) & ~(1 << (torch.iinfo(int_dtype).bits - 1))  # |x|
     pow2.add_(carry).bitwise_and_(~mant_mask)
     pow2.clamp_(_pow2_bits(shift_min_exponent(shift_bits), x.dtype), _pow2_bits(0, x.dtype))
@@ -137,7 +139,7 @@ def uniform_quantize(x: torch.Tensor, bits: int, rounding: str = "ceil", zero: b
     elif rounding == "nearest":
         k = torch.floor(scaled + 0.5)
     else:
-        raise ValueError(f"rounding={rounding!r}: allowed {ROUNDINGS}")
+        raise ConfigError("rounding", rounding, f"one of {ROUNDINGS}")
     mag = k.clamp(1, n) / n
     return _apply_sign_and_zero(x, mag, 1.0 / n, zero, signed)
 
@@ -170,7 +172,7 @@ def gradient_factor(eps: torch.Tensor, grad: str) -> torch.Tensor:
         return torch.ones_like(eps)
     if grad == "raw":
         return torch.where(eps > 0, eps, torch.ones_like(eps))
-    raise ValueError(f"grad={grad!r}: allowed {GRAD_MODES}")
+    raise ConfigError("grad", grad, f"one of {GRAD_MODES}")
 
 
 def relax(x: torch.Tensor, q: torch.Tensor, eps: torch.Tensor, grad: str = "scaled") -> torch.Tensor:

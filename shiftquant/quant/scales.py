@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .functional import round_ste
 from .quantizers import Quantizer
 
@@ -78,7 +79,7 @@ class WeightQuantizer(nn.Module):
         elif policy == "learned_pot":
             self.log2_scale = nn.Parameter(torch.zeros(shape))
         else:
-            raise ValueError(f"weight policy {policy!r}: allowed {WEIGHT_POLICIES}")
+            raise ConfigError("weight_scale", policy, f"one of {WEIGHT_POLICIES}")
         self.reset(weight)
 
     @torch.no_grad()
@@ -126,7 +127,7 @@ class ActivationQuantizer(nn.Module):
             self.log2_scale = nn.Parameter(torch.zeros(()))
             self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         else:
-            raise ValueError(f"activation policy {policy!r}: allowed {ACT_POLICIES}")
+            raise ConfigError("act_scale", policy, f"one of {ACT_POLICIES}")
 
     def _standardize(self, x: torch.Tensor, gain: float) -> torch.Tensor:
         """``self.norm(x) * gain``, with the gain folded into the normalization (one pass)."""

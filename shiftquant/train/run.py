@@ -22,9 +22,10 @@ import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from ..convert import calibrate, quantize_model, set_slope
+from ..checkpoint import checkpoint_meta, describe_mismatch
+from ..convert import calibrate, quantize_model, select_layers, set_slope
 from ..data import DATAMODULES, ImageDataModule
-from ..errors import ConfigError, ShiftQuantError
+from ..errors import CheckpointError, ConfigError, ShiftQuantError
 from ..models.factory import _resolve, build_model
 from ..recipe import QuantRecipe
 from .callbacks import AtomicCheckpointIO, MetricHistory, RankAgreement
@@ -82,6 +83,9 @@ def build_datamodule(data_cfg: dict, seed: int) -> ImageDataModule:
 
 def prepare(cfg: DictConfig) -> Plan:
     """Validate the whole config; raises :class:`ShiftQuantError` naming the bad key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], "???", "a value: this key is required (set it on the command line)")
     epochs = _positive_int("trainer.max_epochs", cfg.trainer.get("max_epochs"))
     float_cfg = _plain(cfg.get("float_stage"))
     float_epochs = _positive_int("float_stage.epochs", float_cfg.get("epochs", 0), allow_zero=True)
@@ -104,6 +108,9 @@ def prepare(cfg: DictConfig) -> Plan:
         raise ConfigError("optim.name", optim.get("name"), "one of " + ", ".join(OPTIMIZERS))
     model = _plain(cfg.model)
     _resolve(model.get("name"))
+    if recipe is not None:  # the layer patterns must select layers of this architecture
+        in_chans = 3 if _plain(cfg.data).get("name") not in ("digits", "fashion_mnist") else 1
+        select_layers(build_model(model["name"], 10, in_chans), recipe)
     weights = model.get("weights")
     if weights and not Path(weights).is_file():
         raise ConfigError("model.weights", weights, "the path of an existing weights file")
@@ -116,6 +123,15 @@ def prepare(cfg: DictConfig) -> Plan:
     if not isinstance(distill.get("temperature", 1.0), (int, float)) or distill.get("temperature", 1.0) <= 0:
         raise ConfigError("distill.temperature", distill.get("temperature"), "a number > 0")
     _positive_int("calibrate_batches", cfg.get("calibrate_batches", 4), allow_zero=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        try:
+            meta = checkpoint_meta(ckpt_path)
+        except CheckpointError as exc:
+            raise ConfigError("ckpt_path", ckpt_path, f"a shiftquant checkpoint of this run ({exc})") from None
+        problems = describe_mismatch(meta, model["name"], recipe)
+        if problems:
+            raise ConfigError("ckpt_path", ckpt_path, "a checkpoint of the configured model; it has " + "; ".join(problems))
     dm = build_datamodule(_plain(cfg.data), int(cfg.seed))
     return Plan(recipe, eps, lr, float_lr, dm, epochs, float_epochs)
 
