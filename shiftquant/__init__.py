@@ -7,6 +7,7 @@ from .convert import (calibrate, get_slope, load_float_weights, quantize_model, 
                       quantizers, set_slope)
 from .errors import (BundleError, CheckpointError, ConfigError, DataError, ExportError,
                      ShiftQuantError)
+from .export import export, load_bundle
 from .nn.layers import QuantConv2d, QuantLinear
 from .quant.quantizers import ShiftQuantizer, UniformQuantizer
 from .quant.scales import ActivationQuantizer, WeightQuantizer
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationQuantizer", "BundleError", "CheckpointError", "ConfigError", "DataError",
-    "ExportError", "PRESETS", "load_checkpoint", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
+    "ExportError", "PRESETS", "export", "load_bundle", "load_checkpoint", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
     "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "calibrate", "get_slope",
     "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "set_slope",
     "summary", "__version__",

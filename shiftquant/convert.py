@@ -35,6 +35,7 @@ def quantize_layer(name: str, layer: nn.Module, recipe: QuantRecipe) -> QuantMix
         act_q = ActivationQuantizer(act_core, channels, recipe.act_scale, recipe.clip_sigma,
                                     channel_dim=1 if is_conv else -1)
     new = cls.from_float(layer, weight_q, act_q)
+    new.exact_bias = recipe.deploy_exact
     return new.to(layer.weight.device).train(layer.training)
 
 

@@ -22,6 +22,7 @@ from .quant.quantizers import (MAX_SHIFT_BITS, MAX_UNIFORM_BITS, Quantizer, Shif
 from .quant.scales import ACT_POLICIES, WEIGHT_POLICIES
 
 LAYER_TYPES = {"conv2d": nn.Conv2d, "linear": nn.Linear}
+DEPLOY_INPUT_BITS = 8
 # The 3x3 convolutions inside residual blocks of torchvision/timm ResNets and of our ResNet-20.
 RESIDUAL_BLOCK_CONVS = r"re:(.*\.)?layer\d+\.\d+\.conv\d+"
 
@@ -57,6 +58,9 @@ class QuantRecipe:
     layer_types: list[str] = field(default_factory=lambda: ["conv2d", "linear"])
     kernel_sizes: list[int] | None = None
     keep_float: list[str] = field(default_factory=list)
+    # Make the hard model computable exactly by the integer runtime (power-of-two scales, inputs
+    # on a power-of-two grid, biases on the accumulator grid); see docs/export.md.
+    deploy_exact: bool = False
 
     def __post_init__(self):
         for name in ("act_raw_grad_layers", "layers", "layer_types", "keep_float", "kernel_sizes"):
@@ -85,7 +89,7 @@ class QuantRecipe:
         check_choice("weight_scale", self.weight_scale, WEIGHT_POLICIES)
         check_choice("act_scale", self.act_scale, ACT_POLICIES)
         check_choice("grad", self.grad, GRAD_MODES)
-        for flag in ("weight_zero", "weight_keep_mean", "act_zero", "act_signed"):
+        for flag in ("weight_zero", "weight_keep_mean", "act_zero", "act_signed", "deploy_exact"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(flag, getattr(self, flag), "true or false")
         if self.weight_keep_mean and self.weight_scale != "pretrained_std":
@@ -93,6 +97,13 @@ class QuantRecipe:
         if self.act_scale == "standardize" and self.quantizes_acts and not self.act_signed:
             raise ConfigError("act_signed", False,
                               "true with act_scale='standardize' (standardized inputs are signed)")
+        if self.deploy_exact:
+            if self.weight_shift_bits is None:
+                raise ConfigError("weight_shift_bits", None, "an integer with deploy_exact (shift weights)")
+            if self.weight_scale != "learned_pot":
+                raise ConfigError("weight_scale", self.weight_scale, "'learned_pot' with deploy_exact")
+            if self.act_scale != "learned_pot":
+                raise ConfigError("act_scale", self.act_scale, "'learned_pot' with deploy_exact")
         if isinstance(self.clip_sigma, bool) or not isinstance(self.clip_sigma, (int, float)) \
                 or not self.clip_sigma > 0:
             raise ConfigError("clip_sigma", self.clip_sigma, "a number > 0")
@@ -164,8 +175,12 @@ class QuantRecipe:
 
     def act_quantizer_core(self, layer_name: str) -> Quantizer | None:
         raw = any(name_matches(layer_name, p) for p in self.act_raw_grad_layers)
+        grad = "raw" if raw else self.grad
+        if self.deploy_exact and not self.quantizes_acts:
+            # Weight-only, exact: inputs travel as 8-bit fixed point on a power-of-two grid.
+            return UniformQuantizer(DEPLOY_INPUT_BITS, "nearest", True, self.act_signed, grad)
         return self._make(self.act_shift_bits, self.act_uniform_bits, self.act_rounding,
-                          self.act_zero, self.act_signed, "raw" if raw else self.grad)
+                          self.act_zero, self.act_signed, grad)
 
     @staticmethod
     def _make(shift_bits, uniform_bits, rounding, zero, signed, grad) -> Quantizer | None:
@@ -187,6 +202,10 @@ PRESETS: dict[str, dict] = {
     "all": dict(layers=["*"], layer_types=["conv2d", "linear"]),
     # Ours: learned power-of-two scales, nearest log rounding, unsigned post-ReLU inputs with zero.
     # Identity at eps = 1, shift-only at eps = 0.
+    # Every Conv/Linear, exactly reproducible by the integer runtime.
+    "deploy": dict(layers=["*"], layer_types=["conv2d", "linear"], weight_rounding="nearest",
+                   weight_scale="learned_pot", act_rounding="nearest", act_zero=True, act_scale="learned_pot",
+                   deploy_exact=True),
     "shiftquant": dict(_DBSSQ, weight_rounding="nearest", weight_scale="learned_pot",
                        act_rounding="nearest", act_zero=True, act_signed=False,
                        act_scale="learned_pot"),

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 
+from ..quant.functional import round_ste
+
 
 class QuantMixin:
     """Shared behaviour of the quantized layers. Either quantizer slot may be ``None``."""
@@ -20,6 +22,7 @@ class QuantMixin:
     weight_quantizer: nn.Module | None
     input_quantizer: nn.Module | None
     float_class: type
+    exact_bias: bool = False  # deploy_exact: the bias is rounded onto the accumulator grid
 
     @classmethod
     def from_float(cls, layer: nn.Module, weight_quantizer=None, input_quantizer=None):
@@ -39,6 +42,20 @@ class QuantMixin:
             return self.weight_quantizer(self.weight, input_scale)
         return self.weight if input_scale is None else self.weight * input_scale
 
+    def accumulator_grid(self, input_scale: torch.Tensor) -> torch.Tensor:
+        """Per output channel, the value of one unit of the integer accumulator (a power of two
+        with learned power-of-two scales): weight scale x weight resolution x input scale x input
+        resolution."""
+        w_scale = self.weight_quantizer.decompose(self.weight)[1].reshape(-1)
+        return (w_scale * self.weight_quantizer.quantizer.resolution
+                * input_scale * self.input_quantizer.quantizer.resolution)
+
+    def quantized_bias(self, input_scale: torch.Tensor | None) -> torch.Tensor | None:
+        if self.bias is None or not self.exact_bias or input_scale is None:
+            return self.bias
+        grid = self.accumulator_grid(input_scale).detach()
+        return round_ste(self.bias / grid) * grid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         input_scale = None
         if self.input_quantizer is not None:
@@ -46,10 +63,12 @@ class QuantMixin:
             # applied to the weight, which is much smaller than the activation.
             x, input_scale = self.input_quantizer.quantize(x)
         w = self.quantized_weight(input_scale)
+        b = self.quantized_bias(input_scale)
         if self.float_class.forward is type(self).plain_forward:
-            return self._forward_with_weight(x, w)
+            return self._forward_with_weight(x, w, b)
         # A subclass with its own forward: run it with the quantized weight swapped in.
-        with _reparametrize_module(self, {"weight": w}):
+        params = {"weight": w} if b is None else {"weight": w, "bias": b}
+        with _reparametrize_module(self, params):
             return self.float_class.forward(self, x)
 
 
@@ -58,8 +77,8 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
 
     plain_forward = nn.Conv2d.forward
 
-    def _forward_with_weight(self, x, w):
-        return self._conv_forward(x, w, self.bias)
+    def _forward_with_weight(self, x, w, b):
+        return self._conv_forward(x, w, b)
 
 
 class QuantLinear(QuantMixin, nn.Linear):
@@ -67,8 +86,8 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     plain_forward = nn.Linear.forward
 
-    def _forward_with_weight(self, x, w):
-        return nn.functional.linear(x, w, self.bias)
+    def _forward_with_weight(self, x, w, b):
+        return nn.functional.linear(x, w, b)
 
 
 QUANT_CLASSES: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

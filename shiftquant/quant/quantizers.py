@@ -93,6 +93,11 @@ class ShiftQuantizer(Quantizer):
     def _bits_repr(self):
         return f"shift_bits={self.shift_bits}"
 
+    @property
+    def resolution(self) -> float:
+        """The smallest non-zero level magnitude: every level is an integer multiple of it."""
+        return 2.0 ** F.shift_min_exponent(self.shift_bits)
+
 
 class UniformQuantizer(Quantizer):
     """Uniform quantizer with ``bits`` bits: levels ``±{1/n, ..., n/n}``, ``n = 2^(bits-1)``."""
@@ -111,3 +116,8 @@ class UniformQuantizer(Quantizer):
 
     def _bits_repr(self):
         return f"bits={self.bits}"
+
+    @property
+    def resolution(self) -> float:
+        """The smallest non-zero level magnitude: every level is an integer multiple of it."""
+        return 1.0 / 2 ** (self.bits - 1)

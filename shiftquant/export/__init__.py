@@ -1,0 +1,25 @@
+"""Export: the hard model as a shift-only bundle, its reference runtime, and ONNX."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .bundle import FORMAT_VERSION, read_bundle, write_bundle
+from .graph import Exporter
+from .runtime import Runtime, load_bundle
+
+
+def export(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> Runtime:
+    """Write the hard (eps = 0) ``model`` as a bundle at ``path``; returns its runtime.
+
+    ``example_input`` fixes the input shape (its batch size does not matter).
+    """
+    manifest, tensors = Exporter(model).build(example_input)
+    manifest["format_version"] = FORMAT_VERSION
+    write_bundle(path, manifest, tensors)
+    return load_bundle(path)
+
+
+__all__ = ["Runtime", "export", "load_bundle", "read_bundle"]

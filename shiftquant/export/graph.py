@@ -1,0 +1,220 @@
+"""Trace the hard (eps = 0) model into the bundle's op graph.
+
+The model is traced with ``torch.fx`` (quantized layers are leaves). Each node becomes one manifest
+entry: quantized Conv/Linear layers become ``shift_conv2d`` / ``shift_linear`` (bit-packed codes,
+per-channel scales, the input quantizer, a proven accumulator bound); everything else is a float
+op with its parameters (BatchNorm, ReLU, pooling, residual add, flatten, layers kept float).
+
+The exporter reads the quantizers' own math (:mod:`shiftquant.quant.functional`) to produce the
+codes, so the codes are those the training graph computes with.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..convert import quantizers, set_slope
+from ..errors import ExportError
+from ..nn.layers import QuantConv2d, QuantLinear, QuantMixin
+from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
+from ..quant.scales import ActivationQuantizer, pot_scale
+from .bundle import pack_codes
+
+# float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
+# float computation of PyTorch and the integer one of the runtime agree bit for bit.
+EXACT_ACCUMULATOR = 1 << 24
+FLOAT_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                 nn.Flatten, nn.Identity, nn.Dropout, nn.Conv2d, nn.Linear)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, QuantMixin) or super().is_leaf_module(m, qualname)
+
+
+def _quantizer_spec(q) -> dict:
+    if isinstance(q, ShiftQuantizer):
+        kind, bits = "shift", q.shift_bits
+    elif isinstance(q, UniformQuantizer):
+        kind, bits = "uniform", q.bits
+    else:  # pragma: no cover - every Quantizer is one of the two
+        raise ExportError(f"unknown quantizer {type(q).__name__}")
+    levels = q.levels()
+    return {"kind": kind, "bits": bits, "rounding": q.rounding, "zero": q.zero, "signed": q.signed,
+            "levels": levels.tolist(), "resolution": q.resolution, "code_bits": q.code_bits}
+
+
+class Exporter:
+    def __init__(self, model: nn.Module):
+        self.model = copy.deepcopy(model).eval()
+        set_slope(self.model, 0.0)  # the deployed model is the hard one
+        self.tensors: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, value) -> str:
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        self.tensors[name] = np.ascontiguousarray(arr)
+        return name
+
+    # ------------------------------------------------------------------ quantized layers
+    def input_quantizer(self, name: str, aq: ActivationQuantizer) -> dict:
+        spec = {"quantizer": _quantizer_spec(aq.quantizer), "policy": aq.policy, "channel_dim": aq.channel_dim}
+        if aq.policy == "learned_pot":
+            spec["log2_scale"] = int(torch.round(aq.log2_scale.detach()).item())
+        else:
+            spec["clip_sigma"] = aq.clip_sigma
+            spec["norm_eps"] = aq.norm.eps
+            spec["running_mean"] = self.add(f"{name}.in.mean", aq.norm.running_mean)
+            spec["running_var"] = self.add(f"{name}.in.var", aq.norm.running_var)
+        return spec
+
+    def shift_layer(self, name: str, layer: QuantMixin) -> dict:
+        wq, aq = layer.weight_quantizer, layer.input_quantizer
+        if wq is None or not isinstance(wq.quantizer, ShiftQuantizer) or aq is None:
+            raise ExportError(f"{name}: the runtime computes layers with shift weights and quantized inputs; "
+                              "this one has " + ("no weight quantizer" if wq is None else
+                                                 "no input quantizer" if aq is None else "uniform weights"))
+        if isinstance(layer, QuantConv2d) and layer.padding_mode != "zeros":
+            raise ExportError(f"{name}: padding_mode={layer.padding_mode!r}: the runtime supports 'zeros'")
+        if layer.float_class not in (nn.Conv2d, nn.Linear):
+            raise ExportError(f"{name}: {layer.float_class.__name__} has a forward of its own; "
+                              "the runtime knows plain Conv2d and Linear")
+        w = layer.weight.detach()
+        z, scale, offset = wq.decompose(w)
+        hard = wq.quantizer.hard(z)
+        levels = wq.quantizer.levels().to(hard.dtype)
+        codes = torch.bucketize(hard.reshape(-1).contiguous(), levels.contiguous())
+        if not torch.equal(levels[codes], hard.reshape(-1)):
+            raise ExportError(f"{name}: a weight is not on its quantizer's levels")
+        spec = _quantizer_spec(wq.quantizer)
+        entry = {
+            "op": "shift_conv2d" if isinstance(layer, QuantConv2d) else "shift_linear",
+            "weight_shape": list(w.shape),
+            "weight_quantizer": spec,
+            "weight_codes": self.add(f"{name}.codes", pack_codes(codes.numpy(), spec["code_bits"])),
+            "weight_scale": self.add(f"{name}.scale", scale.reshape(-1).float()),
+            "weight_offset": self.add(f"{name}.offset", offset.reshape(-1).float()) if wq.keep_mean else None,
+            "bias": self.add(f"{name}.bias", layer.quantized_bias(_input_scale(aq))) if layer.bias is not None else None,
+            "exact_bias": bool(layer.exact_bias),
+            "input_quantizer": self.input_quantizer(name, aq),
+        }
+        if isinstance(layer, QuantConv2d):
+            entry.update(stride=list(layer.stride), padding=list(layer.padding), dilation=list(layer.dilation),
+                         groups=layer.groups)
+        entry.update(self.accumulator_bound(name, layer, hard, entry))
+        return entry
+
+    def accumulator_bound(self, name: str, layer: QuantMixin, hard: torch.Tensor, entry: dict) -> dict:
+        """Worst case |accumulator| of each output channel, in units of the accumulator grid."""
+        w_res = entry["weight_quantizer"]["resolution"]
+        a_spec = entry["input_quantizer"]["quantizer"]
+        a_max = max(abs(v) for v in a_spec["levels"]) / a_spec["resolution"]
+        w_int = (hard.reshape(hard.shape[0], -1).abs() / w_res).sum(1).double()
+        bound = w_int * a_max
+        exact = layer.exact_bias and entry["input_quantizer"]["policy"] == "learned_pot"
+        if exact and layer.bias is not None:
+            scale = _input_scale(layer.input_quantizer)
+            grid = layer.accumulator_grid(scale).detach().double()
+            bound = bound + (layer.quantized_bias(scale).detach().double() / grid).abs()
+        worst = int(bound.max().item())
+        if exact and worst >= EXACT_ACCUMULATOR:
+            raise ExportError(f"{name}: worst-case accumulator {worst} reaches 2^24: exact float32 parity cannot be "
+                              "guaranteed (use fewer shift bits or smaller inputs)")
+        bits = worst.bit_length() + 1  # plus sign
+        width = next(w for w in (8, 16, 32, 64) if bits <= w)
+        return {"accumulator_bound": worst, "accumulator_bits": width, "exact": bool(exact)}
+
+    # ------------------------------------------------------------------ float ops
+    def float_module(self, name: str, m: nn.Module) -> dict:
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            return {"op": "batch_norm", "eps": m.eps,
+                    "mean": self.add(f"{name}.mean", m.running_mean), "var": self.add(f"{name}.var", m.running_var),
+                    "weight": self.add(f"{name}.weight", m.weight) if m.affine else None,
+                    "bias": self.add(f"{name}.bias", m.bias) if m.affine else None}
+        if isinstance(m, nn.ReLU):
+            return {"op": "relu"}
+        if isinstance(m, nn.MaxPool2d):
+            return {"op": "max_pool2d", "kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
+                    "dilation": m.dilation, "ceil_mode": m.ceil_mode}
+        if isinstance(m, nn.AvgPool2d):
+            return {"op": "avg_pool2d", "kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
+                    "ceil_mode": m.ceil_mode, "count_include_pad": m.count_include_pad}
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return {"op": "adaptive_avg_pool2d", "output_size": m.output_size}
+        if isinstance(m, nn.Flatten):
+            return {"op": "flatten", "start_dim": m.start_dim, "end_dim": m.end_dim}
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            return {"op": "identity"}
+        if isinstance(m, nn.Conv2d) and type(m) is nn.Conv2d and m.padding_mode == "zeros":
+            return {"op": "conv2d", "weight": self.add(f"{name}.weight", m.weight),
+                    "bias": self.add(f"{name}.bias", m.bias) if m.bias is not None else None,
+                    "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation),
+                    "groups": m.groups}
+        if isinstance(m, nn.Linear) and type(m) is nn.Linear:
+            return {"op": "linear", "weight": self.add(f"{name}.weight", m.weight),
+                    "bias": self.add(f"{name}.bias", m.bias) if m.bias is not None else None}
+        raise ExportError(f"{name}: {type(m).__name__} is not supported by the runtime")
+
+    def function(self, node: fx.Node) -> dict:
+        target = node.target
+        if node.op == "call_function" and target in (operator.add, torch.add):
+            return {"op": "add"}
+        if target in (torch.flatten, "flatten"):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            return {"op": "flatten", "start_dim": start, "end_dim": -1}
+        if target in (torch.relu, nn.functional.relu, "relu"):
+            return {"op": "relu"}
+        raise ExportError(f"{node.name}: {node.op} {getattr(target, '__name__', target)} is not supported by the runtime")
+
+    # ------------------------------------------------------------------ graph
+    def build(self, example_input: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
+        try:
+            graph = _Tracer().trace(self.model)
+        except Exception as exc:
+            raise ExportError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc}") from None
+        nodes, float_ops, outputs = [], [], []
+        for node in graph.nodes:
+            inputs = [a.name for a in node.args if isinstance(a, fx.Node)]
+            if node.op == "placeholder":
+                entry = {"op": "input", "shape": list(example_input.shape[1:])}
+            elif node.op == "output":
+                outputs = [a.name for a in (node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]])]
+                continue
+            elif node.op == "call_module":
+                m = self.model.get_submodule(node.target)
+                if isinstance(m, QuantMixin):
+                    entry = self.shift_layer(node.target, m)
+                else:
+                    entry = self.float_module(node.target, m)
+            else:
+                entry = self.function(node)
+            entry.update(name=node.name, inputs=inputs, module=str(node.target) if node.op == "call_module" else None)
+            if entry["op"] in FLOAT_OP_NAMES:
+                float_ops.append(node.name)
+            nodes.append(entry)
+        shift_layers = [n for n in nodes if n["op"].startswith("shift_")]
+        manifest = {
+            "format": "shiftquant-bundle",
+            "nodes": nodes,
+            "outputs": outputs,
+            "float_ops": float_ops,
+            "exact": all(n["exact"] for n in shift_layers) and bool(shift_layers),
+            "eps": 0.0,
+            "quantizers": sum(1 for _ in quantizers(self.model)),
+        }
+        return manifest, self.tensors
+
+
+# Ops that compute in float32 (everything but the shift layers and data movement).
+FLOAT_OP_NAMES = {"batch_norm", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add", "conv2d", "linear"}
+
+
+def _input_scale(aq: ActivationQuantizer) -> torch.Tensor:
+    """The scalar an input quantizer's codes are worth (as its ``quantize`` returns it)."""
+    if aq.policy == "learned_pot":
+        return pot_scale(aq.log2_scale).detach()
+    return torch.tensor(aq.clip_sigma)
