@@ -5,7 +5,7 @@ Layout (all integers little-endian)::
     b"SQBUNDLE"              8 bytes  magic
     version                  u32      FORMAT_VERSION
     body length              u64      n
-    body                     n bytes  a safetensors blob; its metadata holds {"manifest": JSON}
+    body                     n bytes  zlib-compressed safetensors blob; its metadata holds {"manifest": JSON}
     SHA-256                  32 bytes of everything above
 
 Shift and uniform codes are bit-packed at their code width (:func:`pack_codes`): a 3-bit code takes
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,9 @@ def write_bundle(path: str | Path, manifest: dict, tensors: dict[str, np.ndarray
     """Write a bundle atomically (temporary file, then rename); returns its size in bytes."""
     from safetensors.numpy import save
 
-    body = save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                metadata={"manifest": json.dumps(manifest, sort_keys=True)})
+    blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                metadata={"manifest": json.dumps(manifest, sort_keys=True, separators=(",", ":"))})
+    body = zlib.compress(blob, 9)
     head = _HEAD.pack(MAGIC, FORMAT_VERSION, len(body))
     data = head + body
     data += hashlib.sha256(data).digest()
@@ -87,8 +89,8 @@ def parse_bundle(data: bytes, name: str = "bundle") -> tuple[dict, dict[str, np.
         raise BundleError(f"{name}: truncated or padded: {len(data)} bytes, the header says {expected}")
     if hashlib.sha256(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
         raise BundleError(f"{name}: checksum mismatch: the file is corrupt or was modified")
-    body = data[_HEAD.size:-_DIGEST]
     try:
+        body = zlib.decompress(data[_HEAD.size:-_DIGEST])
         from safetensors import safe_open  # noqa: F401  (the package must be importable)
         from safetensors.numpy import load
 

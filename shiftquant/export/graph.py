@@ -72,7 +72,7 @@ class Exporter:
             spec["running_var"] = self.add(f"{name}.in.var", aq.norm.running_var)
         return spec
 
-    def shift_layer(self, name: str, layer: QuantMixin) -> dict:
+    def shift_layer(self, name: str, layer: QuantMixin, non_negative_input: bool = False) -> dict:
         wq, aq = layer.weight_quantizer, layer.input_quantizer
         if wq is None or not isinstance(wq.quantizer, ShiftQuantizer) or aq is None:
             raise ExportError(f"{name}: the runtime computes layers with shift weights and quantized inputs; "
@@ -105,16 +105,26 @@ class Exporter:
         if isinstance(layer, QuantConv2d):
             entry.update(stride=list(layer.stride), padding=list(layer.padding), dilation=list(layer.dilation),
                          groups=layer.groups)
-        entry.update(self.accumulator_bound(name, layer, hard, entry))
+        entry.update(self.accumulator_bound(name, layer, hard, entry, non_negative_input))
         return entry
 
-    def accumulator_bound(self, name: str, layer: QuantMixin, hard: torch.Tensor, entry: dict) -> dict:
-        """Worst case |accumulator| of each output channel, in units of the accumulator grid."""
+    def accumulator_bound(self, name: str, layer: QuantMixin, hard: torch.Tensor, entry: dict,
+                          non_negative_input: bool) -> dict:
+        """Worst case |accumulator| of each output channel over every possible input, in units of
+        the accumulator grid. Inputs that the graph proves non-negative (after a ReLU) cannot
+        make positive and negative weights add up, which halves the bound."""
         w_res = entry["weight_quantizer"]["resolution"]
         a_spec = entry["input_quantizer"]["quantizer"]
-        a_max = max(abs(v) for v in a_spec["levels"]) / a_spec["resolution"]
-        w_int = (hard.reshape(hard.shape[0], -1).abs() / w_res).sum(1).double()
-        bound = w_int * a_max
+        res = a_spec["resolution"]
+        hi = max(a_spec["levels"]) / res
+        # With inputs >= 0 the lowest code is the one zero maps to (the negative side for a
+        # signed zero-free quantizer).
+        lo = (layer.input_quantizer.quantizer.hard(torch.zeros(1)).item() if non_negative_input
+              else min(a_spec["levels"])) / res
+        w_int = (hard.reshape(hard.shape[0], -1) / w_res).double()
+        pos, neg = w_int.clamp(min=0).sum(1), (-w_int).clamp(min=0).sum(1)
+        # Extremes of sum_k w_k a_k over a_k in [lo, hi].
+        bound = torch.maximum((pos * hi - neg * lo).abs(), (pos * lo - neg * hi).abs())
         exact = layer.exact_bias and entry["input_quantizer"]["policy"] == "learned_pot"
         if exact and layer.bias is not None:
             scale = _input_scale(layer.input_quantizer)
@@ -177,6 +187,7 @@ class Exporter:
         except Exception as exc:
             raise ExportError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc}") from None
         nodes, float_ops, outputs = [], [], []
+        non_negative: set[str] = set()  # nodes whose every value is >= 0
         for node in graph.nodes:
             inputs = [a.name for a in node.args if isinstance(a, fx.Node)]
             if node.op == "placeholder":
@@ -187,12 +198,14 @@ class Exporter:
             elif node.op == "call_module":
                 m = self.model.get_submodule(node.target)
                 if isinstance(m, QuantMixin):
-                    entry = self.shift_layer(node.target, m)
+                    entry = self.shift_layer(node.target, m, bool(inputs) and inputs[0] in non_negative)
                 else:
                     entry = self.float_module(node.target, m)
             else:
                 entry = self.function(node)
             entry.update(name=node.name, inputs=inputs, module=str(node.target) if node.op == "call_module" else None)
+            if entry["op"] == "relu" or (entry["op"] in _KEEPS_SIGN and inputs and all(i in non_negative for i in inputs)):
+                non_negative.add(node.name)
             if entry["op"] in FLOAT_OP_NAMES:
                 float_ops.append(node.name)
             nodes.append(entry)
@@ -209,6 +222,8 @@ class Exporter:
         return manifest, self.tensors
 
 
+# Ops whose output is non-negative when every input is.
+_KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add"}
 # Ops that compute in float32 (everything but the shift layers and data movement).
 FLOAT_OP_NAMES = {"batch_norm", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add", "conv2d", "linear"}
 

@@ -175,6 +175,7 @@ def train(cfg: DictConfig) -> dict:
                         model_cfg.get("weights"))
     distill = _plain(cfg.get("distill"))
     meta = {"model": model_cfg, "num_classes": dm.num_classes, "in_chans": dm.channels,
+            "input_shape": list(dm.val_set[0][0].shape),
             "recipe": plan.recipe.to_dict() if plan.recipe else None, "data": dm.name}
     results: dict = {"recipe": meta["recipe"], "model": model_cfg["name"], "data": dm.name,
                      "seed": int(cfg.seed), "epochs": plan.epochs}

@@ -1,0 +1,59 @@
+"""Small models for the export tests, with non-trivial BatchNorm statistics."""
+import torch
+import torchvision
+from torch import nn
+
+from shiftquant.models import resnet20
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(),
+                                 nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """BatchNorm, ReLU, a residual add, depthwise and grouped convs, average pooling, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=True)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.relu(self.bn1(self.depthwise(x)))
+        y = self.bn2(self.grouped(y))
+        x = self.relu(x + y)
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+def build(name: str, seed: int) -> tuple[nn.Module, torch.Tensor]:
+    """A model and an input batch; BatchNorm statistics and affine parameters drawn from ``seed``."""
+    torch.manual_seed(seed)
+    if name == "mlp":
+        model, x = MLP(), torch.randn(4, 1, 8, 8)
+    elif name == "cnn":
+        model, x = SmallCNN(), torch.randn(4, 1, 8, 8)
+    elif name == "resnet20":
+        model, x = resnet20(num_classes=10, in_chans=1), torch.randn(2, 1, 16, 16)
+    else:
+        model, x = torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model.eval(), x
