@@ -70,7 +70,7 @@ def bundle_summary(path: str) -> dict:
         if node["op"].startswith("shift_"):
             count = int(np.prod(node["weight_shape"]))
             bits = node["weight_quantizer"]["code_bits"]
-            rows.append((node["name"], node["op"], bits, count, node["accumulator_bits"]))
+            rows.append((node.get("module") or node["name"], node["op"], bits, count, node["accumulator_bits"]))
             float_bytes += 4 * count + 4 * node["weight_shape"][0] * (node.get("bias") is not None)
         else:
             float_bytes += sum(tensors[node[k]].size * 4 for k in ("weight", "bias", "mean", "var")

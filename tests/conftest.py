@@ -12,3 +12,14 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """A short quickstart run (seed recipe, W3A3) shared by the export tests."""
+    from shiftquant.train.run import train
+    from tests.helpers import compose_cfg
+
+    out = tmp_path_factory.mktemp("trained_digits")
+    results = train(compose_cfg(["experiment=quickstart", "float_stage.epochs=12", "trainer.max_epochs=6"], out))
+    return results

@@ -1,0 +1,166 @@
+"""The bundle file: bit packing, integrity checks, size, and refusal of damaged files."""
+import io
+import os
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import shiftquant as sq
+from shiftquant.cli import bundle_summary, main
+from shiftquant.errors import BundleError
+from shiftquant.export.bundle import FORMAT_VERSION, MAGIC, pack_codes, parse_bundle, unpack_codes
+from shiftquant.export.runtime import Runtime
+from shiftquant.models import resnet20
+from tests.export.models import build
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 8), st.lists(st.integers(0, 255), min_size=0, max_size=300))
+def test_pack_unpack_roundtrip_at_code_width(bits, values):
+    codes = np.array([v % (1 << bits) for v in values], dtype=np.int64)
+    packed = pack_codes(codes, bits)
+    assert packed.size == (len(codes) * bits + 7) // 8
+    assert np.array_equal(unpack_codes(packed, bits, len(codes)), codes)
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    model, x = build("cnn", 0)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    sq.calibrate(model, [x])
+    path = tmp_path_factory.mktemp("b") / "cnn.sqb"
+    sq.export(model, path, x)
+    return path, x
+
+
+def test_every_byte_flip_in_a_sample_is_refused(small_bundle):
+    path, _ = small_bundle
+    data = path.read_bytes()
+    rng = random.Random(0)
+    positions = sorted(set(rng.sample(range(len(data)), min(300, len(data)))) | {0, 8, 12, 20, len(data) - 1})
+    for pos in positions:
+        for bit in (0, 7):
+            bad = bytearray(data)
+            bad[pos] ^= 1 << bit
+            with pytest.raises(BundleError):
+                parse_bundle(bytes(bad))
+
+
+def test_every_truncation_in_a_sample_is_refused(small_bundle):
+    data = small_bundle[0].read_bytes()
+    for cut in sorted(set(random.Random(1).sample(range(len(data)), 200)) | {0, 1, 19, 20, len(data) - 1}):
+        with pytest.raises(BundleError, match="truncated"):
+            parse_bundle(data[:cut])
+    with pytest.raises(BundleError, match="truncated or padded"):
+        parse_bundle(data + b"\0")
+
+
+def test_wrong_magic_and_version_are_named(small_bundle):
+    data = small_bundle[0].read_bytes()
+    with pytest.raises(BundleError, match="bad magic"):
+        parse_bundle(b"NOTABUND" + data[8:])
+    newer = MAGIC + struct.pack("<I", FORMAT_VERSION + 1) + data[12:]
+    with pytest.raises(BundleError, match=f"version {FORMAT_VERSION + 1}"):
+        parse_bundle(newer)
+
+
+def test_resealed_tampering_is_caught_by_the_manifest_checks(small_bundle, tmp_path):
+    """A file rewritten with a valid checksum but inconsistent content is refused at load."""
+    from shiftquant.export.bundle import read_bundle, write_bundle
+    manifest, tensors = read_bundle(small_bundle[0])
+    node = next(n for n in manifest["nodes"] if n["op"] == "shift_conv2d")
+    t = dict(tensors)
+    t[node["weight_codes"]] = t[node["weight_codes"]][:-1]
+    write_bundle(tmp_path / "t1.sqb", manifest, t)
+    with pytest.raises(BundleError, match="packed codes"):
+        sq.load_bundle(tmp_path / "t1.sqb")
+    broken = {**manifest, "outputs": ["nowhere"]}
+    write_bundle(tmp_path / "t2.sqb", broken, tensors)
+    with pytest.raises(BundleError, match="output 'nowhere'"):
+        sq.load_bundle(tmp_path / "t2.sqb")
+
+
+def test_loaded_bundle_runs_and_rejects_wrong_input_shape(small_bundle):
+    path, x = small_bundle
+    rt = sq.load_bundle(path)
+    assert rt.run(x.numpy()).shape == (4, 10)
+    with pytest.raises(BundleError, match="input shape"):
+        rt.run(np.zeros((1, 1, 9, 9), dtype=np.float32))
+
+
+def test_w3_resnet20_bundle_is_at_least_9x_smaller_than_float32(tmp_path, capsys):
+    model = resnet20(num_classes=10, in_chans=1)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    float_bytes = len(buf.getvalue())
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    x = torch.randn(2, 1, 28, 28)
+    sq.calibrate(model, [x])
+    path = tmp_path / "r20.sqb"
+    sq.export(model.eval(), path, x)
+    assert float_bytes / os.path.getsize(path) >= 9
+    s = bundle_summary(str(path))
+    assert s["compression"] >= 9 and len(s["rows"]) == 22
+    assert main(["summary", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "smaller" in printed and "layer3.2.conv2" in printed
+
+
+def test_cli_export_run_summary_on_a_trained_checkpoint(trained_digits, tmp_path, capsys):
+    bundle = tmp_path / "digits.sqb"
+    onnx_path = tmp_path / "digits.onnx"
+    assert main(["export", trained_digits["checkpoint"], str(bundle), "--onnx", str(onnx_path)]) == 0
+    assert bundle.exists() and onnx_path.exists()
+    assert main(["run", str(bundle), "--data", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "eps = 0" in out
+    assert main(["export", str(tmp_path / "missing.ckpt"), str(bundle)]) == 2
+
+
+def test_seed_recipe_runtime_agrees_with_pytorch_on_the_test_set(trained_digits, tmp_path):
+    """Seed recipe (float stem, scales and residuals): agreement, not exactness, is promised."""
+    from shiftquant.checkpoint import load_model
+    from shiftquant.data import DigitsDataModule
+
+    model = load_model(trained_digits["checkpoint"])
+    dm = DigitsDataModule()
+    dm.setup()
+    x = torch.stack([dm.val_set[i][0] for i in range(len(dm.val_set))])
+    rt = sq.export(model, tmp_path / "seed.sqb", x[:1])
+    assert not rt.manifest["exact"]
+    sq.set_slope(model, 0.0)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = rt.run(x.numpy())
+    agreement = (out.argmax(1) == ref.argmax(1)).mean()
+    max_diff = float(np.abs(out - ref).max())
+    print(f"seed recipe on digits: top-1 agreement {agreement:.4f}, max logit diff {max_diff:.3g}")
+    assert agreement >= 0.995
+
+
+def test_onnx_matches_pytorch(tmp_path):
+    model, x = build("resnet20", 0)
+    sq.quantize_model(model, sq.QuantRecipe.preset("dbssq", act_shift_bits=2))
+    sq.calibrate(model, [x])
+    diff = sq.export_onnx(model, tmp_path / "m.onnx", x)
+    assert diff < 1e-4
+    model, x = build("cnn", 0)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    sq.calibrate(model, [x])
+    assert sq.export_onnx(model, tmp_path / "d.onnx", x) < 1e-4
+
+
+def test_threshold_form_equals_functional_quantizer():
+    from shiftquant.export.onnx import ThresholdQuantizer
+    x = torch.cat([torch.randn(20000), torch.tensor([0.0, -0.0, 0.125, 0.5, 1.0, 2.0, -0.0625])])
+    for cls, bits in ((sq.ShiftQuantizer, 1), (sq.ShiftQuantizer, 3), (sq.UniformQuantizer, 4)):
+        for rounding in ("ceil", "nearest"):
+            for zero in (False, True):
+                for signed in (False, True):
+                    q = cls(bits, rounding, zero, signed)
+                    assert torch.equal(ThresholdQuantizer(q)(x), q.hard(x)), (cls, bits, rounding, zero, signed)
