@@ -136,7 +136,8 @@ class Exporter:
                               "guaranteed (use fewer shift bits or smaller inputs)")
         bits = worst.bit_length() + 1  # plus sign
         width = next(w for w in (8, 16, 32, 64) if bits <= w)
-        return {"accumulator_bound": worst, "accumulator_bits": width, "exact": bool(exact)}
+        return {"accumulator_bound": worst, "accumulator_bits": width, "exact": bool(exact),
+                "input_range": [round(lo), round(hi)]}
 
     # ------------------------------------------------------------------ float ops
     def float_module(self, name: str, m: nn.Module) -> dict:

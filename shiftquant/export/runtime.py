@@ -89,10 +89,15 @@ class Runtime:
         return t
 
     def _check(self) -> None:
-        """Every reference resolves and every shift layer's codes decode: before any run."""
+        """Every reference resolves, every field has its type and range, every tensor its shape,
+        every shift layer's codes decode: all before any run."""
         try:
             seen = set()
+            if not isinstance(self.nodes, list) or not isinstance(self.manifest.get("outputs"), list):
+                raise BundleError(f"{self.source}: manifest lacks its node or output list")
             for node in self.nodes:
+                if not isinstance(node.get("name"), str) or node["name"] in seen:
+                    raise BundleError(f"{self.source}: a node has a missing or repeated name")
                 for i in node["inputs"]:
                     if i not in seen:
                         raise BundleError(f"{self.source}: node {node['name']!r} reads {i!r} before it is computed")
@@ -100,16 +105,117 @@ class Runtime:
                     self._weights[node["name"]] = self._decode_weights(node)
                 elif node["op"] not in _FLOAT_OPS and node["op"] != "input":
                     raise BundleError(f"{self.source}: unknown op {node['op']!r}")
+                else:
+                    self._check_float_op(node)
                 seen.add(node["name"])
             for o in self.manifest["outputs"]:
                 if o not in seen:
                     raise BundleError(f"{self.source}: output {o!r} is not computed")
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise BundleError(f"{self.source}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+    def _fail(self, node: dict, what: str):
+        raise BundleError(f"{self.source}: node {node.get('name')!r} ({node.get('op')}): {what}")
+
+    def _ints(self, node: dict, key: str, n: int, low: int = 0) -> list[int]:
+        v = node.get(key)
+        v = [v] * n if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(v, list) or len(v) != n or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                             and low <= i < 1 << 16 for i in v):
+            self._fail(node, f"{key} must be {n} integers >= {low}")
+        return v
+
+    def _number(self, node: dict, value, what: str, low: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < low:
+            self._fail(node, f"{what} must be a finite number >= {low}")
+        return float(value)
+
+    def _check_quantizer(self, node: dict, q: dict) -> None:
+        if not isinstance(q, dict) or q.get("kind") not in ("shift", "uniform") \
+                or q.get("rounding") not in QF.ROUNDINGS or not isinstance(q.get("zero"), bool) \
+                or not isinstance(q.get("signed"), bool):
+            self._fail(node, "malformed quantizer")
+        self._ints(node | {"_q": q.get("bits")}, "_q", 1)
+        self._ints(node | {"_c": q.get("code_bits")}, "_c", 1, 1)
+        levels = q.get("levels")
+        if not isinstance(levels, list) or not levels or len(levels) > 1 << q["code_bits"] \
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) for v in levels) \
+                or levels != sorted(levels):
+            self._fail(node, "quantizer levels must be a sorted list of finite numbers that fits its code")
+        res = self._number(node, q.get("resolution"), "resolution", 1e-30)
+        if any(abs(v / res - round(v / res)) > 0 for v in levels):
+            self._fail(node, "quantizer levels must be multiples of its resolution")
+
+    def _check_float_op(self, node: dict) -> None:
+        op = node["op"]
+        if op == "batch_norm":
+            mean = self._tensor(node["mean"])
+            if mean.ndim != 1:
+                self._fail(node, "mean must be 1-D")
+            for k in ("var", "weight", "bias"):
+                if node.get(k) is not None:
+                    self._tensor(node[k], mean.shape)
+            self._number(node, node.get("eps"), "eps")
+        elif op in ("max_pool2d", "avg_pool2d"):
+            self._ints(node, "kernel_size", 2, 1)
+            self._ints(node, "stride", 2, 1)
+            self._ints(node, "padding", 2)
+            if op == "max_pool2d":
+                self._ints(node, "dilation", 2, 1)
+        elif op == "adaptive_avg_pool2d":
+            self._ints(node, "output_size", 2, 1)
+        elif op == "flatten":
+            for k in ("start_dim", "end_dim"):
+                if isinstance(node.get(k), bool) or not isinstance(node.get(k), int) or not -8 <= node[k] < 8:
+                    self._fail(node, f"{k} must be a small integer")
+        elif op in ("conv2d", "linear"):
+            w = self._tensor(node["weight"])
+            if w.ndim != (4 if op == "conv2d" else 2):
+                self._fail(node, "weight has the wrong rank")
+            if node.get("bias") is not None:
+                self._tensor(node["bias"], (w.shape[0],))
+            if op == "conv2d":
+                self._check_conv_geometry(node)
+        elif op == "input":
+            self._ints(node | {"_s": node.get("shape")}, "_s", len(node.get("shape") or [0]), 1)
+        if len(node["inputs"]) != (2 if op == "add" else 0 if op == "input" else 1):
+            self._fail(node, "wrong number of inputs")
+
+    def _check_conv_geometry(self, node: dict) -> None:
+        self._ints(node, "stride", 2, 1)
+        self._ints(node, "padding", 2)
+        self._ints(node, "dilation", 2, 1)
+        self._ints(node | {"_g": node.get("groups")}, "_g", 1, 1)
 
     def _decode_weights(self, node: dict) -> np.ndarray:
         spec = node["weight_quantizer"]
-        shape = node["weight_shape"]
+        conv = node["op"] == "shift_conv2d"
+        shape = self._ints(node, "weight_shape", 4 if conv else 2, 1)
+        self._check_quantizer(node, spec)
+        if conv:
+            self._check_conv_geometry(node)
+            if shape[0] % node["groups"]:
+                self._fail(node, "groups must divide the output channels")
+        iq = node["input_quantizer"]
+        self._check_quantizer(node, iq.get("quantizer"))
+        if iq.get("channel_dim") not in (1, -1):
+            self._fail(node, "input channel_dim must be 1 or -1")
+        if iq.get("policy") == "learned_pot":
+            if isinstance(iq.get("log2_scale"), bool) or not isinstance(iq.get("log2_scale"), int) \
+                    or not -100 <= iq["log2_scale"] <= 100:
+                self._fail(node, "log2_scale must be an integer in [-100, 100]")
+        elif iq.get("policy") == "standardize":
+            mean = self._tensor(iq["running_mean"])
+            self._tensor(iq["running_var"], mean.shape)
+            self._number(node, iq.get("clip_sigma"), "clip_sigma", 1e-30)
+            self._number(node, iq.get("norm_eps"), "norm_eps")
+        else:
+            self._fail(node, "unknown input policy")
+        for k in ("weight_offset", "bias"):
+            if node.get(k) is not None:
+                self._tensor(node[k], (shape[0],))
+        if len(node["inputs"]) != 1:
+            self._fail(node, "wrong number of inputs")
         count = int(np.prod(shape))
         codes = unpack_codes(self._tensor(node["weight_codes"]), int(spec["code_bits"]), count)
         levels = np.asarray(spec["levels"], dtype=np.float64)
@@ -155,16 +261,22 @@ class Runtime:
         w_unit = self._tensor(node["weight_scale"]).astype(np.float64) * node["weight_quantizer"]["resolution"]
         out = acc.astype(np.float64) * (w_unit * a_unit).reshape(channel_shape)
         if node.get("weight_offset"):
-            # w = code * scale + offset: the offset multiplies the sum of the inputs in the window.
-            ones = np.ones((1,) + w_int.shape[1:], dtype=np.int64)
-            window = (shift_add_conv(a_int, np.broadcast_to(ones, w_int.shape[:1] * 0 + (1,) + w_int.shape[1:]).copy(),
-                                     node["stride"], node["padding"], node["dilation"], 1)
-                      if node["op"] == "shift_conv2d" else a_int.sum(-1, keepdims=True))
+            # w = code * scale + offset: the offset multiplies the sum of the inputs its channel sees.
             offset = self._tensor(node["weight_offset"]).astype(np.float64).reshape(channel_shape)
-            out = out + offset * window.astype(np.float64) * a_unit
+            out = out + offset * self._window_sums(node, a_int, w_int.shape).astype(np.float64) * a_unit
         if node.get("bias"):
             out = out + self._tensor(node["bias"]).astype(np.float64).reshape(channel_shape)
         return torch.from_numpy(out.astype(np.float32))
+
+    @staticmethod
+    def _window_sums(node: dict, a_int: np.ndarray, w_shape) -> np.ndarray:
+        """Per output channel, the sum of the input integers in its receptive field."""
+        if node["op"] == "shift_linear":
+            return a_int.sum(-1, keepdims=True)
+        groups = node["groups"]
+        ones = np.ones((groups,) + tuple(w_shape[1:]), dtype=np.int64)
+        sums = shift_add_conv(a_int, ones, node["stride"], node["padding"], node["dilation"], groups)
+        return np.repeat(sums, w_shape[0] // groups, axis=1)
 
     def _float_op(self, node: dict, args: list[torch.Tensor]) -> torch.Tensor:
         op, x = node["op"], args[0] if args else None
@@ -195,19 +307,28 @@ class Runtime:
 
     @torch.no_grad()
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits for ``x``. A bundle whose shapes do not fit each other fails here, naming the node."""
         values: dict[str, torch.Tensor] = {}
         x = np.asarray(x, dtype=np.float32)
         for node in self.nodes:
-            if node["op"] == "input":
-                if list(x.shape[1:]) != node["shape"]:
-                    raise BundleError(f"input shape {list(x.shape)}: expected (batch, {', '.join(map(str, node['shape']))})")
-                values[node["name"]] = torch.from_numpy(x)
-            elif node["op"] in ("shift_conv2d", "shift_linear"):
-                values[node["name"]] = self._shift_layer(node, values[node["inputs"][0]])
-            else:
-                values[node["name"]] = self._float_op(node, [values[i] for i in node["inputs"]])
+            try:
+                self._run_node(node, x, values)
+            except BundleError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError, AttributeError) as exc:
+                self._fail(node, f"cannot execute: {type(exc).__name__}: {str(exc)[:200]}")
         outs = [values[o].numpy() for o in self.manifest["outputs"]]
         return outs[0] if len(outs) == 1 else outs
+
+    def _run_node(self, node: dict, x: np.ndarray, values: dict) -> None:
+        if node["op"] == "input":
+            if list(x.shape[1:]) != node["shape"]:
+                raise BundleError(f"input shape {list(x.shape)}: expected (batch, {', '.join(map(str, node['shape']))})")
+            values[node["name"]] = torch.from_numpy(x)
+        elif node["op"] in ("shift_conv2d", "shift_linear"):
+            values[node["name"]] = self._shift_layer(node, values[node["inputs"][0]])
+        else:
+            values[node["name"]] = self._float_op(node, [values[i] for i in node["inputs"]])
 
 
 _FLOAT_OPS = {"batch_norm", "relu", "add", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten",

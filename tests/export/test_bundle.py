@@ -164,3 +164,15 @@ def test_threshold_form_equals_functional_quantizer():
                 for signed in (False, True):
                     q = cls(bits, rounding, zero, signed)
                     assert torch.equal(ThresholdQuantizer(q)(x), q.hard(x)), (cls, bits, rounding, zero, signed)
+
+
+def test_mean_preserving_weights_export_with_agreement(tmp_path):
+    """weight_keep_mean adds a per-channel term: the runtime adds offset x window sum (grouped too)."""
+    model, x = build("cnn", 3)
+    sq.quantize_model(model, sq.QuantRecipe.preset("all", weight_keep_mean=True, act_shift_bits=3))
+    sq.calibrate(model, [x])
+    rt = sq.export(model, tmp_path / "mean.sqb", x)
+    sq.set_slope(model, 0.0)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(rt.run(x.numpy()) - ref).max() < 1e-3

@@ -1,0 +1,135 @@
+"""Fuzzing the bundle loader and runtime, and the accumulators at their extremes."""
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import shiftquant as sq
+from shiftquant.errors import BundleError
+from shiftquant.export.bundle import parse_bundle, read_bundle, write_bundle
+from shiftquant.export.runtime import Runtime, _shift_add
+from tests.export.models import build
+
+RAW_MUTATIONS = 8000
+RESEALED_MUTATIONS = 2000
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model, x = build("mlp", 0)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    sq.calibrate(model, [x])
+    path = tmp_path_factory.mktemp("fuzz") / "mlp.sqb"
+    rt = sq.export(model, path, x)
+    return path, x.numpy(), rt.run(x.numpy())
+
+
+def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    kind = rng.randrange(4)
+    b = bytearray(data)
+    if kind == 0:  # flip bits
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif kind == 1:  # truncate
+        b = b[: rng.randrange(len(b))]
+    elif kind == 2:  # insert junk
+        pos = rng.randrange(len(b) + 1)
+        b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    else:  # overwrite a run
+        pos = rng.randrange(len(b))
+        b[pos:pos + 8] = bytes(rng.randrange(256) for _ in range(8))
+    return bytes(b)
+
+
+def test_raw_mutations_are_refused_or_identical(tiny):
+    path, x, expected = tiny
+    data = path.read_bytes()
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(RAW_MUTATIONS):
+        mutated = _mutate_bytes(data, rng)
+        try:
+            manifest, tensors = parse_bundle(mutated)
+        except BundleError:
+            refused += 1
+            continue
+        # Only a mutation that changed nothing can pass the checksum.
+        assert mutated == data
+        assert np.array_equal(Runtime(manifest, tensors).run(x), expected)
+    assert refused >= RAW_MUTATIONS * 0.99
+
+
+def _mutate_manifest(manifest: dict, tensors: dict, rng: random.Random):
+    """A structurally plausible but wrong bundle, resealed with a valid checksum."""
+    manifest, tensors = copy.deepcopy(manifest), dict(tensors)
+    node = rng.choice(manifest["nodes"])
+    junk = rng.choice([None, -1, 0, 3.5, "x", [], {}, [1, 2], 10**12, True])
+    choice = rng.randrange(6)
+    if choice == 0:
+        key = rng.choice(sorted(node))
+        node[key] = junk
+    elif choice == 1 and node["op"].startswith("shift_"):
+        key = rng.choice(["weight_quantizer", "input_quantizer"])
+        sub = node[key] if key == "weight_quantizer" else node[key]["quantizer"]
+        sub[rng.choice(sorted(sub))] = junk
+    elif choice == 2:
+        name = rng.choice(sorted(tensors))
+        t = tensors[name]
+        tensors[name] = t.reshape(-1)[: max(t.size - rng.randint(1, 3), 0)].copy()
+    elif choice == 3:
+        name = rng.choice(sorted(tensors))
+        tensors[name] = np.full_like(tensors[name], rng.choice([np.nan, np.inf, 255, -1e30]))
+    elif choice == 4:
+        manifest["nodes"].insert(rng.randrange(len(manifest["nodes"]) + 1), copy.deepcopy(node))
+    else:
+        del manifest["nodes"][rng.randrange(len(manifest["nodes"]))]
+    return manifest, tensors
+
+
+def test_resealed_mutations_are_refused_or_run(tiny, tmp_path):
+    path, x, expected = tiny
+    manifest, tensors = read_bundle(path)
+    rng = random.Random(1)
+    outcomes = {"refused": 0, "ran": 0}
+    target = tmp_path / "m.sqb"
+    for _ in range(RESEALED_MUTATIONS):
+        m, t = _mutate_manifest(manifest, tensors, rng)
+        try:
+            write_bundle(target, m, t)
+        except (TypeError, ValueError, BundleError):
+            continue  # not even writable (e.g. a NaN in JSON): nothing to load
+        try:
+            out = sq.load_bundle(target).run(x)
+        except BundleError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["ran"] += 1
+        assert isinstance(out, np.ndarray) and out.shape == expected.shape
+    assert outcomes["refused"] > RESEALED_MUTATIONS // 4
+    print(outcomes)
+
+
+@pytest.mark.parametrize("name,bits,acts", [("resnet20", 3, False), ("resnet20", 2, True), ("cnn", 3, True)])
+def test_accumulators_at_the_extremes_match_a_wide_integer_reference(name, bits, acts, tmp_path):
+    model, x = build(name, 0)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=bits,
+                                                   act_shift_bits=bits if acts else None))
+    sq.calibrate(model, [x])
+    rt = sq.export(model, tmp_path / "m.sqb", x)
+    for node in rt.nodes:
+        if not node["op"].startswith("shift_"):
+            continue
+        w = rt._weights[node["name"]].reshape(node["weight_shape"][0], -1)
+        lo, hi = node["input_range"]  # the codes this layer's input can take, proven by the exporter
+        for a in (np.where(w > 0, hi, lo), np.where(w > 0, lo, hi), np.full_like(w, hi), np.full_like(w, lo)):
+            # Column c of the patch matrix is channel c's adversarial input: the diagonal is its sum.
+            acc = _shift_add(a.T[None].copy(), w)[0]
+            got = [int(acc[c, c]) for c in range(w.shape[0])]
+            wide = [sum(int(wi) * int(ai) for wi, ai in zip(w[c], a[c])) for c in range(w.shape[0])]
+            assert got == wide
+            assert max(abs(v) for v in wide) <= node["accumulator_bound"]
+        bits = node["accumulator_bits"]
+        assert node["accumulator_bound"] < 2 ** (bits - 1)
