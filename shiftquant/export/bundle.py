@@ -91,7 +91,6 @@ def parse_bundle(data: bytes, name: str = "bundle") -> tuple[dict, dict[str, np.
         raise BundleError(f"{name}: checksum mismatch: the file is corrupt or was modified")
     try:
         body = zlib.decompress(data[_HEAD.size:-_DIGEST])
-        from safetensors import safe_open  # noqa: F401  (the package must be importable)
         from safetensors.numpy import load
 
         tensors = load(body)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..convert import quantizers, set_slope
 from ..errors import ExportError
-from ..nn.layers import QuantConv2d, QuantLinear, QuantMixin
+from ..nn.layers import QuantConv2d, QuantMixin
 from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
 from .bundle import pack_codes
@@ -28,8 +28,6 @@ from .bundle import pack_codes
 # float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
 # float computation of PyTorch and the integer one of the runtime agree bit for bit.
 EXACT_ACCUMULATOR = 1 << 24
-FLOAT_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                 nn.Flatten, nn.Identity, nn.Dropout, nn.Conv2d, nn.Linear)
 
 
 class _Tracer(fx.Tracer):

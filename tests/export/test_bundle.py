@@ -14,7 +14,6 @@ import shiftquant as sq
 from shiftquant.cli import bundle_summary, main
 from shiftquant.errors import BundleError
 from shiftquant.export.bundle import FORMAT_VERSION, MAGIC, pack_codes, parse_bundle, unpack_codes
-from shiftquant.export.runtime import Runtime
 from shiftquant.models import resnet20
 from tests.export.models import build
 

@@ -1,11 +1,9 @@
 """Fuzzing the bundle loader and runtime, and the accumulators at their extremes."""
 import copy
-import json
 import random
 
 import numpy as np
 import pytest
-import torch
 
 import shiftquant as sq
 from shiftquant.errors import BundleError
