@@ -69,13 +69,7 @@ def plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
         if hist and name != "float":
             ax.plot(*zip(*hist), marker="o", label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("hard (eps = 0) test accuracy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    paths.append(out_dir / "accuracy_vs_epoch.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_finish(plt, fig, ax, out_dir / "accuracy_vs_epoch.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     points = [(r["model_bytes"], _acc(r), name) for name, r in results.items() if r.get("model_bytes")]
@@ -94,14 +88,19 @@ def plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
         ax.annotate(n, (b, a), fontsize=6)
     ax.set_xscale("log")
     ax.set_xlabel("model bytes")
+    paths.append(_finish(plt, fig, ax, out_dir / "pareto.png"))
+    return paths
+
+
+def _finish(plt, fig, ax, path: Path) -> Path:
+    """The plots' shared y axis, legend and grid; saves and closes the figure."""
     ax.set_ylabel("hard (eps = 0) test accuracy")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    paths.append(out_dir / "pareto.png")
     fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return paths
+    return path
 
 
 def render(results_dir: Path, out: Path | None) -> str:

@@ -57,3 +57,13 @@ def build(name: str, seed: int) -> tuple[nn.Module, torch.Tensor]:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
     return model.eval(), x
+
+
+def quantized(name: str, seed: int, preset: str = "deploy", **recipe):
+    """``build`` converted with a recipe and calibrated on its own input: ``(model, x)``."""
+    import shiftquant as sq
+
+    model, x = build(name, seed)
+    sq.quantize_model(model, sq.QuantRecipe.preset(preset, **recipe))
+    sq.calibrate(model, [x])
+    return model, x

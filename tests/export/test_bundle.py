@@ -15,7 +15,7 @@ from shiftquant.cli import bundle_summary, main
 from shiftquant.errors import BundleError
 from shiftquant.export.bundle import FORMAT_VERSION, MAGIC, pack_codes, parse_bundle, unpack_codes
 from shiftquant.models import resnet20
-from tests.export.models import build
+from tests.export.models import quantized
 
 
 @settings(max_examples=100, deadline=None)
@@ -29,9 +29,7 @@ def test_pack_unpack_roundtrip_at_code_width(bits, values):
 
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory):
-    model, x = build("cnn", 0)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
-    sq.calibrate(model, [x])
+    model, x = quantized("cnn", 0, act_shift_bits=2)
     path = tmp_path_factory.mktemp("b") / "cnn.sqb"
     sq.export(model, path, x)
     return path, x
@@ -143,14 +141,9 @@ def test_seed_recipe_runtime_agrees_with_pytorch_on_the_test_set(trained_digits,
 
 
 def test_onnx_matches_pytorch(tmp_path):
-    model, x = build("resnet20", 0)
-    sq.quantize_model(model, sq.QuantRecipe.preset("dbssq", act_shift_bits=2))
-    sq.calibrate(model, [x])
-    diff = sq.export_onnx(model, tmp_path / "m.onnx", x)
-    assert diff < 1e-4
-    model, x = build("cnn", 0)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
-    sq.calibrate(model, [x])
+    model, x = quantized("resnet20", 0, "dbssq", act_shift_bits=2)
+    assert sq.export_onnx(model, tmp_path / "m.onnx", x) < 1e-4
+    model, x = quantized("cnn", 0, act_shift_bits=2)
     assert sq.export_onnx(model, tmp_path / "d.onnx", x) < 1e-4
 
 
@@ -167,9 +160,7 @@ def test_threshold_form_equals_functional_quantizer():
 
 def test_mean_preserving_weights_export_with_agreement(tmp_path):
     """weight_keep_mean adds a per-channel term: the runtime adds offset x window sum (grouped too)."""
-    model, x = build("cnn", 3)
-    sq.quantize_model(model, sq.QuantRecipe.preset("all", weight_keep_mean=True, act_shift_bits=3))
-    sq.calibrate(model, [x])
+    model, x = quantized("cnn", 3, "all", weight_keep_mean=True, act_shift_bits=3)
     rt = sq.export(model, tmp_path / "mean.sqb", x)
     sq.set_slope(model, 0.0)
     with torch.no_grad():

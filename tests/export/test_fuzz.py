@@ -9,7 +9,7 @@ import shiftquant as sq
 from shiftquant.errors import BundleError
 from shiftquant.export.bundle import parse_bundle, read_bundle, write_bundle
 from shiftquant.export.runtime import Runtime, _shift_add
-from tests.export.models import build
+from tests.export.models import quantized
 
 RAW_MUTATIONS = 8000
 RESEALED_MUTATIONS = 2000
@@ -17,9 +17,7 @@ RESEALED_MUTATIONS = 2000
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    model, x = build("mlp", 0)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
-    sq.calibrate(model, [x])
+    model, x = quantized("mlp", 0, act_shift_bits=2)
     path = tmp_path_factory.mktemp("fuzz") / "mlp.sqb"
     rt = sq.export(model, path, x)
     return path, x.numpy(), rt.run(x.numpy())
@@ -112,10 +110,7 @@ def test_resealed_mutations_are_refused_or_run(tiny, tmp_path):
 
 @pytest.mark.parametrize("name,bits,acts", [("resnet20", 3, False), ("resnet20", 2, True), ("cnn", 3, True)])
 def test_accumulators_at_the_extremes_match_a_wide_integer_reference(name, bits, acts, tmp_path):
-    model, x = build(name, 0)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=bits,
-                                                   act_shift_bits=bits if acts else None))
-    sq.calibrate(model, [x])
+    model, x = quantized(name, 0, weight_shift_bits=bits, act_shift_bits=bits if acts else None)
     rt = sq.export(model, tmp_path / "m.sqb", x)
     for node in rt.nodes:
         if not node["op"].startswith("shift_"):

@@ -4,17 +4,14 @@ import pytest
 import torch
 
 import shiftquant as sq
-from tests.export.models import build
+from tests.export.models import quantized
 
 SEEDS = {"mlp": 20, "cnn": 20, "resnet20": 20, "resnet18": 3}
 CONFIGS = [(bits, acts) for bits in (1, 2, 3) for acts in (False, True)]
 
 
 def hard_and_runtime(name, seed, bits, acts, tmp_path):
-    model, x = build(name, seed)
-    recipe = sq.QuantRecipe.preset("deploy", weight_shift_bits=bits, act_shift_bits=bits if acts else None)
-    sq.quantize_model(model, recipe)
-    sq.calibrate(model, [x])
+    model, x = quantized(name, seed, weight_shift_bits=bits, act_shift_bits=bits if acts else None)
     sq.set_slope(model, 0.0)
     rt = sq.export(model, tmp_path / f"{name}.sqb", x)
     with torch.no_grad():
