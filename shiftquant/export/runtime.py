@@ -117,12 +117,12 @@ class Runtime:
     def _fail(self, node: dict, what: str):
         raise BundleError(f"{self.source}: node {node.get('name')!r} ({node.get('op')}): {what}")
 
-    def _ints(self, node: dict, key: str, n: int, low: int = 0) -> list[int]:
-        v = node.get(key)
-        v = [v] * n if isinstance(v, int) and not isinstance(v, bool) else v
+    def _ints(self, node: dict, value, what: str, n: int = 1, low: int = 0) -> list[int]:
+        """``value`` as ``n`` integers in ``[low, 2^16)`` (one integer stands for ``n`` equal ones)."""
+        v = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
         if not isinstance(v, list) or len(v) != n or not all(isinstance(i, int) and not isinstance(i, bool)
                                                              and low <= i < 1 << 16 for i in v):
-            self._fail(node, f"{key} must be {n} integers >= {low}")
+            self._fail(node, f"{what} must be {n} integers >= {low}")
         return v
 
     def _number(self, node: dict, value, what: str, low: float = 0.0) -> float:
@@ -135,8 +135,8 @@ class Runtime:
                 or q.get("rounding") not in QF.ROUNDINGS or not isinstance(q.get("zero"), bool) \
                 or not isinstance(q.get("signed"), bool):
             self._fail(node, "malformed quantizer")
-        self._ints(node | {"_q": q.get("bits")}, "_q", 1)
-        self._ints(node | {"_c": q.get("code_bits")}, "_c", 1, 1)
+        self._ints(node, q.get("bits"), "quantizer bits")
+        self._ints(node, q.get("code_bits"), "code_bits", low=1)
         levels = q.get("levels")
         if not isinstance(levels, list) or not levels or len(levels) > 1 << q["code_bits"] \
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) for v in levels) \
@@ -157,13 +157,13 @@ class Runtime:
                     self._tensor(node[k], mean.shape)
             self._number(node, node.get("eps"), "eps")
         elif op in ("max_pool2d", "avg_pool2d"):
-            self._ints(node, "kernel_size", 2, 1)
-            self._ints(node, "stride", 2, 1)
-            self._ints(node, "padding", 2)
+            self._ints(node, node.get("kernel_size"), "kernel_size", 2, 1)
+            self._ints(node, node.get("stride"), "stride", 2, 1)
+            self._ints(node, node.get("padding"), "padding", 2)
             if op == "max_pool2d":
-                self._ints(node, "dilation", 2, 1)
+                self._ints(node, node.get("dilation"), "dilation", 2, 1)
         elif op == "adaptive_avg_pool2d":
-            self._ints(node, "output_size", 2, 1)
+            self._ints(node, node.get("output_size"), "output_size", 2, 1)
         elif op == "flatten":
             for k in ("start_dim", "end_dim"):
                 if isinstance(node.get(k), bool) or not isinstance(node.get(k), int) or not -8 <= node[k] < 8:
@@ -177,20 +177,20 @@ class Runtime:
             if op == "conv2d":
                 self._check_conv_geometry(node)
         elif op == "input":
-            self._ints(node | {"_s": node.get("shape")}, "_s", len(node.get("shape") or [0]), 1)
+            self._ints(node, node.get("shape"), "shape", len(node.get("shape") or [0]), 1)
         if len(node["inputs"]) != (2 if op == "add" else 0 if op == "input" else 1):
             self._fail(node, "wrong number of inputs")
 
     def _check_conv_geometry(self, node: dict) -> None:
-        self._ints(node, "stride", 2, 1)
-        self._ints(node, "padding", 2)
-        self._ints(node, "dilation", 2, 1)
-        self._ints(node | {"_g": node.get("groups")}, "_g", 1, 1)
+        self._ints(node, node.get("stride"), "stride", 2, 1)
+        self._ints(node, node.get("padding"), "padding", 2)
+        self._ints(node, node.get("dilation"), "dilation", 2, 1)
+        self._ints(node, node.get("groups"), "groups", low=1)
 
     def _decode_weights(self, node: dict) -> np.ndarray:
         spec = node["weight_quantizer"]
         conv = node["op"] == "shift_conv2d"
-        shape = self._ints(node, "weight_shape", 4 if conv else 2, 1)
+        shape = self._ints(node, node.get("weight_shape"), "weight_shape", 4 if conv else 2, 1)
         self._check_quantizer(node, spec)
         if conv:
             self._check_conv_geometry(node)
