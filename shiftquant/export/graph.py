@@ -96,7 +96,7 @@ class Exporter:
             "weight_codes": self.add(f"{name}.codes", pack_codes(codes.numpy(), spec["code_bits"])),
             "weight_scale": self.add(f"{name}.scale", scale.reshape(-1).float()),
             "weight_offset": self.add(f"{name}.offset", offset.reshape(-1).float()) if wq.keep_mean else None,
-            "bias": self.add(f"{name}.bias", layer.quantized_bias(_input_scale(aq))) if layer.bias is not None else None,
+            "bias": self.add(f"{name}.bias", layer.quantized_bias(input_scale(aq))) if layer.bias is not None else None,
             "exact_bias": bool(layer.exact_bias),
             "input_quantizer": self.input_quantizer(name, aq),
         }
@@ -125,7 +125,7 @@ class Exporter:
         bound = torch.maximum((pos * hi - neg * lo).abs(), (pos * lo - neg * hi).abs())
         exact = layer.exact_bias and entry["input_quantizer"]["policy"] == "learned_pot"
         if exact and layer.bias is not None:
-            scale = _input_scale(layer.input_quantizer)
+            scale = input_scale(layer.input_quantizer)
             grid = layer.accumulator_grid(scale).detach().double()
             bound = bound + (layer.quantized_bias(scale).detach().double() / grid).abs()
         worst = int(bound.max().item())
@@ -227,7 +227,7 @@ _KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "id
 FLOAT_OP_NAMES = {"batch_norm", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add", "conv2d", "linear"}
 
 
-def _input_scale(aq: ActivationQuantizer) -> torch.Tensor:
+def input_scale(aq: ActivationQuantizer) -> torch.Tensor:
     """The scalar an input quantizer's codes are worth (as its ``quantize`` returns it)."""
     if aq.policy == "learned_pot":
         return pot_scale(aq.log2_scale).detach()

@@ -20,6 +20,7 @@ from ..errors import ExportError
 from ..nn.layers import QuantConv2d, QuantMixin
 from ..quant.quantizers import ShiftQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
+from .graph import input_scale
 
 
 def level_boundaries(quantizer) -> tuple[list[float], list[float]]:
@@ -87,7 +88,7 @@ def _plain_layer(layer: QuantMixin) -> nn.Module:
     aq = layer.input_quantizer
     scale = None
     if aq is not None:
-        scale = pot_scale(aq.log2_scale).detach() if aq.policy == "learned_pot" else torch.tensor(aq.clip_sigma)
+        scale = input_scale(aq)
     if isinstance(layer, QuantConv2d):
         plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                           layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
