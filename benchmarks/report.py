@@ -26,32 +26,67 @@ def load(results_dir: Path) -> dict[str, dict]:
     return out
 
 
-def _acc(r: dict) -> float:
+def _acc(r: dict) -> float | None:
     return r.get("hard_test_acc", r.get("fp_test_acc"))
+
+
+# The issue's targets for our best recipe: (row, the most it may lose against the float control).
+TARGETS = [("ours_w3", 0.1), ("ours_w3a3", 1.0), ("ours_s1_wa", 3.0)]
+# Our row and the rows it must match or beat at the same setting.
+RIVALS = {"ours_w3": ["seed_w3", "deepshift_w3", "uniform_w3"],
+          "ours_w3a3": ["seed_w3a3", "deepshift_w3a3", "uniform_w3a3"]}
+
+
+def verdicts(results: dict[str, dict]) -> list[str]:
+    """One line per target: met or missed, with the numbers (points of hard accuracy)."""
+    control = results.get("float_control")
+    lines = []
+    for name, budget in TARGETS:
+        r = results.get(name)
+        if not control or not r or _acc(r) is None:
+            lines.append(f"- {name}: not run")
+            continue
+        lost = 100 * (_acc(control) - _acc(r))
+        lines.append(f"- {name}: loses {lost:+.2f} points against the float control (target <= {budget:g}): "
+                     + ("**met**" if lost <= budget else "**missed**"))
+    for name, rivals in RIVALS.items():
+        r = results.get(name)
+        done = [(n, _acc(results[n])) for n in rivals if n in results and _acc(results[n]) is not None]
+        if not r or _acc(r) is None or not done:
+            continue
+        behind = [f"{n} ({100 * (a - _acc(r)):+.2f})" for n, a in done if a > _acc(r)]
+        lines.append(f"- {name} vs {', '.join(n for n, _ in done)}: "
+                     + (f"**behind** {', '.join(behind)}" if behind else "**at least as good as all**"))
+    return lines
 
 
 def tables(results: dict[str, dict], protocol: dict) -> str:
     control = results.get("float_control")
     base = results.get("float")
     ref = _acc(control) if control else None
-    float_epoch = base["wall_time_per_epoch_s"] if base else None
+    float_epoch = (control or base or {}).get("wall_time_per_epoch_s")
     lines = [f"Protocol `{protocol.get('protocol')}`, budget {json.dumps(protocol.get('budget'))}.", ""]
     if base:
         lines.append(f"Float model (from scratch, {base['epochs']} epochs): test accuracy **{100 * _acc(base):.2f}%**; "
                      + (f"float control (fine-tuned for the QAT budget): **{100 * ref:.2f}%**." if control else ""))
         lines.append("")
     lines += ["| configuration | hard acc (eps = 0) | lost vs float control | relaxed acc (eps) | epochs | "
-              "model bytes | s/epoch (x float) |",
+              "model bytes | s/epoch (x float control) |",
               "|---|---|---|---|---|---|---|"]
     names = [n for n in MAIN_ROWS if n in results] + sorted(n for n in results if n.startswith("ours_s"))
     for name in names:
         r = results[name]
+        if "failed" in r:
+            lines.append(f"| {name} | failed: {r['failed']} | - | - | - | - | - |")
+            continue
         hard = _acc(r)
         lost = f"{100 * (ref - hard):+.2f}" if ref is not None else "-"
         relaxed = f"{100 * r['relaxed_test_acc']:.2f}% ({r['eps_final']:g})" if "relaxed_test_acc" in r else "-"
         ratio = f" ({r['wall_time_per_epoch_s'] / float_epoch:.2f}x)" if float_epoch else ""
         lines.append(f"| {name} | {100 * hard:.2f}% | {lost} | {relaxed} | {r['epochs']} | "
                      f"{r.get('model_bytes', 0):,.0f} | {r['wall_time_per_epoch_s']:.0f}{ratio} |")
+    lines += ["", "Targets (ours against the float control; ours against the seed recipe and the baselines):", "",
+              *verdicts(results)]
     lines += ["", "Commands: each row is `python benchmarks/accuracy.py --protocol fmnist-r20 --only NAME`; "
               "the exact overrides are in its result file (`command`)."]
     return "\n".join(lines)
@@ -72,7 +107,8 @@ def plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
     paths.append(_finish(plt, fig, ax, out_dir / "accuracy_vs_epoch.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    points = [(r["model_bytes"], _acc(r), name) for name, r in results.items() if r.get("model_bytes")]
+    points = [(r["model_bytes"], _acc(r), name) for name, r in results.items()
+              if r.get("model_bytes") and _acc(r) is not None]
     for series, marker in (("_w", "o"), ("_wa", "s")):
         pts = sorted((b, a) for b, a, n in points if n.startswith("ours_") and n.endswith(series))
         if pts:

@@ -9,6 +9,10 @@ run of ``total`` epochs. Kinds:
 * ``exponential``: ``start * (end / start) ** (t / total)``, per step (``end > 0``).
 * ``cosine``: from ``start`` to ``end`` along half a cosine, per step.
 * ``constant``: ``value``.
+
+Any kind takes ``zero_tail`` (a fraction in [0, 1), default 0): the kind's curve is squeezed into
+the first ``1 - zero_tail`` of the run and the rest is 0. For the slope that means a last stretch of
+hard-quantized (eps = 0, straight-through) training, so the weights settle for the deployed model.
 """
 from __future__ import annotations
 
@@ -32,8 +36,13 @@ class Schedule:
     start: float = 1.0
     end: float = 0.0
     value: float = 1.0
+    zero_tail: float = 0.0
 
     def __call__(self, t: float, total: int) -> float:
+        if self.zero_tail:
+            if t >= total * (1.0 - self.zero_tail):
+                return 0.0
+            t = t / (1.0 - self.zero_tail)
         if self.kind == "table":
             epoch = min(int(t), total - 1)
             if self.compress:
@@ -63,14 +72,17 @@ def build_schedule(cfg: dict, name: str, total: int, *, unit_interval: bool, non
     kind = cfg.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{name}.kind", kind, "one of " + ", ".join(KINDS))
-    known = {"kind", "values", "compress", "start", "end", "value"}
+    known = {"kind", "values", "compress", "start", "end", "value", "zero_tail"}
     for key in cfg:
         if key not in known:
             raise ConfigError(f"{name}.{key}", cfg[key], "one of the fields " + ", ".join(sorted(known)))
     sched = Schedule(kind=kind, values=list(cfg.get("values") or []), compress=bool(cfg.get("compress", True)),
                      start=_number(f"{name}.start", cfg.get("start", 1.0)),
                      end=_number(f"{name}.end", cfg.get("end", 0.0)),
-                     value=_number(f"{name}.value", cfg.get("value", 1.0)))
+                     value=_number(f"{name}.value", cfg.get("value", 1.0)),
+                     zero_tail=_number(f"{name}.zero_tail", cfg.get("zero_tail", 0.0)))
+    if not 0.0 <= sched.zero_tail < 1.0:
+        raise ConfigError(f"{name}.zero_tail", sched.zero_tail, "a fraction in [0, 1)")
     if kind == "table":
         if not sched.values:
             raise ConfigError(f"{name}.values", sched.values, "a non-empty list of numbers")

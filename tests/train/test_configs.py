@@ -70,6 +70,8 @@ def test_seed_experiments_follow_method(name, tmp_path):
     ("data.batch_size=0", "data.batch_size"),
     ("model.weights=/no/such/file.pt", "model.weights"),
     ("distill.alpha=1.5", "distill.alpha"),
+    ("schedule.eps.zero_tail=1.0", "schedule.eps.zero_tail"),
+    ("+schedule.lr.zero_tail=0.5", "schedule.lr"),
 ])
 def test_bad_values_fail_in_prepare(override, key, tmp_path):
     cfg = compose_cfg(["experiment=quickstart", override], tmp_path)
@@ -83,3 +85,16 @@ def test_missing_imagenet_root_is_a_data_error(tmp_path):
         prepare(cfg)
     assert issubclass(DataError, ShiftQuantError)
     assert not (Path(tmp_path) / "results.json").exists()
+
+
+def test_zero_tail_squeezes_the_curve_and_ends_hard():
+    from shiftquant.train.schedules import build_schedule
+
+    plain = build_schedule({"kind": "exponential", "start": 1.0, "end": 1 / 128}, "eps", 3,
+                           unit_interval=True, non_increasing=True)
+    tailed = build_schedule({"kind": "exponential", "start": 1.0, "end": 1 / 128, "zero_tail": 1 / 3}, "eps", 3,
+                            unit_interval=True, non_increasing=True)
+    for t in (0.0, 0.5, 1.0, 1.9):
+        assert tailed(t, 3) == pytest.approx(plain(1.5 * t, 3))
+    assert tailed(2.0, 3) == 0.0 and tailed(2.99, 3) == 0.0
+    assert plain(2.99, 3) > 0.0
