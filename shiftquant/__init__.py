@@ -10,6 +10,7 @@ from .errors import (BundleError, CheckpointError, ConfigError, DataError, Expor
 from .export import export, load_bundle
 from .export.onnx import export_onnx
 from .nn.layers import QuantConv2d, QuantLinear
+from .nn.residual import QuantBatchNorm2d
 from .quant.quantizers import ShiftQuantizer, UniformQuantizer
 from .quant.scales import ActivationQuantizer, WeightQuantizer
 from .recipe import PRESETS, QuantRecipe
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationQuantizer", "BundleError", "CheckpointError", "ConfigError", "DataError",
-    "ExportError", "PRESETS", "export", "export_onnx", "load_bundle", "load_checkpoint", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
+    "ExportError", "PRESETS", "export", "export_onnx", "load_bundle", "load_checkpoint", "QuantBatchNorm2d", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
     "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "calibrate", "get_slope",
     "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "set_slope",
     "summary", "__version__",

@@ -77,7 +77,9 @@ def bundle_summary(path: str) -> dict:
                                if node.get(k) and node[k] in tensors)
     size = Path(path).stat().st_size
     return {"rows": rows, "bundle_bytes": size, "float32_bytes": float_bytes,
-            "compression": float_bytes / size, "float_ops": manifest["float_ops"], "exact": manifest["exact"]}
+            "compression": float_bytes / size, "float_ops": manifest["float_ops"], "exact": manifest["exact"],
+            "requantized": sum(1 for n in manifest["nodes"] if n.get("requant")),
+            "integer_only": not manifest["float_ops"]}
 
 
 def _summary(args) -> None:
@@ -85,7 +87,8 @@ def _summary(args) -> None:
     print(f"{'layer':<28} {'op':<14} {'W bits':>6} {'weights':>10} {'acc bits':>8}")
     for name, op, bits, count, acc in s["rows"]:
         print(f"{name[:28]:<28} {op:<14} {bits:>6} {count:>10,} {acc:>8}")
-    print(f"shift layers {len(s['rows'])}, float ops {len(s['float_ops'])}, exact parity: {s['exact']}")
+    print(f"shift layers {len(s['rows'])} ({s['requantized']} hand on codes through integer thresholds), "
+          f"float ops {len(s['float_ops'])}, integer-only: {s['integer_only']}, exact parity: {s['exact']}")
     print(f"bundle {s['bundle_bytes']:,} bytes; its parameters as float32 {s['float32_bytes']:,} bytes: "
           f"{s['compression']:.2f}x smaller")
 

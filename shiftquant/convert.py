@@ -9,6 +9,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .nn.layers import QuantConv2d, QuantMixin, quant_class_for
+from .nn.residual import QuantBatchNorm2d, residual_batchnorms
 from .quant.quantizers import Quantizer, check_eps
 from .quant.scales import ActivationQuantizer, WeightQuantizer
 from .recipe import QuantRecipe, name_matches
@@ -68,6 +69,11 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
     """
     for name, layer in select_layers(model, recipe):
         _set_submodule(model, name, quantize_layer(name, layer, recipe))
+    if recipe.residual_bits is not None:
+        for name in residual_batchnorms(model):
+            bn = model.get_submodule(name)
+            q = ActivationQuantizer(recipe.residual_quantizer_core(), bn.num_features, "learned_pot")
+            _set_submodule(model, name, QuantBatchNorm2d.from_float(bn, q.to(bn.weight.device)).train(bn.training))
     return model
 
 
@@ -145,11 +151,14 @@ def calibrate(model: nn.Module, batches: Iterable) -> int:
     model runs in eval mode at ``eps = 1``, so each layer sees the float network's activations;
     slopes and mode are restored afterwards.
     """
-    layers = [m for _, m in quantized_layers(model) if isinstance(m.input_quantizer, ActivationQuantizer)]
-    if not layers:
+    # A layer's input quantizer sees the layer's input; an output quantizer is called on its input.
+    watched = [(m, m.input_quantizer) for _, m in quantized_layers(model)
+               if isinstance(m.input_quantizer, ActivationQuantizer)]
+    watched += [(m.output_quantizer, m.output_quantizer) for m in model.modules() if isinstance(m, QuantBatchNorm2d)]
+    if not watched:
         return 0
-    observers = [_Observer(m.input_quantizer) for m in layers]
-    hooks = [m.register_forward_pre_hook(obs) for m, obs in zip(layers, observers)]
+    observers = [_Observer(q) for _, q in watched]
+    hooks = [m.register_forward_pre_hook(obs) for (m, _), obs in zip(watched, observers)]
     old_eps = {name: q.eps for name, q in quantizers(model)}
     was_training = model.training
     try:

@@ -61,6 +61,10 @@ class QuantRecipe:
     # Make the hard model computable exactly by the integer runtime (power-of-two scales, inputs
     # on a power-of-two grid, biases on the accumulator grid); see docs/export.md.
     deploy_exact: bool = False
+    # Put the residual stream on a power-of-two fixed-point grid of this many bits: every
+    # BatchNorm2d whose output feeds a residual add quantizes it, so the adds are integer adds.
+    # With deploy_exact it makes a ResNet run integer-only in the runtime. null: float residuals.
+    residual_bits: int | None = None
 
     def __post_init__(self):
         for name in ("act_raw_grad_layers", "layers", "layer_types", "keep_float", "kernel_sizes"):
@@ -104,6 +108,8 @@ class QuantRecipe:
                 raise ConfigError("weight_scale", self.weight_scale, "'learned_pot' with deploy_exact")
             if self.act_scale != "learned_pot":
                 raise ConfigError("act_scale", self.act_scale, "'learned_pot' with deploy_exact")
+        if self.residual_bits is not None:
+            check_int_range("residual_bits", self.residual_bits, 2, MAX_UNIFORM_BITS)
         if isinstance(self.clip_sigma, bool) or not isinstance(self.clip_sigma, (int, float)) \
                 or not self.clip_sigma > 0:
             raise ConfigError("clip_sigma", self.clip_sigma, "a number > 0")
@@ -182,6 +188,12 @@ class QuantRecipe:
         return self._make(self.act_shift_bits, self.act_uniform_bits, self.act_rounding,
                           self.act_zero, self.act_signed, grad)
 
+    def residual_quantizer_core(self) -> Quantizer | None:
+        """Signed fixed point with a zero, ``residual_bits`` bits (nearest rounding)."""
+        if self.residual_bits is None:
+            return None
+        return UniformQuantizer(self.residual_bits, "nearest", True, True, self.grad)
+
     @staticmethod
     def _make(shift_bits, uniform_bits, rounding, zero, signed, grad) -> Quantizer | None:
         if shift_bits is not None:
@@ -200,12 +212,12 @@ PRESETS: dict[str, dict] = {
     # The seed as its code runs: no gradient scaling for the inputs of each block's second conv.
     "dbssq_seed_grad": dict(_DBSSQ, act_raw_grad_layers=["*.conv2"]),
     "all": dict(layers=["*"], layer_types=["conv2d", "linear"]),
-    # Ours: learned power-of-two scales, nearest log rounding, unsigned post-ReLU inputs with zero.
-    # Identity at eps = 1, shift-only at eps = 0.
-    # Every Conv/Linear, exactly reproducible by the integer runtime.
+    # Every Conv/Linear, exactly reproducible by the integer runtime, residual stream on an 8-bit grid.
     "deploy": dict(layers=["*"], layer_types=["conv2d", "linear"], weight_rounding="nearest",
                    weight_scale="learned_pot", act_rounding="nearest", act_zero=True, act_scale="learned_pot",
-                   deploy_exact=True),
+                   deploy_exact=True, residual_bits=DEPLOY_INPUT_BITS),
+    # Ours: learned power-of-two scales, nearest log rounding, unsigned post-ReLU inputs with zero.
+    # Identity at eps = 1, shift-only at eps = 0.
     "shiftquant": dict(_DBSSQ, weight_rounding="nearest", weight_scale="learned_pot",
                        act_rounding="nearest", act_zero=True, act_signed=False,
                        act_scale="learned_pot"),

@@ -11,28 +11,26 @@ codes, so the codes are those the training graph computes with.
 from __future__ import annotations
 
 import copy
-import operator
+import json
 
 import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from ..convert import quantizers, set_slope
 from ..errors import ExportError
 from ..nn.layers import QuantConv2d, QuantMixin
+from ..nn.residual import ADDS, QuantBatchNorm2d, Tracer
 from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
 from .bundle import pack_codes
+from .requant import fold, integerize
 
 # float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
 # float computation of PyTorch and the integer one of the runtime agree bit for bit.
 EXACT_ACCUMULATOR = 1 << 24
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m, qualname):
-        return isinstance(m, QuantMixin) or super().is_leaf_module(m, qualname)
 
 
 def _quantizer_spec(q) -> dict:
@@ -140,10 +138,13 @@ class Exporter:
     # ------------------------------------------------------------------ float ops
     def float_module(self, name: str, m: nn.Module) -> dict:
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            return {"op": "batch_norm", "eps": m.eps,
-                    "mean": self.add(f"{name}.mean", m.running_mean), "var": self.add(f"{name}.var", m.running_var),
-                    "weight": self.add(f"{name}.weight", m.weight) if m.affine else None,
-                    "bias": self.add(f"{name}.bias", m.bias) if m.affine else None}
+            entry = {"op": "batch_norm", "eps": m.eps,
+                     "mean": self.add(f"{name}.mean", m.running_mean), "var": self.add(f"{name}.var", m.running_var),
+                     "weight": self.add(f"{name}.weight", m.weight) if m.affine else None,
+                     "bias": self.add(f"{name}.bias", m.bias) if m.affine else None}
+            if isinstance(m, QuantBatchNorm2d):  # the residual grid: integers out
+                entry["output_quantizer"] = self.input_quantizer(f"{name}.out", m.output_quantizer)
+            return entry
         if isinstance(m, nn.ReLU):
             return {"op": "relu"}
         if isinstance(m, nn.MaxPool2d):
@@ -170,7 +171,7 @@ class Exporter:
 
     def function(self, node: fx.Node) -> dict:
         target = node.target
-        if node.op == "call_function" and target in (operator.add, torch.add):
+        if node.op == "call_function" and target in ADDS:
             return {"op": "add"}
         if target in (torch.flatten, "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
@@ -182,7 +183,10 @@ class Exporter:
     # ------------------------------------------------------------------ graph
     def build(self, example_input: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
         try:
-            graph = _Tracer().trace(self.model)
+            graph = Tracer().trace(self.model)
+            gm = fx.GraphModule(self.model, graph)
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example_input)
         except Exception as exc:
             raise ExportError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc}") from None
         nodes, float_ops, outputs = [], [], []
@@ -203,6 +207,8 @@ class Exporter:
             else:
                 entry = self.function(node)
             entry.update(name=node.name, inputs=inputs, module=str(node.target) if node.op == "call_module" else None)
+            if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
+                entry["input_shape"] = list(node.args[0].meta["tensor_meta"].shape[1:])
             if entry["op"] == "relu" or (entry["op"] in _KEEPS_SIGN and inputs and all(i in non_negative for i in inputs)):
                 non_negative.add(node.name)
             if entry["op"] in FLOAT_OP_NAMES:
@@ -218,6 +224,11 @@ class Exporter:
             "eps": 0.0,
             "quantizers": sum(1 for _ in quantizers(self.model)),
         }
+        manifest = json.loads(json.dumps(manifest))  # exactly what the file will hold (lists, not tuples)
+        self.unfolded = copy.deepcopy(manifest), dict(self.tensors)  # for inspection and tests
+        fold(manifest, self.tensors)
+        integerize(manifest, self.tensors)
+        manifest["integer_only"] = not manifest["float_ops"]
         return manifest, self.tensors
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from ..convert import set_slope
 from ..errors import ExportError
 from ..nn.layers import QuantConv2d, QuantMixin
+from ..nn.residual import QuantBatchNorm2d
 from ..quant.quantizers import ShiftQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
 from .graph import input_scale
@@ -101,14 +102,33 @@ def _plain_layer(layer: QuantMixin) -> nn.Module:
     return plain if aq is None else nn.Sequential(OnnxInput(aq), plain)
 
 
+class OnnxOutput(nn.Module):
+    """An output quantizer (the residual grid) in ONNX-friendly form: thresholds, then the scale."""
+
+    def __init__(self, aq: ActivationQuantizer):
+        super().__init__()
+        self.quantize = OnnxInput(aq)
+        self.register_buffer("scale", input_scale(aq))
+
+    def forward(self, x):
+        return self.quantize(x) * self.scale
+
+
+def _plain_batchnorm(m: QuantBatchNorm2d) -> nn.Module:
+    bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+    bn.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("output_quantizer.")})
+    return nn.Sequential(bn.eval(), OnnxOutput(m.output_quantizer))
+
+
 def onnx_model(model: nn.Module) -> nn.Module:
     """A copy of the hard model with standard modules only (what :func:`export_onnx` writes)."""
     model = copy.deepcopy(model).eval()
     set_slope(model, 0.0)
     for name, m in list(model.named_modules()):
-        if isinstance(m, QuantMixin):
+        if isinstance(m, (QuantMixin, QuantBatchNorm2d)):
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, _plain_layer(m))
+            plain = _plain_layer(m) if isinstance(m, QuantMixin) else _plain_batchnorm(m)
+            setattr(model.get_submodule(parent) if parent else model, child, plain)
     return model
 
 

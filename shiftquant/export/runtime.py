@@ -69,6 +69,18 @@ def _shift_add(p: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def level_index(acc: torch.Tensor, thr: np.ndarray, direction: np.ndarray, channel_dim: int) -> torch.Tensor:
+    """Requantization: ``sum_k [d_c * acc >= t_ck]``, the next layer's level index, by comparisons
+    and additions (thresholds from :mod:`shiftquant.export.requant`)."""
+    shape = [1] * acc.dim()
+    shape[channel_dim] = -1
+    signed = torch.where(torch.from_numpy(direction.astype(np.int64)).reshape(shape) > 0, acc, -acc)
+    idx = torch.zeros_like(acc)
+    for row in thr.astype(np.int64):
+        idx += signed >= torch.from_numpy(row).reshape(shape)
+    return idx
+
+
 class Runtime:
     """A loaded bundle. ``run(x)`` takes and returns numpy arrays."""
 
@@ -77,6 +89,7 @@ class Runtime:
         self.nodes = manifest["nodes"]
         self.float_ops = list(manifest.get("float_ops", []))
         self._weights = {}
+        self._thresholds: dict[str, np.ndarray] = {}  # decoded (cumulative) threshold tables
         self._check()
 
     # ------------------------------------------------------------------ validation
@@ -146,6 +159,22 @@ class Runtime:
         if any(abs(v / res - round(v / res)) > 0 for v in levels):
             self._fail(node, "quantizer levels must be multiples of its resolution")
 
+    def _check_act_quantizer(self, node: dict, iq: dict) -> None:
+        self._check_quantizer(node, iq.get("quantizer"))
+        if iq.get("channel_dim") not in (1, -1):
+            self._fail(node, "input channel_dim must be 1 or -1")
+        if iq.get("policy") == "learned_pot":
+            if isinstance(iq.get("log2_scale"), bool) or not isinstance(iq.get("log2_scale"), int) \
+                    or not -100 <= iq["log2_scale"] <= 100:
+                self._fail(node, "log2_scale must be an integer in [-100, 100]")
+        elif iq.get("policy") == "standardize":
+            mean = self._tensor(iq["running_mean"])
+            self._tensor(iq["running_var"], mean.shape)
+            self._number(node, iq.get("clip_sigma"), "clip_sigma", 1e-30)
+            self._number(node, iq.get("norm_eps"), "norm_eps")
+        else:
+            self._fail(node, "unknown input policy")
+
     def _check_float_op(self, node: dict) -> None:
         op = node["op"]
         if op == "batch_norm":
@@ -156,6 +185,10 @@ class Runtime:
                 if node.get(k) is not None:
                     self._tensor(node[k], mean.shape)
             self._number(node, node.get("eps"), "eps")
+            if node.get("output_quantizer") is not None:
+                if node["output_quantizer"].get("policy") != "learned_pot":
+                    self._fail(node, "an output quantizer must have a learned power-of-two scale")
+                self._check_act_quantizer(node, node["output_quantizer"])
         elif op in ("max_pool2d", "avg_pool2d"):
             self._ints(node, node.get("kernel_size"), "kernel_size", 2, 1)
             self._ints(node, node.get("stride"), "stride", 2, 1)
@@ -164,6 +197,10 @@ class Runtime:
                 self._ints(node, node.get("dilation"), "dilation", 2, 1)
         elif op == "adaptive_avg_pool2d":
             self._ints(node, node.get("output_size"), "output_size", 2, 1)
+            if not isinstance(node.get("integer", False), bool):
+                self._fail(node, "integer must be true or false")
+            if node.get("integer"):
+                self._ints(node, node.get("input_shape"), "input_shape", 3, 1)
         elif op == "flatten":
             for k in ("start_dim", "end_dim"):
                 if isinstance(node.get(k), bool) or not isinstance(node.get(k), int) or not -8 <= node[k] < 8:
@@ -196,21 +233,7 @@ class Runtime:
             self._check_conv_geometry(node)
             if shape[0] % node["groups"]:
                 self._fail(node, "groups must divide the output channels")
-        iq = node["input_quantizer"]
-        self._check_quantizer(node, iq.get("quantizer"))
-        if iq.get("channel_dim") not in (1, -1):
-            self._fail(node, "input channel_dim must be 1 or -1")
-        if iq.get("policy") == "learned_pot":
-            if isinstance(iq.get("log2_scale"), bool) or not isinstance(iq.get("log2_scale"), int) \
-                    or not -100 <= iq["log2_scale"] <= 100:
-                self._fail(node, "log2_scale must be an integer in [-100, 100]")
-        elif iq.get("policy") == "standardize":
-            mean = self._tensor(iq["running_mean"])
-            self._tensor(iq["running_var"], mean.shape)
-            self._number(node, iq.get("clip_sigma"), "clip_sigma", 1e-30)
-            self._number(node, iq.get("norm_eps"), "norm_eps")
-        else:
-            self._fail(node, "unknown input policy")
+        self._check_act_quantizer(node, node["input_quantizer"])
         for k in ("weight_offset", "bias"):
             if node.get(k) is not None:
                 self._tensor(node[k], (shape[0],))
@@ -226,14 +249,49 @@ class Runtime:
         if nonzero.size and not np.all((np.abs(nonzero) & (np.abs(nonzero) - 1)) == 0):
             raise BundleError(f"{self.source}: {node['name']}: weights are not powers of two")
         self._tensor(node["weight_scale"], (shape[0],))
+        self._check_requant(node, shape[0])
         return w_int
 
+    def _check_thresholds(self, node: dict, key, columns: int | None, what: str) -> np.ndarray:
+        stored = self._tensor(key)
+        if stored.dtype not in _INT_TYPES or stored.ndim != 2 or stored.shape[0] < 1 \
+                or (columns and stored.shape[1] != columns) or (stored[1:] < 0).any():
+            self._fail(node, f"{what} must be an integer table (levels - 1, channels): a first row, then "
+                             "non-negative differences")
+        thr = np.cumsum(stored.astype(np.int64), axis=0)
+        self._thresholds[key] = thr
+        return thr
+
+    def _check_requant(self, node: dict, channels: int) -> None:
+        if not isinstance(node.get("input_codes", False), bool):
+            self._fail(node, "input_codes must be true or false")
+        if node.get("input_thresholds") is not None:
+            thr = self._check_thresholds(node, node["input_thresholds"], 1, "input_thresholds")
+            if node.get("input_codes") or thr.shape[0] != len(node["input_quantizer"]["quantizer"]["levels"]) - 1:
+                self._fail(node, "input_thresholds must have one row per input level but the lowest, "
+                                 "without input_codes")
+        r = node.get("requant")
+        if r is None:
+            return
+        if not isinstance(r, dict):
+            self._fail(node, "requant must be a table of thresholds, directions, levels and a unit")
+        thr = self._check_thresholds(node, r["thresholds"], channels, "requant thresholds")
+        direction = self._tensor(r["direction"], (channels,))
+        levels = r.get("levels")
+        if direction.dtype not in _INT_TYPES or not np.isin(direction, (1, -1)).all():
+            self._fail(node, "requant directions must be int64, +1 or -1")
+        if not isinstance(levels, list) or len(levels) != thr.shape[0] + 1 \
+                or not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) < 1 << 24 for v in levels) \
+                or levels != sorted(levels):
+            self._fail(node, "requant levels must be sorted integers below 2^24, one more than the thresholds")
+        self._number(node, r.get("unit"), "requant unit", 1e-30)
+
     # ------------------------------------------------------------------ execution
-    def _quantize_input(self, x: torch.Tensor, spec: dict) -> tuple[np.ndarray, float]:
+    def quantize_input(self, x: torch.Tensor, spec: dict) -> np.ndarray:
+        """An input quantizer on float values: the integers on its grid (see :meth:`input_unit`)."""
         q = spec["quantizer"]
         if spec["policy"] == "learned_pot":
-            scale = torch.exp2(torch.tensor(float(spec["log2_scale"])))
-            z = x * (1.0 / scale)
+            z = x * (1.0 / torch.exp2(torch.tensor(float(spec["log2_scale"]))))
         else:
             dim = spec["channel_dim"]
             moved = x.movedim(dim, 1)
@@ -242,28 +300,62 @@ class Runtime:
             z = F.batch_norm(flat, torch.from_numpy(self._tensor(spec["running_mean"])),
                              torch.from_numpy(self._tensor(spec["running_var"])), gain, None, False, 0.0,
                              spec["norm_eps"]).reshape(moved.shape).movedim(1, dim)
-            scale = torch.tensor(spec["clip_sigma"], dtype=x.dtype)
         fn = QF.shift_quantize if q["kind"] == "shift" else QF.uniform_quantize
         hard = fn(z, int(q["bits"]), q["rounding"], bool(q["zero"]), bool(q["signed"]))
-        codes = torch.round(hard.double() / q["resolution"]).long().numpy()
-        return codes, float(scale.item()) * q["resolution"]
+        return torch.round(hard.double() / q["resolution"]).long().numpy()
 
-    def _shift_layer(self, node: dict, x: torch.Tensor) -> torch.Tensor:
-        a_int, a_unit = self._quantize_input(x, node["input_quantizer"])
+    @staticmethod
+    def input_unit(spec: dict) -> float:
+        """What one integer of an input quantizer's grid is worth."""
+        scale = 2.0 ** spec["log2_scale"] if spec["policy"] == "learned_pot" else float(np.float32(spec["clip_sigma"]))
+        return scale * spec["quantizer"]["resolution"]
+
+    def _levels(self, node: dict) -> np.ndarray:
+        q = node["input_quantizer"]["quantizer"]
+        return np.round(np.asarray(q["levels"], dtype=np.float64) / q["resolution"]).astype(np.int64)
+
+    def _layer_input(self, node: dict, x: Value) -> np.ndarray:
+        """The integers a shift layer multiplies: handed on (``input_codes``), from thresholds on an
+        integer input (``input_thresholds``), or its input quantizer on float values."""
+        if node.get("input_codes"):
+            if x.unit is None or x.unit != self.input_unit(node["input_quantizer"]):
+                self._fail(node, "expects integers on its input grid from a requantizing layer")
+            return x.data.numpy()
+        if node.get("input_thresholds") is not None:
+            if not x.is_int:
+                self._fail(node, "has input thresholds but receives float values")
+            idx = level_index(x.data, self._thresholds[node["input_thresholds"]], np.ones(1, dtype=np.int64), 0)
+            return self._levels(node)[idx.numpy()]
+        return self.quantize_input(self._as_float(node, x), node["input_quantizer"])
+
+    def _shift_layer(self, node: dict, x: Value) -> Value:
+        a_int = self._layer_input(node, x)
         w_int = self._weights[node["name"]]
         if node["op"] == "shift_conv2d":
             acc = shift_add_conv(a_int, w_int, node["stride"], node["padding"], node["dilation"], node["groups"])
-            channel_shape = (1, -1, 1, 1)
         else:
             lead = a_int.shape[:-1]
             acc = _shift_add(a_int.reshape(-1, a_int.shape[-1], 1), w_int)[..., 0].reshape(*lead, -1)
-            channel_shape = (1,) * (acc.ndim - 1) + (-1,)
+        if node.get("requant"):
+            r = node["requant"]
+            dim = 1 if node["op"] == "shift_conv2d" else -1
+            idx = level_index(torch.from_numpy(acc), self._thresholds[r["thresholds"]], self._tensor(r["direction"]), dim)
+            return Value(torch.from_numpy(np.asarray(r["levels"], dtype=np.int64)[idx.numpy()]), r["unit"])
+        offset_sums = self._window_sums(node, a_int, w_int.shape) if node.get("weight_offset") else None
+        return Value(self.dequantize(node, acc, offset_sums))
+
+    def dequantize(self, node: dict, acc: np.ndarray, offset_sums: np.ndarray | None = None) -> torch.Tensor:
+        """A shift layer's float output from its accumulator: ``acc x grid + bias``, per channel.
+
+        With a weight offset (``w = code * scale + offset``) the offset multiplies ``offset_sums``,
+        the sum of the input integers each output sees."""
+        a_unit = self.input_unit(node["input_quantizer"])
+        channel_shape = (1, -1, 1, 1) if node["op"] == "shift_conv2d" else (1,) * (acc.ndim - 1) + (-1,)
         w_unit = self._tensor(node["weight_scale"]).astype(np.float64) * node["weight_quantizer"]["resolution"]
         out = acc.astype(np.float64) * (w_unit * a_unit).reshape(channel_shape)
-        if node.get("weight_offset"):
-            # w = code * scale + offset: the offset multiplies the sum of the inputs its channel sees.
+        if offset_sums is not None:
             offset = self._tensor(node["weight_offset"]).astype(np.float64).reshape(channel_shape)
-            out = out + offset * self._window_sums(node, a_int, w_int.shape).astype(np.float64) * a_unit
+            out = out + offset * offset_sums.astype(np.float64) * a_unit
         if node.get("bias"):
             out = out + self._tensor(node["bias"]).astype(np.float64).reshape(channel_shape)
         return torch.from_numpy(out.astype(np.float32))
@@ -278,9 +370,9 @@ class Runtime:
         sums = shift_add_conv(a_int, ones, node["stride"], node["padding"], node["dilation"], groups)
         return np.repeat(sums, w_shape[0] // groups, axis=1)
 
-    def _float_op(self, node: dict, args: list[torch.Tensor]) -> torch.Tensor:
+    def float_op(self, node: dict, args: list[torch.Tensor]) -> torch.Tensor:
         op, x = node["op"], args[0] if args else None
-        t = lambda k: None if node.get(k) is None else torch.from_numpy(self._tensor(node[k]))  # noqa: E731
+        t = lambda k: None if node.get(k) is None else torch.from_numpy(self._tensor(node[k]))
         if op == "batch_norm":
             return F.batch_norm(x, t("mean"), t("var"), t("weight"), t("bias"), False, 0.0, node["eps"])
         if op == "relu":
@@ -305,10 +397,42 @@ class Runtime:
             return F.linear(x, t("weight"), t("bias"))
         raise BundleError(f"{self.source}: unknown op {op!r}")  # pragma: no cover - checked at load
 
+    def _as_float(self, node: dict, x: Value) -> torch.Tensor:
+        """Float values; integers become ``integer x unit`` (exact below 2^24 units)."""
+        if not x.is_int:
+            return x.data
+        if x.unit is None:
+            self._fail(node, "a pooled integer sum can only feed a shift layer with input thresholds")
+        return (x.data.double() * x.unit).float()
+
+    def _int_op(self, node: dict, args: list[Value]) -> Value | None:
+        """``node`` on integers, when its inputs are integers and it has an integer form."""
+        op = node["op"]
+        if not args or not all(a.is_int for a in args):
+            return None
+        x = args[0]
+        if op in ("identity", "flatten"):
+            return Value(self.float_op(node, [x.data]), x.unit)
+        if op == "relu":
+            return Value(x.data.clamp_min(0), x.unit)
+        if op == "max_pool2d":  # through float64: exact for integers below 2^53
+            return Value(self.float_op(node, [x.data.double()]).long(), x.unit)
+        if op == "add" and node.get("shifts") is not None:
+            if args[0].unit is None or args[1].unit is None:
+                self._fail(node, "cannot add pooled sums")
+            sh = self._ints(node, node["shifts"], "shifts", 2)
+            unit = min(args[0].unit, args[1].unit)
+            if any(a.unit != unit * 2.0 ** k for a, k in zip(args, sh)):
+                self._fail(node, "shifts do not align its inputs' grids")
+            return Value((args[0].data << sh[0]) + (args[1].data << sh[1]), unit)
+        if op == "adaptive_avg_pool2d" and node.get("integer"):
+            return Value(x.data.sum(dim=(-2, -1), keepdim=True), None)
+        return None
+
     @torch.no_grad()
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits for ``x``. A bundle whose shapes do not fit each other fails here, naming the node."""
-        values: dict[str, torch.Tensor] = {}
+        values: dict[str, Value] = {}
         x = np.asarray(x, dtype=np.float32)
         for node in self.nodes:
             try:
@@ -317,20 +441,43 @@ class Runtime:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError, AttributeError) as exc:
                 self._fail(node, f"cannot execute: {type(exc).__name__}: {str(exc)[:200]}")
-        outs = [values[o].numpy() for o in self.manifest["outputs"]]
+        outs = []
+        for o in self.manifest["outputs"]:
+            node = next(n for n in self.nodes if n["name"] == o)
+            outs.append(self._as_float(node, values[o]).numpy())
         return outs[0] if len(outs) == 1 else outs
 
     def _run_node(self, node: dict, x: np.ndarray, values: dict) -> None:
-        if node["op"] == "input":
+        op = node["op"]
+        if op == "input":
             if list(x.shape[1:]) != node["shape"]:
                 raise BundleError(f"input shape {list(x.shape)}: expected (batch, {', '.join(map(str, node['shape']))})")
-            values[node["name"]] = torch.from_numpy(x)
-        elif node["op"] in ("shift_conv2d", "shift_linear"):
-            values[node["name"]] = self._shift_layer(node, values[node["inputs"][0]])
-        else:
-            values[node["name"]] = self._float_op(node, [values[i] for i in node["inputs"]])
+            values[node["name"]] = Value(torch.from_numpy(x))
+            return
+        args = [values[i] for i in node["inputs"]]
+        out = self._shift_layer(node, args[0]) if op in ("shift_conv2d", "shift_linear") else self._int_op(node, args)
+        if out is None:
+            out = Value(self.float_op(node, [self._as_float(node, a) for a in args]))
+            if op == "batch_norm" and node.get("output_quantizer"):
+                spec = node["output_quantizer"]
+                out = Value(torch.from_numpy(self.quantize_input(out.data, spec)), self.input_unit(spec))
+        if out.data.dim() < 1 or out.data.shape[0] != x.shape[0]:
+            self._fail(node, f"its output {list(out.data.shape)} lost the batch dimension ({x.shape[0]})")
+        values[node["name"]] = out
 
 
+class Value:
+    """A value between nodes: float32 values, or integers (int64) worth ``unit`` each; a pooled
+    integer sum has no unit (its meaning is the pooling op's)."""
+
+    __slots__ = ("data", "is_int", "unit")
+
+    def __init__(self, data: torch.Tensor, unit: float | None = None):
+        self.data, self.is_int = data, data.dtype == torch.int64
+        self.unit = unit if self.is_int else None
+
+
+_INT_TYPES = (np.int8, np.int16, np.int32, np.int64)
 _FLOAT_OPS = {"batch_norm", "relu", "add", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten",
               "identity", "conv2d", "linear"}
 

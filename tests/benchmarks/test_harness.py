@@ -60,3 +60,38 @@ def test_every_protocol_configuration_is_a_valid_config(tmp_path):
         plan = prepare(accuracy.compose(base + overrides, tmp_path / name))
         assert plan.recipe is not None, name
     assert len(accuracy.configurations()) == 15
+
+
+def test_a_diverged_configuration_is_recorded_and_reported(tmp_path, monkeypatch):
+    import accuracy
+    import report
+
+    from shiftquant.train import run
+    from shiftquant.train.module import NonFiniteLossError
+
+    def diverge(cfg):
+        raise NonFiniteLossError("training loss is nan at epoch 1, batch 3")
+
+    monkeypatch.setattr(run, "train", diverge)
+    res = tmp_path / "res"
+    res.mkdir()
+    r = accuracy.run_one("ours_s0_wa", ["quant=shiftquant"], res, res / "runs")
+    assert "nan" in r["failed"] and json.loads((res / "ours_s0_wa.json").read_text())["failed"] == r["failed"]
+    text = report.tables(report.load(res), {})
+    assert "| ours_s0_wa | failed: training loss is nan" in text
+
+
+def test_report_states_each_target_met_or_missed():
+    import report
+
+    def row(acc):
+        return {"hard_test_acc": acc}
+
+    results = {"float_control": {"fp_test_acc": 0.90}, "ours_w3": row(0.8995), "ours_w3a3": row(0.88),
+               "seed_w3": row(0.89), "deepshift_w3": row(0.901), "seed_w3a3": row(0.85)}
+    lines = "\n".join(report.verdicts(results))
+    assert "ours_w3: loses +0.05 points" in lines and "(target <= 0.1): **met**" in lines
+    assert "ours_w3a3: loses +2.00 points against the float control (target <= 1): **missed**" in lines
+    assert "ours_s1_wa: not run" in lines
+    assert "**behind** deepshift_w3 (+0.15)" in lines
+    assert "ours_w3a3 vs seed_w3a3: **at least as good as all**" in lines

@@ -9,8 +9,21 @@ from shiftquant.models import resnet20
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(),
-                                 nn.Linear(32, 10))
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.BatchNorm1d(48), nn.ReLU(), nn.Linear(48, 32),
+                                 nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PlainCNN(nn.Module):
+    """No residual and no pooling: with every layer quantized it runs integer-only."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False), nn.BatchNorm2d(8),
+                                 nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
 
     def forward(self, x):
         return self.net(x)
@@ -45,16 +58,19 @@ def build(name: str, seed: int) -> tuple[nn.Module, torch.Tensor]:
         model, x = MLP(), torch.randn(4, 1, 8, 8)
     elif name == "cnn":
         model, x = SmallCNN(), torch.randn(4, 1, 8, 8)
+    elif name == "plain":
+        model, x = PlainCNN(), torch.randn(4, 1, 8, 8)
     elif name == "resnet20":
         model, x = resnet20(num_classes=10, in_chans=1), torch.randn(2, 1, 16, 16)
     else:
         model, x = torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
+                # Some negative gains: requantization must handle decreasing channels.
+                m.weight.uniform_(0.5, 1.5).mul_(torch.where(torch.rand_like(m.weight) < 0.2, -1.0, 1.0))
                 m.bias.uniform_(-0.3, 0.3)
     return model.eval(), x
 

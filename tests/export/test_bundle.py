@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 import shiftquant as sq
 from shiftquant.cli import bundle_summary, main
 from shiftquant.errors import BundleError
-from shiftquant.export.bundle import FORMAT_VERSION, MAGIC, pack_codes, parse_bundle, unpack_codes
+from shiftquant.export.bundle import (
+    FORMAT_VERSION,
+    MAGIC,
+    pack_codes,
+    parse_bundle,
+    unpack_codes,
+)
 from shiftquant.models import resnet20
 from tests.export.models import quantized
 

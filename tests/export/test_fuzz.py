@@ -77,7 +77,12 @@ def _mutate_manifest(manifest: dict, tensors: dict, rng: random.Random):
         tensors[name] = t.reshape(-1)[: max(t.size - rng.randint(1, 3), 0)].copy()
     elif choice == 3:
         name = rng.choice(sorted(tensors))
-        tensors[name] = np.full_like(tensors[name], rng.choice([np.nan, np.inf, 255, -1e30]))
+        value = rng.choice([np.nan, np.inf, 255, -1e30])
+        t = tensors[name]
+        if np.issubdtype(t.dtype, np.integer):  # what fits the integer type, at its extremes
+            info = np.iinfo(t.dtype)
+            value = rng.choice([info.max, info.min, -1 if info.min < 0 else 0, min(255, info.max)])
+        tensors[name] = np.full_like(t, value)
     elif choice == 4:
         manifest["nodes"].insert(rng.randrange(len(manifest["nodes"]) + 1), copy.deepcopy(node))
     else:

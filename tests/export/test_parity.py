@@ -6,7 +6,7 @@ import torch
 import shiftquant as sq
 from tests.export.models import quantized
 
-SEEDS = {"mlp": 20, "cnn": 20, "resnet20": 20, "resnet18": 3}
+SEEDS = {"mlp": 20, "cnn": 20, "plain": 10, "resnet20": 20, "resnet18": 3}
 CONFIGS = [(bits, acts) for bits in (1, 2, 3) for acts in (False, True)]
 
 
@@ -27,6 +27,57 @@ def test_runtime_equals_pytorch_exactly(name, bits, acts, tmp_path):
         assert rt.manifest["exact"]
         assert np.array_equal(out, ref), f"{name} seed {seed}: max |diff| {np.abs(out - ref).max()}"
         assert not np.allclose(out, out.mean())  # a real, varied output
+
+
+@pytest.mark.parametrize("name", ["mlp", "plain"])
+def test_models_without_float_layers_run_integer_only(name, tmp_path):
+    for acts in (False, True):
+        ref, out, rt = hard_and_runtime(name, 0, 2, acts, tmp_path)
+        assert rt.float_ops == [] and rt.manifest["integer_only"]
+        assert np.array_equal(out, ref)
+        # Every shift layer but the last hands the next one its codes through thresholds.
+        shift = [n for n in rt.nodes if n["op"].startswith("shift_")]
+        assert all(n.get("requant") for n in shift[:-1]) and not shift[-1].get("requant")
+        assert all(n.get("input_codes") for n in shift[1:])
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_resnets_run_integer_only_with_the_residual_grid(name, tmp_path):
+    """deploy preset (residual_bits=8): integer adds aligned by shifts, global pooling as a sum."""
+    for acts in (False, True):
+        ref, out, rt = hard_and_runtime(name, 0, 2, acts, tmp_path)
+        assert rt.float_ops == [] and rt.manifest["integer_only"]
+        assert np.array_equal(out, ref)
+        adds = [n for n in rt.nodes if n["op"] == "add"]
+        assert adds and all(len(n["shifts"]) == 2 and min(n["shifts"]) == 0 for n in adds)
+        assert [n.get("integer") for n in rt.nodes if n["op"] == "adaptive_avg_pool2d"] == [True]
+        assert [n["op"] for n in rt.nodes if n.get("input_thresholds")] != []
+
+
+def test_requantization_equals_the_float_chain_on_every_accumulator(tmp_path):
+    """Thresholds against the float chain they replace, over a layer's whole accumulator range."""
+    from shiftquant.export.graph import Exporter
+    from shiftquant.export.requant import find_chains, thresholds
+    from shiftquant.export.runtime import Runtime, level_index
+
+    model, x = quantized("mlp", 3, weight_shift_bits=2, act_shift_bits=2)
+    exporter = Exporter(model)
+    exporter.build(x)
+    manifest, tensors = exporter.unfolded
+    rt = Runtime(manifest, tensors)
+    (s, chain, t), *_ = find_chains(manifest)
+    assert [n["op"] for n in chain] == ["batch_norm", "relu"]
+    thr, direction = thresholds(rt, s, chain, t)
+    assert (direction < 0).any() and (direction > 0).any()  # the test model has negative BN gains
+    bound = s["accumulator_bound"]
+    acc = np.arange(-bound, bound + 1, dtype=np.int64)[:, None].repeat(s["weight_shape"][0], 1)
+    value = rt.dequantize(s, acc)
+    for node in chain:
+        value = rt.float_op(node, [value])
+    q = t["input_quantizer"]["quantizer"]
+    levels = np.round(np.asarray(q["levels"]) / q["resolution"]).astype(np.int64)
+    via_thresholds = levels[level_index(torch.from_numpy(acc), thr, direction, -1).numpy()]
+    assert np.array_equal(via_thresholds, rt.quantize_input(value, t["input_quantizer"]))
 
 
 def test_every_quantized_layer_runs_as_shift_add(tmp_path):

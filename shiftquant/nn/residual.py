@@ -1,0 +1,84 @@
+"""The residual stream on a power-of-two grid: BatchNorms whose output is quantized.
+
+In a ResNet the residual adds sum a branch's BatchNorm output and the block's input. When every
+BatchNorm that feeds an add (through ReLU or max pooling) quantizes its output onto a fixed-point
+grid with a learned power-of-two scale, every add sums two such values: an integer add once both
+are aligned by a shift. :class:`QuantBatchNorm2d` is that BatchNorm: a static subclass that takes
+over the float one's attributes (its state_dict keys stay those of the float BatchNorm, plus
+``output_quantizer``) and quantizes what the float one returns.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx, nn
+
+from .layers import QuantMixin
+
+
+class QuantBatchNorm2d(nn.BatchNorm2d):
+    """``output_quantizer(BatchNorm2d(x))``."""
+
+    output_quantizer: nn.Module
+
+    @classmethod
+    def from_float(cls, bn: nn.BatchNorm2d, output_quantizer: nn.Module) -> QuantBatchNorm2d:
+        new = cls.__new__(cls)
+        new.__dict__.update({k: type(v)(v) if isinstance(v, (dict, set)) else v for k, v in bn.__dict__.items()})
+        new.output_quantizer = output_quantizer
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_quantizer(super().forward(x))
+
+
+class Tracer(fx.Tracer):
+    """Traces a quantized model with its quantized layers and BatchNorms as leaves."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, (QuantMixin, QuantBatchNorm2d)) or super().is_leaf_module(m, qualname)
+
+
+ADDS = (operator.add, operator.iadd, torch.add)
+# Ops that keep a value on its grid: walking back from an add passes through them.
+_GRID_KEEPING_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
+_GRID_KEEPING_FUNCTIONS = (torch.relu, nn.functional.relu)
+
+
+def residual_batchnorms(model: nn.Module) -> list[str]:
+    """Names of the ``BatchNorm2d`` modules whose output reaches a residual add only through
+    grid-keeping ops (ReLU, max pooling), for every add whose inputs all come from such a
+    BatchNorm or from another such add. Other adds are left alone (they stay float)."""
+    try:
+        graph = Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - an untraceable model has no residual grid
+        return []
+    on_grid: set[fx.Node] = set()
+    names: list[str] = []
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in ADDS:
+            continue
+        sources = [_grid_source(model, arg, on_grid) for arg in node.args]
+        if all(sources):
+            on_grid.add(node)
+            names += [s for s in sources if isinstance(s, str) and s not in names]
+    return names
+
+
+def _grid_source(model: nn.Module, cur, on_grid: set) -> str | bool:
+    """Walk back from an add's input through grid-keeping ops: the BatchNorm2d reached (its name),
+    ``True`` for an add already on the grid, ``False`` for anything else."""
+    while isinstance(cur, fx.Node):
+        if cur.op == "call_function" and cur.target in ADDS:
+            return cur in on_grid
+        if cur.op == "call_module":
+            m = model.get_submodule(cur.target)
+            if isinstance(m, nn.BatchNorm2d):
+                return cur.target
+            if not isinstance(m, _GRID_KEEPING_MODULES):
+                return False
+        elif not (cur.op == "call_function" and cur.target in _GRID_KEEPING_FUNCTIONS):
+            return False
+        cur = cur.args[0]
+    return False
