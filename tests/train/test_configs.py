@@ -70,7 +70,7 @@ def test_seed_experiments_follow_method(name, tmp_path):
     ("data.batch_size=0", "data.batch_size"),
     ("model.weights=/no/such/file.pt", "model.weights"),
     ("distill.alpha=1.5", "distill.alpha"),
-    ("schedule.eps.zero_tail=1.0", "schedule.eps.zero_tail"),
+    ("+schedule.eps.zero_tail=1.0", "schedule.eps.zero_tail"),
     ("+schedule.lr.zero_tail=0.5", "schedule.lr"),
 ])
 def test_bad_values_fail_in_prepare(override, key, tmp_path):
