@@ -29,12 +29,18 @@ def test_runtime_equals_pytorch_exactly(name, bits, acts, tmp_path):
         assert not np.allclose(out, out.mean())  # a real, varied output
 
 
-@pytest.mark.parametrize("name", ["mlp", "plain"])
-def test_models_without_float_layers_run_integer_only(name, tmp_path):
+def integer_only_runtimes(name, tmp_path):
+    """Weight-only and W+A runtimes of ``name`` (2 shift bits), each checked integer-only and exact."""
     for acts in (False, True):
         ref, out, rt = hard_and_runtime(name, 0, 2, acts, tmp_path)
         assert rt.float_ops == [] and rt.manifest["integer_only"]
         assert np.array_equal(out, ref)
+        yield rt
+
+
+@pytest.mark.parametrize("name", ["mlp", "plain"])
+def test_models_without_float_layers_run_integer_only(name, tmp_path):
+    for rt in integer_only_runtimes(name, tmp_path):
         # Every shift layer but the last hands the next one its codes through thresholds.
         shift = [n for n in rt.nodes if n["op"].startswith("shift_")]
         assert all(n.get("requant") for n in shift[:-1]) and not shift[-1].get("requant")
@@ -44,10 +50,7 @@ def test_models_without_float_layers_run_integer_only(name, tmp_path):
 @pytest.mark.parametrize("name", ["resnet20", "resnet18"])
 def test_resnets_run_integer_only_with_the_residual_grid(name, tmp_path):
     """deploy preset (residual_bits=8): integer adds aligned by shifts, global pooling as a sum."""
-    for acts in (False, True):
-        ref, out, rt = hard_and_runtime(name, 0, 2, acts, tmp_path)
-        assert rt.float_ops == [] and rt.manifest["integer_only"]
-        assert np.array_equal(out, ref)
+    for rt in integer_only_runtimes(name, tmp_path):
         adds = [n for n in rt.nodes if n["op"] == "add"]
         assert adds and all(len(n["shifts"]) == 2 and min(n["shifts"]) == 0 for n in adds)
         assert [n.get("integer") for n in rt.nodes if n["op"] == "adaptive_avg_pool2d"] == [True]
