@@ -43,6 +43,9 @@ def verdicts(results: dict[str, dict]) -> list[str]:
     lines = []
     for name, budget in TARGETS:
         r = results.get(name)
+        if r and "failed" in r:
+            lines.append(f"- {name}: diverged ({r['failed'].split(';')[0]}): **missed**")
+            continue
         if not control or not r or _acc(r) is None:
             lines.append(f"- {name}: not run")
             continue
