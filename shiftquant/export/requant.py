@@ -48,11 +48,6 @@ def _consumers(nodes: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _levels(spec: dict) -> np.ndarray:
-    q = spec["quantizer"]
-    return np.round(np.asarray(q["levels"], dtype=np.float64) / q["resolution"]).astype(np.int64)
-
-
 def find_chains(manifest: dict) -> list[tuple[dict, list[dict], dict]]:
     """``(S, chain, target)``: a shift layer, the single-consumer monotone ops after it, and the
     node whose quantizer ends the chain: a shift layer (its input quantizer; not in ``chain``) or a
@@ -125,7 +120,7 @@ def thresholds(rt: Runtime, s: dict, chain: list[dict], target: dict) -> tuple[n
 
     ends = code_ints(np.stack([np.full(channels, -bound), np.full(channels, bound)]).astype(np.int64))
     direction = np.where(ends[1] >= ends[0], 1, -1).astype(np.int64)
-    return _search(code_ints, _levels(spec), bound, channels, direction), direction
+    return _search(code_ints, Runtime.level_ints(spec), bound, channels, direction), direction
 
 
 @contextlib.contextmanager
@@ -172,7 +167,7 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
         spec = _target_spec(t)
         s["requant"] = {"thresholds": _add_thresholds(tensors, f"{s['name']}.requant.thresholds", thr),
                         "direction": _add(tensors, f"{s['name']}.requant.direction", direction),
-                        "levels": _levels(spec).tolist(), "unit": Runtime.input_unit(spec)}
+                        "levels": Runtime.level_ints(spec).tolist(), "unit": Runtime.input_unit(spec)}
         kept = s["name"]
         for node in chain:
             if node["op"] == "flatten":
@@ -189,7 +184,6 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     for n in manifest["nodes"]:
         n["inputs"] = [renamed.get(i, i) for i in n["inputs"]]
     manifest["outputs"] = [renamed.get(o, o) for o in manifest["outputs"]]
-    manifest["float_ops"] = [n for n in manifest["float_ops"] if n not in removed]
 
 
 def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
@@ -208,7 +202,7 @@ def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
             ints[node["name"]] = (r["unit"], max(abs(v) for v in r["levels"]))
         elif op == "batch_norm" and node.get("output_quantizer"):
             spec = node["output_quantizer"]
-            ints[node["name"]] = (Runtime.input_unit(spec), int(np.abs(_levels(spec)).max()))
+            ints[node["name"]] = (Runtime.input_unit(spec), int(np.abs(Runtime.level_ints(spec)).max()))
         elif op == "add" and all(i in ints and ints[i][0] is not None for i in inputs):
             (u1, b1), (u2, b2) = ints[inputs[0]], ints[inputs[1]]
             unit = min(u1, u2)
@@ -271,7 +265,7 @@ def _stream_thresholds(rt: Runtime, t: dict, src: tuple, pool: dict | None, ints
         def code_ints(c: np.ndarray) -> np.ndarray:
             return rt.quantize_input(torch.from_numpy((c.astype(np.float64) * unit).astype(np.float32)), spec)
 
-    return _search(code_ints, _levels(spec), bound, 1, np.ones(1, dtype=np.int64))
+    return _search(code_ints, Runtime.level_ints(spec), bound, 1, np.ones(1, dtype=np.int64))
 
 
 def _is_float_op(node: dict, ints: dict) -> bool:

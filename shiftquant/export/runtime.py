@@ -310,8 +310,10 @@ class Runtime:
         scale = 2.0 ** spec["log2_scale"] if spec["policy"] == "learned_pot" else float(np.float32(spec["clip_sigma"]))
         return scale * spec["quantizer"]["resolution"]
 
-    def _levels(self, node: dict) -> np.ndarray:
-        q = node["input_quantizer"]["quantizer"]
+    @staticmethod
+    def level_ints(spec: dict) -> np.ndarray:
+        """An activation quantizer's levels as integers on its grid."""
+        q = spec["quantizer"]
         return np.round(np.asarray(q["levels"], dtype=np.float64) / q["resolution"]).astype(np.int64)
 
     def _layer_input(self, node: dict, x: Value) -> np.ndarray:
@@ -325,7 +327,7 @@ class Runtime:
             if not x.is_int:
                 self._fail(node, "has input thresholds but receives float values")
             idx = level_index(x.data, self._thresholds[node["input_thresholds"]], np.ones(1, dtype=np.int64), 0)
-            return self._levels(node)[idx.numpy()]
+            return self.level_ints(node["input_quantizer"])[idx.numpy()]
         return self.quantize_input(self._as_float(node, x), node["input_quantizer"])
 
     def _shift_layer(self, node: dict, x: Value) -> Value:
