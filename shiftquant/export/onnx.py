@@ -49,6 +49,7 @@ class ThresholdQuantizer(nn.Module):
         self.register_buffer("thresholds", torch.tensor(thresholds))
         self.smallest, self.zero, self.signed = mags[0], quantizer.zero, quantizer.signed
         self.inclusive = quantizer.rounding == "nearest"
+        self.top = float(quantizer.levels().max())
 
     def forward(self, x):
         a = x.abs().unsqueeze(-1)
@@ -57,7 +58,8 @@ class ThresholdQuantizer(nn.Module):
         if self.zero:
             mag = torch.where(x.abs() < self.smallest / 2, torch.zeros_like(mag), mag)
         if self.signed:
-            return torch.where(x > 0, mag, -mag)
+            out = torch.where(x > 0, mag, -mag)
+            return out.clamp(max=self.top)  # a two's complement grid has no +n/n
         return torch.where(x > 0, mag, torch.full_like(mag, 0.0 if self.zero else self.smallest))
 
 

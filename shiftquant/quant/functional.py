@@ -4,7 +4,9 @@ This module is the only place that knows what a level is. Everything else (quant
 scale policies, exporter, runtime) asks it.
 
 Shift levels with ``s`` shift bits are ``±{2^0, 2^-1, ..., 2^-(2^s - 1)}``: one sign bit plus ``s``
-exponent bits. Uniform levels with ``b`` bits are ``±{1/n, 2/n, ..., n/n}`` with ``n = 2^(b-1)``.
+exponent bits. Uniform levels with ``b`` bits are ``±{1/n, 2/n, ..., n/n}`` with ``n = 2^(b-1)``;
+with a zero level and signed they are two's complement fixed point, ``{-n/n, ..., (n-1)/n}``:
+``2^b`` levels, so ``b`` bits hold them (an 8-bit grid is ``-128..127``).
 Options common to both:
 
 * ``rounding``: ``"ceil"`` rounds the magnitude up to the next level (the seed paper);
@@ -40,7 +42,13 @@ def shift_levels(shift_bits: int, zero: bool = False, signed: bool = True) -> to
 def uniform_levels(bits: int, zero: bool = False, signed: bool = True) -> torch.Tensor:
     """All levels of a uniform quantizer, sorted ascending (float64)."""
     n = 2 ** (bits - 1)
-    return _assemble_levels([k / n for k in range(1, n + 1)], zero, signed)
+    levels = _assemble_levels([k / n for k in range(1, n + 1)], zero, signed)
+    return levels[:-1] if _twos_complement(zero, signed) else levels
+
+
+def _twos_complement(zero: bool, signed: bool) -> bool:
+    """A signed uniform grid with a zero drops its top level, ``+n/n``: ``2^b`` levels in ``b`` bits."""
+    return zero and signed
 
 
 def _assemble_levels(mags: list[float], zero: bool, signed: bool) -> torch.Tensor:
@@ -141,7 +149,8 @@ def uniform_quantize(x: torch.Tensor, bits: int, rounding: str = "ceil", zero: b
     else:
         raise ConfigError("rounding", rounding, f"one of {ROUNDINGS}")
     mag = k.clamp(1, n) / n
-    return _apply_sign_and_zero(x, mag, 1.0 / n, zero, signed)
+    out = _apply_sign_and_zero(x, mag, 1.0 / n, zero, signed)
+    return out.clamp_(max=(n - 1) / n) if _twos_complement(zero, signed) else out
 
 
 class _RelaxedQuantize(torch.autograd.Function):

@@ -144,3 +144,14 @@ def test_round_ste_gives_exact_integers_and_identity_gradient():
     assert y.tolist() == [0.0, 2.0, -2.0, 12346.0]
     y.sum().backward()
     assert x.grad.tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_signed_uniform_grid_with_zero_fits_its_bits(bits):
+    """Two's complement: an 8-bit residual grid is -128..127 (256 levels, 8-bit codes)."""
+    n = 2 ** (bits - 1)
+    levels = F.uniform_levels(bits, zero=True, signed=True)
+    assert (levels * n).round().long().tolist() == list(range(-n, n))
+    assert sq.UniformQuantizer(bits, "nearest", zero=True, signed=True).code_bits == bits
+    x = _tensor([-1e9, -1.0, 1.0, 1e9])
+    assert F.uniform_quantize(x, bits, "nearest", True, True).tolist() == [-1.0, -1.0, (n - 1) / n, (n - 1) / n]
