@@ -8,18 +8,21 @@ from torch import nn
 
 from .bundle import FORMAT_VERSION, read_bundle, write_bundle
 from .graph import Exporter
+from .pixels import PixelInput
 from .runtime import Runtime, load_bundle
 
 
-def export(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> Runtime:
+def export(model: nn.Module, path: str | Path, example_input: torch.Tensor,
+           input_spec: PixelInput | None = None) -> Runtime:
     """Write the hard (eps = 0) ``model`` as a bundle at ``path``; returns its runtime.
 
-    ``example_input`` fixes the input shape (its batch size does not matter).
+    ``example_input`` fixes the input shape (its batch size does not matter). With ``input_spec``
+    (how the model's input comes from integer pixels) the bundle takes the pixels themselves.
     """
-    manifest, tensors = Exporter(model).build(example_input)
+    manifest, tensors = Exporter(model).build(example_input, input_spec)
     manifest["format_version"] = FORMAT_VERSION
     write_bundle(path, manifest, tensors)
     return load_bundle(path)
 
 
-__all__ = ["Runtime", "export", "load_bundle", "read_bundle"]
+__all__ = ["PixelInput", "Runtime", "export", "load_bundle", "read_bundle"]

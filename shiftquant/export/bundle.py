@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import BundleError
 
 MAGIC = b"SQBUNDLE"
-FORMAT_VERSION = 2  # 2: requantization thresholds (requant, input_codes)
+FORMAT_VERSION = 3  # 2: requantization thresholds; 3: declared integer types, pixels, integer logits
 _HEAD = struct.Struct("<8sIQ")
 _DIGEST = 32
 

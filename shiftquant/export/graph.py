@@ -26,7 +26,10 @@ from ..nn.residual import ADDS, QuantBatchNorm2d, Tracer
 from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
 from .bundle import pack_codes
+from .ints import FLOAT, signed_type
+from .pixels import PixelInput
 from .requant import fold, integerize
+from .runtime import Runtime
 
 # float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
 # float computation of PyTorch and the integer one of the runtime agree bit for bit.
@@ -114,8 +117,10 @@ class Exporter:
         res = a_spec["resolution"]
         hi = max(a_spec["levels"]) / res
         # With inputs >= 0 the lowest code is the one zero maps to (the negative side for a
-        # signed zero-free quantizer).
-        lo = (layer.input_quantizer.quantizer.hard(torch.zeros(1)).item() if non_negative_input
+        # signed zero-free quantizer), when the scaling keeps the sign: a standardizing input
+        # quantizer subtracts a mean, and can make non-negative inputs negative.
+        keeps_sign = non_negative_input and entry["input_quantizer"]["policy"] == "learned_pot"
+        lo = (layer.input_quantizer.quantizer.hard(torch.zeros(1)).item() if keeps_sign
               else min(a_spec["levels"])) / res
         w_int = (hard.reshape(hard.shape[0], -1) / w_res).double()
         pos, neg = w_int.clamp(min=0).sum(1), (-w_int).clamp(min=0).sum(1)
@@ -132,8 +137,11 @@ class Exporter:
                               "guaranteed (use fewer shift bits or smaller inputs)")
         bits = worst.bit_length() + 1  # plus sign
         width = next(w for w in (8, 16, 32, 64) if bits <= w)
-        return {"accumulator_bound": worst, "accumulator_bits": width, "exact": bool(exact),
-                "input_range": [round(lo), round(hi)]}
+        dtype = signed_type(worst)
+        if dtype is None:
+            raise ExportError(f"{name}: worst-case accumulator {worst} does not fit int32")
+        return {"accumulator_bound": worst, "accumulator_bits": width, "accumulator_dtype": dtype,
+                "exact": bool(exact), "input_range": [round(lo), round(hi)]}
 
     # ------------------------------------------------------------------ float ops
     def float_module(self, name: str, m: nn.Module) -> dict:
@@ -181,7 +189,8 @@ class Exporter:
         raise ExportError(f"{node.name}: {node.op} {getattr(target, '__name__', target)} is not supported by the runtime")
 
     # ------------------------------------------------------------------ graph
-    def build(self, example_input: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
+    def build(self, example_input: torch.Tensor, pixels: PixelInput | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(manifest, tensors)`` of the bundle; with ``pixels`` the bundle takes integer pixels."""
         try:
             graph = Tracer().trace(self.model)
             gm = fx.GraphModule(self.model, graph)
@@ -189,12 +198,17 @@ class Exporter:
                 ShapeProp(gm).propagate(example_input)
         except Exception as exc:
             raise ExportError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc}") from None
-        nodes, float_ops, outputs = [], [], []
+        nodes, outputs = [], []
         non_negative: set[str] = set()  # nodes whose every value is >= 0
         for node in graph.nodes:
             inputs = [a.name for a in node.args if isinstance(a, fx.Node)]
             if node.op == "placeholder":
                 entry = {"op": "input", "shape": list(example_input.shape[1:])}
+                if pixels is not None:
+                    if len(pixels.mean) not in (1, entry["shape"][0]):
+                        raise ExportError(f"PixelInput: {len(pixels.mean)} channels of mean/std for an input "
+                                          f"of {entry['shape'][0]} channels")
+                    entry["pixels"] = pixels.spec()
             elif node.op == "output":
                 outputs = [a.name for a in (node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]])]
                 continue
@@ -206,20 +220,18 @@ class Exporter:
                     entry = self.float_module(node.target, m)
             else:
                 entry = self.function(node)
-            entry.update(name=node.name, inputs=inputs, module=str(node.target) if node.op == "call_module" else None)
+            entry.update(name=node.name, inputs=inputs, module=str(node.target) if node.op == "call_module" else None,
+                         dtype=FLOAT)  # integerize declares the integer ones
             if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
                 entry["input_shape"] = list(node.args[0].meta["tensor_meta"].shape[1:])
             if entry["op"] == "relu" or (entry["op"] in _KEEPS_SIGN and inputs and all(i in non_negative for i in inputs)):
                 non_negative.add(node.name)
-            if entry["op"] in FLOAT_OP_NAMES:
-                float_ops.append(node.name)
             nodes.append(entry)
         shift_layers = [n for n in nodes if n["op"].startswith("shift_")]
         manifest = {
             "format": "shiftquant-bundle",
             "nodes": nodes,
             "outputs": outputs,
-            "float_ops": float_ops,
             "exact": all(n["exact"] for n in shift_layers) and bool(shift_layers),
             "eps": 0.0,
             "quantizers": sum(1 for _ in quantizers(self.model)),
@@ -228,14 +240,21 @@ class Exporter:
         self.unfolded = copy.deepcopy(manifest), dict(self.tensors)  # for inspection and tests
         fold(manifest, self.tensors)
         integerize(manifest, self.tensors)
+        manifest["float_ops"] = observed_float_ops(manifest, self.tensors)
         manifest["integer_only"] = not manifest["float_ops"]
         return manifest, self.tensors
 
 
 # Ops whose output is non-negative when every input is.
 _KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add"}
-# Ops that compute in float32 (everything but the shift layers and data movement).
-FLOAT_OP_NAMES = {"batch_norm", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add", "conv2d", "linear"}
+
+
+def observed_float_ops(manifest: dict, tensors: dict[str, np.ndarray]) -> list[str]:
+    """The nodes in which the runtime computes in float, seen by running it once: which kernels a
+    node runs depends on the graph, not on the input's values."""
+    rt = Runtime(manifest, tensors, "export", strict=False)
+    rt.execute(rt.example_input())
+    return rt.observed_float_ops
 
 
 def input_scale(aq: ActivationQuantizer) -> torch.Tensor:

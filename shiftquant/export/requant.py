@@ -11,33 +11,36 @@ The thresholds are found by binary search over the proven accumulator range, eva
 runtime's own float32 chain, so the comparisons give exactly the integers the float chain gives
 for every accumulator the layer can produce.
 
-**The integer residual stream** (:func:`integerize`). A residual BatchNorm's output is an integer
-on its quantizer's grid (a power of two), so residual adds are integer adds aligned by shifts,
-ReLU and max pooling stay integer, global average pooling is an integer sum, and a shift layer fed
-by such integers gets its input codes from thresholds on them (evaluated through PyTorch's own
-pooling kernel, which sums exactly and then divides). Every integer is bounded; under
-``deploy_exact`` every bound stays below 2^24 units, so the PyTorch model's float32 values are
-exact and equal the runtime's integers.
+**The integer graph** (:func:`integerize`). A residual BatchNorm's output is an integer on its
+quantizer's grid (a power of two), so residual adds are integer adds aligned by shifts, ReLU and
+max pooling stay integer, global average pooling is an integer sum, and a shift layer fed by such
+integers, or by the input's pixels, gets its input codes from thresholds on them (evaluated
+through PyTorch's own pooling kernel, which sums exactly and then divides, or through the pixel
+normalization). The last shift layer outputs integer logits on one power-of-two grid. Every
+integer's range is proven and gives its declared type; under ``deploy_exact`` every bound stays
+below 2^24 units, so the PyTorch model's float32 values are exact and equal the runtime's integers.
 
-What remains float is listed in ``float_ops``: chains with a fan-out into float ops, adds whose
-inputs are not both on the grid, pooling that is not global, layers kept float.
+What remains float (chains with a fan-out into float ops, adds whose inputs are not both on the
+grid, pooling that is not global, layers kept float) is whatever the runtime observes computing
+in float: the exporter records it in ``float_ops`` (:mod:`shiftquant.export.graph`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ..errors import ExportError
+from .ints import FLOAT, narrowest
+from .pixels import pixels_to_float
 from .runtime import Runtime
 
 EXACT = 1 << 24
 # Ops that map each element to one element of the same channel, monotonically.
 CHAIN_OPS = {"batch_norm", "relu", "identity", "flatten"}
-# Ops that keep integers integers (on the same grid).
-INT_OPS = {"relu", "max_pool2d", "identity", "flatten"}
 
 
 def _consumers(nodes: list[dict]) -> dict[str, list[dict]]:
@@ -84,12 +87,12 @@ def _target_spec(target: dict) -> dict:
     return target["output_quantizer"] if target.get("output_quantizer") else target["input_quantizer"]
 
 
-def _search(code_ints, levels: np.ndarray, bound: int, columns: int, direction: np.ndarray) -> np.ndarray:
-    """Per column, the smallest ``a`` in ``[-bound, bound + 1]`` with ``code_ints(direction * a) >=
-    levels[k]``, for every level ``k >= 1`` (``bound + 1``: never)."""
+def _search(code_ints, levels: np.ndarray, low: int, high: int, columns: int, direction: np.ndarray) -> np.ndarray:
+    """Per column, the smallest ``a`` in ``[low, high + 1]`` with ``code_ints(direction * a) >=
+    levels[k]``, for every level ``k >= 1`` (``high + 1``: never)."""
     k = len(levels) - 1
-    lo = np.full((k, columns), -bound, dtype=np.int64)
-    hi = np.full((k, columns), bound + 1, dtype=np.int64)
+    lo = np.full((k, columns), low, dtype=np.int64)
+    hi = np.full((k, columns), high + 1, dtype=np.int64)
     target = levels[1:, None]
     while np.any(lo < hi):
         mid = (lo + hi) // 2
@@ -120,7 +123,7 @@ def thresholds(rt: Runtime, s: dict, chain: list[dict], target: dict) -> tuple[n
 
     ends = code_ints(np.stack([np.full(channels, -bound), np.full(channels, bound)]).astype(np.int64))
     direction = np.where(ends[1] >= ends[0], 1, -1).astype(np.int64)
-    return _search(code_ints, Runtime.level_ints(spec), bound, channels, direction), direction
+    return _search(code_ints, Runtime.level_ints(spec), -bound, bound, channels, direction), direction
 
 
 @contextlib.contextmanager
@@ -159,7 +162,7 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     chains = find_chains(manifest)
     if not chains:
         return
-    rt = Runtime(manifest, tensors, "export")
+    rt = Runtime(manifest, tensors, "export", strict=False)
     with _one_thread():
         found = [(s, chain, t, *thresholds(rt, s, chain, t)) for s, chain, t in chains]
     removed, renamed = set(), {}
@@ -186,54 +189,126 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     manifest["outputs"] = [renamed.get(o, o) for o in manifest["outputs"]]
 
 
+@dataclass(frozen=True)
+class Ints:
+    """What an integer node outputs: a ``kind`` (``grid``: worth ``unit`` each; ``sum``: a global
+    sum of grid integers worth ``unit``, by the pooling node ``pool``; ``pixels``: the input), its
+    proven ``[lo, hi]``,
+    and for flattened pixels the positions per channel (``spread``, 0 while channels are on dim 1)."""
+
+    kind: str
+    lo: int
+    hi: int
+    unit: float | None = None
+    pool: dict | None = None
+    spread: int = 0
+
+
 def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
-    """Mark the ops that run on integers, give adds their alignment shifts and shift layers fed by
-    integers their input thresholds; check every integer's bound. In place, after :func:`fold`."""
+    """Mark the ops that run on integers, give adds their alignment shifts, shift layers fed by
+    integers their input thresholds and the last shift layers integer outputs; prove every
+    integer's range and declare its type. In place, after :func:`fold`."""
     nodes = manifest["nodes"]
     consumers = _consumers(nodes)
-    # name -> (unit, bound): the unit is None for a pooled sum (its meaning is the pooling op's).
-    ints: dict[str, tuple[float | None, int]] = {}
-    pooled: dict[str, dict] = {}  # pooled sum (or a flatten of one) -> the pooling node
+    ints: dict[str, Ints] = {}
     rt = None
     for node in nodes:
-        op, inputs = node["op"], node["inputs"]
-        if node.get("requant"):
-            r = node["requant"]
-            ints[node["name"]] = (r["unit"], max(abs(v) for v in r["levels"]))
+        op, inputs, name = node["op"], node["inputs"], node["name"]
+        src = ints.get(inputs[0]) if inputs else None
+        if op == "input":
+            if node.get("pixels"):
+                ints[name] = Ints("pixels", 0, node["pixels"]["scale"])
+        elif op.startswith("shift_"):
+            if src is not None and not node.get("input_codes") and node["input_quantizer"]["policy"] == "learned_pot":
+                rt = rt or Runtime(manifest, tensors, "export", strict=False)
+                with _one_thread():
+                    thr = _stream_thresholds(rt, node, src)
+                node["input_thresholds"] = _add_thresholds(tensors, f"{name}.input_thresholds", thr)
+            out = _requant_ints(node, tensors) if node.get("requant") else _int_output(node, tensors)
+            if out is not None:
+                ints[name] = out
         elif op == "batch_norm" and node.get("output_quantizer"):
-            spec = node["output_quantizer"]
-            ints[node["name"]] = (Runtime.input_unit(spec), int(np.abs(Runtime.level_ints(spec)).max()))
-        elif op == "add" and all(i in ints and ints[i][0] is not None for i in inputs):
-            (u1, b1), (u2, b2) = ints[inputs[0]], ints[inputs[1]]
-            unit = min(u1, u2)
-            shifts = [round(math.log2(u1 / unit)), round(math.log2(u2 / unit))]
-            if any(2.0 ** sh * unit != u for sh, u in zip(shifts, (u1, u2))):
+            levels = Runtime.level_ints(node["output_quantizer"])
+            ints[name] = Ints("grid", int(levels.min()), int(levels.max()), Runtime.input_unit(node["output_quantizer"]))
+        elif op == "add" and all(i in ints and ints[i].kind == "grid" for i in inputs):
+            a, b = ints[inputs[0]], ints[inputs[1]]
+            unit = min(a.unit, b.unit)
+            shifts = [round(math.log2(a.unit / unit)), round(math.log2(b.unit / unit))]
+            if any(2.0 ** sh * unit != u for sh, u in zip(shifts, (a.unit, b.unit))):
                 continue  # not both powers of two apart: a float add
             node["shifts"] = shifts
-            ints[node["name"]] = (unit, (b1 << shifts[0]) + (b2 << shifts[1]))
-        elif op in INT_OPS and inputs and inputs[0] in ints:
-            ints[node["name"]] = ints[inputs[0]]
-            if inputs[0] in pooled:
-                pooled[node["name"]] = pooled[inputs[0]]
-        elif op == "adaptive_avg_pool2d" and inputs[0] in ints and ints[inputs[0]][0] is not None \
+            ints[name] = Ints("grid", (a.lo << shifts[0]) + (b.lo << shifts[1]), (a.hi << shifts[0]) + (b.hi << shifts[1]), unit)
+        elif op in ("identity", "flatten") and src is not None:
+            ints[name] = _flattened(node, src, nodes) if op == "flatten" and src.kind == "pixels" else src
+        elif op in ("relu", "max_pool2d") and src is not None and src.kind != "pixels":
+            ints[name] = replace(src, lo=max(src.lo, 0), hi=max(src.hi, 0)) if op == "relu" else src
+        elif op == "adaptive_avg_pool2d" and src is not None and src.kind == "grid" \
                 and node["output_size"] in (1, [1, 1], (1, 1)) and _feeds_only_shift_layers(node, consumers):
             _, h, w = node["input_shape"]
             node["integer"] = True
-            ints[node["name"]] = (None, ints[inputs[0]][1] * h * w)
-            pooled[node["name"]] = node
-        elif op.startswith("shift_") and inputs and inputs[0] in ints and not node.get("input_codes") \
-                and node["input_quantizer"]["policy"] == "learned_pot":
-            rt = rt or Runtime(manifest, tensors, "export")
-            src = inputs[0]
-            with _one_thread():
-                thr = _stream_thresholds(rt, node, ints[src], pooled.get(src), ints, manifest)
-            node["input_thresholds"] = _add_thresholds(tensors, f"{node['name']}.input_thresholds", thr)
-    exact = manifest["exact"]
-    for name, (_, bound) in ints.items():
-        if bound >= EXACT and exact:
-            raise ExportError(f"{name}: integer bound {bound} reaches 2^24: exact float32 parity cannot be "
-                              "guaranteed (use fewer residual bits)")
-    manifest["float_ops"] = [n["name"] for n in nodes if _is_float_op(n, ints)]
+            ints[name] = Ints("sum", src.lo * h * w, src.hi * h * w, src.unit, pool=node)
+    for node in nodes:
+        _declare_type(node, ints.get(node["name"]), manifest["exact"])
+
+
+def _declare_type(node: dict, out: Ints | None, exact: bool) -> None:
+    """``dtype`` and ``range`` of a node's output; an integer beyond 2^24 under ``deploy_exact`` is
+    refused (the PyTorch model's float32 values would no longer be exact)."""
+    if out is None:
+        node["dtype"] = FLOAT
+        node.pop("range", None)
+        return
+    if exact and out.kind != "pixels" and max(abs(out.lo), abs(out.hi)) >= EXACT:
+        raise ExportError(f"{node['name']}: integer bound {max(abs(out.lo), abs(out.hi))} reaches 2^24: exact "
+                          "float32 parity cannot be guaranteed (use fewer residual bits)")
+    dtype = narrowest(out.lo, out.hi)
+    if dtype is None:
+        raise ExportError(f"{node['name']}: integers in [{out.lo}, {out.hi}] do not fit int32")
+    node["dtype"], node["range"] = dtype, [int(out.lo), int(out.hi)]
+
+
+def _flattened(node: dict, src: Ints, nodes: list[dict]) -> Ints:
+    """Pixels through a flatten: a feature's channel is its index // (positions per channel)."""
+    shape = next(n for n in nodes if n["op"] == "input")["shape"]
+    if node["start_dim"] != 1 or node["end_dim"] not in (-1, len(shape)):
+        raise ExportError(f"{node['name']}: pixels can only be flattened from dim 1 to the end")
+    return replace(src, spread=int(np.prod(shape[1:])))
+
+
+def _requant_ints(node: dict, tensors: dict[str, np.ndarray]) -> Ints:
+    """The levels a requantizing layer reaches from accumulators in ``[-bound, bound]``."""
+    r = node["requant"]
+    thr = np.cumsum(tensors[r["thresholds"]].astype(np.int64), axis=0)
+    bound = int(node["accumulator_bound"])
+    levels = np.asarray(r["levels"], dtype=np.int64)
+    lowest, highest = (thr <= -bound).sum(0), (thr <= bound).sum(0)
+    return Ints("grid", int(levels[lowest].min()), int(levels[highest].max()), r["unit"])
+
+
+def _int_output(node: dict, tensors: dict[str, np.ndarray]) -> Ints | None:
+    """Integer logits for an exact layer without requantization: ``(acc + bias_c) << shift_c`` on the
+    finest of its channels' grids, when every grid is a power of two and the bias is on it."""
+    if not node["exact"] or node.get("weight_offset") or node["input_quantizer"]["policy"] != "learned_pot":
+        return None
+    scale = tensors[node["weight_scale"]].astype(np.float64)
+    grid = scale * node["weight_quantizer"]["resolution"] * Runtime.input_unit(node["input_quantizer"])
+    if not (np.frexp(grid)[0] == 0.5).all():
+        return None
+    unit = float(grid.min())
+    shift = np.round(np.log2(grid / unit)).astype(np.int64)
+    bias = None
+    if node.get("bias"):
+        b = tensors[node["bias"]].astype(np.float64) / grid
+        if not (b == np.round(b)).all():
+            return None
+        bias = np.round(b).astype(np.int64)
+    top = int(node["accumulator_bound"]) << int(shift.max())
+    if narrowest(-top, top) is None or shift.max() > 30:
+        return None
+    name = node["name"]
+    node["int_output"] = {"bias": None if bias is None else _add(tensors, f"{name}.int_output.bias", bias),
+                          "shift": _add(tensors, f"{name}.int_output.shift", shift), "unit": unit}
+    return Ints("grid", -top, top, unit)
 
 
 def _feeds_only_shift_layers(node: dict, consumers: dict) -> bool:
@@ -246,13 +321,26 @@ def _feeds_only_shift_layers(node: dict, consumers: dict) -> bool:
     return bool(consumers[node["name"]])
 
 
-def _stream_thresholds(rt: Runtime, t: dict, src: tuple, pool: dict | None, ints: dict, manifest: dict) -> np.ndarray:
-    """Thresholds ``(L-1, 1)`` from a layer's integer input to its input integers. A pooled sum is
-    evaluated through the pooling op itself: the sum placed at one position, zeros elsewhere."""
+def _stream_thresholds(rt: Runtime, t: dict, src: Ints) -> np.ndarray:
+    """Thresholds ``(L-1, K)`` from a layer's integer input to its input integers. Pixels go through
+    the normalization (a column per channel, or per feature after a flatten; one when they agree);
+    a global sum through the pooling op itself: the sum at one position, zeros elsewhere."""
     spec = t["input_quantizer"]
-    _, bound = src
-    if pool is not None:
-        unit = ints[pool["inputs"][0]][0]
+    levels = Runtime.level_ints(spec)
+    ones = np.ones(1, dtype=np.int64)
+    if src.kind == "pixels":
+        px = rt._pixels
+        channels = len(px["mean"])
+
+        def code_ints(p: np.ndarray) -> np.ndarray:
+            return rt.quantize_input(pixels_to_float(p, px, channel_dim=-1), spec)
+
+        thr = _search(code_ints, levels, 0, px["scale"], channels, np.ones(channels, dtype=np.int64))
+        if (thr == thr[:, :1]).all():
+            return thr[:, :1]
+        return np.repeat(thr, src.spread, axis=1) if src.spread else thr
+    if src.kind == "sum":
+        pool, unit = src.pool, src.unit
         _, h, w = pool["input_shape"]
 
         def code_ints(c: np.ndarray) -> np.ndarray:
@@ -260,18 +348,7 @@ def _stream_thresholds(rt: Runtime, t: dict, src: tuple, pool: dict | None, ints
             x[:, 0, 0, 0] = torch.from_numpy((c[:, 0].astype(np.float64) * unit).astype(np.float32))
             return rt.quantize_input(rt.float_op(pool, [x]).reshape(-1), spec)[:, None]
     else:
-        unit = src[0]
-
         def code_ints(c: np.ndarray) -> np.ndarray:
-            return rt.quantize_input(torch.from_numpy((c.astype(np.float64) * unit).astype(np.float32)), spec)
+            return rt.quantize_input(torch.from_numpy((c.astype(np.float64) * src.unit).astype(np.float32)), spec)
 
-    return _search(code_ints, Runtime.level_ints(spec), bound, 1, np.ones(1, dtype=np.int64))
-
-
-def _is_float_op(node: dict, ints: dict) -> bool:
-    op = node["op"]
-    if op == "input" or op.startswith("shift_") or op == "flatten":
-        return False
-    if op == "batch_norm" or op in ("conv2d", "linear"):
-        return True
-    return node["name"] not in ints
+    return _search(code_ints, levels, src.lo, src.hi, 1, ones)

@@ -1,15 +1,20 @@
-"""The reference runtime: executes a bundle on numpy arrays.
+"""The reference runtime: executes a bundle on numpy arrays; the oracle the other backends match.
 
-Shift layers run in integers: the input is quantized to codes (the quantizers' own math), codes
-become integers on the input's grid, and every product with a weight ``±2^-k`` is a left shift of
-that integer by the weight's shift amount; products are summed into an int64 accumulator, with no
-multiplication. The accumulator times the layer's grid (a power of two under ``deploy_exact``)
-plus the bias gives the layer output. The other ops (BatchNorm, ReLU, pooling, residual adds,
-layers kept float) run in float32 with PyTorch's own kernels; they are listed in ``float_ops``.
+Integer nodes run in integers only: a shift layer maps its input integers (pixels, the codes a
+previous layer handed on, the residual stream, a global sum) to its input levels by comparisons
+against thresholds, multiplies them by its weights ``±2^t`` with left shifts, sums them into an
+accumulator, and hands on the next integers by comparisons again (``requant``) or outputs integer
+logits on one power-of-two grid (``int_output``). Residual adds align by shifts; ReLU, max
+pooling, the global sum and flatten move integers. Every integer a node computes is checked
+against the type and range the bundle declares for it (``docs/bundle.md``) and stored at that
+width.
 
-Under ``deploy_exact`` every value the float32 PyTorch model computes in a shift layer is an
-integer multiple of a power of two below 2^24 units, so its float32 result is exact, and equal to
-the runtime's integer one: the runtime's logits equal the PyTorch model's bit for bit.
+Everything float goes through one choke point, :meth:`Runtime._float`, which records the node
+(``observed_float_ops``) and refuses float in a node the bundle does not list in ``float_ops``:
+a bundle that says ``integer_only`` runs with float arithmetic refused. What is float (the input
+quantizer on float inputs, the dequantization ``acc x grid + bias``, BatchNorm, pooling other than
+the global sum, adds off the grid, layers kept float) runs in float32 with PyTorch's own kernels,
+so that, under ``deploy_exact``, the runtime's logits equal the PyTorch model's bit for bit.
 """
 from __future__ import annotations
 
@@ -22,37 +27,48 @@ import torch.nn.functional as F
 from ..errors import BundleError
 from ..quant import functional as QF
 from .bundle import read_bundle, unpack_codes
+from .ints import FLOAT, INT_TYPES, holds
+from .pixels import pixel_dtype, pixels_to_float
 
 _CHUNK = 16  # examples per block of the shift-add convolution (bounds its temporaries)
 
 
+def patches(a: np.ndarray, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1)) -> np.ndarray:
+    """The receptive fields of an integer NCHW tensor, ``(N, C * kh * kw, Ho * Wo)`` in the order
+    of ``torch.nn.functional.unfold``, zero-padded, and ``(Ho, Wo)``: integer indexing only."""
+    n, c = a.shape[:2]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    padded = np.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]
+    ho, wo = win.shape[2:4]
+    return win.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo), (ho, wo)
+
+
 def shift_add_conv(a: np.ndarray, w: np.ndarray, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                    groups: int = 1) -> np.ndarray:
-    """Integer convolution of ``a`` (int64, NCHW) with weights ``w`` whose entries are 0 or ``±2^t``,
+    """Integer convolution of ``a`` (integers, NCHW) with weights ``w`` whose entries are 0 or ``±2^t``,
     computed with left shifts and additions only. Returns the int64 accumulator (N, Cout, Ho, Wo)."""
-    n, c, h, wd = a.shape
+    n = a.shape[0]
     cout, cin_g, kh, kw = w.shape
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    # Patches of an integer tensor (exact through float64 below 2^53).
-    patches = F.unfold(torch.from_numpy(a.astype(np.float64)), (kh, kw), dilation=dilation, padding=padding,
-                       stride=stride).numpy().astype(np.int64)
-    patches = patches.reshape(n, groups, cin_g * kh * kw, ho * wo)
+    p, (ho, wo) = patches(a.astype(np.int64), (kh, kw), stride, padding, dilation)
+    p = p.reshape(n, groups, cin_g * kh * kw, ho * wo)
     cout_g = cout // groups
     acc = np.zeros((n, cout, ho * wo), dtype=np.int64)
     for g in range(groups):
         wg = w[g * cout_g:(g + 1) * cout_g].reshape(cout_g, -1)
-        acc[:, g * cout_g:(g + 1) * cout_g] = _shift_add(patches[:, g], wg)
+        acc[:, g * cout_g:(g + 1) * cout_g] = _shift_add(p[:, g], wg)
     return acc.reshape(n, cout, ho, wo)
 
 
 def _shift_add(p: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``sum_k w[c, k] * p[:, k, :]`` for ``w`` in ``{0, ±2^t}``: shifts and additions."""
     n, _, length = p.shape
+    p = p.astype(np.int64)
     out = np.zeros((n, w.shape[0], length), dtype=np.int64)
     nonzero = w != 0
     shifts = np.zeros_like(w)
-    shifts[nonzero] = np.log2(np.abs(w[nonzero])).round().astype(np.int64)
+    shifts[nonzero] = _log2_pow2(np.abs(w[nonzero]))
     for t in np.unique(shifts[nonzero]):
         shifted = p << int(t)
         for sign in (1, -1):
@@ -69,25 +85,43 @@ def _shift_add(p: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def level_index(acc: torch.Tensor, thr: np.ndarray, direction: np.ndarray, channel_dim: int) -> torch.Tensor:
-    """Requantization: ``sum_k [d_c * acc >= t_ck]``, the next layer's level index, by comparisons
-    and additions (thresholds from :mod:`shiftquant.export.requant`)."""
-    shape = [1] * acc.dim()
+def _log2_pow2(v: np.ndarray) -> np.ndarray:
+    """The exponent of positive powers of two, by counting shifts (integers only)."""
+    v, e = v.astype(np.int64), np.zeros(v.shape, dtype=np.int64)
+    while (v > 1).any():
+        more = v > 1
+        v, e = np.where(more, v >> 1, v), e + more
+    return e
+
+
+def level_index(x: np.ndarray, thr: np.ndarray, direction: np.ndarray | None, channel_dim: int) -> np.ndarray:
+    """Requantization: ``sum_k [d_c * x >= t_kc]``, a level index, by comparisons and additions.
+    ``thr`` is ``(L - 1, K)``, ``K`` = 1 or the size of ``x``'s ``channel_dim``; ``direction``
+    (``(K,)`` of ±1) None for +1 (thresholds from :mod:`shiftquant.export.requant`)."""
+    x = x.astype(np.int64)
+    shape = [1] * x.ndim
     shape[channel_dim] = -1
-    signed = torch.where(torch.from_numpy(direction.astype(np.int64)).reshape(shape) > 0, acc, -acc)
-    idx = torch.zeros_like(acc)
+    if direction is not None:
+        x = np.where(direction.astype(np.int64).reshape(shape) > 0, x, -x)
+    idx = np.zeros(x.shape, dtype=np.int64)
     for row in thr.astype(np.int64):
-        idx += signed >= torch.from_numpy(row).reshape(shape)
+        idx += x >= row.reshape(shape)
     return idx
 
 
 class Runtime:
-    """A loaded bundle. ``run(x)`` takes and returns numpy arrays."""
+    """A loaded bundle. ``run(x)`` takes and returns numpy arrays; ``run_int(x)`` returns integer
+    logits and the power of two they are worth.
 
-    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], source: str = "bundle"):
-        self.manifest, self.tensors, self.source = manifest, tensors, source
-        self.nodes = manifest["nodes"]
-        self.float_ops = list(manifest.get("float_ops", []))
+    ``strict`` (the default): float computations are allowed only in the nodes the bundle lists in
+    ``float_ops``. The exporter builds a non-strict runtime, which allows and records them all.
+    """
+
+    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], source: str = "bundle", strict: bool = True):
+        self.manifest, self.tensors, self.source, self.strict = manifest, tensors, source, strict
+        self.nodes = manifest["nodes"] if isinstance(manifest, dict) else None
+        self.float_ops = list(manifest.get("float_ops") or []) if isinstance(manifest, dict) else []
+        self.observed_float_ops: list[str] = []  # nodes that computed in float, in the order they did
         self._weights = {}
         self._thresholds: dict[str, np.ndarray] = {}  # decoded (cumulative) threshold tables
         self._check()
@@ -108,6 +142,10 @@ class Runtime:
             seen = set()
             if not isinstance(self.nodes, list) or not isinstance(self.manifest.get("outputs"), list):
                 raise BundleError(f"{self.source}: manifest lacks its node or output list")
+            inputs = [n for n in self.nodes if isinstance(n, dict) and n.get("op") == "input"]
+            if len(inputs) != 1:
+                raise BundleError(f"{self.source}: a bundle has exactly one input node, this one {len(inputs)}")
+            self._pixels = inputs[0].get("pixels")
             for node in self.nodes:
                 if not isinstance(node.get("name"), str) or node["name"] in seen:
                     raise BundleError(f"{self.source}: a node has a missing or repeated name")
@@ -116,16 +154,39 @@ class Runtime:
                         raise BundleError(f"{self.source}: node {node['name']!r} reads {i!r} before it is computed")
                 if node["op"] in ("shift_conv2d", "shift_linear"):
                     self._weights[node["name"]] = self._decode_weights(node)
-                elif node["op"] not in _FLOAT_OPS and node["op"] != "input":
+                elif node["op"] not in _OPS:
                     raise BundleError(f"{self.source}: unknown op {node['op']!r}")
                 else:
                     self._check_float_op(node)
+                self._check_type(node)
                 seen.add(node["name"])
             for o in self.manifest["outputs"]:
                 if o not in seen:
                     raise BundleError(f"{self.source}: output {o!r} is not computed")
+            if self.strict:
+                self._check_float_ops(seen)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise BundleError(f"{self.source}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+    def _check_float_ops(self, names: set) -> None:
+        listed, claim = self.manifest.get("float_ops"), self.manifest.get("integer_only")
+        if not isinstance(listed, list) or not all(isinstance(n, str) and n in names for n in listed) \
+                or len(set(listed)) != len(listed):
+            raise BundleError(f"{self.source}: float_ops must list distinct node names")
+        if claim is not (not listed):
+            raise BundleError(f"{self.source}: integer_only={claim!r} contradicts float_ops {listed}")
+
+    def _check_type(self, node: dict) -> None:
+        """``dtype`` is float32 or a declared integer type holding ``range``, ``[lo, hi]``."""
+        dtype = node.get("dtype")
+        if dtype == FLOAT:
+            return
+        if dtype not in INT_TYPES:
+            self._fail(node, f"dtype must be {FLOAT} or one of {', '.join(INT_TYPES)}")
+        r = node.get("range")
+        if not isinstance(r, list) or len(r) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in r) \
+                or not holds(dtype, *r):
+            self._fail(node, f"range must be two integers [lo, hi] that {dtype} holds")
 
     def _fail(self, node: dict, what: str):
         raise BundleError(f"{self.source}: node {node.get('name')!r} ({node.get('op')}): {what}")
@@ -215,8 +276,21 @@ class Runtime:
                 self._check_conv_geometry(node)
         elif op == "input":
             self._ints(node, node.get("shape"), "shape", len(node.get("shape") or [0]), 1)
+            self._check_pixels(node, node.get("pixels"))
         if len(node["inputs"]) != (2 if op == "add" else 0 if op == "input" else 1):
             self._fail(node, "wrong number of inputs")
+
+    def _check_pixels(self, node: dict, px) -> None:
+        if px is None:
+            return
+        if not isinstance(px, dict) or not isinstance(px.get("mean"), list) or not isinstance(px.get("std"), list) \
+                or len(px["mean"]) != len(px["std"]) or len(px["mean"]) not in (1, node["shape"][0]):
+            self._fail(node, "pixels must have a mean and a std per input channel")
+        self._ints(node, px.get("scale"), "pixels scale", low=1)
+        for v in px["mean"]:
+            self._number(node, v, "pixels mean", -1e30)
+        if not all(self._number(node, v, "pixels std", 0.0) > 0 for v in px["std"]):
+            self._fail(node, "pixels std must be positive")
 
     def _check_conv_geometry(self, node: dict) -> None:
         self._ints(node, node.get("stride"), "stride", 2, 1)
@@ -249,36 +323,47 @@ class Runtime:
         if nonzero.size and not np.all((np.abs(nonzero) & (np.abs(nonzero) - 1)) == 0):
             raise BundleError(f"{self.source}: {node['name']}: weights are not powers of two")
         self._tensor(node["weight_scale"], (shape[0],))
-        self._check_requant(node, shape[0])
+        self._number(node, node.get("accumulator_bound"), "accumulator_bound")
+        if node.get("accumulator_dtype") not in INT_TYPES \
+                or not holds(node["accumulator_dtype"], -node["accumulator_bound"], node["accumulator_bound"]):
+            self._fail(node, "accumulator_dtype must be an integer type that holds the accumulator bound")
+        in_channels = shape[1] * (node["groups"] if conv else 1)
+        self._check_requant(node, shape[0], in_channels)
         return w_int
 
-    def _check_thresholds(self, node: dict, key, columns: int | None, what: str) -> np.ndarray:
+    def _check_thresholds(self, node: dict, key, columns: tuple[int, ...], what: str) -> np.ndarray:
         stored = self._tensor(key)
-        if stored.dtype not in _INT_TYPES or stored.ndim != 2 or stored.shape[0] < 1 \
-                or (columns and stored.shape[1] != columns) or (stored[1:] < 0).any():
+        if stored.dtype not in _STORED_INTS or stored.ndim != 2 or stored.shape[0] < 1 \
+                or stored.shape[1] not in columns or (stored[1:] < 0).any():
             self._fail(node, f"{what} must be an integer table (levels - 1, channels): a first row, then "
                              "non-negative differences")
         thr = np.cumsum(stored.astype(np.int64), axis=0)
+        if not holds("int32", int(thr.min()), int(thr.max())):
+            self._fail(node, f"{what} must fit int32")
         self._thresholds[key] = thr
         return thr
 
-    def _check_requant(self, node: dict, channels: int) -> None:
+    def _check_requant(self, node: dict, channels: int, in_channels: int) -> None:
         if not isinstance(node.get("input_codes", False), bool):
             self._fail(node, "input_codes must be true or false")
         if node.get("input_thresholds") is not None:
-            thr = self._check_thresholds(node, node["input_thresholds"], 1, "input_thresholds")
+            thr = self._check_thresholds(node, node["input_thresholds"], (1, in_channels), "input_thresholds")
             if node.get("input_codes") or thr.shape[0] != len(node["input_quantizer"]["quantizer"]["levels"]) - 1:
                 self._fail(node, "input_thresholds must have one row per input level but the lowest, "
                                  "without input_codes")
+        if node.get("int_output") is not None:
+            self._check_int_output(node, channels)
         r = node.get("requant")
         if r is None:
             return
+        if node.get("int_output") is not None:
+            self._fail(node, "requant and int_output exclude each other")
         if not isinstance(r, dict):
             self._fail(node, "requant must be a table of thresholds, directions, levels and a unit")
-        thr = self._check_thresholds(node, r["thresholds"], channels, "requant thresholds")
+        thr = self._check_thresholds(node, r["thresholds"], (channels,), "requant thresholds")
         direction = self._tensor(r["direction"], (channels,))
         levels = r.get("levels")
-        if direction.dtype not in _INT_TYPES or not np.isin(direction, (1, -1)).all():
+        if direction.dtype not in _STORED_INTS or not np.isin(direction, (1, -1)).all():
             self._fail(node, "requant directions must be int64, +1 or -1")
         if not isinstance(levels, list) or len(levels) != thr.shape[0] + 1 \
                 or not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) < 1 << 24 for v in levels) \
@@ -286,7 +371,24 @@ class Runtime:
             self._fail(node, "requant levels must be sorted integers below 2^24, one more than the thresholds")
         self._number(node, r.get("unit"), "requant unit", 1e-30)
 
-    # ------------------------------------------------------------------ execution
+
+    def _check_int_output(self, node: dict, channels: int) -> None:
+        o = node["int_output"]
+        if not isinstance(o, dict):
+            self._fail(node, "int_output must be a table of a bias, shifts and a unit")
+        for key in ("bias", "shift"):
+            if o.get(key) is None and key == "bias":
+                continue
+            t = self._tensor(o.get(key), (channels,))
+            if t.dtype not in _STORED_INTS or (key == "shift" and ((t < 0).any() or (t > 30).any())):
+                self._fail(node, f"int_output {key} must be integers" + (" in [0, 30]" if key == "shift" else ""))
+        unit = self._number(node, o.get("unit"), "int_output unit", 1e-30)
+        if np.frexp(unit)[0] != 0.5:
+            self._fail(node, "int_output unit must be a power of two")
+
+    # ------------------------------------------------------------------ kernels (no bookkeeping)
+    # The float kernels below are also the exporter's: its threshold searches evaluate exactly the
+    # float chains the thresholds replace. Execution reaches them only through :meth:`_float`.
     def quantize_input(self, x: torch.Tensor, spec: dict) -> np.ndarray:
         """An input quantizer on float values: the integers on its grid (see :meth:`input_unit`)."""
         q = spec["quantizer"]
@@ -316,36 +418,6 @@ class Runtime:
         q = spec["quantizer"]
         return np.round(np.asarray(q["levels"], dtype=np.float64) / q["resolution"]).astype(np.int64)
 
-    def _layer_input(self, node: dict, x: Value) -> np.ndarray:
-        """The integers a shift layer multiplies: handed on (``input_codes``), from thresholds on an
-        integer input (``input_thresholds``), or its input quantizer on float values."""
-        if node.get("input_codes"):
-            if x.unit is None or x.unit != self.input_unit(node["input_quantizer"]):
-                self._fail(node, "expects integers on its input grid from a requantizing layer")
-            return x.data.numpy()
-        if node.get("input_thresholds") is not None:
-            if not x.is_int:
-                self._fail(node, "has input thresholds but receives float values")
-            idx = level_index(x.data, self._thresholds[node["input_thresholds"]], np.ones(1, dtype=np.int64), 0)
-            return self.level_ints(node["input_quantizer"])[idx.numpy()]
-        return self.quantize_input(self._as_float(node, x), node["input_quantizer"])
-
-    def _shift_layer(self, node: dict, x: Value) -> Value:
-        a_int = self._layer_input(node, x)
-        w_int = self._weights[node["name"]]
-        if node["op"] == "shift_conv2d":
-            acc = shift_add_conv(a_int, w_int, node["stride"], node["padding"], node["dilation"], node["groups"])
-        else:
-            lead = a_int.shape[:-1]
-            acc = _shift_add(a_int.reshape(-1, a_int.shape[-1], 1), w_int)[..., 0].reshape(*lead, -1)
-        if node.get("requant"):
-            r = node["requant"]
-            dim = 1 if node["op"] == "shift_conv2d" else -1
-            idx = level_index(torch.from_numpy(acc), self._thresholds[r["thresholds"]], self._tensor(r["direction"]), dim)
-            return Value(torch.from_numpy(np.asarray(r["levels"], dtype=np.int64)[idx.numpy()]), r["unit"])
-        offset_sums = self._window_sums(node, a_int, w_int.shape) if node.get("weight_offset") else None
-        return Value(self.dequantize(node, acc, offset_sums))
-
     def dequantize(self, node: dict, acc: np.ndarray, offset_sums: np.ndarray | None = None) -> torch.Tensor:
         """A shift layer's float output from its accumulator: ``acc x grid + bias``, per channel.
 
@@ -361,16 +433,6 @@ class Runtime:
         if node.get("bias"):
             out = out + self._tensor(node["bias"]).astype(np.float64).reshape(channel_shape)
         return torch.from_numpy(out.astype(np.float32))
-
-    @staticmethod
-    def _window_sums(node: dict, a_int: np.ndarray, w_shape) -> np.ndarray:
-        """Per output channel, the sum of the input integers in its receptive field."""
-        if node["op"] == "shift_linear":
-            return a_int.sum(-1, keepdims=True)
-        groups = node["groups"]
-        ones = np.ones((groups,) + tuple(w_shape[1:]), dtype=np.int64)
-        sums = shift_add_conv(a_int, ones, node["stride"], node["padding"], node["dilation"], groups)
-        return np.repeat(sums, w_shape[0] // groups, axis=1)
 
     def float_op(self, node: dict, args: list[torch.Tensor]) -> torch.Tensor:
         op, x = node["op"], args[0] if args else None
@@ -399,13 +461,78 @@ class Runtime:
             return F.linear(x, t("weight"), t("bias"))
         raise BundleError(f"{self.source}: unknown op {op!r}")  # pragma: no cover - checked at load
 
-    def _as_float(self, node: dict, x: Value) -> torch.Tensor:
-        """Float values; integers become ``integer x unit`` (exact below 2^24 units)."""
+    def to_float(self, x: Value) -> torch.Tensor:
+        """Float values of a value: integers become ``integer x unit`` (exact below 2^24 units),
+        pixels the float model's input."""
         if not x.is_int:
             return x.data
-        if x.unit is None:
-            self._fail(node, "a pooled integer sum can only feed a shift layer with input thresholds")
-        return (x.data.double() * x.unit).float()
+        if x.kind == "pixels":
+            return pixels_to_float(x.data, self._pixels)
+        if x.kind == "sum":
+            raise BundleError(f"{self.source}: a global integer sum can only feed a shift layer with input thresholds")
+        return torch.from_numpy((x.data.astype(np.float64) * x.unit).astype(np.float32))
+
+    # ------------------------------------------------------------------ execution
+    def _float(self, node: dict, kernel, *args):
+        """The one way execution computes in float: records ``node``, and refuses a node that the
+        bundle does not list in ``float_ops`` (strict runtimes)."""
+        name = node["name"]
+        if self.strict and name not in self.float_ops:
+            self._fail(node, "computes in float, but the bundle does not list it in float_ops"
+                       + (" (it says integer_only)" if self.manifest.get("integer_only") else ""))
+        if name not in self.observed_float_ops:
+            self.observed_float_ops.append(name)
+        return kernel(*args)
+
+    def _layer_input(self, node: dict, x: Value) -> np.ndarray:
+        """The integers a shift layer multiplies: handed on (``input_codes``), from thresholds on an
+        integer input (``input_thresholds``), or its input quantizer on float values."""
+        if node.get("input_codes"):
+            if x.kind != "grid" or x.unit != self.input_unit(node["input_quantizer"]):
+                self._fail(node, "expects integers on its input grid from a requantizing layer")
+            return x.data.astype(np.int64)
+        if node.get("input_thresholds") is not None:
+            if not x.is_int:
+                self._fail(node, "has input thresholds but receives float values")
+            channel_dim = 1 if node["op"] == "shift_conv2d" else -1
+            idx = level_index(x.data, self._thresholds[node["input_thresholds"]], None, channel_dim)
+            return self.level_ints(node["input_quantizer"])[idx]
+        return self._float(node, lambda: self.quantize_input(self.to_float(x), node["input_quantizer"]))
+
+    def _shift_layer(self, node: dict, x: Value) -> Value:
+        a_int = self._layer_input(node, x)
+        w_int = self._weights[node["name"]]
+        if node["op"] == "shift_conv2d":
+            acc = shift_add_conv(a_int, w_int, node["stride"], node["padding"], node["dilation"], node["groups"])
+        else:
+            lead = a_int.shape[:-1]
+            acc = _shift_add(a_int.reshape(-1, a_int.shape[-1], 1), w_int)[..., 0].reshape(*lead, -1)
+        bound = node["accumulator_bound"]
+        if acc.size and int(np.abs(acc).max()) > bound:
+            self._fail(node, f"accumulator {int(np.abs(acc).max())} beyond its proven bound {bound}")
+        channel_dim = 1 if node["op"] == "shift_conv2d" else -1
+        if node.get("requant"):
+            r = node["requant"]
+            idx = level_index(acc, self._thresholds[r["thresholds"]], self._tensor(r["direction"]), channel_dim)
+            return Value(np.asarray(r["levels"], dtype=np.int64)[idx], r["unit"])
+        if node.get("int_output"):
+            o = node["int_output"]
+            shape = [1] * acc.ndim
+            shape[channel_dim] = -1
+            bias = 0 if o.get("bias") is None else self._tensor(o["bias"]).astype(np.int64).reshape(shape)
+            return Value((acc + bias) << self._tensor(o["shift"]).astype(np.int64).reshape(shape), o["unit"])
+        offset_sums = self._window_sums(node, a_int, w_int.shape) if node.get("weight_offset") else None
+        return Value(self._float(node, self.dequantize, node, acc, offset_sums))
+
+    @staticmethod
+    def _window_sums(node: dict, a_int: np.ndarray, w_shape) -> np.ndarray:
+        """Per output channel, the sum of the input integers in its receptive field."""
+        if node["op"] == "shift_linear":
+            return a_int.sum(-1, keepdims=True)
+        groups = node["groups"]
+        ones = np.ones((groups,) + tuple(w_shape[1:]), dtype=np.int64)
+        sums = shift_add_conv(a_int, ones, node["stride"], node["padding"], node["dilation"], groups)
+        return np.repeat(sums, w_shape[0] // groups, axis=1)
 
     def _int_op(self, node: dict, args: list[Value]) -> Value | None:
         """``node`` on integers, when its inputs are integers and it has an integer form."""
@@ -413,75 +540,148 @@ class Runtime:
         if not args or not all(a.is_int for a in args):
             return None
         x = args[0]
-        if op in ("identity", "flatten"):
-            return Value(self.float_op(node, [x.data]), x.unit)
+        if op == "identity":
+            return x
+        if op == "flatten":
+            dims = list(x.data.shape)
+            start, end = node["start_dim"] % len(dims), node["end_dim"] % len(dims)
+            shape = dims[:start] + [int(np.prod(dims[start:end + 1]))] + dims[end + 1:]
+            return Value(x.data.reshape(shape), x.unit, x.kind)
+        if x.kind == "pixels":
+            return None  # pixels reach float ops as the float model's input
         if op == "relu":
-            return Value(x.data.clamp_min(0), x.unit)
-        if op == "max_pool2d":  # through float64: exact for integers below 2^53
-            return Value(self.float_op(node, [x.data.double()]).long(), x.unit)
+            return Value(np.maximum(x.data, 0), x.unit, x.kind)
+        if op == "max_pool2d":  # comparisons on int64: padding is the lowest int64, never selected
+            out = F.max_pool2d(torch.from_numpy(x.data.astype(np.int64)), node["kernel_size"], node["stride"],
+                               node["padding"], node["dilation"], node["ceil_mode"])
+            return Value(out.numpy(), x.unit, x.kind)
         if op == "add" and node.get("shifts") is not None:
-            if args[0].unit is None or args[1].unit is None:
-                self._fail(node, "cannot add pooled sums")
+            if any(a.kind != "grid" for a in args):
+                self._fail(node, "adds integers off a power-of-two grid")
             sh = self._ints(node, node["shifts"], "shifts", 2)
             unit = min(args[0].unit, args[1].unit)
             if any(a.unit != unit * 2.0 ** k for a, k in zip(args, sh)):
                 self._fail(node, "shifts do not align its inputs' grids")
-            return Value((args[0].data << sh[0]) + (args[1].data << sh[1]), unit)
+            return Value((args[0].data.astype(np.int64) << sh[0]) + (args[1].data.astype(np.int64) << sh[1]), unit)
         if op == "adaptive_avg_pool2d" and node.get("integer"):
-            return Value(x.data.sum(dim=(-2, -1), keepdim=True), None)
+            if x.kind != "grid":
+                self._fail(node, "sums integers off a power-of-two grid")
+            return Value(x.data.astype(np.int64).sum(axis=(-2, -1), keepdims=True), None, "sum")
         return None
 
+    def _float_node(self, node: dict, args: list[Value]) -> Value:
+        def kernel():
+            out = self.float_op(node, [self.to_float(a) for a in args])
+            spec = node.get("output_quantizer") if node["op"] == "batch_norm" else None
+            return Value(self.quantize_input(out, spec), self.input_unit(spec)) if spec else Value(out)
+        return self._float(node, kernel)
+
+    def _store(self, node: dict, out: Value) -> Value:
+        """``out`` checked against the node's declared type and range, stored at that width."""
+        dtype = node["dtype"]
+        if dtype == FLOAT:
+            if out.is_int:
+                self._fail(node, "computes integers but declares float32")
+            return out
+        if not out.is_int:
+            self._fail(node, f"computes float values but declares {dtype}")
+        lo, hi = node["range"]
+        if out.data.size and (int(out.data.min()) < lo or int(out.data.max()) > hi):
+            self._fail(node, f"value {int(out.data.min())}..{int(out.data.max())} outside its declared range "
+                             f"[{lo}, {hi}] ({dtype})")
+        return Value(out.data.astype(INT_TYPES[dtype]), out.unit, out.kind)
+
+    def _input(self, node: dict, x) -> Value:
+        x = np.asarray(x)
+        if list(x.shape[1:]) != node["shape"] or x.ndim < 2:
+            raise BundleError(f"input shape {list(x.shape)}: expected (batch, {', '.join(map(str, node['shape']))})")
+        if self._pixels is None:
+            if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+                raise BundleError(f"input of dtype {x.dtype}: this bundle takes float32 values")
+            return Value(torch.from_numpy(x.astype(np.float32)))
+        top = self._pixels["scale"]
+        if not np.issubdtype(x.dtype, np.integer):
+            raise BundleError(f"input of dtype {x.dtype}: this bundle takes integer pixels 0..{top} "
+                              f"({np.dtype(pixel_dtype(top)).name}); PixelInput.from_float converts normalized values")
+        if x.size and (int(x.min()) < 0 or int(x.max()) > top):
+            raise BundleError(f"input pixels {int(x.min())}..{int(x.max())} outside 0..{top}")
+        return Value(x.astype(pixel_dtype(top)), None, "pixels")
+
+    def example_input(self, batch: int = 1) -> np.ndarray:
+        """Zeros of the input's shape and type."""
+        node = next(n for n in self.nodes if n["op"] == "input")
+        dtype = np.float32 if self._pixels is None else pixel_dtype(self._pixels["scale"])
+        return np.zeros((batch, *node["shape"]), dtype=dtype)
+
     @torch.no_grad()
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits for ``x``. A bundle whose shapes do not fit each other fails here, naming the node."""
+    def execute(self, x) -> list[Value]:
+        """Every output's :class:`Value`. A bundle whose shapes do not fit each other, or whose
+        values leave their declared types, fails here, naming the node."""
         values: dict[str, Value] = {}
-        x = np.asarray(x, dtype=np.float32)
         for node in self.nodes:
             try:
-                self._run_node(node, x, values)
+                values[node["name"]] = self._run_node(node, x, values)
             except BundleError:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError, AttributeError) as exc:
                 self._fail(node, f"cannot execute: {type(exc).__name__}: {str(exc)[:200]}")
-        outs = []
-        for o in self.manifest["outputs"]:
-            node = next(n for n in self.nodes if n["name"] == o)
-            outs.append(self._as_float(node, values[o]).numpy())
+        return [values[o] for o in self.manifest["outputs"]]
+
+    def run(self, x) -> np.ndarray | list[np.ndarray]:
+        """Float32 outputs for ``x`` (pixels for a bundle with ``pixels``). Integer logits become
+        ``integer x unit``: the conversion of the result, not a computation of the graph."""
+        outs = [v.data.numpy() if not v.is_int else self._value_of(v) for v in self.execute(x)]
         return outs[0] if len(outs) == 1 else outs
 
-    def _run_node(self, node: dict, x: np.ndarray, values: dict) -> None:
+    def run_int(self, x) -> tuple[np.ndarray, float]:
+        """``(integers, unit)`` of the (single) output: the logits are ``integers x unit``."""
+        outs = self.execute(x)
+        if len(outs) != 1 or outs[0].kind != "grid":
+            raise BundleError(f"{self.source}: run_int needs one integer output on a power-of-two grid; "
+                              f"this bundle's outputs are {self.manifest['outputs']}")
+        return outs[0].data, outs[0].unit
+
+    def _value_of(self, v: Value) -> np.ndarray:
+        if v.kind != "grid":
+            raise BundleError(f"{self.source}: an output of {v.kind} has no float value")
+        return (v.data.astype(np.float64) * v.unit).astype(np.float32)
+
+    def _run_node(self, node: dict, x, values: dict) -> Value:
         op = node["op"]
         if op == "input":
-            if list(x.shape[1:]) != node["shape"]:
-                raise BundleError(f"input shape {list(x.shape)}: expected (batch, {', '.join(map(str, node['shape']))})")
-            values[node["name"]] = Value(torch.from_numpy(x))
-            return
-        args = [values[i] for i in node["inputs"]]
-        out = self._shift_layer(node, args[0]) if op in ("shift_conv2d", "shift_linear") else self._int_op(node, args)
-        if out is None:
-            out = Value(self.float_op(node, [self._as_float(node, a) for a in args]))
-            if op == "batch_norm" and node.get("output_quantizer"):
-                spec = node["output_quantizer"]
-                out = Value(torch.from_numpy(self.quantize_input(out.data, spec)), self.input_unit(spec))
-        if out.data.dim() < 1 or out.data.shape[0] != x.shape[0]:
-            self._fail(node, f"its output {list(out.data.shape)} lost the batch dimension ({x.shape[0]})")
-        values[node["name"]] = out
+            out = self._input(node, x)
+        else:
+            args = [values[i] for i in node["inputs"]]
+            if op in ("shift_conv2d", "shift_linear"):
+                out = self._shift_layer(node, args[0])
+            else:
+                out = self._int_op(node, args) or self._float_node(node, args)
+        batch = np.shape(x)[0]
+        if len(out.data.shape) < 1 or out.data.shape[0] != batch:
+            self._fail(node, f"its output {list(out.data.shape)} lost the batch dimension ({batch})")
+        return self._store(node, out)
 
 
 class Value:
-    """A value between nodes: float32 values, or integers (int64) worth ``unit`` each; a pooled
-    integer sum has no unit (its meaning is the pooling op's)."""
+    """A value between nodes: float32 values (a torch tensor), or integers (a numpy array) of a
+    ``kind``: ``grid`` (worth ``unit``, a power of two, each), ``sum`` (a global sum of grid
+    integers, read only through input thresholds) or ``pixels`` (the bundle's input)."""
 
-    __slots__ = ("data", "is_int", "unit")
+    __slots__ = ("data", "unit", "kind")
 
-    def __init__(self, data: torch.Tensor, unit: float | None = None):
-        self.data, self.is_int = data, data.dtype == torch.int64
-        self.unit = unit if self.is_int else None
+    def __init__(self, data, unit: float | None = None, kind: str = "grid"):
+        self.data = data
+        self.kind = kind if isinstance(data, np.ndarray) else "float"
+        self.unit = unit if self.kind == "grid" else None
+
+    @property
+    def is_int(self) -> bool:
+        return self.kind != "float"
 
 
-_INT_TYPES = (np.int8, np.int16, np.int32, np.int64)
-_FLOAT_OPS = {"batch_norm", "relu", "add", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten",
-              "identity", "conv2d", "linear"}
+_STORED_INTS = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16)
+_OPS = {"input", "shift_conv2d", "shift_linear", "batch_norm", "relu", "add", "max_pool2d", "avg_pool2d",
+        "adaptive_avg_pool2d", "flatten", "identity", "conv2d", "linear"}
 
 
 def load_bundle(path: str | Path) -> Runtime:

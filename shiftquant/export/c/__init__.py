@@ -1,0 +1,37 @@
+"""The C backend: a bundle as portable C99 (``codegen``) and as a native host library (``CRuntime``).
+
+``lower`` turns the manifest into integer kernels over a planned arena, ``emit`` writes the C,
+``backend`` compiles, caches and calls it. See ``docs/codegen.md``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ...errors import ConfigError
+from .backend import CompilerNotFoundError, CRuntime
+from .emit import emit
+from .lower import CodegenError, Program, lower
+
+
+def codegen(bundle, outdir: str | Path, name: str = "model") -> Program:
+    """Write ``NAME.h`` and ``NAME.c`` for a bundle (a path or a loaded runtime) into ``outdir``;
+    returns the lowered program (``flash_bytes``, ``ram_bytes``, ...)."""
+    from ..runtime import load_bundle
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name or ""):
+        raise ConfigError("name", name, "a C identifier (letters, digits, underscores)")
+    rt = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
+    program = lower(rt.manifest, rt.tensors, name)
+    header, source = emit(program)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    for fname, text in ((f"{name}.h", header), (f"{name}.c", source)):
+        tmp = out / f".{fname}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / fname)
+    return program
+
+
+__all__ = ["CRuntime", "CodegenError", "CompilerNotFoundError", "Program", "codegen", "emit", "lower"]

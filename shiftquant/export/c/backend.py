@@ -1,0 +1,177 @@
+"""The native host backend: the generated C compiled into a shared library, called through cffi.
+
+The library is built once per generated source (a function of the bundle), compiler and flags, and
+cached (``$SHIFTQUANT_CACHE_DIR/c`` or ``~/.cache/shiftquant/c``); it is written to a temporary
+file and renamed, so a cached library is never half-written. The host adds one function to the
+generated code, ``NAME_batch``, which runs a batch with OpenMP: images in parallel (one arena per
+thread) when the batch has at least as many images as threads, else one image at a time with each
+shift layer's output channels in parallel.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .emit import emit
+from .lower import CodegenError, Program, lower
+
+FLAGS = ["-std=c99", "-O3", "-march=native", "-fPIC", "-shared"]
+OPENMP = ["-fopenmp"]
+
+_HOST = """\
+#include <stdlib.h>
+#include "{name}.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* n inputs -> n outputs. Images in parallel when there are enough of them, else channels. */
+int {name}_batch(int n, const void *input, int32_t *output, int threads)
+{{
+    const {name}_input_t *in = (const {name}_input_t *)input;
+    unsigned char *arenas;
+    int i, status = 0, teams = 1;
+    if (threads < 1) threads = 1;
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+    if (n >= threads) teams = threads;
+#endif
+    arenas = (unsigned char *)calloc((size_t)teams, {up}_ARENA_BYTES + 64);
+    if (!arenas) return -1;
+    if (teams > 1) {{
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(teams) reduction(|:status)
+#endif
+        for (i = 0; i < n; i++) {{
+            int team = 0;
+#ifdef _OPENMP
+            team = omp_get_thread_num();
+#endif
+            status |= {name}_invoke(in + (size_t)i * {up}_INPUT_SIZE, output + (size_t)i * {up}_OUTPUT_SIZE,
+                                    arenas + (size_t)team * ({up}_ARENA_BYTES + 64));
+        }}
+    }} else {{
+        for (i = 0; i < n; i++)
+            status |= {name}_invoke(in + (size_t)i * {up}_INPUT_SIZE, output + (size_t)i * {up}_OUTPUT_SIZE, arenas);
+    }}
+    free(arenas);
+    return status;
+}}
+"""
+
+
+class CompilerNotFoundError(CodegenError):
+    """No C compiler: the C backend cannot build its library."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SHIFTQUANT_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "shiftquant") / "c"
+
+
+def find_compiler() -> str:
+    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    raise CompilerNotFoundError("no C compiler found ($CC, cc, gcc or clang on PATH): the C backend compiles the "
+                                "generated code into a library; install one, or use backend='reference' (the numpy "
+                                "runtime)")
+
+
+def build(name: str, header: str, source: str) -> Path:
+    """The shared library of the generated code (cached)."""
+    cc = find_compiler()
+    host = _HOST.format(name=name, up=name.upper())
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    key = hashlib.sha256("\0".join([header, source, host, cc, *version, *FLAGS]).encode()).hexdigest()[:20]
+    path = cache_dir() / f"{name}-{key}.so"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
+        tmp = Path(tmp)
+        (tmp / f"{name}.h").write_text(header)
+        (tmp / f"{name}.c").write_text(source)
+        (tmp / "host.c").write_text(host)
+        out = tmp / "lib.so"
+        cmd = [cc, *FLAGS, "-o", str(out), f"{name}.c", "host.c"]
+        done = subprocess.run(cmd[:1] + OPENMP + cmd[1:], cwd=tmp, capture_output=True, text=True)
+        if done.returncode != 0:  # no OpenMP: one thread
+            done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CodegenError(f"{cc} failed to compile the generated C:\n{done.stderr[-2000:]}")
+        os.replace(out, path)
+    return path
+
+
+class CRuntime:
+    """A bundle run by its generated C code. ``run(x)`` takes and returns what the reference
+    runtime's ``run`` does, and gives the same values bit for bit."""
+
+    def __init__(self, reference, threads: int | None = None, name: str = "model"):
+        from cffi import FFI
+
+        self.reference = reference
+        self.manifest, self.nodes, self.float_ops = reference.manifest, reference.nodes, reference.float_ops
+        self.program: Program = lower(reference.manifest, reference.tensors, name)
+        header, source = emit(self.program)
+        self.library = build(name, header, source)
+        self.threads = threads
+        self._ffi = FFI()
+        self._ffi.cdef(f"int {name}_batch(int n, const void *input, int32_t *output, int threads);")
+        self._lib = self._ffi.dlopen(str(self.library))
+        self._batch = getattr(self._lib, f"{name}_batch")
+
+    def __repr__(self) -> str:
+        return f"CRuntime({self.reference.source!r}, {self.library.name})"
+
+    # ------------------------------------------------------------------ the host edges
+    def inputs(self, x) -> np.ndarray:
+        """What the C code takes: pixels, or the first shift layer's input integers."""
+        p = self.program
+        t = p.input
+        if p.input_kind == "pixels":
+            arr = np.asarray(x)
+            if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+                raise CodegenError("this bundle takes integer pixels; got float values")
+            if arr.size and (arr.min() < t.lo or arr.max() > t.hi):
+                raise CodegenError(f"pixels must lie in [{t.lo}, {t.hi}]")
+            return np.ascontiguousarray(arr, dtype=_NP[t.dtype])
+        layer = p.input_layer
+        codes = self.reference.quantize_input(torch.from_numpy(np.asarray(x, dtype=np.float32)),
+                                              layer["input_quantizer"])
+        return np.ascontiguousarray(codes, dtype=_NP[t.dtype])
+
+    def run_ints(self, x) -> np.ndarray:
+        """The C code's int32 outputs: integer logits, or the last layer's accumulators."""
+        inputs = self.inputs(x)
+        n = inputs.shape[0]
+        if inputs[0].size != self.program.input.shape[0] * self.program.input.shape[1] * self.program.input.shape[2]:
+            raise CodegenError(f"input shape {list(np.shape(x))}: expected (batch, "
+                               f"{', '.join(map(str, self.program.input_node['shape']))})")
+        out = np.empty((n, *self._out_shape()), dtype=np.int32)
+        threads = self.threads or torch.get_num_threads()
+        status = self._batch(n, self._ffi.from_buffer(inputs), self._ffi.from_buffer(out), threads)
+        if status != 0:
+            raise CodegenError(f"the C code failed (status {status})")
+        return out
+
+    def _out_shape(self) -> tuple[int, ...]:
+        c, h, w = self.program.output.shape
+        return (c,) if self.program.output_node["op"] == "shift_linear" else (c, h, w)
+
+    def run(self, x) -> np.ndarray:
+        ints = self.run_ints(x)
+        if self.program.output_kind == "logits":
+            return (ints.astype(np.float64) * self.program.logit_unit).astype(np.float32)
+        return self.reference.dequantize(self.program.output_node, ints.astype(np.int64)).numpy()
+
+
+_NP = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16, "int32": np.int32}
