@@ -158,7 +158,7 @@ class CRuntime:
                                f"{', '.join(map(str, self.program.input_node['shape']))})")
         out = np.empty((n, *self._out_shape()), dtype=np.int32)
         threads = self.threads or torch.get_num_threads()
-        status = self._batch(n, self._ffi.from_buffer(inputs), self._ffi.from_buffer(out), threads)
+        status = self._batch(n, self._ffi.from_buffer(inputs), self._ffi.from_buffer("int32_t[]", out), threads)
         if status != 0:
             raise CodegenError(f"the C code failed (status {status})")
         return out

@@ -346,6 +346,8 @@ class _Lowering:
                     or nxt["input_quantizer"]["policy"] != "learned_pot":
                 raise _float(nxt, "reads float input")
             break
+        if cur is not node:  # through a flatten: the layer sees a vector
+            shape = [int(np.prod(shape)), 1, 1]
         levels = self.level_ints(nxt["input_quantizer"])
         lo, hi = min(levels), max(levels)
         t = self.tensor(node["name"], dtype_for(lo, hi), shape, lo, hi)
