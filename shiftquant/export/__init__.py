@@ -9,7 +9,8 @@ from torch import nn
 from .bundle import FORMAT_VERSION, read_bundle, write_bundle
 from .graph import Exporter
 from .pixels import PixelInput
-from .runtime import Runtime, load_bundle
+from .runtime import Runtime
+from .runtime import load_bundle as load_reference
 
 
 def export(model: nn.Module, path: str | Path, example_input: torch.Tensor,
@@ -25,4 +26,21 @@ def export(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     return load_bundle(path)
 
 
-__all__ = ["PixelInput", "Runtime", "export", "load_bundle", "read_bundle"]
+def load_bundle(path: str | Path, backend: str = "reference", threads: int | None = None):
+    """Read and verify a bundle; ``run(x)`` on what comes back executes it.
+
+    ``backend="reference"``: the numpy runtime, the executable specification. ``backend="c"``: the
+    bundle's generated C code compiled for this machine (cached; ``docs/codegen.md``), same
+    results bit for bit, on ``threads`` threads (default: PyTorch's thread count).
+    """
+    rt = load_reference(path)
+    if backend == "reference":
+        return rt
+    if backend == "c":
+        from .c import CRuntime
+        return CRuntime(rt, threads=threads)
+    from ..errors import ConfigError
+    raise ConfigError("backend", backend, "'reference' or 'c'")
+
+
+__all__ = ["PixelInput", "Runtime", "export", "load_bundle", "load_reference", "read_bundle"]

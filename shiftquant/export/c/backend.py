@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...errors import BundleError
 from .emit import emit
 from .lower import CodegenError, Program, lower
 
@@ -134,41 +135,48 @@ class CRuntime:
 
     # ------------------------------------------------------------------ the host edges
     def inputs(self, x) -> np.ndarray:
-        """What the C code takes: pixels, or the first shift layer's input integers."""
+        """What the C code takes: pixels, or the first shift layer's input integers (quantized here
+        by the reference runtime's own quantizer)."""
         p = self.program
         t = p.input
+        x = np.asarray(x)
+        shape = p.input_node["shape"]
+        if x.ndim < 2 or list(x.shape[1:]) != shape:
+            raise BundleError(f"input shape {list(x.shape)}: expected (batch, {', '.join(map(str, shape))})")
         if p.input_kind == "pixels":
-            arr = np.asarray(x)
-            if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-                raise CodegenError("this bundle takes integer pixels; got float values")
-            if arr.size and (arr.min() < t.lo or arr.max() > t.hi):
-                raise CodegenError(f"pixels must lie in [{t.lo}, {t.hi}]")
-            return np.ascontiguousarray(arr, dtype=_NP[t.dtype])
-        layer = p.input_layer
-        codes = self.reference.quantize_input(torch.from_numpy(np.asarray(x, dtype=np.float32)),
-                                              layer["input_quantizer"])
+            if not np.issubdtype(x.dtype, np.integer):
+                raise BundleError(f"input of dtype {x.dtype}: this bundle takes integer pixels 0..{t.hi}")
+            if x.size and (int(x.min()) < t.lo or int(x.max()) > t.hi):
+                raise BundleError(f"input pixels {int(x.min())}..{int(x.max())} outside {t.lo}..{t.hi}")
+            return np.ascontiguousarray(x, dtype=_NP[t.dtype])
+        codes = self.reference.quantize_input(torch.from_numpy(x.astype(np.float32)), p.input_layer["input_quantizer"])
         return np.ascontiguousarray(codes, dtype=_NP[t.dtype])
 
-    def run_ints(self, x) -> np.ndarray:
-        """The C code's int32 outputs: integer logits, or the last layer's accumulators."""
+    def execute(self, x) -> np.ndarray:
+        """The C code's int32 outputs for a batch: integer logits, or the last layer's accumulators."""
         inputs = self.inputs(x)
-        n = inputs.shape[0]
-        if inputs[0].size != self.program.input.shape[0] * self.program.input.shape[1] * self.program.input.shape[2]:
-            raise CodegenError(f"input shape {list(np.shape(x))}: expected (batch, "
-                               f"{', '.join(map(str, self.program.input_node['shape']))})")
-        out = np.empty((n, *self._out_shape()), dtype=np.int32)
+        out = np.empty((inputs.shape[0], *self._out_shape()), dtype=np.int32)
         threads = self.threads or torch.get_num_threads()
-        status = self._batch(n, self._ffi.from_buffer(inputs), self._ffi.from_buffer("int32_t[]", out), threads)
+        status = self._batch(inputs.shape[0], self._ffi.from_buffer(inputs), self._ffi.from_buffer("int32_t[]", out),
+                             threads)
         if status != 0:
-            raise CodegenError(f"the C code failed (status {status})")
+            raise CodegenError(f"the C code failed (status {status}: out of memory for its arenas)")
         return out
 
     def _out_shape(self) -> tuple[int, ...]:
         c, h, w = self.program.output.shape
         return (c,) if self.program.output_node["op"] == "shift_linear" else (c, h, w)
 
+    def run_int(self, x) -> tuple[np.ndarray, float]:
+        """``(integers, unit)``: the logits are ``integers x unit`` (bundles with integer logits)."""
+        if self.program.output_kind != "logits":
+            raise CodegenError("run_int needs a bundle with integer logits (int_output); this one's last layer "
+                               "outputs float values")
+        return self.execute(x).astype(np.int64), self.program.logit_unit
+
     def run(self, x) -> np.ndarray:
-        ints = self.run_ints(x)
+        """Float32 logits, as the reference runtime's ``run`` gives them."""
+        ints = self.execute(x)
         if self.program.output_kind == "logits":
             return (ints.astype(np.float64) * self.program.logit_unit).astype(np.float32)
         return self.reference.dequantize(self.program.output_node, ints.astype(np.int64)).numpy()

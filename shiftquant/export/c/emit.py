@@ -33,7 +33,7 @@ _PRELUDE = """\
 #define SQ_KERNEL static
 #endif
 #ifdef _OPENMP
-#define SQ_PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#define SQ_PARALLEL_FOR _Pragma("omp parallel for schedule(static, 1)")
 #else
 #define SQ_PARALLEL_FOR
 #endif
