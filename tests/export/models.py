@@ -1,4 +1,5 @@
-"""Small models for the export tests, with non-trivial BatchNorm statistics."""
+"""Small models for the export tests, with non-trivial BatchNorm statistics, and pixel inputs."""
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -83,3 +84,38 @@ def quantized(name: str, seed: int, preset: str = "deploy", **recipe):
     sq.quantize_model(model, sq.QuantRecipe.preset(preset, **recipe))
     sq.calibrate(model, [x])
     return model, x
+
+
+# How each test model's input comes from integer pixels (a 1-channel 0..255 camera, ImageNet's RGB).
+PIXELS = {1: dict(mean=(0.3,), std=(0.4,), scale=255),
+          3: dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=255)}
+
+
+def pixel_spec(x: torch.Tensor):
+    import shiftquant as sq
+
+    return sq.PixelInput(**PIXELS[x.shape[1]])
+
+
+def pixel_batches(shape, seed: int, px) -> dict[str, np.ndarray]:
+    """Pixel batches of ``shape`` (N, C, H, W): random (calibration), random held out, and the
+    saturation extremes: all 0, all ``scale``, and salt and pepper."""
+    rng = np.random.default_rng(seed)
+    top = px.scale
+    return {"calibration": rng.integers(0, top + 1, shape).astype(np.uint8),
+            "held_out": rng.integers(0, top + 1, shape).astype(np.uint8),
+            "zeros": np.zeros((1, *shape[1:]), dtype=np.uint8),
+            "saturated": np.full((1, *shape[1:]), top, dtype=np.uint8),
+            "salt_pepper": (rng.integers(0, 2, (2, *shape[1:])) * top).astype(np.uint8)}
+
+
+def quantized_pixels(name: str, seed: int, preset: str = "deploy", **recipe):
+    """``quantized`` fed pixels: ``(model, pixel batches, PixelInput)``, calibrated on the first batch."""
+    import shiftquant as sq
+
+    model, x = build(name, seed)
+    px = pixel_spec(x)
+    batches = pixel_batches(tuple(x.shape), seed, px)
+    sq.quantize_model(model, sq.QuantRecipe.preset(preset, **recipe))
+    sq.calibrate(model, [px.to_float(batches["calibration"])])
+    return model, batches, px
