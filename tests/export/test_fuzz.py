@@ -9,7 +9,7 @@ import shiftquant as sq
 from shiftquant.errors import BundleError
 from shiftquant.export.bundle import parse_bundle, read_bundle, write_bundle
 from shiftquant.export.runtime import Runtime, _shift_add
-from tests.export.models import quantized
+from tests.export.models import quantized, quantized_pixels
 
 RAW_MUTATIONS = 8000
 RESEALED_MUTATIONS = 2000
@@ -17,10 +17,13 @@ RESEALED_MUTATIONS = 2000
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    model, x = quantized("mlp", 0, act_shift_bits=2)
+    """An integer-only MLP taking uint8 pixels: every integer width and the pixel input are fuzzed."""
+    model, batches, px = quantized_pixels("mlp", 0, act_shift_bits=2)
     path = tmp_path_factory.mktemp("fuzz") / "mlp.sqb"
-    rt = sq.export(model, path, x)
-    return path, x.numpy(), rt.run(x.numpy())
+    p = np.concatenate([batches["calibration"], batches["zeros"], batches["saturated"]])
+    rt = sq.export(model, path, px.to_float(p[:1]), px)
+    assert rt.manifest["integer_only"]
+    return path, p, rt.run(p)
 
 
 def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
@@ -62,8 +65,9 @@ def _mutate_manifest(manifest: dict, tensors: dict, rng: random.Random):
     """A structurally plausible but wrong bundle, resealed with a valid checksum."""
     manifest, tensors = copy.deepcopy(manifest), dict(tensors)
     node = rng.choice(manifest["nodes"])
-    junk = rng.choice([None, -1, 0, 3.5, "x", [], {}, [1, 2], 10**12, True])
-    choice = rng.randrange(6)
+    junk = rng.choice([None, -1, 0, 3.5, "x", [], {}, [1, 2], 10**12, True, "int8", "uint8", "float32", [0, 1],
+                       [-1, 1]])
+    choice = rng.randrange(7)
     if choice == 0:
         key = rng.choice(sorted(node))
         node[key] = junk
@@ -83,7 +87,10 @@ def _mutate_manifest(manifest: dict, tensors: dict, rng: random.Random):
             info = np.iinfo(t.dtype)
             value = rng.choice([info.max, info.min, -1 if info.min < 0 else 0, min(255, info.max)])
         tensors[name] = np.full_like(t, value)
-    elif choice == 4:
+    elif choice == 4 and node.get("range"):  # a narrower declared range: values leave it
+        lo, hi = node["range"]
+        node["range"] = rng.choice([[lo, hi - 1], [lo + 1, hi], [lo, lo]])
+    elif choice == 5:
         manifest["nodes"].insert(rng.randrange(len(manifest["nodes"]) + 1), copy.deepcopy(node))
     else:
         del manifest["nodes"][rng.randrange(len(manifest["nodes"]))]
@@ -113,10 +120,52 @@ def test_resealed_mutations_are_refused_or_run(tiny, tmp_path):
     print(outcomes)
 
 
+def test_a_manifest_that_hides_float_is_refused_when_run(tmp_path):
+    """integer_only is enforced: a node that computes in float but is not listed stops the run."""
+    model, x = quantized("cnn", 0, act_shift_bits=2)
+    rt = sq.export(model, tmp_path / "cnn.sqb", x)
+    assert rt.float_ops and not rt.manifest["integer_only"]
+    manifest, tensors = read_bundle(tmp_path / "cnn.sqb")
+    write_bundle(tmp_path / "lie.sqb", {**manifest, "float_ops": [], "integer_only": True}, tensors)
+    with pytest.raises(BundleError, match=f"{rt.float_ops[0]}.*does not list it in float_ops"):
+        sq.load_bundle(tmp_path / "lie.sqb").run(x.numpy())
+    write_bundle(tmp_path / "half.sqb", {**manifest, "integer_only": True}, tensors)
+    with pytest.raises(BundleError, match="contradicts float_ops"):
+        sq.load_bundle(tmp_path / "half.sqb")
+
+
+def test_values_outside_their_declared_type_stop_the_run(tiny, tmp_path):
+    path, p, _ = tiny
+    manifest, tensors = read_bundle(path)
+    node = next(n for n in manifest["nodes"] if n.get("requant"))
+    node["range"] = [node["range"][0], node["range"][0]]
+    write_bundle(tmp_path / "narrow.sqb", manifest, tensors)
+    with pytest.raises(BundleError, match=f"{node['name']}.*outside its declared range"):
+        sq.load_bundle(tmp_path / "narrow.sqb").run(p)
+    node["dtype"], node["range"] = "int8", [0, 300]
+    write_bundle(tmp_path / "wide.sqb", manifest, tensors)
+    with pytest.raises(BundleError, match="int8 holds"):
+        sq.load_bundle(tmp_path / "wide.sqb")
+
+
+def test_pixel_bundles_take_pixels_only(tiny):
+    path, p, expected = tiny
+    rt = sq.load_bundle(path)
+    assert np.array_equal(rt.run(p.astype(np.int32)), expected)
+    with pytest.raises(BundleError, match="integer pixels 0..255"):
+        rt.run(p.astype(np.float32))
+    bad = p.astype(np.int32)
+    bad[0, 0, 0, 0] = 256
+    with pytest.raises(BundleError, match="outside 0..255"):
+        rt.run(bad)
+
+
 @pytest.mark.parametrize("name,bits,acts", [("resnet20", 3, False), ("resnet20", 2, True), ("cnn", 3, True)])
 def test_accumulators_at_the_extremes_match_a_wide_integer_reference(name, bits, acts, tmp_path):
-    model, x = quantized(name, 0, weight_shift_bits=bits, act_shift_bits=bits if acts else None)
-    rt = sq.export(model, tmp_path / "m.sqb", x)
+    model, batches, px = quantized_pixels(name, 0, weight_shift_bits=bits, act_shift_bits=bits if acts else None)
+    rt = sq.export(model, tmp_path / "m.sqb", px.to_float(batches["calibration"][:1]), px)
+    # The saturation extremes run within every declared type (checked on every run).
+    rt.run(np.concatenate([batches["zeros"], batches["saturated"], batches["salt_pepper"]]))
     for node in rt.nodes:
         if not node["op"].startswith("shift_"):
             continue
@@ -131,3 +180,5 @@ def test_accumulators_at_the_extremes_match_a_wide_integer_reference(name, bits,
             assert max(abs(v) for v in wide) <= node["accumulator_bound"]
         bits = node["accumulator_bits"]
         assert node["accumulator_bound"] < 2 ** (bits - 1)
+        info = np.iinfo(node["accumulator_dtype"])
+        assert info.min <= -node["accumulator_bound"] and node["accumulator_bound"] <= info.max
