@@ -5,8 +5,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+CONF = Path(__file__).resolve().parent / "conf"
 
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> None:
     from shiftquant.errors import ShiftQuantError
     from shiftquant.train.run import report, train
@@ -19,5 +21,18 @@ def main(cfg: DictConfig) -> None:
     print(report(results))
 
 
+def check_overrides() -> None:
+    """A mistyped override key fails here with a suggestion, before Hydra's own advice."""
+    from shiftquant.errors import ShiftQuantError
+    from shiftquant.train.config import check_command_line
+
+    try:
+        check_command_line(sys.argv[1:], CONF)
+    except ShiftQuantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_overrides()
     main()

@@ -23,72 +23,101 @@ def _export(args) -> None:
         raise ShiftQuantError("the checkpoint does not record its input shape: pass --input-shape C,H,W")
     model = load_model(args.checkpoint)
     example = torch.zeros(1, *shape)
-    rt = export(model, args.output, example)
+    pixels = _pixel_input(meta)
+    rt = export(model, args.output, example, pixels)
     print(f"wrote {args.output} ({Path(args.output).stat().st_size:,} bytes): "
           f"{sum(1 for n in rt.nodes if n['op'].startswith('shift_'))} shift layers, "
-          f"{len(rt.float_ops)} float ops, exact={rt.manifest['exact']}")
+          f"input {'uint8 pixels' if pixels else 'float32'}, {len(rt.float_ops)} float ops "
+          f"(integer-only: {rt.manifest['integer_only']}), exact={rt.manifest['exact']}")
     if args.onnx:
         diff = export_onnx(model, args.onnx, example)
         print(f"wrote {args.onnx}; onnxruntime vs PyTorch max |diff| = {diff:.3g}")
 
 
-def _dataset(name: str, root: str | None):
+def test_set(name: str, root: str | None):
+    """The test split of a data module, as a training run's final evaluation reads it."""
     from .data import DATAMODULES
     if name not in DATAMODULES:
         raise ShiftQuantError(f"--data {name!r}: allowed {', '.join(DATAMODULES)}")
     kwargs = {"root": root} if root else {}
     dm = DATAMODULES[name](batch_size=64, **kwargs)
+    dm.check()
     dm.setup()
-    return dm.val_set
+    return dm.test_set
+
+
+def bundle_accuracy(rt, data, batch_size: int = 64, limit: int | None = None) -> tuple[int, int]:
+    """``(correct, seen)``: top-1 of a loaded bundle over the first ``limit`` items of ``data``."""
+    n = min(len(data), limit) if limit else len(data)
+    correct = 0
+    for lo in range(0, n, batch_size):
+        items = [data[i] for i in range(lo, min(lo + batch_size, n))]
+        x = torch.stack([a for a, _ in items]).numpy()
+        y = np.array([int(b) for _, b in items])
+        correct += int((rt.run(rt.input_from_float(x)).argmax(1) == y).sum())
+    return correct, n
 
 
 def _run(args) -> None:
     from .export import load_bundle
 
     rt = load_bundle(args.bundle)
-    data = _dataset(args.data, args.root)
-    n = min(len(data), args.limit) if args.limit else len(data)
-    correct, seen, started = 0, 0, time.perf_counter()
-    for lo in range(0, n, args.batch_size):
-        items = [data[i] for i in range(lo, min(lo + args.batch_size, n))]
-        x = torch.stack([a for a, _ in items]).numpy()
-        y = np.array([int(b) for _, b in items])
-        correct += int((rt.run(x).argmax(1) == y).sum())
-        seen += len(y)
+    data = test_set(args.data, args.root)
+    started = time.perf_counter()
+    correct, seen = bundle_accuracy(rt, data, args.batch_size, args.limit)
     elapsed = time.perf_counter() - started
-    print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% on {seen} {args.data} test images "
+    print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% ({correct}/{seen}) on the {args.data} test set "
           f"(hard model, eps = 0); {seen / elapsed:.1f} images/s")
 
 
-def bundle_summary(path: str) -> dict:
-    """Sizes and op counts of a bundle; ``float32_bytes`` is what its parameters take as float32."""
-    from .export.bundle import read_bundle
+def _pixel_input(meta: dict):
+    """How the checkpoint's data module makes the model's input from pixels (None where it does not say)."""
+    from .data import DATAMODULES
+    from .export import PixelInput
 
-    manifest, tensors = read_bundle(path)
+    datamodule = DATAMODULES.get(meta.get("data"))
+    return None if datamodule is None else PixelInput.of(datamodule)
+
+
+def bundle_summary(path: str) -> dict:
+    """Sizes, op counts and integer types of a bundle; ``float32_bytes`` is what its parameters take
+    as float32. ``float_ops`` and ``integer_only`` are observed by running the bundle once."""
+    from .export import load_bundle
+    from .export.graph import observed_float_ops
+
+    rt = load_bundle(path)
+    manifest, tensors = rt.manifest, rt.tensors
+    observed = observed_float_ops(manifest, tensors)
     rows, float_bytes = [], 0
     for node in manifest["nodes"]:
         if node["op"].startswith("shift_"):
             count = int(np.prod(node["weight_shape"]))
             bits = node["weight_quantizer"]["code_bits"]
-            rows.append((node.get("module") or node["name"], node["op"], bits, count, node["accumulator_bits"]))
+            rows.append((node.get("module") or node["name"], node["op"], bits, count, node["accumulator_dtype"],
+                         node["dtype"]))
             float_bytes += 4 * count + 4 * node["weight_shape"][0] * (node.get("bias") is not None)
         else:
             float_bytes += sum(tensors[node[k]].size * 4 for k in ("weight", "bias", "mean", "var")
                                if node.get(k) and node[k] in tensors)
     size = Path(path).stat().st_size
     return {"rows": rows, "bundle_bytes": size, "float32_bytes": float_bytes,
-            "compression": float_bytes / size, "float_ops": manifest["float_ops"], "exact": manifest["exact"],
+            "compression": float_bytes / size, "float_ops": observed, "exact": manifest["exact"],
             "requantized": sum(1 for n in manifest["nodes"] if n.get("requant")),
-            "integer_only": not manifest["float_ops"]}
+            "integer_only": not observed, "claims_integer_only": manifest["integer_only"],
+            "input": next(n["dtype"] for n in manifest["nodes"] if n["op"] == "input"),
+            "types": {t: sum(1 for n in manifest["nodes"] if n["dtype"] == t)
+                      for t in sorted({n["dtype"] for n in manifest["nodes"]})}}
 
 
 def _summary(args) -> None:
     s = bundle_summary(args.bundle)
-    print(f"{'layer':<28} {'op':<14} {'W bits':>6} {'weights':>10} {'acc bits':>8}")
-    for name, op, bits, count, acc in s["rows"]:
-        print(f"{name[:28]:<28} {op:<14} {bits:>6} {count:>10,} {acc:>8}")
+    print(f"{'layer':<28} {'op':<14} {'W bits':>6} {'weights':>10} {'acc':>6} {'out':>7}")
+    for name, op, bits, count, acc, out in s["rows"]:
+        print(f"{name[:28]:<28} {op:<14} {bits:>6} {count:>10,} {acc:>6} {out:>7}")
     print(f"shift layers {len(s['rows'])} ({s['requantized']} hand on codes through integer thresholds), "
-          f"float ops {len(s['float_ops'])}, integer-only: {s['integer_only']}, exact parity: {s['exact']}")
+          f"input {s['input']}, float ops observed {len(s['float_ops'])} {s['float_ops'][:4]}, "
+          f"integer-only (observed): {s['integer_only']}, exact parity: {s['exact']}")
+    print("node types: " + ", ".join(f"{t} {c}" for t, c in s["types"].items()))
     print(f"bundle {s['bundle_bytes']:,} bytes; its parameters as float32 {s['float32_bytes']:,} bytes: "
           f"{s['compression']:.2f}x smaller")
 

@@ -12,7 +12,7 @@ from .nn.layers import QuantConv2d, QuantMixin, quant_class_for
 from .nn.residual import QuantBatchNorm2d, residual_batchnorms
 from .quant.quantizers import Quantizer, check_eps
 from .quant.scales import ActivationQuantizer, WeightQuantizer
-from .recipe import QuantRecipe, name_matches
+from .recipe import PRESETS, QuantRecipe, name_matches
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -57,8 +57,19 @@ def select_layers(model: nn.Module, recipe: QuantRecipe) -> list[tuple[str, nn.M
     if not chosen:
         raise ConfigError("layers", recipe.layers,
                           f"patterns that select at least one {recipe.layer_types} layer of "
-                          f"{type(model).__name__}")
+                          f"{type(model).__name__}{_presets_that_select(named)}")
     return chosen
+
+
+def _presets_that_select(named: list[tuple[str, nn.Module]]) -> str:
+    """A hint naming the presets whose layer selection finds layers in this model."""
+    hits = []
+    for preset in PRESETS:
+        recipe = QuantRecipe.preset(preset)
+        count = sum(1 for name, m in named if name and quant_class_for(m) and recipe.selects(name, m))
+        if count:
+            hits.append(f"quant={preset} ({count} layers)")
+    return "; presets that select layers of this model: " + ", ".join(hits) if hits else ""
 
 
 def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:

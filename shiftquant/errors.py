@@ -16,6 +16,14 @@ class ConfigError(ShiftQuantError, ValueError):
         super().__init__(f"{field}={value!r} is invalid: allowed {allowed}")
 
 
+class UnknownKeyError(ConfigError):
+    """A config override names a key that does not exist; the message suggests the closest ones."""
+
+    def __init__(self, field: str, hint: str):
+        self.field, self.value, self.allowed = field, None, hint
+        ShiftQuantError.__init__(self, f"{field} is not a config key: {hint}")
+
+
 class CheckpointError(ShiftQuantError):
     """A checkpoint or weight file is unreadable or of the wrong kind."""
 

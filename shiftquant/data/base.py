@@ -1,11 +1,17 @@
 """The data module all datasets share: seeded shuffling, subsets, loaders, calibration batches."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class SeededRandomSampler(Sampler[int]):
@@ -55,29 +61,110 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
     return x
 
 
+def dataset_labels(ds: Dataset) -> torch.Tensor:
+    """The class label of every item, read without loading images where the dataset keeps them."""
+    for attr in ("labels", "targets"):
+        if hasattr(ds, attr):
+            return torch.as_tensor(getattr(ds, attr)).long()
+    return torch.tensor([int(ds[i][1]) for i in range(len(ds))])
+
+
+def stratified_split(labels: torch.Tensor, n_val: int, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` indices: ``n_val`` items drawn per class in proportion to its size (largest
+    remainders first), from a permutation that depends only on ``seed``. Both lists are sorted."""
+    n = len(labels)
+    if not 0 < n_val < n:
+        raise DataError(f"data.val_size={n_val} is invalid: allowed 1 to {n - 1} of the {n} training images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    classes, counts = labels.unique(return_counts=True)
+    exact = counts.double() * n_val / n
+    quota = exact.floor().long()
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]).item(), i))
+    for i in order[:n_val - int(quota.sum())]:
+        quota[i] += 1
+    shuffled = labels[perm]
+    val = torch.cat([perm[shuffled == c][:q] for c, q in zip(classes.tolist(), quota.tolist())])
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[val] = True
+    return torch.nonzero(~chosen).flatten().tolist(), torch.nonzero(chosen).flatten().tolist()
+
+
+def default_val_size(n_train: int) -> int:
+    """About 10 % of the training images, at most 5,000."""
+    return max(1, min(5000, round(0.1 * n_train)))
+
+
+class Sources(NamedTuple):
+    """What a data module reads: the training images with augmentation, the same images without
+    (the validation split is carved out of them), and the test set."""
+
+    train: Dataset
+    train_plain: Dataset
+    test: Dataset
+
+
 class ImageDataModule(L.LightningDataModule):
-    """Subclasses implement :meth:`build` returning ``(train, val)`` datasets; val is also test."""
+    """Train, validation and test splits of one dataset.
+
+    Subclasses implement :meth:`build`. The validation split is carved out of the training images
+    (seeded by ``split_seed``, stratified by class, ``val_size`` images: a count, a fraction, or
+    by default :func:`default_val_size`); monitors and early stopping read it, and the test set is
+    read only by the final evaluation. ``*_subset`` draw a seeded subset of each split.
+    """
 
     num_classes: int
     channels: int
     name: str
+    # The input normalization ``(pixel / pixel_max - mean) / std`` per channel; None where the
+    # inputs are not images of integer pixels (synthetic data).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    pixel_max: float = 255.0
 
     def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0,
-                 train_subset: int | None = None, val_subset: int | None = None):
+                 train_subset: int | None = None, val_subset: int | None = None, test_subset: int | None = None,
+                 val_size: int | float | None = None, split_seed: int = 0):
         super().__init__()
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.train_subset, self.val_subset = train_subset, val_subset
-        self.train_set = self.val_set = None
+        self.train_subset, self.val_subset, self.test_subset = train_subset, val_subset, test_subset
+        self.val_size, self.split_seed = val_size, split_seed
+        self.train_set = self.val_set = self.test_set = None
 
-    def build(self) -> tuple[Dataset, Dataset]:  # pragma: no cover - abstract
+    def build(self) -> Sources:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check(self) -> None:
+        """Fail before training on a bad value or missing files (subclasses add their own checks)."""
+        v = self.val_size
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or (isinstance(v, float) and not 0 < v < 1) or (isinstance(v, int) and v < 1)):
+            raise DataError(f"data.val_size={v!r} is invalid: allowed null (10 % of the training images, "
+                            "at most 5,000), a count >= 1 or a fraction in (0, 1)")
+
+    def _val_count(self, n_train: int) -> int:
+        if self.val_size is None:
+            return default_val_size(n_train)
+        if isinstance(self.val_size, float):
+            return max(1, round(self.val_size * n_train))
+        return self.val_size
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train, val = self.build()
-        self.train_set = self._subset(train, self.train_subset)
-        self.val_set = self._subset(val, self.val_subset)
+        self.check()
+        sources = self.build()
+        train_idx, val_idx = stratified_split(dataset_labels(sources.train_plain),
+                                              self._val_count(len(sources.train_plain)), self.split_seed)
+        self.train_set = self._subset(Subset(sources.train, train_idx), self.train_subset)
+        self.val_set = self._subset(Subset(sources.train_plain, val_idx), self.val_subset)
+        self.test_set = self._subset(sources.test, self.test_subset)
+        log.info("%s: %d train, %d validation (from the training images), %d test images", self.name,
+                 len(self.train_set), len(self.val_set), len(self.test_set))
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        self.setup()
+        return {"train": len(self.train_set), "val": len(self.val_set), "test": len(self.test_set)}
 
     def _subset(self, ds: Dataset, n: int | None) -> Dataset:
         if n is None or n >= len(ds):
@@ -96,7 +183,7 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._loader(self.test_set)
 
     def calibration_batches(self, n_batches: int) -> list[torch.Tensor]:
         """The first ``n_batches`` training inputs in dataset order (no RNG is consumed)."""

@@ -1,5 +1,7 @@
 """ImageNet-style folders: ``root/train/CLASS/*.jpg`` and ``root/val/CLASS/*.jpg``.
 
+The official ``val/`` is the test set; the validation split is carved out of ``train/``.
+
 Transforms: ``augment="seed"`` is the seed paper's (resize the shorter side to 256, random crop 224,
 no flip; METHOD.md §4); ``augment="rrc"`` the usual RandomResizedCrop + flip. Validation: resize
 256, center crop 224. ``image_size`` scales both (resize = image_size * 256 / 224).
@@ -11,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import DataError
-from .base import ImageDataModule
+from .base import ImageDataModule, Sources
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 AUGMENTS = ("seed", "rrc", "none")
@@ -29,6 +31,7 @@ def load_rgb(path: str) -> Image.Image:
 
 class ImageNetDataModule(ImageDataModule):
     name, channels = "imagenet", 3
+    mean, std = MEAN, STD
 
     def __init__(self, root: str | None = None, image_size: int = 224, augment: str = "seed", **kwargs):
         super().__init__(**kwargs)
@@ -36,6 +39,7 @@ class ImageNetDataModule(ImageDataModule):
         self.num_classes = None
 
     def check(self) -> None:
+        super().check()
         if not self.root:
             raise DataError("data.root is empty: allowed a folder with train/ and val/ class folders")
         for split in ("train", "val"):
@@ -67,7 +71,9 @@ class ImageNetDataModule(ImageDataModule):
             raise DataError(f"train and val classes differ under {self.root}: only in train {only_train}, "
                             f"only in val {only_val}")
         self.num_classes = len(train.classes)
-        return train, val
+        # The official val set is the test set; the validation split comes out of train.
+        plain = ImageFolder(str(Path(self.root) / "train"), transform=val_tf, loader=load_rgb)
+        return Sources(train, plain, val)
 
     def count_classes(self) -> int:
         """Number of class folders in train/ (without reading any image)."""

@@ -1,4 +1,5 @@
-"""Callbacks and plugins of a training run: metric history, rank agreement, atomic checkpoints."""
+"""Callbacks and plugins of a training run: metric history, rank agreement, the final checkpoint,
+atomic checkpoint writes."""
 from __future__ import annotations
 
 import hashlib
@@ -36,9 +37,10 @@ class MetricHistory(L.Callback):
         self.epochs = list(state_dict.get("epochs", []))
 
 
-def weights_checksum(module: torch.nn.Module) -> str:
+def state_checksum(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a state_dict's names and tensor bytes."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -55,7 +57,7 @@ class RankAgreement(L.Callback):
         self.out_dir = out_dir
 
     def on_train_end(self, trainer, pl_module):
-        digest = weights_checksum(pl_module.model)
+        digest = state_checksum(pl_module.model.state_dict())
         as_int = torch.tensor([int(digest[i:i + 8], 16) for i in range(0, 64, 8)], dtype=torch.int64)
         gathered = pl_module.all_gather(as_int).reshape(-1, 8)
         checksums = ["".join(f"{int(v):08x}" for v in row) for row in gathered]
@@ -65,6 +67,33 @@ class RankAgreement(L.Callback):
                 json.dump({"world_size": trainer.world_size, "checksums": checksums}, f)
         if len(set(checksums)) != 1:
             raise ShiftQuantError(f"data-parallel ranks ended with different weights: {checksums}")
+
+
+class LastCheckpoint(L.Callback):
+    """Saves the model as it is at the end of every training epoch (and when training stops
+    between epochs) to ``path``, replacing the previous one.
+
+    Lightning's ``save_last`` refreshes ``last.ckpt`` only when its top-k checkpoint is saved too
+    (2.6), so with ``save_top_k=1`` it can hold an earlier epoch. This callback does not depend on
+    that: at the end of a run ``path`` holds the final model, the one the run tests and reports,
+    and a resumed run continues from the last finished epoch.
+    """
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._saved_step = -1
+
+    def _save(self, trainer) -> None:
+        if trainer.sanity_checking or trainer.global_step == self._saved_step:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._save(trainer)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -6,20 +6,29 @@
 3. With a recipe: measure the float model (``fp_test_acc``), keep a frozen teacher when
    distilling, convert, calibrate learned activation scales, validate the starting point.
 4. Main stage: ``trainer.max_epochs`` epochs with the slope and learning-rate schedules.
-5. Test at the final slope (``relaxed_test_acc``) and hard (eps = 0, ``hard_test_acc``); write
-   ``results.json`` in the run directory.
+5. Test at the final slope (``relaxed_test_acc``) and hard (eps = 0, ``hard_test_acc``) on the
+   test set, once, at the end; write ``results.json`` in the run directory.
+
+Validation (the monitors, the best checkpoint, the per-epoch history) reads the validation split,
+carved out of the training images; the test set is read only by the final evaluations. The
+``checkpoint`` in ``results.json`` is the final model, the one whose accuracy the run reports (the
+run checks the file's weights against it); ``best_checkpoint`` is the best epoch by the validation
+metric, with that metric and its own test accuracy.
 """
 from __future__ import annotations
 
+import copy
 import inspect
-import math
 import json
+import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import checkpoint_meta, describe_mismatch
@@ -27,10 +36,15 @@ from ..convert import calibrate, quantize_model, select_layers, set_slope
 from ..data import DATAMODULES, ImageDataModule
 from ..errors import CheckpointError, ConfigError, ShiftQuantError
 from ..models.factory import _resolve, build_model
+from ..models.hub import check_pretrained_available
 from ..recipe import QuantRecipe
-from .callbacks import AtomicCheckpointIO, MetricHistory, RankAgreement
+from .callbacks import AtomicCheckpointIO, LastCheckpoint, MetricHistory, RankAgreement, state_checksum
 from .module import OPTIMIZERS, ClassifierModule, frozen_copy
 from .schedules import Schedule, build_schedule
+
+
+log = logging.getLogger(__name__)
+GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 @dataclass
@@ -72,13 +86,26 @@ def build_datamodule(data_cfg: dict, seed: int) -> ImageDataModule:
             raise ConfigError(f"data.{key}", value, f"a field of data={name}: " + ", ".join(sorted(allowed - {"seed"})))
     _positive_int("data.batch_size", data_cfg.get("batch_size", 1))
     _positive_int("data.num_workers", data_cfg.get("num_workers", 0), allow_zero=True)
-    for key in ("train_subset", "val_subset"):
+    for key in ("train_subset", "val_subset", "test_subset"):
         if data_cfg.get(key) is not None:
             _positive_int(f"data.{key}", data_cfg[key])
     dm = cls(seed=seed, **data_cfg)
-    if hasattr(dm, "check"):
-        dm.check()
+    dm.check()
     return dm
+
+
+def check_trainer(trainer_cfg: dict) -> None:
+    """Refuse a GPU trainer on a machine without a GPU, and a precision the CPU cannot run."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    has_gpu = torch.cuda.is_available()
+    if accelerator in GPU_ACCELERATORS and not has_gpu:
+        raise ConfigError("trainer.accelerator", accelerator,
+                          "cpu or auto: this machine has no GPU (run with trainer=cpu, or "
+                          "trainer.accelerator=cpu trainer.precision=32-true)")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not has_gpu)
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    if on_cpu and precision in ("16-mixed", "16", "16-true"):
+        raise ConfigError("trainer.precision", precision, "32-true or bf16-mixed on a CPU")
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -87,6 +114,7 @@ def prepare(cfg: DictConfig) -> Plan:
     if missing:
         raise ConfigError(missing[0], "???", "a value: this key is required (set it on the command line)")
     epochs = _positive_int("trainer.max_epochs", cfg.trainer.get("max_epochs"))
+    check_trainer(_plain(cfg.trainer))
     float_cfg = _plain(cfg.get("float_stage"))
     float_epochs = _positive_int("float_stage.epochs", float_cfg.get("epochs", 0), allow_zero=True)
     quant = _plain(cfg.get("quant"))
@@ -107,7 +135,7 @@ def prepare(cfg: DictConfig) -> Plan:
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), "one of " + ", ".join(OPTIMIZERS))
     model = _plain(cfg.model)
-    _resolve(model.get("name"))
+    source, bare = _resolve(model.get("name"))
     if recipe is not None:  # the layer patterns must select layers of this architecture
         in_chans = 3 if _plain(cfg.data).get("name") not in ("digits", "fashion_mnist") else 1
         select_layers(build_model(model["name"], 10, in_chans), recipe)
@@ -133,6 +161,8 @@ def prepare(cfg: DictConfig) -> Plan:
         if problems:
             raise ConfigError("ckpt_path", ckpt_path, "a checkpoint of the configured model; it has " + "; ".join(problems))
     dm = build_datamodule(_plain(cfg.data), int(cfg.seed))
+    if model.get("pretrained") and not weights and source != "local":  # last: it may ask the network
+        check_pretrained_available(source, bare)
     return Plan(recipe, eps, lr, float_lr, dm, epochs, float_epochs)
 
 
@@ -141,10 +171,17 @@ def _instantiate_all(node) -> list:
     return [instantiate(v) for v in (node or {}).values() if v is not None]
 
 
+def last_checkpoint_path(out_dir: Path) -> Path:
+    """Where a run keeps its final (and, while it runs, its latest) model."""
+    return out_dir / "checkpoints" / "last.ckpt"
+
+
 def make_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int, history: MetricHistory, main: bool) -> L.Trainer:
     trainer_cfg = _plain(cfg.trainer)
     trainer_cfg["max_epochs"] = max_epochs
-    callbacks = [history, RankAgreement(str(out_dir))] + (_instantiate_all(cfg.get("callbacks")) if main else [])
+    callbacks = [history, RankAgreement(str(out_dir))]
+    if main:
+        callbacks += [LastCheckpoint(str(last_checkpoint_path(out_dir)))] + _instantiate_all(cfg.get("callbacks"))
     if not trainer_cfg.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if main:
@@ -159,6 +196,39 @@ def make_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int, history: Metri
 
 def _test_acc(trainer: L.Trainer, module, dm) -> float:
     return float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
+
+
+def _saved_weights(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def _check_saved(path: Path, model) -> None:
+    """The checkpoint on disk holds exactly the model the run tested."""
+    if not path.is_file():
+        raise CheckpointError(f"the run's final checkpoint {path} was not written")
+    if state_checksum(_saved_weights(path)) != state_checksum(model.state_dict()):
+        raise CheckpointError(f"{path} does not hold the final model the run tested")
+
+
+def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: bool) -> dict | None:
+    """The best epoch by the monitored validation metric, with its own test accuracy."""
+    cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
+    if cb is None:
+        return None
+    path = Path(cb.best_model_path).resolve()
+    best = {"path": str(path), "monitor": cb.monitor, "mode": cb.mode,
+            "score": float(cb.best_model_score) if cb.best_model_score is not None else None,
+            "epoch": int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1}
+    if path == final:
+        best["same_as_checkpoint"] = True
+        return best
+    other = copy.deepcopy(module)
+    other.model.load_state_dict(_saved_weights(path))
+    if quantized:
+        set_slope(other.model, 0.0)
+    best["hard_test_acc" if quantized else "fp_test_acc"] = _test_acc(trainer, other, dm)
+    return best
 
 
 def train(cfg: DictConfig) -> dict:
@@ -178,7 +248,7 @@ def train(cfg: DictConfig) -> dict:
             "input_shape": list(dm.val_set[0][0].shape),
             "recipe": plan.recipe.to_dict() if plan.recipe else None, "data": dm.name}
     results: dict = {"recipe": meta["recipe"], "model": model_cfg["name"], "data": dm.name,
-                     "seed": int(cfg.seed), "epochs": plan.epochs}
+                     "seed": int(cfg.seed), "epochs": plan.epochs, "split_sizes": dm.split_sizes}
     resuming = cfg.get("ckpt_path") is not None
     float_history = MetricHistory()
 
@@ -221,9 +291,10 @@ def train(cfg: DictConfig) -> dict:
         results["hard_test_acc"] = _test_acc(trainer, module, dm)
     else:
         results["fp_test_acc"] = _test_acc(trainer, module, dm)
-    ckpt_cb = trainer.checkpoint_callback
-    results["checkpoint"] = str(Path(ckpt_cb.last_model_path).resolve()) if ckpt_cb and ckpt_cb.last_model_path else None
-    results["best_checkpoint"] = str(Path(ckpt_cb.best_model_path).resolve()) if ckpt_cb and ckpt_cb.best_model_path else None
+    final = last_checkpoint_path(out).resolve()
+    _check_saved(final, model)
+    results["checkpoint"] = str(final)
+    results["best_checkpoint"] = _best_checkpoint(trainer, module, dm, final, plan.recipe is not None)
     results["history"] = history.epochs
     results["float_stage_history"] = float_history.epochs
     results["wall_time_s"] = round(time.time() - started, 1)
@@ -243,7 +314,15 @@ def report(results: dict) -> str:
     for name, acc, _ in rows:
         lines.append(f"{name:<28} {'-' if acc is None else f'{100 * acc:8.2f}%':>9}")
     if results.get("checkpoint"):
-        lines.append(f"checkpoint: {results['checkpoint']}")
+        lines.append(f"checkpoint: {results['checkpoint']} (the model above)")
+    best = results.get("best_checkpoint")
+    if best and not best.get("same_as_checkpoint"):
+        acc = best.get("hard_test_acc", best.get("fp_test_acc"))
+        lines.append(f"best epoch {best['epoch']} by {best['monitor']} = {best['score']:.4f}: {best['path']} "
+                     f"(test acc {100 * acc:.2f}%{', hard' if 'hard_test_acc' in best else ''})")
+    sizes = results.get("split_sizes")
+    if sizes:
+        lines.append(f"images: {sizes['train']} train, {sizes['val']} validation, {sizes['test']} test")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ import torch
 
 from shiftquant.data import (DigitsDataModule, FashionMNISTDataModule, ImageNetDataModule,
                              SeededRandomSampler, SyntheticDataModule)
+from shiftquant.data.base import default_val_size, stratified_split
 from shiftquant.data.fashion_mnist import find_root, read_idx
 from shiftquant.errors import DataError
 from tests.helpers import make_fashion_mnist, make_image_folder, write_idx
@@ -14,11 +15,12 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
     root = make_fashion_mnist(tmp_path / "fm", n_train=40, n_test=12)
     dm = FashionMNISTDataModule(root=str(root), batch_size=8, augment=False)
     dm.setup()
-    assert (len(dm.train_set), len(dm.val_set)) == (40, 12)
+    assert dm.split_sizes == {"train": 36, "val": 4, "test": 12}
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     raw = read_idx(root / "train-images-idx3-ubyte.gz")
-    expected = (torch.from_numpy(raw[:1].astype(np.float32)) / 255 - 0.2860) / 0.3530
+    first = dm.train_set.indices[0]
+    expected = (torch.from_numpy(raw[first:first + 1].astype(np.float32)) / 255 - 0.2860) / 0.3530
     torch.testing.assert_close(dm.train_set[0][0][0], expected[0])
 
 
@@ -38,9 +40,12 @@ def test_debian_fashion_mnist_when_installed():
         pytest.skip("dataset-fashion-mnist is not installed")
     dm = FashionMNISTDataModule(batch_size=256)
     dm.setup()
-    assert (len(dm.train_set), len(dm.val_set)) == (60000, 10000)
-    labels = dm.val_set.labels
-    assert torch.bincount(labels).tolist() == [1000] * 10
+    assert dm.split_sizes == {"train": 55000, "val": 5000, "test": 10000}
+    assert torch.bincount(dm.test_set.labels).tolist() == [1000] * 10
+    # The validation split is stratified: 500 of each class, none of them a training image.
+    val_labels = dm.val_set.dataset.labels[dm.val_set.indices]
+    assert torch.bincount(val_labels).tolist() == [500] * 10
+    assert not set(dm.val_set.indices) & set(dm.train_set.indices)
 
 
 def test_missing_fashion_mnist_names_the_root(tmp_path, monkeypatch):
@@ -54,8 +59,10 @@ def test_imagenet_folder_transforms_and_classes(tmp_path):
     root = make_image_folder(tmp_path)
     dm = ImageNetDataModule(root=str(root), image_size=32, batch_size=4)
     dm.setup()
-    assert dm.num_classes == 3 and len(dm.train_set) == 12
-    x, _ = next(iter(dm.val_dataloader()))
+    assert dm.num_classes == 3
+    # The official val/ is the test set; the validation split comes out of train/.
+    assert dm.split_sizes == {"train": 11, "val": 1, "test": 12}
+    x, _ = next(iter(dm.test_dataloader()))
     assert x.shape == (4, 3, 32, 32)
 
 
@@ -71,9 +78,10 @@ def test_corrupt_image_names_its_path(tmp_path):
     bad.write_bytes(b"not a png at all")
     dm = ImageNetDataModule(root=str(root), image_size=32)
     dm.setup()
-    index = dm.train_set.samples.index((str(bad), 0))
+    position = dm.train_set.dataset.samples.index((str(bad), 0))
+    split = dm.train_set if position in dm.train_set.indices else dm.val_set  # same training images
     with pytest.raises(DataError, match=str(bad)):
-        dm.train_set[index]
+        split[split.indices.index(position)]
 
 
 def test_seeded_sampler_depends_on_seed_and_epoch_only():
@@ -87,12 +95,59 @@ def test_seeded_sampler_depends_on_seed_and_epoch_only():
 def test_digits_fixed_split_and_calibration_batches():
     dm = DigitsDataModule(batch_size=100)
     dm.setup()
-    assert (len(dm.train_set), len(dm.val_set)) == (1438, 359)
+    assert dm.split_sizes == {"train": 1294, "val": 144, "test": 359}
     batches = dm.calibration_batches(2)
     assert len(batches) == 2 and torch.equal(batches[0][0], dm.train_set[0][0])
 
 
 def test_subsets_and_synthetic():
-    dm = SyntheticDataModule(train_size=100, val_size=20, train_subset=30, image_size=8)
+    dm = SyntheticDataModule(train_size=100, test_size=20, train_subset=30, image_size=8)
     dm.setup()
     assert len(dm.train_set) == 30 and dm.train_set[0][0].shape == (3, 8, 8)
+    assert (len(dm.val_set), len(dm.test_set)) == (10, 20)
+
+
+def test_validation_split_is_seeded_stratified_disjoint_and_sized():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    train, val = stratified_split(labels, 10, seed=0)
+    assert len(val) == 10 and sorted(train + val) == list(range(100))
+    assert torch.bincount(labels[val]).tolist() == [5, 3, 2]  # in proportion to each class
+    assert stratified_split(labels, 10, seed=0) == (train, val)
+    assert stratified_split(labels, 10, seed=1)[1] != val
+    assert default_val_size(1438) == 144 and default_val_size(60000) == 5000
+    with pytest.raises(DataError, match="data.val_size"):
+        stratified_split(labels, 100, seed=0)
+
+
+@pytest.mark.parametrize("val_size,expected", [(0.25, 360), (200, 200), (None, 144)])
+def test_val_size_as_fraction_count_or_default(val_size, expected):
+    dm = DigitsDataModule(val_size=val_size)
+    dm.setup()
+    assert len(dm.val_set) == expected and len(dm.train_set) == 1438 - expected and len(dm.test_set) == 359
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -3, "ten", True])
+def test_bad_val_size_is_refused_naming_the_key(bad):
+    with pytest.raises(DataError, match="data.val_size"):
+        DigitsDataModule(val_size=bad).check()
+
+
+def test_validation_images_are_not_augmented(tmp_path):
+    """The validation split reads the training images through the test transform."""
+    root = make_fashion_mnist(tmp_path / "fm", n_train=40, n_test=12)
+    dm = FashionMNISTDataModule(root=str(root), augment=True)
+    dm.setup()
+    raw = read_idx(root / "train-images-idx3-ubyte.gz")
+    i = dm.val_set.indices[0]
+    expected = (torch.from_numpy(raw[i].astype(np.float32)) / 255 - 0.2860) / 0.3530
+    for _ in range(3):  # no random crop or flip
+        torch.testing.assert_close(dm.val_set[0][0][0], expected)
+
+
+def test_an_explicit_root_is_obeyed_even_when_debian_has_the_files(tmp_path, monkeypatch):
+    import shiftquant.data.fashion_mnist as fm
+    debian = make_fashion_mnist(tmp_path / "debian")
+    monkeypatch.setattr(fm, "DEBIAN_DIR", debian)
+    assert find_root(None) == debian
+    with pytest.raises(DataError, match="data.root='/nope' does not hold Fashion-MNIST: expected train-images"):
+        FashionMNISTDataModule(root="/nope").check()

@@ -1,4 +1,5 @@
 """Every experiment composes and validates; bad values fail before any data is read."""
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,12 @@ def test_every_experiment_composes_and_validates(name, tmp_path):
         from shiftquant.data.fashion_mnist import find_root
         if find_root(None) is None:
             pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    if cfg.model.get("pretrained"):  # hub weights: offline here, so refused at once, naming model.weights
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="model.weights=PATH"):
+            prepare(cfg)
+        assert time.monotonic() - started < 5
+        cfg.model.pretrained = False
     plan = prepare(cfg)
     assert plan.epochs == cfg.trainer.max_epochs
     if cfg.quant.enabled:

@@ -55,11 +55,12 @@ def test_finetune_from_local_checkpoint_starts_at_float_accuracy(float_digits_ru
     results = train(cfg)
     # Identity at eps = 1: the converted model reproduces the float accuracy before training ...
     assert results["fp_test_acc"] == pytest.approx(float_results["fp_test_acc"])
-    assert results["start_val_acc"] == pytest.approx(float_results["fp_test_acc"])
+    float_val_acc = float_results["history"][-1]["acc"]  # the float model on the validation split
+    assert results["start_val_acc"] == pytest.approx(float_val_acc)
     # ... and the run's first logged validation metrics are that float starting point.
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     first = next(r for r in rows if r.get("val/acc"))
-    assert float(first["val/acc"]) == pytest.approx(float_results["fp_test_acc"])
+    assert float(first["val/acc"]) == pytest.approx(float_val_acc)
 
 
 def _state(path):
