@@ -28,7 +28,7 @@ from ..errors import BundleError
 from ..quant import functional as QF
 from .bundle import read_bundle, unpack_codes
 from .ints import FLOAT, INT_TYPES, holds
-from .pixels import pixel_dtype, pixels_to_float
+from .pixels import PixelInput, pixel_dtype, pixels_to_float
 
 _CHUNK = 16  # examples per block of the shift-add convolution (bounds its temporaries)
 
@@ -606,6 +606,13 @@ class Runtime:
         if x.size and (int(x.min()) < 0 or int(x.max()) > top):
             raise BundleError(f"input pixels {int(x.min())}..{int(x.max())} outside 0..{top}")
         return Value(x.astype(pixel_dtype(top)), None, "pixels")
+
+    def input_from_float(self, x) -> np.ndarray:
+        """What this bundle takes for the float model's input ``x``: the pixels ``x`` was
+        normalized from (a pixel bundle), or ``x`` as float32."""
+        if self._pixels is None:
+            return np.asarray(x, dtype=np.float32)
+        return PixelInput(tuple(self._pixels["mean"]), tuple(self._pixels["std"]), self._pixels["scale"]).from_float(x)
 
     def example_input(self, batch: int = 1) -> np.ndarray:
         """Zeros of the input's shape and type."""

@@ -112,13 +112,21 @@ def test_w3_resnet20_bundle_is_at_least_9x_smaller_than_float32(tmp_path, capsys
     assert main(["summary", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "smaller" in printed and "layer3.2.conv2" in printed
+    # Float input: its quantization in the stem is observed, and reported, as float.
+    assert s["float_ops"] == ["conv1"] and not s["integer_only"] and s["input"] == "float32"
+    assert "uint8" in s["types"] and "int8" in s["types"]
 
 
 def test_cli_export_run_summary_on_a_trained_checkpoint(trained_digits, tmp_path, capsys):
     bundle = tmp_path / "digits.sqb"
     onnx_path = tmp_path / "digits.onnx"
+    from shiftquant.data import DigitsDataModule
+
     assert main(["export", trained_digits["checkpoint"], str(bundle), "--onnx", str(onnx_path)]) == 0
     assert bundle.exists() and onnx_path.exists()
+    # The data module's normalization makes a pixel bundle: digits' 0..16 values go in untouched.
+    pixels = sq.PixelInput.of(DigitsDataModule)
+    assert sq.load_bundle(bundle).nodes[0].get("pixels") == (pixels.spec() if pixels else None)
     assert main(["run", str(bundle), "--data", "digits"]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "eps = 0" in out
