@@ -34,31 +34,39 @@ def _export(args) -> None:
         print(f"wrote {args.onnx}; onnxruntime vs PyTorch max |diff| = {diff:.3g}")
 
 
-def _dataset(name: str, root: str | None):
+def test_set(name: str, root: str | None):
+    """The test split of a data module, as a training run's final evaluation reads it."""
     from .data import DATAMODULES
     if name not in DATAMODULES:
         raise ShiftQuantError(f"--data {name!r}: allowed {', '.join(DATAMODULES)}")
     kwargs = {"root": root} if root else {}
     dm = DATAMODULES[name](batch_size=64, **kwargs)
+    dm.check()
     dm.setup()
-    return dm.val_set
+    return dm.test_set
+
+
+def bundle_accuracy(rt, data, batch_size: int = 64, limit: int | None = None) -> tuple[int, int]:
+    """``(correct, seen)``: top-1 of a loaded bundle over the first ``limit`` items of ``data``."""
+    n = min(len(data), limit) if limit else len(data)
+    correct = 0
+    for lo in range(0, n, batch_size):
+        items = [data[i] for i in range(lo, min(lo + batch_size, n))]
+        x = torch.stack([a for a, _ in items]).numpy()
+        y = np.array([int(b) for _, b in items])
+        correct += int((rt.run(rt.input_from_float(x)).argmax(1) == y).sum())
+    return correct, n
 
 
 def _run(args) -> None:
     from .export import load_bundle
 
     rt = load_bundle(args.bundle)
-    data = _dataset(args.data, args.root)
-    n = min(len(data), args.limit) if args.limit else len(data)
-    correct, seen, started = 0, 0, time.perf_counter()
-    for lo in range(0, n, args.batch_size):
-        items = [data[i] for i in range(lo, min(lo + args.batch_size, n))]
-        x = torch.stack([a for a, _ in items]).numpy()
-        y = np.array([int(b) for _, b in items])
-        correct += int((rt.run(rt.input_from_float(x)).argmax(1) == y).sum())
-        seen += len(y)
+    data = test_set(args.data, args.root)
+    started = time.perf_counter()
+    correct, seen = bundle_accuracy(rt, data, args.batch_size, args.limit)
     elapsed = time.perf_counter() - started
-    print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% on {seen} {args.data} test images "
+    print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% ({correct}/{seen}) on the {args.data} test set "
           f"(hard model, eps = 0); {seen / elapsed:.1f} images/s")
 
 
