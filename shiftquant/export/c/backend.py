@@ -25,6 +25,8 @@ from .lower import CodegenError, Program, lower
 
 FLAGS = ["-std=c99", "-O3", "-march=native", "-fPIC", "-shared"]
 OPENMP = ["-fopenmp"]
+# GCC's unroll-and-jam interleaves two taps' lane loops and loses their vectorization.
+GCC_ONLY = ["-fno-loop-unroll-and-jam"]
 
 _HOST = """\
 #include <stdlib.h>
@@ -90,8 +92,9 @@ def build(name: str, header: str, source: str) -> Path:
     """The shared library of the generated code (cached)."""
     cc = find_compiler()
     host = _HOST.format(name=name, up=name.upper())
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256("\0".join([header, source, host, cc, *version, *FLAGS]).encode()).hexdigest()[:20]
+    about = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    flags = FLAGS + (GCC_ONLY if "Free Software Foundation" in about else [])
+    key = hashlib.sha256("\0".join([header, source, host, cc, about, *flags]).encode()).hexdigest()[:20]
     path = cache_dir() / f"{name}-{key}.so"
     if path.exists():
         return path
@@ -102,7 +105,7 @@ def build(name: str, header: str, source: str) -> Path:
         (tmp / f"{name}.c").write_text(source)
         (tmp / "host.c").write_text(host)
         out = tmp / "lib.so"
-        cmd = [cc, *FLAGS, "-o", str(out), f"{name}.c", "host.c"]
+        cmd = [cc, *flags, "-o", str(out), f"{name}.c", "host.c"]
         done = subprocess.run(cmd[:1] + OPENMP + cmd[1:], cwd=tmp, capture_output=True, text=True)
         if done.returncode != 0:  # no OpenMP: one thread
             done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)

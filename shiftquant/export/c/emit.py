@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lower import (CTYPES, Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, Relu, ShiftLayer, Tensor,
+from .lower import (CTYPES, Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, Relu, ShiftLayer, Split, Tensor,
                     Thresholds)
 
 GENERATOR = "shiftquant C emitter 1"
@@ -179,6 +179,8 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
             return self.global_sum(k)
         if isinstance(k, Copy):
             return self.copy(k)
+        if isinstance(k, Split):
+            return self.split(k)
         raise AssertionError(type(k))  # pragma: no cover
 
     def signature(self, k: Kernel) -> str:
@@ -497,6 +499,36 @@ for (i = 0; i < {n}; i++) {{
         const {a.ctype} *ip = a + {a.border * a.row + a.border}u;
         for (y = 0; y < {h}u; y++, ip += {a.row}u, out += {w}u) memcpy(out, ip, {w * a.itemsize}u);
     }}
+}}
+"""
+
+    def split(self, k: Split) -> str:
+        a, out = k.inputs[0], k.output
+        c, h, w = a.shape
+        _, rows, row = out.shape
+        b = k.out_border
+        ph, pw = k.padding
+        blocks = []
+        for py, px in k.phases:
+            blocks.append(f"""\
+    for (c = 0; c < {c}u; c++, a += {a.plane}u, out += {out.plane}u) {{
+        const {a.ctype} *ip = a + {a.border * a.row + a.border};
+        for (u = 0; u < {rows}; u++) {{
+            const int y = 2 * (u - {b}) + {py - ph};
+            for (v = 0; v < {row}; v++) {{
+                const int x = 2 * (v - {b}) + {px - pw};
+                out[u * {row} + v] = (y >= 0 && y < {h} && x >= 0 && x < {w}) ? ip[y * {a.row} + x] : 0;
+            }}
+        }}
+    }}
+    a -= {c * a.plane}u;""")
+        return f"""\
+/* {k.node}: its input split into parity phases {k.phases} for the stride-2 convolution */
+{self.signature(k)}
+{{
+    unsigned c;
+    int u, v;
+{chr(10).join(blocks)}
 }}
 """
 

@@ -27,7 +27,7 @@ CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
           "int32": ("int32_t", 4, -2**31, 2**31 - 1)}
 ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
 CHUNK = 64  # output positions per vector block of a shift layer
-LINEAR_COUNT = 24  # up to this many thresholds: a vectorized count; beyond, a binary search
+LINEAR_COUNT = 256  # up to this many thresholds: a vectorized count; beyond, a binary search
 
 
 class CodegenError(ShiftQuantError):
@@ -178,6 +178,18 @@ class MaxPool(Kernel):
 @dataclass
 class GlobalSum(Kernel):
     pass
+
+
+@dataclass
+class Split(Kernel):
+    """A stride-2 convolution's input as parity phases: output plane ``p * C + c`` holds, at row
+    ``u`` and column ``v`` (the convolution output's grid, border ``out_border`` included), input
+    pixel ``(2 (u - out_border) + py - padding, 2 (v - out_border) + px - padding)`` of channel
+    ``c``, with ``(py, px) = phases[p]``; zero outside the image."""
+
+    phases: list[tuple[int, int]] = field(default_factory=list)
+    padding: tuple[int, int] = (0, 0)
+    out_border: int = 0
 
 
 @dataclass
@@ -532,6 +544,15 @@ class _Lowering:
     def resolve_layouts(self) -> None:
         for t in self.all:
             t.border = self.border_need.get(id(self.find(t)), 0)
+        # Images of one size share one border, so that a stride-1 convolution's input and output
+        # rows have one length and it runs as one long vector segment (``layer_geometry``).
+        widest: dict[tuple[int, int], int] = {}
+        for t in self.all:
+            if t.shape[1:] != (1, 1):
+                widest[t.shape[1:]] = max(widest.get(t.shape[1:], 0), t.border)
+        for t in self.all:
+            if t.shape[1:] != (1, 1):
+                t.border = widest[t.shape[1:]]
         kept = []
         for k in self.kernels:
             if isinstance(k, Copy) and k.inputs[0].border == 0:
@@ -539,32 +560,58 @@ class _Lowering:
                 continue
             kept.append(k)
         self.kernels[:] = kept
+        kernels = []
         for k in self.kernels:
             if isinstance(k, ShiftLayer):
-                self.layer_geometry(k)
+                kernels += self.layer_geometry(k)
+            kernels.append(k)
+        self.kernels[:] = kernels
 
-    def layer_geometry(self, k: ShiftLayer) -> None:
+    def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
+        """Where each output position reads its taps; returns the kernels that must run first (a
+        stride-2 convolution reads its input split into phases)."""
         a, out = k.inputs[0], k.output
         kh, kw = k.kernel
         (sh, sw), (ph, pw), (dh, dw) = k.stride, k.padding, k.dilation
         ho, wo = k.out_hw
         bi, bo = a.border, out.border
-        k.tap_offsets = [ci * a.plane + y * dh * a.row + x * dw
-                         for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
+        first = bo * out.row + bo
+        last = (bo + ho - 1) * out.row + bo + wo
+        before: list[Kernel] = []
         if (sh, sw) == (1, 1) and a.row == out.row:
             # One segment over the output plane, rows and borders between them included (the
             # border positions are computed, then cleared): long vectors on small images.
-            first = bo * out.row + bo
-            last = (bo + ho - 1) * out.row + bo + wo
+            k.tap_offsets = [ci * a.plane + y * dh * a.row + x * dw
+                             for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
             delta = (bi - ph - bo) * a.row + (bi - pw - bo)
             k.segments = (1, last - first, first, 0, first + delta)
             k.in_step, k.x_step = 0, 1
+        elif (sh, sw) == (2, 2) and (dh, dw) == (1, 1):
+            # Stride 2: the input split into its (row, column) parity phases, each laid out on the
+            # output's grid; tap (y, x) reads phase (y % 2, x % 2) shifted by (y // 2, x // 2).
+            used = sorted({(y % 2, x % 2) for y in range(kh) for x in range(kw)})
+            rows = bo + ho + (kh - 1) // 2 + 1
+            split = Split(k.name.replace("_shift_", "_phases_", 1), k.node, [a], None, phases=used,
+                          padding=(ph, pw), out_border=bo)
+            split.output = self.tensor(f"{k.node}.phases", a.dtype, (len(used) * a.shape[0], rows, out.row),
+                                       a.lo, a.hi)
+            t = split.output
+            k.inputs = [t]
+            k.tap_offsets = [(used.index((y % 2, x % 2)) * a.shape[0] + ci) * t.plane + (y // 2) * t.row + x // 2
+                             for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
+            k.segments = (1, last - first, first, 0, first)
+            k.in_step, k.x_step = 0, 1
+            a = t
+            before.append(split)
         else:
-            k.segments = (ho, wo, bo * out.row + bo, out.row, (bi - ph) * a.row + (bi - pw))
+            k.tap_offsets = [ci * a.plane + y * dh * a.row + x * dw
+                             for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
+            k.segments = (ho, wo, first, out.row, (bi - ph) * a.row + (bi - pw))
             k.in_step, k.x_step = sh * a.row, sw
         seg_len = k.segments[1]
         k.chunk = min(CHUNK, 1 << max(0, (seg_len - 1).bit_length()))
         a.root.slack = max(a.root.slack, k.chunk * k.x_step + 1)
+        return before
 
     def plan(self, program: Program) -> int:
         """Greedy arena plan: largest tensors first, each at the lowest offset free during its life."""
