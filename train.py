@@ -33,6 +33,10 @@ def check_overrides() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def cli() -> None:
     check_overrides()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -6,16 +6,16 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from PIL import Image
+
+from shiftquant.train.config import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
 
 
 def compose_cfg(overrides: list[str], out_dir: Path | str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=[f"paths.output_dir={out_dir}"] + QUIET + list(overrides))
+    return compose_config([f"paths.output_dir={out_dir}"] + QUIET + list(overrides), CONF)
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: int = 4, size: int = 40,

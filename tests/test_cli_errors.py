@@ -51,7 +51,14 @@ BAD = [
     (["quant=none", "schedule=float"], "float_stage.epochs=20"),
     (["calibrate_batches=-1"], "calibrate_batches=-1"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt'"),
-    (["quant.no_such_field=1"], "no_such_field"),          # Hydra refuses unknown keys
+    (["quant.no_such_field=1"], "quant.no_such_field is not a config key"),
+    (["quant.weigth_shift_bits=3"], "did you mean `quant.weight_shift_bits`?"),
+    (["trainer.max_epoch=3"], "did you mean `trainer.max_epochs`?"),
+    (["data=fashion_mnist", "data.root=/nope"], "data.root='/nope' does not hold Fashion-MNIST"),
+    (["data.val_size=0"], "data.val_size=0"),
+    (["data.test_subset=0"], "data.test_subset=0"),
+    (["model.name=torchvision:resnet18", "data=synthetic", "model.pretrained=true"], "model.weights=PATH"),
+    (["trainer.accelerator=cpu", "trainer.precision=16-mixed"], "trainer.precision='16-mixed'"),
     (["trainer.max_epochs=many"], "max_epochs"),             # and wrongly typed ones? (Lightning)
 ]
 
@@ -62,7 +69,7 @@ def run_in_process(overrides, out_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["train.py", "experiment=quickstart", f"hydra.run.dir={out_dir}",
                                       "hydra/job_logging=disabled", "hydra/hydra_logging=disabled", *overrides])
     with pytest.raises(SystemExit) as info:
-        entry.main()
+        entry.cli()
     return info.value.code, capsys.readouterr().err
 
 
@@ -71,7 +78,7 @@ def test_bad_config_exits_before_data_with_one_message(overrides, expected, tmp_
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(ROOT))
     code, err = run_in_process(overrides, tmp_path / "run", monkeypatch, capsys)
-    assert code not in (0, None)
+    assert code == 2
     assert expected in err, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     # Nothing was trained or written: no checkpoint, no results.
@@ -79,12 +86,23 @@ def test_bad_config_exits_before_data_with_one_message(overrides, expected, tmp_
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_experiment_on_a_cpu_machine_names_trainer_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    code, err = run_in_process(["trainer=gpu"], tmp_path / "run", monkeypatch, capsys)
+    assert code == 2 and "trainer.accelerator='gpu'" in err and "trainer=cpu" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("overrides,expected", [(["quant.weight_shift_bits=9"], "weight_shift_bits=9"),
-                                                (["quant.nope=1"], "nope")])
+                                                (["quant.weigth_shift_bits=3"], "did you mean `quant.weight_shift_bits`"),
+                                                (["model.name=torchvision:resnet18", "data=synthetic",
+                                                  "model.pretrained=true"], "model.weights=PATH")])
 def test_real_cli_exit_status_and_single_message(overrides, expected, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "train.py", "experiment=quickstart", f"hydra.run.dir={tmp_path}",
                            *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
-    assert len([line for line in proc.stderr.splitlines() if line.strip()]) <= 8  # one message, no trace
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0]  # one line naming the key
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) <= 8  # no trace
