@@ -79,10 +79,13 @@ class OnnxInput(nn.Module):
     def forward(self, x):
         if self.policy == "learned_pot":
             return self.quantizer(x * self.inv_scale)
-        moved = x.movedim(self.channel_dim, 1)
+        # A non-negative dim: the ONNX exporter writes movedim(-1, 1) as Transpose(perm=[0, -1]),
+        # which onnxruntime refuses; on (N, C) inputs the channel already is dim 1.
+        dim = self.channel_dim % x.dim()
+        moved = x if dim == 1 else x.movedim(dim, 1)
         z = nn.functional.batch_norm(moved, self.norm.running_mean, self.norm.running_var, None, None, False, 0.0,
                                      self.norm.eps) / self.clip_sigma
-        return self.quantizer(z.movedim(1, self.channel_dim))
+        return self.quantizer(z if dim == 1 else z.movedim(1, dim))
 
 
 def _plain_layer(layer: QuantMixin) -> nn.Module:
@@ -147,8 +150,13 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
         return None
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": example_input.numpy()})[0]
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": example_input.numpy()})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"onnxruntime refuses the exported graph {path}: {type(exc).__name__}: {str(exc)[:400]} "
+                          "(export_onnx(..., check=False) writes the file without this check; the shift bundle, "
+                          "sq.export, does not depend on ONNX)") from None
     hard = copy.deepcopy(model).eval()
     set_slope(hard, 0.0)
     with torch.no_grad():
