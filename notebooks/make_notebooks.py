@@ -15,7 +15,7 @@ nb.cells = [
     new_markdown_cell("## Data and a float model\n\nThe digits are 8x8 grey images. We train the float model briefly first "
                       "(with real use you would start from pretrained weights: `model.weights=PATH` in the CLI)."),
     new_code_cell("dm = DigitsDataModule(batch_size=64)\ndm.setup()\n"
-                  "x_test = torch.stack([x for x, _ in dm.val_set]); y_test = torch.stack([y for _, y in dm.val_set])\n"
+                  "x_test = torch.stack([x for x, _ in dm.test_set]); y_test = torch.stack([y for _, y in dm.test_set])\n"
                   "model = timm.create_model(MODEL, pretrained=False, num_classes=10, in_chans=1)\n\n"
                   "def fit(model, steps, lr, slope=None):\n"
                   "    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)\n"
