@@ -15,15 +15,17 @@ from .emit import emit
 from .lower import CodegenError, Program, lower
 
 
-def codegen(bundle, outdir: str | Path, name: str = "model") -> Program:
+def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "packed") -> Program:
     """Write ``NAME.h`` and ``NAME.c`` for a bundle (a path or a loaded runtime) into ``outdir``;
-    returns the lowered program (``flash_bytes``, ``ram_bytes``, ...)."""
+    returns the lowered program (``flash_bytes``, ``ram_bytes``, ...). ``weights``: ``"packed"``
+    (the bundle's bit-packed codes, least flash) or ``"tables"`` (precomputed offset tables,
+    fastest; see :func:`.lower.lower`)."""
     from ..runtime import load_bundle
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name or ""):
         raise ConfigError("name", name, "a C identifier (letters, digits, underscores)")
     rt = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
-    program = lower(rt.manifest, rt.tensors, name)
+    program = lower(rt.manifest, rt.tensors, name, weights)
     header, source = emit(program)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

@@ -119,12 +119,12 @@ class CRuntime:
     """A bundle run by its generated C code. ``run(x)`` takes and returns what the reference
     runtime's ``run`` does, and gives the same values bit for bit."""
 
-    def __init__(self, reference, threads: int | None = None, name: str = "model"):
+    def __init__(self, reference, threads: int | None = None, name: str = "model", weights: str = "tables"):
         from cffi import FFI
 
         self.reference = reference
         self.manifest, self.nodes, self.float_ops = reference.manifest, reference.nodes, reference.float_ops
-        self.program: Program = lower(reference.manifest, reference.tensors, name)
+        self.program: Program = lower(reference.manifest, reference.tensors, name, weights)
         header, source = emit(self.program)
         self.library = build(name, header, source)
         self.threads = threads

@@ -201,53 +201,53 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 }}
 """
 
-    def count(self, th: Thresholds, acc_ctype: str, name: str, table: str, v: str, r: str, n: str,
+    def count(self, th: Thresholds, cmp_ctype: str, name: str, table: str, v: str, r: str, n: str,
               row: str) -> tuple[str, str]:
-        """Constants and code mapping ``v[0..n)`` through one row of ``th`` into ``r``: a
-        vectorizable count over the thresholds, or a binary search for many levels."""
-        levels = th.levels
-        if th.linear:
-            steps = th.steps
-            consts = _array(acc_ctype, table, th.table)
-            if len(set(steps)) == 1:
-                step = steps[0] if steps else 0
-                add = f"({v}[i] >= tk)" if step == 1 else f"(({v}[i] >= tk) ? {step} : 0)"
-                loop = ""
-            else:
-                consts += _array(_smallest(steps), f"{name}_step", steps)
-                add = f"(({v}[i] >= tk) ? sk : 0)"
-                loop = f"const int32_t sk = {name}_step[k];"
-            code = f"""\
-for (i = 0; i < {n}; i++) {r}[i] = {levels[0]};
-            for (k = 0; k < {th.count}u; k++) {{
-                const {acc_ctype} tk = {row}[k];
-                {loop}
+        """Constants and code mapping ``v[0..n)`` through the threshold row ``row`` of ``th`` into
+        ``r``: ``r = levels[0] + sum_k [v >= t_k] * step_k``, a vectorizable count. With many
+        levels only the thresholds between the block's smallest and largest value are counted
+        (those below both count for every lane, those above for none), found by binary search."""
+        levels, steps = th.levels, th.steps
+        consts = _array(cmp_ctype, table, th.table)
+        uniform = len(set(steps)) <= 1
+        step = steps[0] if steps else 0
+        if uniform:
+            add = f"({v}[i] >= tk)" if step == 1 else f"(({v}[i] >= tk) ? {step} : 0)"
+            load_step = ""
+        else:
+            consts += _array(_smallest(steps), f"{name}_step", steps)
+            add = f"(({v}[i] >= tk) ? sk : 0)"
+            load_step = f"const int32_t sk = {name}_step[k];"
+        if th.window:
+            consts += _array(_smallest(levels), f"{name}_levels", levels)
+            k0, k1 = "k0", "k1"
+            head = f"""\
+unsigned k0 = 0, k1 = 0;
+            {{   /* the thresholds that can tell this block's values apart */
+                {cmp_ctype} lo = {v}[0], hi = {v}[0];
+                unsigned len;
+                for (i = 1; i < {n}; i++) {{ lo = {v}[i] < lo ? {v}[i] : lo; hi = {v}[i] > hi ? {v}[i] : hi; }}
+                for (len = {th.count}u; len > 0;) {{  /* k0 = #(t <= lo) */
+                    const unsigned half = len >> 1;
+                    if ({row}[k0 + half] <= lo) {{ k0 += half + 1u; len -= half + 1u; }} else len = half;
+                }}
+                for (k1 = k0, len = {th.count}u - k0; len > 0;) {{  /* k1 = #(t <= hi) */
+                    const unsigned half = len >> 1;
+                    if ({row}[k1 + half] <= hi) {{ k1 += half + 1u; len -= half + 1u; }} else len = half;
+                }}
+            }}
+            for (i = 0; i < {n}; i++) {r}[i] = {name}_levels[k0];"""
+        else:
+            k0, k1 = "0", f"{th.count}u"
+            head = f"for (i = 0; i < {n}; i++) {r}[i] = {levels[0]};"
+        code = f"""\
+{head}
+            for (k = {k0}; k < {k1}; k++) {{
+                const {cmp_ctype} tk = {row}[k];
+                {load_step}
                 for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
             }}"""
-            return consts, code
-        width = 1 << max(1, th.count.bit_length())
-        padded = np.full((th.table.shape[0], width - 1), 0, dtype=np.int64)
-        top = int(th.table.max()) if th.table.size else 0
-        padded[:] = top
-        padded[:, :th.count] = th.table
-        consts = _array(acc_ctype, table, padded) + _array(_smallest(levels), f"{name}_levels",
-                                                           levels + [levels[-1]] * (width - len(levels)))
-        steps = []
-        s = width >> 1
-        while s:
-            steps.append(f"j += ({v}[i] >= {row}[j + {s - 1}u]) ? {s}u : 0u;")
-            s >>= 1
-        search = "\n                ".join(steps)
-        code = f"""\
-for (i = 0; i < {n}; i++) {{
-                unsigned j = 0;
-                {search}
-                {r}[i] = {name}_levels[j];
-            }}"""
         return consts, code
-
-    def row_width(self, th: Thresholds) -> int:
-        return th.count if th.linear else (1 << max(1, th.count.bit_length())) - 1
 
     def shift_layer(self, k: ShiftLayer) -> str:
         a, out = k.inputs[0], k.output
@@ -257,11 +257,11 @@ for (i = 0; i < {n}; i++) {{
         to_signed = "SQ_S16" if k.acc_bits == 16 else "SQ_S32"
         shift_cast = "unsigned" if k.acc_bits == 16 else "uint32_t"
         exps = k.exponents
-        ng = 2 * len(exps)
-        group = []
-        for s, neg in zip(k.code_shift, k.code_negative):
-            group.append(ng if s < 0 else 2 * exps.index(s) + int(neg) if s in exps else ng)
+        ng = k.groups_count
         off_t = "uint16_t" if max(k.tap_offsets, default=0) < 1 << 16 else "uint32_t"
+        packed = self.p.weights == "packed"
+        if not packed:
+            offsets, starts = k.grouped_taps()
         nseg, seg_len, out0, out_step, in0 = k.segments
         ch, xs = k.chunk, k.x_step
         cout_g = k.cout // k.groups
@@ -269,15 +269,19 @@ for (i = 0; i < {n}; i++) {{
         ch_table = []
         for co in range(k.cout):
             g = co // cout_g
-            ch_table += [co * out.plane, g * k.cin_g * a.plane, co * k.taps * k.code_bits]
+            ch_table += [co * out.plane, g * k.cin_g * a.plane,
+                         co * k.taps * k.code_bits if packed else co * (ng + 1)]
         rows = 0
         consts = [f"/* {k.node}: {'conv' if k.kernel != (1, 1) or k.out_hw != (1, 1) else 'shift'} "
                   f"{k.cin_g * k.groups} -> {k.cout}, kernel {k.kernel[0]}x{k.kernel[1]}, stride {k.stride}, "
                   f"padding {k.padding}, groups {k.groups}; weights 0 or ±2^t, t in {exps}; "
                   f"|accumulator| <= {k.bound} ({k.acc_bits} bits) */\n",
-                  _array("uint8_t", f"{nm}_codes", k.codes),
-                  _array("uint8_t", f"{nm}_group", group),
-                  _array(off_t, f"{nm}_tap", k.tap_offsets)]
+                  ]
+        if packed:
+            consts += [_array("uint8_t", f"{nm}_codes", k.codes), _array("uint8_t", f"{nm}_group", k.group_of_code()),
+                       _array(off_t, f"{nm}_tap", k.tap_offsets)]
+        else:
+            consts += [_array(off_t, f"{nm}_list", offsets), _array("uint32_t", f"{nm}_start", starts)]
         src = "src[i]" if xs == 1 else f"src[i * {xs}u]" if xs & (xs - 1) == 0 else None
         if src is None:
             raise AssertionError("stride must be a power of two")  # pragma: no cover - lowering uses 1 or 2
@@ -308,7 +312,7 @@ for (i = 0; i < {n}; i++) {{
         # Output stage.
         if k.requant is not None:
             th = k.requant
-            width = self.row_width(th)
+            width = th.count
             ch_table_cols = 4
             tb = []
             for co in range(k.cout):
@@ -359,27 +363,11 @@ for (i = 0; i < {n}; i++) {{
     int co;
     SQ_PARALLEL_FOR
     for (co = 0; co < {k.cout}; co++) {{
-        {off_t} list[{max(k.taps, 1)}];
-        uint8_t grp[{max(k.taps, 1)}];
-        unsigned start[{ng + 2}], fill[{ng + 1}];
+{self.weights_block(k, off_t, ng, mask)}
         const {a.ctype} *ip = a + {nm}_ch[co][1] + {in0}u;
         {out.ctype} *ob = out + {nm}_ch[co][0];
         {out.ctype} *op = ob + {out0}u;
         unsigned seg, i, j;
-        {{   /* decode this channel's codes: input offsets grouped by exponent and sign */
-            uint32_t bit = {nm}_ch[co][2];
-            unsigned t;
-            for (j = 0; j < {ng + 2}u; j++) start[j] = 0;
-            for (t = 0; t < {k.taps}u; t++, bit += {k.code_bits}u) {{
-                const unsigned byte = (unsigned)(bit >> 3);
-                const unsigned code = (((unsigned){nm}_codes[byte] | ((unsigned){nm}_codes[byte + 1u] << 8))
-                                       >> (bit & 7u)) & {mask}u;
-                grp[t] = {nm}_group[code];
-                start[grp[t] + 1u]++;
-            }}
-            for (j = 0; j < {ng + 1}u; j++) {{ start[j + 1u] += start[j]; fill[j] = start[j]; }}
-            for (t = 0; t < {k.taps}u; t++) list[fill[grp[t]]++] = {nm}_tap[t];
-        }}
         for (seg = 0; seg < {nseg}u; seg++, ip += {k.in_step}u, op += {out_step}u) {{
             const {a.ctype} *base = ip;
             unsigned p;
@@ -396,6 +384,33 @@ for (i = 0; i < {n}; i++) {{
 }}
 """
 
+    def weights_block(self, k: ShiftLayer, off_t: str, ng: int, mask: int) -> str:
+        """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the
+        channel begins in it): decoded from the packed codes, or read from the tables."""
+        nm = k.name
+        if self.p.weights == "tables":
+            return f"""\
+        const {off_t} *list = {nm}_list;
+        const uint32_t *start = {nm}_start + {nm}_ch[co][2];"""
+        return f"""\
+        {off_t} list[{max(k.taps, 1)}];
+        unsigned start[{ng + 2}];
+        {{   /* decode this channel's codes: input offsets grouped by exponent and sign */
+            uint8_t grp[{max(k.taps, 1)}];
+            unsigned fill[{ng + 1}], t, g;
+            uint32_t bit = {nm}_ch[co][2];
+            for (g = 0; g < {ng + 2}u; g++) start[g] = 0;
+            for (t = 0; t < {k.taps}u; t++, bit += {k.code_bits}u) {{
+                const unsigned byte = (unsigned)(bit >> 3);
+                const unsigned code = (((unsigned){nm}_codes[byte] | ((unsigned){nm}_codes[byte + 1u] << 8))
+                                       >> (bit & 7u)) & {mask}u;
+                grp[t] = {nm}_group[code];
+                start[grp[t] + 1u]++;
+            }}
+            for (g = 0; g < {ng + 1}u; g++) {{ start[g + 1u] += start[g]; fill[g] = start[g]; }}
+            for (t = 0; t < {k.taps}u; t++) list[fill[grp[t]]++] = {nm}_tap[t];
+        }}"""
+
     def map(self, k: Map) -> str:
         a, out = k.inputs[0], k.output
         th = k.thresholds
@@ -404,7 +419,7 @@ for (i = 0; i < {n}; i++) {{
         cmp = "int16_t" if -32768 <= lo and hi <= 32767 else "int32_t"
         consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", f"{a.shape[2]}u", "thr")
         per_channel = th.table.shape[0] > 1
-        width = self.row_width(th)
+        width = th.count
         c, h, w = a.shape
         return consts + f"""
 /* input stage of {k.node}: thresholds on its integer input -> its input levels */

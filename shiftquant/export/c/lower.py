@@ -27,7 +27,7 @@ CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
           "int32": ("int32_t", 4, -2**31, 2**31 - 1)}
 ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
 CHUNK = 64  # output positions per vector block of a shift layer
-LINEAR_COUNT = 256  # up to this many thresholds: a vectorized count; beyond, a binary search
+WINDOW = 24  # beyond this many thresholds, a block counts only those between its extremes
 
 
 class CodegenError(ShiftQuantError):
@@ -86,8 +86,8 @@ class Tensor:
 
 @dataclass
 class Thresholds:
-    """``levels[sum_k [v >= t_k,c]]`` as ``base + sum_k [v >= t_k,c] * step_k`` (linear count) or
-    a binary search over a padded table (many levels). ``table``: (channels, K) int."""
+    """``levels[sum_k [v >= t_k,c]]``, computed as ``levels[0] + sum_k [v >= t_k,c] * step_k``.
+    ``table``: (channels, K) integers (one row for every channel when it has one row)."""
 
     table: np.ndarray
     levels: list[int]
@@ -98,8 +98,8 @@ class Thresholds:
         return self.table.shape[1]
 
     @property
-    def linear(self) -> bool:
-        return self.count <= LINEAR_COUNT
+    def window(self) -> bool:
+        return self.count > WINDOW
 
     @property
     def steps(self) -> list[int]:
@@ -143,10 +143,39 @@ class ShiftLayer(Kernel):
     x_step: int = 1
     chunk: int = 1
     tap_offsets: list[int] = field(default_factory=list)  # per (ci, kh, kw) of one output channel
+    weight_codes: np.ndarray = None  # (cout, taps): each weight's code
 
     @property
     def taps(self) -> int:
         return self.cin_g * self.kernel[0] * self.kernel[1]
+
+    @property
+    def groups_count(self) -> int:
+        return 2 * len(self.exponents)
+
+    def group_of_code(self) -> list[int]:
+        """Per code: its group, ``2 e`` (+2^t) or ``2 e + 1`` (-2^t) for ``t = exponents[e]``, or
+        ``groups_count`` for a zero weight."""
+        ng = self.groups_count
+        return [ng if t < 0 or t not in self.exponents else 2 * self.exponents.index(t) + int(neg)
+                for t, neg in zip(self.code_shift, self.code_negative)]
+
+    def grouped_taps(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, starts)``: every output channel's input offsets, grouped by exponent and sign,
+        concatenated, and per channel where each group starts (``(cout, groups + 1)``, absolute)."""
+        group = np.asarray(self.group_of_code())[self.weight_codes]  # (cout, taps)
+        ng = self.groups_count
+        offsets, starts, pos = [], [], 0
+        taps = np.asarray(self.tap_offsets)
+        for co in range(self.cout):
+            row = [pos]
+            for g in range(ng):
+                sel = taps[group[co] == g]
+                offsets.append(sel)
+                pos += sel.size
+                row.append(pos)
+            starts.append(row)
+        return (np.concatenate(offsets) if offsets else np.zeros(0, np.int64)), np.asarray(starts, np.int64)
 
 
 @dataclass
@@ -210,6 +239,7 @@ class Program:
     output_kind: str  # "logits" (integers on one grid) or "accumulators" (host dequantizes)
     output_node: dict
     logit_unit: float | None
+    weights: str = "packed"  # "packed": the bundle's codes; "tables": precomputed grouped offsets
     arena_bytes: int = 0
     stack_bytes: int = 0
 
@@ -219,8 +249,12 @@ class Program:
         total = 0
         for k in self.kernels:
             if isinstance(k, ShiftLayer):
-                total += k.codes.size + len(k.code_shift) + _int_bytes(k.tap_offsets) * len(k.tap_offsets)
-                total += 3 * 4 * k.cout  # per-channel bases: output plane, input group, code position
+                if self.weights == "packed":
+                    total += k.codes.size + len(k.code_shift) + _int_bytes(k.tap_offsets) * len(k.tap_offsets)
+                else:
+                    nonzero = int((np.asarray(k.group_of_code())[k.weight_codes] < k.groups_count).sum())
+                    total += _int_bytes(k.tap_offsets) * nonzero + 4 * k.cout * (k.groups_count + 1)
+                total += 4 * 4 * k.cout  # per-channel bases: output plane, input group, weights, thresholds
                 if k.requant is not None:
                     total += _threshold_bytes(k.requant, k.acc_bits)
                 if k.logit_bias is not None:
@@ -242,14 +276,25 @@ def _int_bytes(values) -> int:
 
 
 def _threshold_bytes(t: Thresholds, bits: int) -> int:
-    width = t.table.shape[1] if t.linear else (1 << max(1, t.count).bit_length()) - 1
-    return t.table.shape[0] * width * bits // 8 + 4 * len(t.levels) + t.table.shape[0]
+    return t.table.size * bits // 8 + 4 * len(t.levels) + t.table.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------
-def lower(manifest: dict, tensors: dict[str, np.ndarray], name: str = "model") -> Program:
-    """The program of a bundle that the reference runtime has validated (``load_bundle``)."""
-    return _Lowering(manifest, tensors, name).run()
+WEIGHT_FORMATS = ("packed", "tables")
+
+
+def lower(manifest: dict, tensors: dict[str, np.ndarray], name: str = "model", weights: str = "packed") -> Program:
+    """The program of a bundle that the reference runtime has validated (``load_bundle``).
+
+    ``weights="packed"`` keeps the bundle's bit-packed codes in flash (each shift layer decodes an
+    output channel's codes when it starts it); ``"tables"`` stores every channel's input offsets
+    already grouped by exponent and sign (more flash, no decoding: the host backend's choice)."""
+    if weights not in WEIGHT_FORMATS:
+        from ...errors import ConfigError
+        raise ConfigError("weights", weights, " or ".join(map(repr, WEIGHT_FORMATS)))
+    program = _Lowering(manifest, tensors, name).run()
+    program.weights = weights
+    return program
 
 
 def _float(node: dict, what: str) -> CodegenError:
@@ -501,7 +546,8 @@ class _Lowering:
         kernel = ShiftLayer(self.cname("shift", node), node["name"], [a], None, cout=cout, groups=groups,
                             cin_g=cin_g, kernel=(kh, kw), stride=stride, padding=padding, dilation=dilation,
                             out_hw=(ho, wo), codes=packed, code_bits=int(spec["code_bits"]), code_shift=shifts,
-                            code_negative=[v < 0 for v in ints], exponents=used, bound=bound)
+                            code_negative=[v < 0 for v in ints], exponents=used, bound=bound,
+                            weight_codes=codes.reshape(cout, -1))
         if node.get("requant"):
             r = node["requant"]
             kernel.acc_bits = 16 if bound < (1 << 15) - 1 else 32
@@ -591,16 +637,22 @@ class _Lowering:
             # output's grid; tap (y, x) reads phase (y % 2, x % 2) shifted by (y // 2, x // 2).
             used = sorted({(y % 2, x % 2) for y in range(kh) for x in range(kw)})
             rows = bo + ho + (kh - 1) // 2 + 1
+            row = max(out.row, bo + wo + (kw - 1) // 2)  # the output's row, unless a tap would wrap
             split = Split(k.name.replace("_shift_", "_phases_", 1), k.node, [a], None, phases=used,
                           padding=(ph, pw), out_border=bo)
-            split.output = self.tensor(f"{k.node}.phases", a.dtype, (len(used) * a.shape[0], rows, out.row),
+            split.output = self.tensor(f"{k.node}.phases", a.dtype, (len(used) * a.shape[0], rows, row),
                                        a.lo, a.hi)
             t = split.output
             k.inputs = [t]
             k.tap_offsets = [(used.index((y % 2, x % 2)) * a.shape[0] + ci) * t.plane + (y // 2) * t.row + x // 2
                              for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
-            k.segments = (1, last - first, first, 0, first)
-            k.in_step, k.x_step = 0, 1
+            if row == out.row:
+                k.segments = (1, last - first, first, 0, first)
+                k.in_step = 0
+            else:
+                k.segments = (ho, wo, first, out.row, bo * row + bo)
+                k.in_step = row
+            k.x_step = 1
             a = t
             before.append(split)
         else:
