@@ -53,3 +53,14 @@ def test_best_checkpoint_scores_its_own_reported_accuracy(run_with_an_early_best
     best = results["best_checkpoint"]
     correct, seen = _bundle_run(best["path"], tmp_path / "best.sqb", capsys)
     assert correct == round(best["hard_test_acc"] * seen)
+
+
+def test_early_stopping_reads_the_validation_split_and_the_final_model_is_reported(tmp_path):
+    """eps falls every epoch, so ``val/eps`` (mode max) stops improving after epoch 1: with patience 1
+    the run stops after epoch 2, and the reported checkpoint is that epoch's model."""
+    results = train(compose_cfg(["experiment=quickstart", "float_stage.epochs=0", "trainer.max_epochs=6",
+                                 "data.train_subset=192", "calibrate_batches=1", "callbacks=early_stopping",
+                                 "callbacks.early_stopping.monitor=val/eps", "callbacks.early_stopping.patience=1"],
+                                tmp_path))
+    assert [row["epoch"] for row in results["history"]] == [1, 2]
+    assert torch.load(results["checkpoint"], map_location="cpu", weights_only=True)["epoch"] == 1
