@@ -7,7 +7,7 @@ from .convert import (calibrate, get_slope, load_float_weights, quantize_model, 
                       quantizers, set_slope)
 from .errors import (BundleError, CheckpointError, ConfigError, DataError, ExportError,
                      ShiftQuantError)
-from .export import PixelInput, export, load_bundle
+from .export import PixelInput, check_exportable, export, load_bundle
 from .export.c import codegen
 from .export.onnx import export_onnx
 from .nn.layers import QuantConv2d, QuantLinear
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationQuantizer", "BundleError", "CheckpointError", "ConfigError", "DataError",
-    "ExportError", "PixelInput", "PRESETS", "codegen", "export", "export_onnx", "load_bundle", "load_checkpoint", "QuantBatchNorm2d", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
+    "ExportError", "PixelInput", "PRESETS", "check_exportable", "codegen", "export", "export_onnx", "load_bundle", "load_checkpoint", "QuantBatchNorm2d", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
     "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "calibrate", "get_slope",
     "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "set_slope",
     "summary", "__version__",

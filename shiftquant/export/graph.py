@@ -26,6 +26,7 @@ from ..nn.residual import ADDS, QuantBatchNorm2d, Tracer
 from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
 from .bundle import pack_codes
+from .check import ExportRefused, refusal
 from .ints import FLOAT, signed_type
 from .pixels import PixelInput
 from .requant import fold, integerize
@@ -175,7 +176,7 @@ class Exporter:
         if isinstance(m, nn.Linear) and type(m) is nn.Linear:
             return {"op": "linear", "weight": self.add(f"{name}.weight", m.weight),
                     "bias": self.add(f"{name}.bias", m.bias) if m.bias is not None else None}
-        raise ExportError(f"{name}: {type(m).__name__} is not supported by the runtime")
+        raise ExportError(f"{type(m).__name__} is not supported by the exporter")
 
     def function(self, node: fx.Node) -> dict:
         target = node.target
@@ -186,7 +187,16 @@ class Exporter:
             return {"op": "flatten", "start_dim": start, "end_dim": -1}
         if target in (torch.relu, nn.functional.relu, "relu"):
             return {"op": "relu"}
-        raise ExportError(f"{node.name}: {node.op} {getattr(target, '__name__', target)} is not supported by the runtime")
+        raise ExportError(f"{getattr(target, '__name__', target)} is not supported by the exporter")
+
+    def convert(self, node: fx.Node, non_negative_input: bool) -> dict:
+        """The manifest entry of a traced module call or function call."""
+        if node.op == "call_module":
+            m = self.model.get_submodule(node.target)
+            if isinstance(m, QuantMixin):
+                return self.shift_layer(node.target, m, non_negative_input)
+            return self.float_module(node.target, m)
+        return self.function(node)
 
     # ------------------------------------------------------------------ graph
     def build(self, example_input: torch.Tensor, pixels: PixelInput | None = None) -> tuple[dict, dict[str, np.ndarray]]:
@@ -197,8 +207,9 @@ class Exporter:
             with torch.no_grad():
                 ShapeProp(gm).propagate(example_input)
         except Exception as exc:
-            raise ExportError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc}") from None
-        nodes, outputs = [], []
+            raise ExportError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc} (the exporter needs a "
+                              "forward without Python control flow on tensor values or shapes; see docs/export.md)") from None
+        nodes, outputs, refused = [], [], []
         non_negative: set[str] = set()  # nodes whose every value is >= 0
         for node in graph.nodes:
             inputs = [a.name for a in node.args if isinstance(a, fx.Node)]
@@ -212,14 +223,12 @@ class Exporter:
             elif node.op == "output":
                 outputs = [a.name for a in (node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]])]
                 continue
-            elif node.op == "call_module":
-                m = self.model.get_submodule(node.target)
-                if isinstance(m, QuantMixin):
-                    entry = self.shift_layer(node.target, m, bool(inputs) and inputs[0] in non_negative)
-                else:
-                    entry = self.float_module(node.target, m)
             else:
-                entry = self.function(node)
+                try:
+                    entry = self.convert(node, bool(inputs) and inputs[0] in non_negative)
+                except ExportError as exc:  # collected: every refused node is named at once
+                    refused.append(refusal(self.model, node, exc))
+                    continue
             entry.update(name=node.name, inputs=inputs, module=str(node.target) if node.op == "call_module" else None,
                          dtype=FLOAT)  # integerize declares the integer ones
             if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
@@ -227,6 +236,8 @@ class Exporter:
             if entry["op"] == "relu" or (entry["op"] in _KEEPS_SIGN and inputs and all(i in non_negative for i in inputs)):
                 non_negative.add(node.name)
             nodes.append(entry)
+        if refused:
+            raise ExportRefused(type(self.model).__name__, refused)
         shift_layers = [n for n in nodes if n["op"].startswith("shift_")]
         manifest = {
             "format": "shiftquant-bundle",

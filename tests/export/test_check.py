@@ -1,0 +1,77 @@
+"""Export refusals name the module, its type and the source op, and say what to do;
+``sq.check_exportable`` answers before training with the same list."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shiftquant as sq
+from shiftquant.export.check import ExportRefused
+
+
+class FunctionalCNN(nn.Module):
+    """A CNN in functional style: the pooling and the activation are function calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.act = nn.GELU()
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.act(self.conv(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _deploy(model, x):
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    sq.calibrate(model, [x])
+    return model
+
+
+def test_every_refused_node_is_named_with_module_type_source_and_a_way_around(tmp_path):
+    x = torch.randn(4, 1, 8, 8)
+    model = _deploy(FunctionalCNN(), x)
+    with pytest.raises(ExportRefused) as info:
+        sq.export(model, tmp_path / "m.sqb", x)
+    by_node = {r.node: r for r in info.value.refusals}
+    assert set(by_node) == {"act", "adaptive_avg_pool2d"}  # both at once, not the first only
+    act = by_node["act"]
+    assert (act.module, act.module_type) == ("act", "torch.nn.modules.activation.GELU")
+    assert act.source == "call_module act" and "GELU is not supported" in act.reason
+    pool = by_node["adaptive_avg_pool2d"]
+    assert pool.module_type.endswith("FunctionalCNN") and "adaptive_avg_pool2d" in pool.source
+    assert "nn.AdaptiveAvgPool2d" in pool.how and "instead of the functional" in pool.how
+    message = str(info.value)
+    assert "The exporter supports:" in message and "AdaptiveAvgPool2d" in message
+    assert not (tmp_path / "m.sqb").exists()
+
+
+def test_a_layer_without_shift_weights_points_to_deploy_or_keep_float(tmp_path):
+    x = torch.randn(4, 1, 8, 8)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    sq.quantize_model(model, sq.QuantRecipe.preset("all", weight_shift_bits=2))  # weights only: float inputs
+    report = sq.check_exportable(model, x)
+    assert not report.exportable
+    assert {r.module for r in report.refusals} == {"0", "3"}
+    assert all("deploy" in r.how and "keep_float=['" in r.how for r in report.refusals)
+    assert "refused" in str(report)
+
+
+def test_check_exportable_says_integer_only_and_exact_or_lists_float_ops():
+    x = torch.randn(4, 1, 8, 8)
+    model = _deploy(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)), x)
+    report = sq.check_exportable(model, x)
+    assert report.exportable and report.exact and report.how.startswith("exact")
+    # An AvgPool2d(2) between the shift layers runs in float: listed by node and module.
+    pooled = _deploy(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                                   nn.Linear(4 * 4 * 4, 10)), x)
+    report = sq.check_exportable(pooled, x)
+    assert report.exportable and not report.integer_only and "float op" in report.how
+    assert "_2 (2, avg_pool2d)" in report.float_ops  # node, module, op
+
+
+def test_a_recipe_that_selects_nothing_suggests_presets():
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4, 10))
+    with pytest.raises(sq.ConfigError, match=r"presets that select layers of this model: .*quant=all \(2 layers\)"):
+        sq.quantize_model(model, sq.QuantRecipe.preset("dbssq"))  # 3x3 block convs only
