@@ -8,6 +8,7 @@ and answers before training: exportable or not, integer-only, exact, and which n
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -21,12 +22,14 @@ SUPPORTED = ("quantized Conv2d / Linear (shift weights and quantized inputs), Ba
              "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten, Identity, Dropout, "
              "residual adds (+, torch.add), torch.relu, plain Conv2d / Linear kept float")
 
+MAX_LINES = 20  # refusal lines in an error message
 # Functional calls whose module form the exporter knows.
 _MODULE_FORMS = {
     F.adaptive_avg_pool2d: "nn.AdaptiveAvgPool2d", F.avg_pool2d: "nn.AvgPool2d", F.max_pool2d: "nn.MaxPool2d",
     F.dropout: "nn.Dropout", F.batch_norm: "nn.BatchNorm2d", F.conv2d: "nn.Conv2d", F.linear: "nn.Linear",
     torch.mean: "nn.AdaptiveAvgPool2d(1) followed by nn.Flatten", "mean": "nn.AdaptiveAvgPool2d(1) followed by nn.Flatten",
 }
+GENERIC_HOW = "write this step with a supported module (see the list below), or run it outside the exported model"
 _DEPLOY = "quantize it with the deploy preset (quant=deploy / QuantRecipe.preset('deploy'))"
 
 
@@ -51,9 +54,20 @@ class ExportRefused(ExportError):
 
     def __init__(self, model_type: str, refusals: list[Refusal]):
         self.refusals = list(refusals)
-        lines = "\n".join(f"  - {r}" for r in self.refusals)
-        super().__init__(f"cannot export {model_type}: {len(self.refusals)} node(s) refused\n{lines}\n"
-                         f"The exporter supports: {SUPPORTED}.")
+        by_module: dict[tuple[str, str], list[Refusal]] = {}
+        for r in self.refusals:
+            by_module.setdefault((r.module, r.module_type), []).append(r)
+        types = Counter(kind.rsplit(".", 1)[-1] for _, kind in by_module)
+        lines = [f"  by module type: " + ", ".join(f"{t} x{n}" for t, n in types.most_common())]
+        for (module, kind), rs in list(by_module.items())[:MAX_LINES]:
+            ops = list(dict.fromkeys(r.source.split(" ", 1)[1].rsplit(".", 1)[-1] for r in rs))
+            how = next((r.how for r in rs if r.how != GENERIC_HOW), rs[0].how)
+            lines.append(f"  - {module or '(the model)'} ({kind}): " +
+                         (rs[0].reason if len(rs) == 1 else f"{', '.join(ops)} not supported") + f"; how: {how}")
+        if len(by_module) > MAX_LINES:
+            lines.append(f"  ... and {len(by_module) - MAX_LINES} more modules (ExportRefused.refusals lists every node)")
+        super().__init__(f"cannot export {model_type}: {len(self.refusals)} node(s) in {len(by_module)} module(s) "
+                         "refused\n" + "\n".join(lines) + f"\nThe exporter supports: {SUPPORTED}.")
 
 
 def _qualname(obj) -> str:
@@ -94,14 +108,14 @@ def _how(model: nn.Module, node: fx.Node, reason: str) -> str:
     form = _MODULE_FORMS.get(target)
     if form:
         return f"call {form} (a module) instead of the functional {getattr(target, '__name__', target)}"
-    return "write this step with a supported module (see the list below), or run it outside the exported model"
+    return GENERIC_HOW
 
 
 def refusal(model: nn.Module, node: fx.Node, exc: ExportError) -> Refusal:
     """The :class:`Refusal` for ``node``, whose conversion raised ``exc``."""
     module, module_type = _owner(model, node)
     target = node.target if node.op == "call_module" else _qualname(node.target)
-    reason = str(exc)
+    reason = "reads a parameter inside a traced forward" if node.op == "get_attr" else str(exc)
     for prefix in (f"{node.target}: ", f"{node.name}: "):
         if reason.startswith(prefix):
             reason = reason[len(prefix):]
