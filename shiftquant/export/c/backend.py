@@ -70,6 +70,11 @@ int {name}_batch(int n, const void *input, int32_t *output, int threads)
 """
 
 
+# The host backend stores weights as precomputed tables (fastest) up to this many bytes of
+# constants; beyond, as the packed codes (tables of a large model take long to compile).
+TABLES_UP_TO = 4 << 20
+
+
 class CompilerNotFoundError(CodegenError):
     """No C compiler: the C backend cannot build its library."""
 
@@ -119,12 +124,14 @@ class CRuntime:
     """A bundle run by its generated C code. ``run(x)`` takes and returns what the reference
     runtime's ``run`` does, and gives the same values bit for bit."""
 
-    def __init__(self, reference, threads: int | None = None, name: str = "model", weights: str = "tables"):
+    def __init__(self, reference, threads: int | None = None, name: str = "model", weights: str | None = None):
         from cffi import FFI
 
         self.reference = reference
         self.manifest, self.nodes, self.float_ops = reference.manifest, reference.nodes, reference.float_ops
-        self.program: Program = lower(reference.manifest, reference.tensors, name, weights)
+        self.program: Program = lower(reference.manifest, reference.tensors, name, weights or "tables")
+        if weights is None and self.program.flash_bytes > TABLES_UP_TO:  # big models: packed codes
+            self.program = lower(reference.manifest, reference.tensors, name, "packed")
         header, source = emit(self.program)
         self.library = build(name, header, source)
         self.threads = threads

@@ -1,0 +1,198 @@
+"""The C backend: strict C99 that compiles clean, shift-layer kernels without a multiply instruction,
+and logits identical (atol 0) to the reference runtime's and the PyTorch hard model's."""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import shiftquant as sq
+from shiftquant.export.c import CodegenError, CompilerNotFoundError, CRuntime
+from shiftquant.export.c import backend as c_backend
+from tests.export.models import build, pixel_batches
+from tests.export.test_parity import hard_and_runtime
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+# Integer, vector and float multiplies, fused multiply-adds and dot products (x86, by mnemonic).
+MULTIPLY = re.compile(r"^(i?mulx?|v?p?mul\w*|v?mul[sp][sd]\w*|v?pmadd\w*|vf\w*m(add|sub)\w*|v?pdp\w+|v?dpp[sd])$")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    """One library cache for the module (a model built twice compiles once)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path_factory.mktemp("c-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def resnet20(tmp_path_factory):
+    """ResNet-20, W3A3 deploy, uint8 pixels in, integer logits out."""
+    return hard_and_runtime("resnet20", 0, 2, True, tmp_path_factory.mktemp("r20"))
+
+
+def assert_three_way(model, batches, px, rt, label, weights=None):
+    """C backend == reference runtime == PyTorch hard model, bit for bit, on every batch."""
+    p = np.concatenate(list(batches.values()))
+    with torch.no_grad():
+        ref = model(px.to_float(p)).numpy()
+    native = CRuntime(rt, weights=weights)
+    assert rt.manifest["integer_only"], rt.float_ops
+    assert np.array_equal(rt.run(p), ref), f"{label}: reference runtime != PyTorch"
+    out = native.run(p)
+    assert np.array_equal(out, ref), f"{label}: C != PyTorch, max |diff| {np.abs(out - ref).max()}"
+    ints, unit = native.run_int(p)
+    assert unit == rt.run_int(p)[1] and np.array_equal(ints, rt.run_int(p)[0]), label
+    assert not np.allclose(out, out.mean())  # a real, varied output
+    return native
+
+
+def kernels_of(objfile) -> dict[str, list[str]]:
+    """Mnemonics of every function of an object file (objdump -d)."""
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(objfile)], capture_output=True, text=True,
+                          check=True).stdout
+    functions, current = {}, None
+    for line in text.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if head:
+            current = functions.setdefault(head.group(1), [])
+        elif current is not None and re.match(r"^\s+[0-9a-f]+:\s+\S", line):
+            current.append(line.split(":", 1)[1].split()[0])
+    return functions
+
+
+def compile_object(tmp_path, source, flags, name="net"):
+    (tmp_path / "probe.c").write_text(source) if source else None
+    obj = tmp_path / f"{name}.o"
+    cc = shutil.which("cc")
+    done = subprocess.run([cc, *STRICT, *flags, "-c", f"{name if not source else 'probe'}.c", "-o", obj.name],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return obj
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
+@pytest.mark.parametrize("weights", ["packed", "tables"])
+def test_strict_c99_without_multiplies_in_the_shift_kernels(resnet20, weights, tmp_path):
+    _, _, _, rt = resnet20
+    program = sq.codegen(rt, tmp_path, "net", weights=weights)
+    source = (tmp_path / "net.c").read_text()
+    header = (tmp_path / "net.h").read_text()
+    code = re.sub(r"/\*.*?\*/", "", source + header, flags=re.S)
+    assert set(re.findall(r"#include <(\w+\.h)>", code)) == {"stdint.h", "string.h"}
+    assert not re.search(r"\b(float|double|malloc|calloc|free)\b", code)  # integer-only, static
+    assert f"#define NET_ARENA_BYTES ({program.arena_bytes})" in header and "int net_run(" in header
+    assert program.flash_bytes > 0 and 0 < program.arena_bytes <= program.ram_bytes
+    shift_layers = sum(1 for n in rt.nodes if n["op"].startswith("shift_"))
+    for flags in (["-O0"], ["-O2"], ["-O3", "-march=native", "-fopenmp"]):
+        functions = kernels_of(compile_object(tmp_path, None, flags))
+        kernels = {f: ops for f, ops in functions.items() if "_shift_" in f}
+        assert len({f.split(".")[0] for f in kernels}) == shift_layers, sorted(kernels)
+        found = {f: sorted({op for op in ops if MULTIPLY.match(op)}) for f, ops in kernels.items()}
+        assert not any(found.values()), (flags, {f: ops for f, ops in found.items() if ops})
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
+def test_the_multiply_check_sees_multiplies(tmp_path):
+    """The detector of the test above flags integer, vector and float multiplies."""
+    source = """
+#include <stdint.h>
+int32_t scalar(int32_t a, int32_t b) { return a * b; }
+void vector(int16_t *restrict a, const int16_t *restrict b) { int i; for (i = 0; i < 64; i++) a[i] = (int16_t)(a[i] * b[i]); }
+float real(float a, float b) { return a * b; }
+"""
+    functions = kernels_of(compile_object(tmp_path, source, ["-O3", "-march=native"], "probe"))
+    for name in ("scalar", "vector", "real"):
+        assert any(MULTIPLY.match(op) for op in functions[name]), (name, functions[name])
+
+
+@pytest.mark.parametrize("name,bits,acts", [("mlp", 1, False), ("mlp", 2, True), ("mlp", 3, True),
+                                            ("plain", 1, True), ("plain", 2, False), ("plain", 3, True),
+                                            ("resnet20", 3, False)])
+def test_c_equals_reference_and_pytorch_exactly(name, bits, acts, tmp_path):
+    """Held-out and saturation-extreme pixels, not only the calibration batch; both weight formats."""
+    model, batches, px, rt = hard_and_runtime(name, 1, bits, acts, tmp_path)
+    for weights in ("packed", "tables"):
+        assert_three_way(model, batches, px, rt, f"{name} s{bits} {'WA' if acts else 'W'} {weights}", weights)
+
+
+def test_resnet20_and_resnet18_three_ways(resnet20, tmp_path):
+    assert_three_way(*resnet20, "resnet20 s2 WA")
+    native = assert_three_way(*hard_and_runtime("resnet18", 0, 1, True, tmp_path), "resnet18 s1 WA", "packed")
+    assert native.program.flash_bytes < 0.3 * 4 * 11e6  # bit-packed: well under float32's 44 MB
+
+
+def test_trained_weights_three_ways(tmp_path):
+    """Weights after QAT steps (eps going to 0) on the digits' own 0..16 pixels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels, labels = digits.images.astype(np.uint8)[:, None], torch.from_numpy(digits.target)
+    px = sq.PixelInput((0.3,), (0.4,), 16)
+    for name in ("plain", "resnet20"):
+        model, _ = build(name, 0)
+        sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+        sq.calibrate(model, [px.to_float(pixels[:256])])
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for step in range(12):
+            sq.set_slope(model, 1 - step / 11)
+            idx = np.random.default_rng(step).integers(0, 1400, 32)
+            loss = torch.nn.functional.cross_entropy(model(px.to_float(pixels[idx])), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        rt = sq.export(model, tmp_path / f"{name}.sqb", px.to_float(pixels[:1]), px)
+        extremes = {k: v for k, v in pixel_batches((2, 1, 8, 8), 0, px).items() if k != "calibration"}
+        assert_three_way(model, {"held_out": pixels[1400:1600], **extremes}, px, rt, f"trained {name}")
+
+
+def test_one_image_and_threads_give_the_same_logits(resnet20):
+    _, batches, _, rt = resnet20
+    native = sq.load_bundle(rt.source, backend="c", threads=2)
+    p = batches["held_out"]
+    both = native.run(p)
+    native.threads = 1
+    assert np.array_equal(both, native.run(p))
+    assert np.array_equal(np.concatenate([native.run(p[i:i + 1]) for i in range(len(p))]), both)
+
+
+def test_the_library_is_built_once_and_cached(resnet20, tmp_path, monkeypatch):
+    _, _, _, rt = resnet20
+    monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path))
+    calls = []
+    run = subprocess.run
+    monkeypatch.setattr(c_backend.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or run(cmd, **kw))
+    first = CRuntime(rt)
+    builds = [c for c in calls if "-shared" in c]
+    assert len(builds) == 1 and first.library.parent == tmp_path / "c"
+    second = CRuntime(rt)
+    assert second.library == first.library and [c for c in calls if "-shared" in c] == builds
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [first.library.name]  # no temporary left
+
+
+def test_without_a_compiler_the_error_says_so(resnet20, monkeypatch):
+    _, _, _, rt = resnet20
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(c_backend.shutil, "which", lambda name: None)
+    with pytest.raises(CompilerNotFoundError, match="no C compiler.*backend='reference'"):
+        sq.load_bundle(rt.source, backend="c")
+    assert issubclass(CompilerNotFoundError, sq.ShiftQuantError)
+
+
+def test_float_ops_are_refused_by_name(tmp_path):
+    """avg_pool2d over 2x2 windows computes in float32: the C backend names it and says what to do."""
+    model, batches, px, rt = hard_and_runtime("cnn", 0, 2, True, tmp_path)
+    assert "pool" in rt.float_ops
+    with pytest.raises(CodegenError, match=r"node 'pool' \(avg_pool2d\) computes in float32.*deploy"):
+        CRuntime(rt)
+    with pytest.raises(sq.ConfigError, match="backend"):
+        sq.load_bundle(rt.source, backend="gpu")
+    with pytest.raises(sq.ConfigError, match="name"):
+        sq.codegen(rt, tmp_path, "not a name")
