@@ -3,8 +3,8 @@
 The public API, re-exported here; nothing is defined in this file.
 """
 from .checkpoint import load_model as load_checkpoint
-from .convert import (calibrate, get_slope, load_float_weights, quantize_model, quantized_layers,
-                      quantizers, set_slope)
+from .convert import (bound_scales, calibrate, get_slope, load_float_weights, quantize_model,
+                      quantized_layers, quantizers, reestimate_batchnorm, set_slope)
 from .errors import (BundleError, CheckpointError, ConfigError, DataError, ExportError,
                      ShiftQuantError)
 from .export import PixelInput, check_exportable, export, load_bundle
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationQuantizer", "BundleError", "CheckpointError", "ConfigError", "DataError",
     "ExportError", "PixelInput", "PRESETS", "check_exportable", "codegen", "export", "export_onnx", "load_bundle", "load_checkpoint", "QuantBatchNorm2d", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
-    "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "calibrate", "get_slope",
-    "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "set_slope",
+    "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "bound_scales", "calibrate", "get_slope",
+    "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "reestimate_batchnorm", "set_slope",
     "summary", "__version__",
 ]

@@ -10,6 +10,7 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 from .nn.layers import QuantConv2d, QuantMixin, quant_class_for
 from .nn.residual import QuantBatchNorm2d, residual_batchnorms
+from .quant.functional import LOG2_SCALE_MAX, LOG2_SCALE_MIN
 from .quant.quantizers import Quantizer, check_eps
 from .quant.scales import ActivationQuantizer, WeightQuantizer
 from .recipe import PRESETS, QuantRecipe, name_matches
@@ -27,10 +28,10 @@ def quantize_layer(name: str, layer: nn.Module, recipe: QuantRecipe) -> QuantMix
     weight_core = recipe.weight_quantizer_core()
     weight_q = None if weight_core is None else WeightQuantizer(
         weight_core, layer.weight.detach(), recipe.weight_scale, recipe.clip_sigma,
-        recipe.weight_keep_mean)
+        recipe.weight_keep_mean, recipe.weight_scale_frozen)
     act_core = recipe.act_quantizer_core(name)
     act_q = None
-    if act_core is not None:
+    if act_core is not None or recipe.standardizes_float_inputs:
         is_conv = cls is QuantConv2d
         channels = layer.in_channels if is_conv else layer.in_features
         act_q = ActivationQuantizer(act_core, channels, recipe.act_scale, recipe.clip_sigma,
@@ -117,6 +118,66 @@ def get_slope(model: nn.Module) -> float | None:
     if len(values) > 1:
         raise ConfigError("eps", sorted(values), "one eps shared by every quantizer")
     return values.pop() if values else None
+
+
+@torch.no_grad()
+def bound_scales(model: nn.Module) -> int:
+    """Project every learned log2 scale into ``[LOG2_SCALE_MIN, LOG2_SCALE_MAX]`` (in place);
+    returns how many values were outside. The training loop calls it after each optimizer step."""
+    moved = 0
+    for m in model.modules():
+        if isinstance(m, (WeightQuantizer, ActivationQuantizer)) and isinstance(getattr(m, "log2_scale", None), torch.Tensor):
+            l = m.log2_scale
+            outside = (l < LOG2_SCALE_MIN) | (l > LOG2_SCALE_MAX)
+            if bool(outside.any()):
+                moved += int(outside.sum())
+                l.clamp_(LOG2_SCALE_MIN, LOG2_SCALE_MAX)
+    return moved
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm with running statistics, the standardizing ones of ``standardize`` inputs too."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterable) -> int:
+    """Re-estimate every BatchNorm's running statistics at the model's current slope; returns the
+    number of batches used.
+
+    The statistics are reset and replaced by the plain average over ``batches`` (inputs, or
+    ``(input, target)`` pairs) of the batch statistics, computed with no gradient; everything but
+    the BatchNorms runs in eval mode. Meant for the hard model (eps = 0): statistics gathered while
+    eps was decaying are stale for it. Mode and momenta are restored afterwards; with no batch the
+    statistics are left as they were.
+    """
+    norms = batchnorms(model)
+    if not norms:
+        return 0
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    device = next(model.parameters()).device
+    count = 0
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+            m.train()
+        for batch in (first, *batches):
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
+            count += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return count
 
 
 _CALIBRATION_SAMPLE = 1 << 18  # values kept per batch for a learned scale's search

@@ -42,6 +42,9 @@ class QuantRecipe:
     weight_zero: bool = False
     weight_scale: str = "pretrained_std"
     weight_keep_mean: bool = False
+    # learned_pot only: keep each channel's initial (MSE-optimal) power-of-two scale fixed; meant
+    # for layers a BatchNorm follows, where the loss hardly depends on the weight scale.
+    weight_scale_frozen: bool = False
     # Activations (the input of each quantized layer); both bit widths None: weight-only.
     act_shift_bits: int | None = None
     act_uniform_bits: int | None = None
@@ -49,6 +52,12 @@ class QuantRecipe:
     act_zero: bool = False
     act_signed: bool = True
     act_scale: str = "standardize"
+    # Unsigned inputs with a zero level: spend every code (A3: zero plus seven powers of two, or
+    # zero plus seven uniform steps; A2: four levels). false: the symmetric layout {0, 1, ..., 2^-(2^s-1)}.
+    act_full_codes: bool = False
+    # Weight-only recipes with act_scale='standardize': insert the standardizing BatchNorm on each
+    # quantized layer's (float) input anyway, as the seed's code does. No effect when inputs are quantized.
+    act_standardize_float: bool = False
     # Shared.
     clip_sigma: float = 3.0
     grad: str = "scaled"
@@ -93,11 +102,24 @@ class QuantRecipe:
         check_choice("weight_scale", self.weight_scale, WEIGHT_POLICIES)
         check_choice("act_scale", self.act_scale, ACT_POLICIES)
         check_choice("grad", self.grad, GRAD_MODES)
-        for flag in ("weight_zero", "weight_keep_mean", "act_zero", "act_signed", "deploy_exact"):
+        for flag in ("weight_zero", "weight_keep_mean", "weight_scale_frozen", "act_zero", "act_signed",
+                     "act_full_codes", "act_standardize_float", "deploy_exact"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(flag, getattr(self, flag), "true or false")
         if self.weight_keep_mean and self.weight_scale != "pretrained_std":
             raise ConfigError("weight_keep_mean", True, "false unless weight_scale='pretrained_std'")
+        if self.weight_scale_frozen and self.weight_scale != "learned_pot":
+            raise ConfigError("weight_scale_frozen", True, "false unless weight_scale='learned_pot'")
+        if self.act_full_codes and self.quantizes_acts:
+            if not (self.act_zero and not self.act_signed):
+                raise ConfigError("act_full_codes", True,
+                                  "false unless act_zero=true and act_signed=false (only unsigned inputs "
+                                  "with a zero level leave codes unused)")
+            if self.act_shift_bits is not None:
+                check_int_range("act_shift_bits", self.act_shift_bits, 0, MAX_SHIFT_BITS - 1)
+        if self.act_standardize_float and not self.quantizes_acts and self.act_scale != "standardize":
+            raise ConfigError("act_standardize_float", True,
+                              "false unless act_scale='standardize' (it inserts the standardizing BatchNorm)")
         if self.act_scale == "standardize" and self.quantizes_acts and not self.act_signed:
             raise ConfigError("act_signed", False,
                               "true with act_scale='standardize' (standardized inputs are signed)")
@@ -179,6 +201,12 @@ class QuantRecipe:
         return self._make(self.weight_shift_bits, self.weight_uniform_bits, self.weight_rounding,
                           self.weight_zero, True, self.grad)
 
+    @property
+    def standardizes_float_inputs(self) -> bool:
+        """Weight-only with the seed's standardizing BatchNorm on the float inputs."""
+        return self.act_standardize_float and not self.quantizes_acts and self.act_scale == "standardize" \
+            and not self.deploy_exact
+
     def act_quantizer_core(self, layer_name: str) -> Quantizer | None:
         raw = any(name_matches(layer_name, p) for p in self.act_raw_grad_layers)
         grad = "raw" if raw else self.grad
@@ -186,7 +214,7 @@ class QuantRecipe:
             # Weight-only, exact: inputs travel as 8-bit fixed point on a power-of-two grid.
             return UniformQuantizer(DEPLOY_INPUT_BITS, "nearest", True, self.act_signed, grad)
         return self._make(self.act_shift_bits, self.act_uniform_bits, self.act_rounding,
-                          self.act_zero, self.act_signed, grad)
+                          self.act_zero, self.act_signed, grad, self.act_full_codes)
 
     def residual_quantizer_core(self) -> Quantizer | None:
         """Signed fixed point with a zero, ``residual_bits`` bits (nearest rounding)."""
@@ -195,11 +223,11 @@ class QuantRecipe:
         return UniformQuantizer(self.residual_bits, "nearest", True, True, self.grad)
 
     @staticmethod
-    def _make(shift_bits, uniform_bits, rounding, zero, signed, grad) -> Quantizer | None:
+    def _make(shift_bits, uniform_bits, rounding, zero, signed, grad, full_codes=False) -> Quantizer | None:
         if shift_bits is not None:
-            return ShiftQuantizer(shift_bits, rounding, zero, signed, grad)
+            return ShiftQuantizer(shift_bits, rounding, zero, signed, grad, full_codes)
         if uniform_bits is not None:
-            return UniformQuantizer(uniform_bits, rounding, zero, signed, grad)
+            return UniformQuantizer(uniform_bits, rounding, zero, signed, grad, full_codes)
         return None
 
 
@@ -216,9 +244,9 @@ PRESETS: dict[str, dict] = {
     "deploy": dict(layers=["*"], layer_types=["conv2d", "linear"], weight_rounding="nearest",
                    weight_scale="learned_pot", act_rounding="nearest", act_zero=True, act_scale="learned_pot",
                    deploy_exact=True, residual_bits=DEPLOY_INPUT_BITS),
-    # Ours: learned power-of-two scales, nearest log rounding, unsigned post-ReLU inputs with zero.
-    # Identity at eps = 1, shift-only at eps = 0.
+    # Ours: learned power-of-two scales, nearest log rounding, unsigned post-ReLU inputs with zero
+    # that use every code. Identity at eps = 1, shift-only at eps = 0.
     "shiftquant": dict(_DBSSQ, weight_rounding="nearest", weight_scale="learned_pot",
                        act_rounding="nearest", act_zero=True, act_signed=False,
-                       act_scale="learned_pot"),
+                       act_scale="learned_pot", act_full_codes=True),
 }

@@ -75,7 +75,7 @@ def _code_bits(quantizer) -> int | None:
     if quantizer is None:
         return None
     core = quantizer.quantizer
-    return core.code_bits
+    return None if core is None else core.code_bits  # None: a standardized float input
 
 
 def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Summary:

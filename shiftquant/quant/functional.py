@@ -15,6 +15,17 @@ Options common to both:
 * ``signed``: symmetric levels. Without a zero level, ``x <= 0`` goes to the negative side.
   ``signed=False`` keeps the non-negative levels only (post-ReLU activations); inputs below the
   smallest level go to the smallest level (or to zero when there is one).
+* ``full_codes`` (unsigned with a zero level only): spend every one of the code's ``2^c`` values.
+  The symmetric layout of an unsigned quantizer with zero uses ``2^s + 1`` of the ``2^(s+1)`` codes
+  of its ``s + 1``-bit code (5 of 8 at ``s = 2``); with ``full_codes`` the levels are zero plus
+  ``2^(s+1) - 1`` powers of two, ``{0, 2^0, ..., 2^-(2^(s+1) - 2)}`` (A3: zero and seven powers of
+  two; A2: zero, 1, 1/2, 1/4). A uniform ``b``-bit quantizer with ``full_codes`` is unsigned fixed
+  point, ``{0, 1, ..., 2^b - 1} / 2^b`` (zero plus seven steps at ``b = 3``) instead of
+  ``{0, 1/n, ..., n/n}``.
+
+Learned power-of-two scales (:func:`scale_gradient`, :func:`bound_log2_scale`): the gradient of a
+log2 scale is LSQ/TQT-style, computed from in-range values only and normalized by
+``1/sqrt(N * Qmax)``; the scale is bounded to ``[LOG2_SCALE_MIN, LOG2_SCALE_MAX]``.
 """
 from __future__ import annotations
 
@@ -26,24 +37,62 @@ from ..errors import ConfigError
 
 ROUNDINGS = ("ceil", "nearest")
 GRAD_MODES = ("scaled", "raw")
+# The range of a learned log2 scale: 2^-32 .. 2^32. Every level times every scale stays a normal
+# float32 (the smallest level of a 5-bit full-code shift quantizer is 2^-62), and ``x * 2^-l``
+# cannot overflow for any |x| below 2^95.
+LOG2_SCALE_MIN, LOG2_SCALE_MAX = -32, 32
 
 
-def shift_min_exponent(shift_bits: int) -> int:
-    """Exponent of the smallest non-zero shift level: ``-(2^s - 1)``."""
+def check_full_codes(full_codes: bool, zero: bool, signed: bool, field: str = "full_codes") -> None:
+    """``full_codes`` is a layout of unsigned quantizers with a zero level (the only layout that
+    leaves codes unused among the unsigned ones)."""
+    if full_codes and not (zero and not signed):
+        raise ConfigError(field, True, "false unless the quantizer is unsigned with a zero level "
+                                       "(zero=true, signed=false)")
+
+
+def shift_min_exponent(shift_bits: int, full_codes: bool = False) -> int:
+    """Exponent of the smallest non-zero shift level: ``-(2^s - 1)``, or ``-(2^(s+1) - 2)`` with
+    ``full_codes``."""
+    if full_codes:
+        return -(2 ** (shift_bits + 1) - 2)
     return -(2**shift_bits - 1)
 
 
-def shift_levels(shift_bits: int, zero: bool = False, signed: bool = True) -> torch.Tensor:
+def shift_levels(shift_bits: int, zero: bool = False, signed: bool = True,
+                 full_codes: bool = False) -> torch.Tensor:
     """All levels of a shift quantizer, sorted ascending (float64)."""
-    mags = [2.0**e for e in range(shift_min_exponent(shift_bits), 1)]
+    check_full_codes(full_codes, zero, signed)
+    mags = [2.0**e for e in range(shift_min_exponent(shift_bits, full_codes), 1)]
     return _assemble_levels(mags, zero, signed)
 
 
-def uniform_levels(bits: int, zero: bool = False, signed: bool = True) -> torch.Tensor:
-    """All levels of a uniform quantizer, sorted ascending (float64)."""
+def _uniform_grid(bits: int, full_codes: bool) -> tuple[int, int]:
+    """``(denominator, top)``: the magnitudes are ``k / denominator`` for ``k = 1 .. top``."""
+    if full_codes:
+        return 2**bits, 2**bits - 1
     n = 2 ** (bits - 1)
-    levels = _assemble_levels([k / n for k in range(1, n + 1)], zero, signed)
+    return n, n
+
+
+def uniform_resolution(bits: int, full_codes: bool = False) -> float:
+    """The smallest non-zero magnitude of a uniform quantizer (every level is a multiple of it)."""
+    return 1.0 / _uniform_grid(bits, full_codes)[0]
+
+
+def uniform_levels(bits: int, zero: bool = False, signed: bool = True,
+                   full_codes: bool = False) -> torch.Tensor:
+    """All levels of a uniform quantizer, sorted ascending (float64)."""
+    check_full_codes(full_codes, zero, signed)
+    den, top = _uniform_grid(bits, full_codes)
+    levels = _assemble_levels([k / den for k in range(1, top + 1)], zero, signed)
     return levels[:-1] if _twos_complement(zero, signed) else levels
+
+
+def positive_level_count(levels: torch.Tensor) -> int:
+    """``Qmax`` of the LSQ gradient scale: how many levels are above zero (LSQ's ``Q_P`` for a
+    uniform grid)."""
+    return max(int((levels > 0).sum()), 1)
 
 
 def _twos_complement(zero: bool, signed: bool) -> bool:
@@ -100,7 +149,7 @@ def _pow2_bits(exponent: int, dtype: torch.dtype) -> int:
     return (exponent + bias) << mant_bits
 
 
-def shift_magnitude(x: torch.Tensor, shift_bits: int, rounding: str) -> torch.Tensor:
+def shift_magnitude(x: torch.Tensor, shift_bits: int, rounding: str, full_codes: bool = False) -> torch.Tensor:
     """``2^e`` for ``|x|``, ``e`` in ``[-(2^s-1), 0]`` the ceil or nearest log2, on the bit pattern.
 
     Positive floats are ordered like their bit patterns, and an exponent is the bits above the
@@ -120,27 +169,29 @@ def shift_magnitude(x: torch.Tensor, shift_bits: int, rounding: str) -> torch.Te
         raise ConfigError("rounding", rounding, f"one of {ROUNDINGS}")
     pow2 = x.view(int_dtype) & ~(1 << (torch.iinfo(int_dtype).bits - 1))  # |x|
     pow2.add_(carry).bitwise_and_(~mant_mask)
-    pow2.clamp_(_pow2_bits(shift_min_exponent(shift_bits), x.dtype), _pow2_bits(0, x.dtype))
+    pow2.clamp_(_pow2_bits(shift_min_exponent(shift_bits, full_codes), x.dtype), _pow2_bits(0, x.dtype))
     return pow2.view(x.dtype)
 
 
-def shift_exponent(x: torch.Tensor, shift_bits: int, rounding: str) -> torch.Tensor:
+def shift_exponent(x: torch.Tensor, shift_bits: int, rounding: str, full_codes: bool = False) -> torch.Tensor:
     """Integer exponent ``e`` of :func:`shift_magnitude` (``int64``)."""
     int_dtype, mant_bits, bias = _layout(x.dtype)
-    return (shift_magnitude(x, shift_bits, rounding).view(int_dtype) >> mant_bits).long() - bias
+    return (shift_magnitude(x, shift_bits, rounding, full_codes).view(int_dtype) >> mant_bits).long() - bias
 
 
 def shift_quantize(x: torch.Tensor, shift_bits: int, rounding: str = "ceil", zero: bool = False,
-                   signed: bool = True) -> torch.Tensor:
+                   signed: bool = True, full_codes: bool = False) -> torch.Tensor:
     """Hard shift quantizer Q(x): every output is one of :func:`shift_levels`."""
-    mag = shift_magnitude(x, shift_bits, rounding)
-    return _apply_sign_and_zero(x, mag, 2.0 ** shift_min_exponent(shift_bits), zero, signed)
+    check_full_codes(full_codes, zero, signed)
+    mag = shift_magnitude(x, shift_bits, rounding, full_codes)
+    return _apply_sign_and_zero(x, mag, 2.0 ** shift_min_exponent(shift_bits, full_codes), zero, signed)
 
 
 def uniform_quantize(x: torch.Tensor, bits: int, rounding: str = "ceil", zero: bool = False,
-                     signed: bool = True) -> torch.Tensor:
+                     signed: bool = True, full_codes: bool = False) -> torch.Tensor:
     """Hard uniform quantizer U_b(x): every output is one of :func:`uniform_levels`."""
-    n = 2 ** (bits - 1)
+    check_full_codes(full_codes, zero, signed)
+    n, top = _uniform_grid(bits, full_codes)
     scaled = x.abs() * n
     if rounding == "ceil":
         k = torch.ceil(scaled)
@@ -148,7 +199,7 @@ def uniform_quantize(x: torch.Tensor, bits: int, rounding: str = "ceil", zero: b
         k = torch.floor(scaled + 0.5)
     else:
         raise ConfigError("rounding", rounding, f"one of {ROUNDINGS}")
-    mag = k.clamp(1, n) / n
+    mag = k.clamp(1, top) / n
     out = _apply_sign_and_zero(x, mag, 1.0 / n, zero, signed)
     return out.clamp_(max=(n - 1) / n) if _twos_complement(zero, signed) else out
 
@@ -196,3 +247,71 @@ def relax(x: torch.Tensor, q: torch.Tensor, eps: torch.Tensor, grad: str = "scal
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest integer with a straight-through (identity) gradient; exact integers."""
     return relax(x, torch.round(x), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# ----------------------------------------------------------------------------- learned pot scales
+def bound_log2_scale(log2_scale: torch.Tensor) -> torch.Tensor:
+    """``l`` clamped to ``[LOG2_SCALE_MIN, LOG2_SCALE_MAX]`` with a straight-through gradient (a
+    value outside the range is still pulled back by its gradient; the training loop also projects
+    the parameter itself, :func:`shiftquant.bound_scales`)."""
+    clamped = log2_scale.clamp(LOG2_SCALE_MIN, LOG2_SCALE_MAX)
+    return log2_scale + (clamped - log2_scale).detach()
+
+
+def pot_exponent(log2_scale: torch.Tensor) -> torch.Tensor:
+    """The integer exponent ``round(l)`` of a learned scale, bounded, without gradient."""
+    return torch.round(log2_scale.detach().clamp(LOG2_SCALE_MIN, LOG2_SCALE_MAX))
+
+
+def lsq_grad_scale(numel: int, levels: torch.Tensor) -> float:
+    """LSQ's gradient normalization ``1 / sqrt(N * Qmax)``: ``N`` values share the scale, ``Qmax``
+    is the number of positive levels (:func:`positive_level_count`)."""
+    return 1.0 / math.sqrt(max(int(numel), 1) * positive_level_count(levels))
+
+
+def scale_gradient_coefficient(z: torch.Tensor, q: torch.Tensor, eps: torch.Tensor, lo: float, hi: float,
+                               grad_scale: float) -> torch.Tensor:
+    """Per value, ``d out / d l`` divided by the scale, for ``out = s * q_eps(x / s)``, ``s = 2^l``.
+
+    The relaxed output is ``eps * x + (1 - eps) * s * Q(x / s)``; its first term does not depend on
+    ``s``. With a straight-through ``Q`` inside the range ``[lo, hi]`` (the lowest and the highest
+    level) and the exact derivative (``Q`` constant) outside it, ``d out / d s = (1 - eps) * (Q(z) -
+    z)`` in range and ``(1 - eps) * Q(z)`` for clipped values (LSQ, TQT). ``d s / d l = s ln 2``;
+    the whole is normalized by ``grad_scale`` (:func:`lsq_grad_scale`).
+    """
+    in_range = (z >= lo) & (z <= hi)
+    diff = torch.where(in_range, q - z, q)
+    return diff.mul_((1.0 - eps.to(z.dtype)) * (math.log(2.0) * grad_scale))
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity on ``codes``; hands ``log2_scale`` the gradient ``sum(grad * coefficient)``."""
+
+    @staticmethod
+    def forward(ctx, codes, log2_scale, coefficient):
+        ctx.save_for_backward(coefficient)
+        ctx.scale_shape = log2_scale.shape
+        return codes.view_as(codes)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (coefficient,) = ctx.saved_tensors
+        g = (grad * coefficient).sum_to_size(ctx.scale_shape) if len(ctx.scale_shape) else (grad * coefficient).sum()
+        return grad, g, None
+
+
+def scale_gradient(codes: torch.Tensor, log2_scale: torch.Tensor, z: torch.Tensor, q: torch.Tensor,
+                   eps: torch.Tensor, lo: float, hi: float, grad_scale: float) -> torch.Tensor:
+    """``codes`` (the relaxed quantizer's output in scale units, which the caller multiplies by the
+    detached scale ``2^round(l)``), with the learned scale's gradient attached.
+
+    ``z = x * 2^-round(l)`` is the quantizer input and ``q = Q(z)`` its hard output. The gradient
+    ``dL/dl = sum_i dL/dcodes_i * coefficient_i`` (:func:`scale_gradient_coefficient`) is the full
+    derivative of the loss through the scale (both where it divides the input and where it
+    multiplies the output), since ``dL/dout_i = dL/dcodes_i / s``. At ``eps = 1`` it is zero: the
+    quantizer is the identity and does not depend on the scale.
+    """
+    if not (log2_scale.requires_grad and torch.is_grad_enabled()):
+        return codes
+    coefficient = scale_gradient_coefficient(z.detach(), q.detach(), eps, lo, hi, grad_scale)
+    return _ScaleGradient.apply(codes, log2_scale, coefficient)

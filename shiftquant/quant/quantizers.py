@@ -40,12 +40,16 @@ class Quantizer(nn.Module):
     """Base of the relaxed quantizers: ``forward(x) = eps*x + (1-eps)*hard(x)``."""
 
     def __init__(self, rounding: str = "ceil", zero: bool = False, signed: bool = True,
-                 grad: str = "scaled"):
+                 grad: str = "scaled", full_codes: bool = False):
         super().__init__()
         check_choice("rounding", rounding, F.ROUNDINGS)
         check_choice("grad", grad, F.GRAD_MODES)
+        check_choice("full_codes", full_codes, (False, True))
+        F.check_full_codes(full_codes, zero, signed)
         self.rounding, self.zero, self.signed, self.grad = rounding, bool(zero), bool(signed), grad
+        self.full_codes = bool(full_codes)
         self.register_buffer("eps_tensor", torch.ones(()), persistent=False)
+        self._range: tuple[float, float] | None = None
 
     @property
     def eps(self) -> float:
@@ -62,7 +66,20 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relax(x, self.hard(x), self.eps_tensor, self.grad)
+        return self.relaxed_and_hard(x)[0]
+
+    def relaxed_and_hard(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q_eps(x), Q(x))``: the output and the hard levels it blends toward."""
+        q = self.hard(x)
+        return F.relax(x, q, self.eps_tensor, self.grad), q
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """``(lowest level, highest level)``: inputs outside are clipped."""
+        if self._range is None:
+            levels = self.levels()
+            self._range = (float(levels.min()), float(levels.max()))
+        return self._range
 
     @property
     def code_bits(self) -> int:
@@ -71,24 +88,27 @@ class Quantizer(nn.Module):
         return max(1, (n - 1).bit_length())
 
     def extra_repr(self) -> str:
+        full = ", full_codes=True" if self.full_codes else ""
         return (f"{self._bits_repr()}, rounding={self.rounding!r}, zero={self.zero}, "
-                f"signed={self.signed}, grad={self.grad!r}, eps={self.eps:g}")
+                f"signed={self.signed}{full}, grad={self.grad!r}, eps={self.eps:g}")
 
 
 class ShiftQuantizer(Quantizer):
-    """Power-of-two quantizer with ``shift_bits`` exponent bits: levels ``±{1, 1/2, ..., 2^-(2^s-1)}``."""
+    """Power-of-two quantizer with ``shift_bits`` exponent bits: levels ``±{1, 1/2, ..., 2^-(2^s-1)}``
+    (unsigned with zero and ``full_codes``: ``{0, 1, ..., 2^-(2^(s+1)-2)}``, every code of ``s + 1``
+    bits)."""
 
     def __init__(self, shift_bits: int, rounding: str = "ceil", zero: bool = False,
-                 signed: bool = True, grad: str = "scaled"):
-        check_int_range("shift_bits", shift_bits, 0, MAX_SHIFT_BITS)
-        super().__init__(rounding, zero, signed, grad)
+                 signed: bool = True, grad: str = "scaled", full_codes: bool = False):
+        check_int_range("shift_bits", shift_bits, 0, MAX_SHIFT_BITS - 1 if full_codes else MAX_SHIFT_BITS)
+        super().__init__(rounding, zero, signed, grad, full_codes)
         self.shift_bits = shift_bits
 
     def hard(self, x):
-        return F.shift_quantize(x, self.shift_bits, self.rounding, self.zero, self.signed)
+        return F.shift_quantize(x, self.shift_bits, self.rounding, self.zero, self.signed, self.full_codes)
 
     def levels(self):
-        return F.shift_levels(self.shift_bits, self.zero, self.signed)
+        return F.shift_levels(self.shift_bits, self.zero, self.signed, self.full_codes)
 
     def _bits_repr(self):
         return f"shift_bits={self.shift_bits}"
@@ -96,23 +116,23 @@ class ShiftQuantizer(Quantizer):
     @property
     def resolution(self) -> float:
         """The smallest non-zero level magnitude: every level is an integer multiple of it."""
-        return 2.0 ** F.shift_min_exponent(self.shift_bits)
+        return 2.0 ** F.shift_min_exponent(self.shift_bits, self.full_codes)
 
 
 class UniformQuantizer(Quantizer):
     """Uniform quantizer with ``bits`` bits: levels ``±{1/n, ..., n/n}``, ``n = 2^(bits-1)``."""
 
     def __init__(self, bits: int, rounding: str = "ceil", zero: bool = False,
-                 signed: bool = True, grad: str = "scaled"):
+                 signed: bool = True, grad: str = "scaled", full_codes: bool = False):
         check_int_range("bits", bits, 1, MAX_UNIFORM_BITS)
-        super().__init__(rounding, zero, signed, grad)
+        super().__init__(rounding, zero, signed, grad, full_codes)
         self.bits = bits
 
     def hard(self, x):
-        return F.uniform_quantize(x, self.bits, self.rounding, self.zero, self.signed)
+        return F.uniform_quantize(x, self.bits, self.rounding, self.zero, self.signed, self.full_codes)
 
     def levels(self):
-        return F.uniform_levels(self.bits, self.zero, self.signed)
+        return F.uniform_levels(self.bits, self.zero, self.signed, self.full_codes)
 
     def _bits_repr(self):
         return f"bits={self.bits}"
@@ -120,4 +140,4 @@ class UniformQuantizer(Quantizer):
     @property
     def resolution(self) -> float:
         """The smallest non-zero level magnitude: every level is an integer multiple of it."""
-        return 1.0 / 2 ** (self.bits - 1)
+        return F.uniform_resolution(self.bits, self.full_codes)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..convert import get_slope, quantizers, set_slope
+from ..convert import bound_scales, get_slope, quantizers, set_slope
 from ..errors import ShiftQuantError
 from .schedules import Schedule
 
@@ -65,6 +65,10 @@ class ClassifierModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx):
         if self.quantized and self.eps_schedule is not None:
             set_slope(self.model, self.eps_at(self._progress(batch_idx)))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.quantized:  # learned log2 scales stay in their documented range
+            bound_scales(self.model)
 
     def training_step(self, batch, batch_idx):
         x, y = batch

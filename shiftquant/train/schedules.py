@@ -4,8 +4,11 @@ Progress ``t`` is in epochs, fractional within an epoch (``t = epoch + batch / b
 run of ``total`` epochs. Kinds:
 
 * ``table``: one value per epoch (the seed's table, METHOD.md §2). With ``compress=true`` a table of
-  any length is stretched or compressed onto the run's epochs; otherwise its length must be the
-  number of epochs.
+  ``L`` entries is stretched or compressed onto a run of ``T`` epochs keeping its endpoints: epoch
+  ``e`` takes entry ``round(e * (L - 1) / (T - 1))`` (the first epoch the first entry, the last
+  epoch the last entry; one epoch takes the last entry). The seed's 15-entry tables on 3 epochs are
+  eps ``(1, 1/8, 1/128)`` and lr ``(1e-3, 1e-3, 1e-3)``; on 5 epochs eps ``(1, 1/4, 1/8, 1/16,
+  1/128)`` with lr ``1e-2`` in the second. Otherwise its length must be the number of epochs.
 * ``exponential``: ``start * (end / start) ** (t / total)``, per step (``end > 0``).
 * ``cosine``: from ``start`` to ``end`` along half a cosine, per step.
 * ``constant``: ``value``.
@@ -46,7 +49,7 @@ class Schedule:
         if self.kind == "table":
             epoch = min(int(t), total - 1)
             if self.compress:
-                return float(self.values[min(epoch * len(self.values) // total, len(self.values) - 1)])
+                return float(self.values[table_index(epoch, total, len(self.values))])
             return float(self.values[min(epoch, len(self.values) - 1)])
         frac = min(max(t / total, 0.0), 1.0)
         if self.kind == "exponential":
@@ -58,6 +61,14 @@ class Schedule:
     def sample(self, total: int, steps_per_epoch: int = 1) -> list[float]:
         """The value at every step of a run (for checks and plots)."""
         return [self(e + s / steps_per_epoch, total) for e in range(total) for s in range(steps_per_epoch)]
+
+
+def table_index(epoch: int, total: int, length: int) -> int:
+    """The entry of a ``length``-entry table that epoch ``epoch`` of ``total`` takes when the table
+    is compressed or stretched: evenly spaced positions that keep both endpoints."""
+    if total <= 1:
+        return length - 1
+    return min(max(int(math.floor(epoch * (length - 1) / (total - 1) + 0.5)), 0), length - 1)
 
 
 def _number(name: str, value) -> float:
