@@ -61,13 +61,36 @@ def bundle_accuracy(rt, data, batch_size: int = 64, limit: int | None = None) ->
 def _run(args) -> None:
     from .export import load_bundle
 
-    rt = load_bundle(args.bundle)
+    rt = load_bundle(args.bundle, backend=args.backend)
     data = test_set(args.data, args.root)
     started = time.perf_counter()
     correct, seen = bundle_accuracy(rt, data, args.batch_size, args.limit)
     elapsed = time.perf_counter() - started
     print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% ({correct}/{seen}) on the {args.data} test set "
-          f"(hard model, eps = 0); {seen / elapsed:.1f} images/s")
+          f"(hard model, eps = 0); {seen / elapsed:.1f} images/s ({args.backend} backend)")
+
+
+def _codegen(args) -> None:
+    from .export.c import codegen
+
+    program = codegen(args.bundle, args.outdir, args.name, args.weights)
+    out = Path(args.outdir)
+    print(f"wrote {out / (args.name + '.h')} and {out / (args.name + '.c')}: {len(program.kernels)} kernels; "
+          f"flash {program.flash_bytes:,} bytes ({args.weights} weights), RAM {program.ram_bytes:,} bytes "
+          f"(arena {program.arena_bytes:,} + stack {program.stack_bytes:,}); entry point "
+          f"int {args.name}_run(const {program.input.ctype} *input, int32_t *output)")
+
+
+def c_sizes(rt) -> dict:
+    """Flash and RAM of the bundle's C code (``shiftquant codegen``), or why it has none."""
+    from .export.c import CodegenError, lower
+
+    try:
+        packed = lower(rt.manifest, rt.tensors, weights="packed")
+        tables = lower(rt.manifest, rt.tensors, weights="tables")
+    except CodegenError as exc:
+        return {"refused": str(exc)}
+    return {"flash_packed": packed.flash_bytes, "flash_tables": tables.flash_bytes, "ram": packed.ram_bytes}
 
 
 def _pixel_input(meta: dict):
@@ -103,7 +126,7 @@ def bundle_summary(path: str) -> dict:
     return {"rows": rows, "bundle_bytes": size, "float32_bytes": float_bytes,
             "compression": float_bytes / size, "float_ops": observed, "exact": manifest["exact"],
             "requantized": sum(1 for n in manifest["nodes"] if n.get("requant")),
-            "integer_only": not observed, "claims_integer_only": manifest["integer_only"],
+            "integer_only": not observed, "claims_integer_only": manifest["integer_only"], "c": c_sizes(rt),
             "input": next(n["dtype"] for n in manifest["nodes"] if n["op"] == "input"),
             "types": {t: sum(1 for n in manifest["nodes"] if n["dtype"] == t)
                       for t in sorted({n["dtype"] for n in manifest["nodes"]})}}
@@ -120,6 +143,10 @@ def _summary(args) -> None:
     print("node types: " + ", ".join(f"{t} {c}" for t, c in s["types"].items()))
     print(f"bundle {s['bundle_bytes']:,} bytes; its parameters as float32 {s['float32_bytes']:,} bytes: "
           f"{s['compression']:.2f}x smaller")
+    c = s["c"]
+    print(f"C code: no ({c['refused']})" if "refused" in c else
+          f"C code (shiftquant codegen): flash {c['flash_packed']:,} bytes with packed weights "
+          f"({c['flash_tables']:,} with tables), RAM {c['ram']:,} bytes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--root")
     r.add_argument("--limit", type=int)
     r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--backend", choices=["reference", "c"], default="reference",
+                   help="the numpy reference runtime, or the generated C compiled for this machine")
     r.set_defaults(fn=_run)
+    g = sub.add_parser("codegen", help="bundle -> NAME.h and NAME.c (portable C99, static buffers)")
+    g.add_argument("bundle")
+    g.add_argument("outdir")
+    g.add_argument("--name", default="model", help="C prefix of the files and functions (default: model)")
+    g.add_argument("--weights", choices=["packed", "tables"], default="packed",
+                   help="packed: the bundle's bit-packed codes (least flash); tables: precomputed offsets (fastest)")
+    g.set_defaults(fn=_codegen)
     s = sub.add_parser("summary", help="layers, bits, bytes, ops of a bundle")
     s.add_argument("bundle")
     s.set_defaults(fn=_summary)

@@ -140,6 +140,13 @@ class CRuntime:
         self._lib = self._ffi.dlopen(str(self.library))
         self._batch = getattr(self._lib, f"{name}_batch")
 
+    def input_from_float(self, x):
+        """What ``run`` takes, from the float model's input (the reference runtime's conversion)."""
+        return self.reference.input_from_float(x)
+
+    def example_input(self, batch: int = 1):
+        return self.reference.example_input(batch)
+
     def __repr__(self) -> str:
         return f"CRuntime({self.reference.source!r}, {self.library.name})"
 

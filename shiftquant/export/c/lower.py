@@ -298,9 +298,10 @@ def lower(manifest: dict, tensors: dict[str, np.ndarray], name: str = "model", w
 
 
 def _float(node: dict, what: str) -> CodegenError:
-    return CodegenError(f"node {node['name']!r} ({node['op']}) {what}: the C backend runs integer-only bundles; "
-                        "export with the deploy preset (quant=deploy, QuantRecipe.preset('deploy')) or use "
-                        "backend='reference'")
+    return CodegenError(f"node {node['name']!r} ({node['op']}) {what}: the C backend runs integer ops only. "
+                        "Export with the deploy preset (quant=deploy, QuantRecipe.preset('deploy')), which makes "
+                        "shift layers, residual adds and global average pooling integer (pooling over windows and "
+                        "layers kept float stay float), or use backend='reference'")
 
 
 def _pair(v) -> tuple[int, int]:
