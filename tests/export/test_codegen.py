@@ -198,3 +198,19 @@ def test_float_ops_are_refused_by_name(tmp_path):
         sq.load_bundle(rt.source, backend="gpu")
     with pytest.raises(sq.ConfigError, match="name"):
         sq.codegen(rt, tmp_path, "not a name")
+
+
+def test_cli_codegen_summary_and_run_with_the_c_backend(tmp_path, capsys):
+    from shiftquant.cli import main
+
+    _, _, _, rt = hard_and_runtime("plain", 0, 2, True, tmp_path)
+    assert main(["codegen", rt.source, str(tmp_path / "out"), "--name", "digits_net"]) == 0
+    assert (tmp_path / "out" / "digits_net.c").exists() and (tmp_path / "out" / "digits_net.h").exists()
+    assert "int digits_net_run(const uint8_t *input, int32_t *output)" in capsys.readouterr().out
+    assert main(["summary", rt.source]) == 0
+    assert "C code (shiftquant codegen): flash" in capsys.readouterr().out
+    runs = []
+    for backend in ("reference", "c"):
+        assert main(["run", rt.source, "--data", "digits", "--limit", "200", "--backend", backend]) == 0
+        runs.append(capsys.readouterr().out.split("top-1 ")[1].split(" on")[0])
+    assert runs[0] == runs[1]  # the same predictions, so the same accuracy
