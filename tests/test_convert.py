@@ -175,3 +175,30 @@ def test_calibrate_sets_standardize_statistics():
     per_channel = x.transpose(0, 1).reshape(3, -1)
     torch.testing.assert_close(norm.running_mean, per_channel.mean(1), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(norm.running_var, per_channel.var(1), atol=1e-3, rtol=1e-3)
+
+
+def test_reestimate_batchnorm_replaces_stale_statistics_without_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    sq.quantize_model(model, sq.QuantRecipe.preset("dbssq", layers=["3"], kernel_sizes=None, act_shift_bits=2))
+    batches = [torch.randn(8, 2, 7, 7) * 3 + 1 for _ in range(3)]
+    sq.calibrate(model, batches)
+    sq.set_slope(model, 0.0)
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 3  # two BatchNorm2d and the standardizing input norm
+    for m in norms:
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert sq.reestimate_batchnorm(model, [(b, None) for b in batches]) == 3
+    assert model.training and all(m.momentum == 0.1 for m in norms[:1])
+    # The first BatchNorm sees the float conv's outputs: its statistics are their average over batches.
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    expected = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, expected)
+    assert all((m.running_mean != 5.0).all() for m in norms)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert sq.reestimate_batchnorm(model, []) == 0

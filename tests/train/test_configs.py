@@ -105,3 +105,22 @@ def test_zero_tail_squeezes_the_curve_and_ends_hard():
         assert tailed(t, 3) == pytest.approx(plain(1.5 * t, 3))
     assert tailed(2.0, 3) == 0.0 and tailed(2.99, 3) == 0.0
     assert plain(2.99, 3) > 0.0
+
+
+def test_compressed_seed_table_keeps_its_endpoints():
+    """Issue 12: on 3 epochs the seed's table is eps (1, 1/8, 1/128), the lr at the same positions."""
+    from shiftquant.train.schedules import SEED_EPS, SEED_LR, build_schedule
+
+    def per_epoch(values, total):
+        sched = build_schedule({"kind": "table", "values": values}, "schedule.eps", total,
+                               unit_interval=False, non_increasing=False)
+        return [sched(e + 0.5, total) for e in range(total)]
+
+    assert per_epoch(SEED_EPS, 3) == [1, 1 / 8, 1 / 128]
+    assert per_epoch(SEED_LR, 3) == [1e-3, 1e-3, 1e-3]
+    assert per_epoch(SEED_EPS, 5) == [1, 1 / 4, 1 / 8, 1 / 16, 1 / 128]
+    assert per_epoch(SEED_LR, 5)[1] == 1e-2
+    assert per_epoch(SEED_EPS, 15) == SEED_EPS
+    assert per_epoch(SEED_EPS, 1) == [1 / 128]
+    stretched = per_epoch(SEED_EPS, 30)
+    assert stretched[0] == 1 and stretched[-1] == 1 / 128 and sorted(set(stretched)) == sorted(set(SEED_EPS))

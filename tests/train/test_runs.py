@@ -18,6 +18,9 @@ def test_quickstart_reaches_float_accuracy_when_hard(tmp_path):
     for key in ("fp_test_acc", "relaxed_test_acc", "hard_test_acc", "eps_final", "recipe", "checkpoint", "history"):
         assert key in saved, key
     assert saved["eps_final"] == 1 / 128
+    # BatchNorm statistics re-estimated at eps = 0 before the hard validation and test (issue 12).
+    bn = saved["bn_reestimate"]
+    assert bn["batches"] > 0 and bn["eps"] == 0.0 and bn["hard_val_acc_after"] == saved["hard_val_acc"]
     assert Path(saved["checkpoint"]).is_file()
     assert results["fp_test_acc"] > 0.9
     assert results["hard_test_acc"] >= results["fp_test_acc"] - 0.03
