@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lower import (CTYPES, Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, Relu, ShiftLayer, Split, Tensor,
+from .lower import (CHUNK, CTYPES, Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, Relu, ShiftLayer, Split, Tensor,
                     Thresholds)
 
 GENERATOR = "shiftquant C emitter 1"
@@ -415,33 +415,39 @@ unsigned k0 = 0, k1 = 0;
         a, out = k.inputs[0], k.output
         th = k.thresholds
         nm = k.name
-        lo, hi = a.lo, a.hi + 1
-        cmp = "int16_t" if -32768 <= lo and hi <= 32767 else "int32_t"
-        consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", f"{a.shape[2]}u", "thr")
-        per_channel = th.table.shape[0] > 1
-        width = th.count
+        cmp = "int16_t" if -32768 <= a.lo and a.hi + 1 <= 32767 else "int32_t"
+        rtype = "int16_t" if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
+        consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr")
         c, h, w = a.shape
+        if a.row == out.row:  # one geometry: the whole plane at once (its border is cleared after)
+            nseg, length, first_in, first_out, step_in, step_out = 1, a.plane, 0, 0, 0, 0
+        else:  # row by row
+            nseg, length = h, w
+            first_in, first_out = a.border * a.row + a.border, out.border * out.row + out.border
+            step_in, step_out = a.row, out.row
+        block = min(CHUNK, length)
         return consts + f"""
 /* input stage of {k.node}: thresholds on its integer input -> its input levels */
 {self.signature(k)}
 {{
-    unsigned c, y, i, k;
+    unsigned c, seg, p, i, k;
     const {cmp} *thr = {nm}_thr;
-    for (c = 0; c < {c}u; c++) {{
-        const {a.ctype} *ip = a + {a.border * a.row + a.border}u;
+    for (c = 0; c < {c}u; c++, a += {a.plane}u, out += {out.plane}u) {{
+        const {a.ctype} *ip = a + {first_in}u;
         {out.ctype} *ob = out;
-        {out.ctype} *op = out + {out.border * out.row + out.border}u;
-        for (y = 0; y < {h}u; y++, ip += {a.row}u, op += {out.row}u) {{
-            {cmp} v[{w}];
-            int32_t r[{w}];
-            for (i = 0; i < {w}u; i++) v[i] = ({cmp})ip[i];
-            {code}
-            for (i = 0; i < {w}u; i++) op[i] = ({out.ctype})r[i];
+        {out.ctype} *op = out + {first_out}u;
+        for (seg = 0; seg < {nseg}u; seg++, ip += {step_in}u, op += {step_out}u) {{
+            for (p = 0; p < {length}u; p += {block}u) {{
+                const unsigned n = {length}u - p < {block}u ? {length}u - p : {block}u;
+                {cmp} v[{block}];
+                {rtype} r[{block}];
+                for (i = 0; i < n; i++) v[i] = ({cmp})ip[p + i];
+                {code}
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
+            }}
         }}
         {self.clear_border(out)}
-        a += {a.plane}u;
-        out += {out.plane}u;
-        {"thr += " + str(width) + "u;" if per_channel else ""}
+        {"thr += " + str(th.count) + "u;" if th.table.shape[0] > 1 else ""}
         (void)ob; (void)k;
     }}
 }}
