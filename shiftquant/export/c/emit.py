@@ -292,14 +292,8 @@ unsigned k0 = 0, k1 = 0;
             combine.append(f"""\
             /* weights ±2^{t} */
             for (i = 0; i < {ch}u; i++) s[i] = 0;
-            for (j = start[{lo}]; j < start[{hi}]; j++) {{
-                const {a.ctype} *src = base + list[j];
-                for (i = 0; i < {ch}u; i++) s[i] = ({acc})(s[i] + ({acc}){src});
-            }}
-            for (j = start[{hi}]; j < start[{hi + 1}]; j++) {{
-                const {a.ctype} *src = base + list[j];
-                for (i = 0; i < {ch}u; i++) s[i] = ({acc})(s[i] - ({acc}){src});
-            }}""")
+{self.sum_taps(k, acc, src, lo, hi, "+")}
+{self.sum_taps(k, acc, src, hi, hi + 1, "-")}""")
             if e == 0:
                 combine.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = s[i];")
             else:
@@ -383,6 +377,31 @@ unsigned k0 = 0, k1 = 0;
     }}
 }}
 """
+
+    @staticmethod
+    def sum_taps(k: ShiftLayer, acc: str, src: str, first: int, end: int, sign: str) -> str:
+        """``s (sign)= sum of the inputs of taps list[start[first] .. start[end])``: directly in the
+        accumulator's width, or in runs of ``narrow_run`` taps summed in byte lanes (64 per 512-bit
+        register; the bound of a run's sum, taps x largest input, fits the byte) then widened."""
+        a, ch = k.inputs[0], k.chunk
+        if not k.narrow_run:
+            return f"""\
+            for (j = start[{first}]; j < start[{end}]; j++) {{
+                const {a.ctype} *src = base + list[j];
+                for (i = 0; i < {ch}u; i++) s[i] = ({acc})(s[i] {sign} ({acc}){src});
+            }}"""
+        byte = "uint8_t" if a.lo >= 0 else "int8_t"
+        return f"""\
+            for (j = start[{first}]; j < start[{end}];) {{
+                const unsigned end = start[{end}] - j > {k.narrow_run}u ? j + {k.narrow_run}u : start[{end}];
+                {byte} s8[{ch}];
+                for (i = 0; i < {ch}u; i++) s8[i] = 0;
+                for (; j < end; j++) {{
+                    const {a.ctype} *src = base + list[j];
+                    for (i = 0; i < {ch}u; i++) s8[i] = ({byte})(s8[i] + {src});
+                }}
+                for (i = 0; i < {ch}u; i++) s[i] = ({acc})(s[i] {sign} ({acc})s8[i]);
+            }}"""
 
     def weights_block(self, k: ShiftLayer, off_t: str, ng: int, mask: int) -> str:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the

@@ -144,6 +144,7 @@ class ShiftLayer(Kernel):
     chunk: int = 1
     tap_offsets: list[int] = field(default_factory=list)  # per (ci, kh, kw) of one output channel
     weight_codes: np.ndarray = None  # (cout, taps): each weight's code
+    narrow_run: int = 0  # taps summed in 8-bit lanes before widening (0: sum in the accumulator width)
 
     @property
     def taps(self) -> int:
@@ -661,6 +662,9 @@ class _Lowering:
                              for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
             k.segments = (ho, wo, first, out.row, (bi - ph) * a.row + (bi - pw))
             k.in_step, k.x_step = sh * a.row, sw
+        if a.itemsize == 1:  # byte inputs: runs of taps whose sum provably fits a byte
+            top, limit = (a.hi, 255) if a.lo >= 0 else (max(-a.lo, a.hi), 127)
+            k.narrow_run = limit // max(top, 1) if limit // max(top, 1) >= 4 else 0
         seg_len = k.segments[1]
         k.chunk = min(CHUNK, 1 << max(0, (seg_len - 1).bit_length()))
         a.root.slack = max(a.root.slack, k.chunk * k.x_step + 1)
