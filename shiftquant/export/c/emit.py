@@ -306,17 +306,32 @@ unsigned k0 = 0, k1 = 0;
         # Output stage.
         if k.requant is not None:
             th = k.requant
-            width = th.count
-            ch_table_cols = 4
-            tb = []
-            for co in range(k.cout):
-                tb.append(co * width)
             negs = [1 if n else 0 for n in th.negate]
-            rtype = sacc if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
-            consts_req, code = self.count(th, sacc, nm, f"{nm}_thr", "v", "r", f"{ch}u", "thr")
-            consts.append(consts_req)
-            rows = tb
-            stage = f"""\
+            consts.append(_array("uint8_t", f"{nm}_neg", negs))
+            ch_table_cols = 4
+            lookup = th.lookup() if self.p.weights == "tables" and th.window else None
+            if lookup is not None:  # one table lookup per value (tables mode, many levels)
+                lut, base = lookup
+                span = lut.shape[1]
+                rows = [co * span for co in range(k.cout)]
+                consts += [_array(_smallest(th.levels), f"{nm}_lut", lut), _array("int32_t", f"{nm}_lutlo", base)]
+                stage = f"""\
+            {{   /* the level of every accumulator value between the channel's first and last threshold */
+                const {_smallest(th.levels)} *lut = {nm}_lut + {nm}_ch[co][3];
+                const int32_t base = {nm}_lutlo[co], m = {nm}_neg[co] ? -1 : 0;
+                int32_t x[{ch}];
+                for (i = 0; i < {ch}u; i++) {{
+                    const int32_t d = ((({to_signed}(acc[i])) ^ m) - m) - base;
+                    x[i] = d < 0 ? 0 : d > {span - 1} ? {span - 1} : d;
+                }}
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})lut[x[i]];
+            }}"""
+            else:
+                rows = [co * th.count for co in range(k.cout)]
+                rtype = sacc if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
+                consts_req, code = self.count(th, sacc, nm, f"{nm}_thr", "v", "r", f"{ch}u", "thr")
+                consts.append(consts_req)
+                stage = f"""\
             {{
                 const {sacc} *thr = {nm}_thr + {nm}_ch[co][3];
                 const int32_t m = {nm}_neg[co] ? -1 : 0;
@@ -328,7 +343,6 @@ unsigned k0 = 0, k1 = 0;
                 for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
                 (void)k;
             }}"""
-            consts.append(_array("uint8_t", f"{nm}_neg", negs))
         elif k.logit_bias is not None:
             ch_table_cols = 3
             consts.append(_array("int32_t", f"{nm}_bias", k.logit_bias))

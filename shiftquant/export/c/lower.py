@@ -28,6 +28,7 @@ CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
 ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
 CHUNK = 64  # output positions per vector block of a shift layer
 WINDOW = 24  # beyond this many thresholds, a block counts only those between its extremes
+LOOKUP_SPAN = 4096  # tables mode: many levels become a lookup table over at most this many values
 
 
 class CodegenError(ShiftQuantError):
@@ -104,6 +105,18 @@ class Thresholds:
     @property
     def steps(self) -> list[int]:
         return [b - a for a, b in zip(self.levels, self.levels[1:])]
+
+    def lookup(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(table (channels, span), base (channels,))``: the level of every value ``base_c + i``
+        for ``i`` in ``[0, span)``, from one below the first threshold to the last (values beyond
+        either end clamp to it); None when the span exceeds ``LOOKUP_SPAN``."""
+        base = self.table[:, 0] - 1
+        span = int((self.table[:, -1] - base).max()) + 1
+        if span > LOOKUP_SPAN:
+            return None
+        levels = np.asarray(self.levels)
+        rows = [levels[np.searchsorted(t, b + np.arange(span), side="right")] for t, b in zip(self.table, base)]
+        return np.stack(rows), base
 
 
 @dataclass
@@ -256,7 +269,11 @@ class Program:
                     nonzero = int((np.asarray(k.group_of_code())[k.weight_codes] < k.groups_count).sum())
                     total += _int_bytes(k.tap_offsets) * nonzero + 4 * k.cout * (k.groups_count + 1)
                 total += 4 * 4 * k.cout  # per-channel bases: output plane, input group, weights, thresholds
-                if k.requant is not None:
+                lookup = k.requant.lookup() if k.requant is not None and k.requant.window \
+                    and self.weights == "tables" else None
+                if lookup is not None:
+                    total += lookup[0].size * (1 if max(map(abs, k.requant.levels)) < 128 else 2) + 4 * k.cout
+                elif k.requant is not None:
                     total += _threshold_bytes(k.requant, k.acc_bits)
                 if k.logit_bias is not None:
                     total += 5 * k.cout
