@@ -106,7 +106,7 @@ def pixel_batches(shape, seed: int, px) -> dict[str, np.ndarray]:
             "held_out": rng.integers(0, top + 1, shape).astype(np.uint8),
             "zeros": np.zeros((1, *shape[1:]), dtype=np.uint8),
             "saturated": np.full((1, *shape[1:]), top, dtype=np.uint8),
-            "salt_pepper": (rng.integers(0, 2, (2, *shape[1:])) * top).astype(np.uint8)}
+            "salt_pepper": (rng.integers(0, 2, (1, *shape[1:])) * top).astype(np.uint8)}
 
 
 def quantized_pixels(name: str, seed: int, preset: str = "deploy", **recipe):
