@@ -1,15 +1,21 @@
-"""The accuracy protocol: the seed's recipe, ours and the baselines, measured in one harness.
+"""The accuracy protocol: the seed's recipe, ours, the baselines and a real peer, over seeds.
 
-    python benchmarks/accuracy.py --protocol fmnist-r20            # the full protocol (<= 2 h, 2 cores)
-    python benchmarks/accuracy.py --protocol fmnist-r20 --quick    # a few hundred steps: a smoke test
-    python benchmarks/accuracy.py --protocol fmnist-r20 --only seed_w3 ours_w3
+    python benchmarks/accuracy.py --protocol fmnist-r20-v2            # the full protocol (~3 h, 2 cores)
+    python benchmarks/accuracy.py --protocol fmnist-r20-v2 --quick    # a few steps per run: a smoke test
+    python benchmarks/accuracy.py --protocol fmnist-r20-v2 --only ours_w3a3 brevitas_w3a3 --seeds 1
+    python benchmarks/accuracy.py --protocol fmnist-r20-v2 --set trainer=gpu trainer.precision=32-true
 
-Each configuration is one ``train(cfg)`` run of the training pipeline (Hydra overrides below),
-cached as ``RESULTS/NAME.json``: a finished configuration is skipped, so an interrupted protocol
-resumes where it stopped. Every QAT run starts from the same float model, trained once and kept as
-a versioned artifact (``benchmarks/artifacts/``); the float control fine-tunes that model for the
-same budget and learning-rate schedule as the QAT runs. Hard (eps = 0) accuracy is recorded after
-every epoch. ``benchmarks/report.py`` turns the results into tables and plots.
+Each configuration runs once per seed (headline rows ``--seeds`` times, default 3; the others
+once), each one ``train(cfg)`` of the training pipeline with the Hydra overrides below, and is
+cached as ``RESULTS/NAME/seedK.json``: a finished (configuration, seed) is skipped, and a run that
+was interrupted resumes from its last finished epoch (``runs/NAME/seedK/checkpoints/last.ckpt``), so
+an interruption loses at most one epoch. Every QAT run starts from the same float model, trained
+once (seed 0) and kept as a versioned artifact (``benchmarks/artifacts/``); the float control of
+seed K fine-tunes it with seed K for the same budget and learning-rate schedule as the QAT runs,
+and is the distillation teacher of that seed's distilled runs. Every decision reads the validation
+split (carved from the training images); the test set is read once per run, at the end.
+``benchmarks/report.py`` turns the results into tables, verdicts (mean, std, two standard errors)
+and plots.
 """
 from __future__ import annotations
 
@@ -17,56 +23,112 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# Budgets: the full protocol must finish in at most 2 hours on 2 CPU cores. The validation split
-# (5,000 images carved out of the 60,000 training images; val_subset of them are read after every
-# epoch) picks nothing here but is logged; the test set (test_subset, null = all 10,000) is read
-# once per run, at the end.
+PROTOCOLS = ("fmnist-r20-v2",)
+# Budgets. "full": estimated from measured per-epoch times to fit about 3 hours on the 2-core
+# reference machine (BENCHMARKS.md, "protocol v2"): 10,000 training images (seed K draws its own
+# subset), 2,000 validation images read after every epoch, the full 10,000-image test set read once
+# per run; 8 float epochs for the artifact (shared with protocol v1), 6 QAT epochs (474 steps of
+# batch 128, twice v1's 237). "long": the seed recipe's row on the full training set.
 BUDGETS = {
-    "full": {"train_subset": 10000, "val_subset": 2000, "test_subset": None, "float_epochs": 8, "qat_epochs": 3},
-    "quick": {"train_subset": 256, "val_subset": 128, "test_subset": 256, "float_epochs": 1, "qat_epochs": 1},
+    "full": {"train_subset": 10000, "val_subset": 2000, "test_subset": None, "float_epochs": 8, "qat_epochs": 6,
+             "seeds": 3, "long_train_subset": None, "long_qat_epochs": 5},
+    "quick": {"train_subset": 256, "val_subset": 128, "test_subset": 256, "float_epochs": 1, "qat_epochs": 1,
+              "seeds": 2, "long_train_subset": 512, "long_qat_epochs": 2},
 }
 # The learning rate of every fine-tuning run but the seed's (which keeps its own table).
 QAT_LR = ["schedule.lr.start=0.01", "schedule.lr.end=0.0001"]
-# eps 1 -> 1/128 every step over the first two thirds, then hard (eps = 0); cosine learning rate.
+# v1's relaxation: eps 1 -> 1/128 every step over the first two thirds, then hard; cosine lr.
 EXP = ["schedule=exponential", "schedule.eps.zero_tail=0.34", *QAT_LR]
+# Ours (issue 12): a short relaxation (eps 1 -> 1/128 over the first quarter), a long hard phase.
+SHORT_RELAX = ["schedule=exponential", "schedule.eps.zero_tail=0.75", *QAT_LR]
 HARD = ["schedule=float", "schedule.eps.value=0.0", *QAT_LR]  # eps = 0 from the first step
+# Distillation from the float control of the same seed, with a high weight.
+KD = ["distill.enabled=true", "distill.alpha=0.9", "distill.temperature=4.0"]
+# Runs need no best-epoch checkpoint: the final model is the reported one.
+COMMON = ["callbacks.model_checkpoint=null"]
 
 
-def _seed(acts: int | None) -> list[str]:
-    return ["quant=dbssq", "quant.weight_shift_bits=2", f"quant.act_shift_bits={acts if acts else 'null'}",
-            "schedule=dbssq"]
+@dataclass
+class Config:
+    overrides: list[str]
+    headline: bool = False            # run with every seed
+    init_from: str | None = None      # progressive initialization: the float part of this run's model
+    teacher: bool = False             # distil from the float control of the same seed
+    long: bool = False                # the long budget (full training set)
+    peer: str | None = None           # "brevitas": a peer's own layers (benchmarks/peers/)
+    extra: bool = False               # not in the default protocol (--extra runs them)
+    tags: list[str] = field(default_factory=list)
 
 
-def _ours(bits: int, acts: bool) -> list[str]:
-    return ["quant=shiftquant", f"quant.weight_shift_bits={bits}",
-            f"quant.act_shift_bits={bits if acts else 'null'}", "distill.enabled=true", *EXP]
+def _seed(w: int, a: int | None, **kw) -> Config:
+    """The seed recipe (METHOD.md): its table (compressed keeping the endpoints), ceil rounding,
+    zero-free signed levels, pretrained-std weights, standardized inputs (weight-only runs too)."""
+    return Config(["quant=dbssq", f"quant.weight_shift_bits={w}", f"quant.act_shift_bits={a if a is not None else 'null'}",
+                   "quant.act_standardize_float=true", "schedule=dbssq"], **kw)
 
 
-def configurations() -> dict[str, list[str]]:
-    """Name -> overrides of each QAT configuration of the fmnist-r20 protocol."""
-    cfgs = {
-        "seed_w3": _seed(None), "seed_w3a3": _seed(2),
-        "ours_w3": _ours(2, False), "ours_w3a3": _ours(2, True),
-        # DeepShift-Q style: nearest log rounding, hard from the first step (straight-through).
-        "deepshift_w3": ["quant=shiftquant", "quant.act_shift_bits=null", *HARD],
-        "deepshift_w3a3": ["quant=shiftquant", "quant.act_shift_bits=2", *HARD],
-        # Uniform 3-bit codes with a learned (power-of-two) scale, the same relaxation.
-        "uniform_w3": ["quant=shiftquant", "quant.weight_shift_bits=null", "quant.weight_uniform_bits=3",
-                       "quant.act_shift_bits=null", *EXP],
-        "uniform_w3a3": ["quant=shiftquant", "quant.weight_shift_bits=null", "quant.weight_uniform_bits=3",
-                         "quant.act_shift_bits=null", "quant.act_uniform_bits=3", *EXP],
-        # Every Conv/Linear at W3A3 (signed inputs for the stem).
-        "all_w3a3": ["quant=deploy", "quant.act_shift_bits=2", "distill.enabled=true", *EXP],
+def _ours(w: int, a: int | None, *more: str, **kw) -> Config:
+    """Ours: learned power-of-two scales (LSQ gradient, frozen per-channel weight scales: a
+    BatchNorm follows every quantized conv), unsigned inputs on every code, distillation from the
+    float control with a high weight, a short relaxation and a long hard phase, BatchNorm
+    re-estimation at eps = 0."""
+    return Config(["quant=shiftquant", f"quant.weight_shift_bits={w}", f"quant.act_shift_bits={a if a is not None else 'null'}",
+                   "quant.weight_scale_frozen=true", *KD, *SHORT_RELAX, *more], teacher=True, **kw)
+
+
+def _deepshift(w: int, a: int | None, **kw) -> Config:
+    """DeepShift-Q style: nearest log rounding, straight-through from the first step."""
+    return Config(["quant=shiftquant", f"quant.weight_shift_bits={w}", f"quant.act_shift_bits={a if a is not None else 'null'}",
+                   *HARD], **kw)
+
+
+def _uniform(w: int, a: int | None, **kw) -> Config:
+    """Uniform codes with learned power-of-two scales (LSQ-like), v1's relaxation: ``w``-bit
+    weights (sign and magnitude), ``a``-bit unsigned inputs on every code (zero plus 2^a - 1 steps)."""
+    return Config(["quant=shiftquant", "quant.weight_shift_bits=null", f"quant.weight_uniform_bits={w}",
+                   "quant.act_shift_bits=null", f"quant.act_uniform_bits={a if a is not None else 'null'}", *EXP], **kw)
+
+
+def _brevitas(bits: int, **kw) -> Config:
+    from peers import brevitas_peer
+    return Config([*brevitas_peer.overrides(bits, bits), *QAT_LR], peer="brevitas", **kw)
+
+
+def configurations() -> dict[str, Config]:
+    """Name -> configuration of the fmnist-r20-v2 protocol. W3 is shift_bits = 2 (sign + 2-bit
+    exponent), W3A3 quantizes the inputs the same way; W2A2 is shift_bits = 1."""
+    return {
+        # Headline rows: every seed.
+        "seed_w3a3": _seed(2, 2, headline=True), "seed_w2a2": _seed(1, 1, headline=True),
+        "ours_w3": _ours(2, None, headline=True),
+        "ours_w3a3": _ours(2, 2, headline=True),
+        # Progressive initialization: W2A2 starts from the trained W3A3 model of the same seed.
+        "ours_w2a2": _ours(1, 1, headline=True, init_from="ours_w3a3"),
+        "deepshift_w3a3": _deepshift(2, 2, headline=True), "deepshift_w2a2": _deepshift(1, 1, headline=True),
+        "uniform_w3a3": _uniform(3, 3, headline=True), "uniform_w2a2": _uniform(2, 2, headline=True),
+        "brevitas_w3a3": _brevitas(3, headline=True), "brevitas_w2a2": _brevitas(2, headline=True),
+        # One seed: weight-only peers, the seed at a longer budget, and what each lever is worth.
+        "seed_w3": _seed(2, None), "deepshift_w3": _deepshift(2, None), "uniform_w3": _uniform(3, None),
+        "seed_w3a3_long": _seed(2, 2, long=True),
+        "ours_w2a2_from_float": _ours(1, 1, tags=["ablation"]),
+        "ours_w2a2_no_kd": _ours(1, 1, "distill.enabled=false", init_from="ours_w3a3", tags=["ablation"]),
+        "ours_w2a2_learned_wscale": _ours(1, 1, "quant.weight_scale_frozen=false", init_from="ours_w3a3",
+                                          tags=["ablation"]),
+        "ours_w3a3_v1_schedule": _ours(2, 2, *EXP, tags=["ablation"]),
+        "ours_w3a3_old_layout": _ours(2, 2, "quant.act_full_codes=false", tags=["ablation"]),
+        # Not in the default protocol (--extra): every Conv/Linear at W3A3, and the Pareto sweep.
+        "all_w3a3": Config(["quant=deploy", "quant.act_shift_bits=2", *KD, *SHORT_RELAX], teacher=True, extra=True),
+        **{f"ours_s{b}_{'wa' if a else 'w'}": _ours(b, b if a else None, extra=True)
+           for b in (0, 3) for a in (False, True)},
+        "ours_s1_w": _ours(1, None, extra=True),
     }
-    for bits in (0, 1, 3):  # the Pareto sweep (2 is ours_w3 / ours_w3a3)
-        cfgs[f"ours_s{bits}_w"] = _ours(bits, False)
-        cfgs[f"ours_s{bits}_wa"] = _ours(bits, True)
-    return cfgs
 
 
 def compose(overrides: list[str], out_dir: Path):
@@ -84,32 +146,68 @@ def model_bytes(checkpoint: str) -> dict:
     return {"model_bytes": s["total_bytes"], "float_bytes": s["float_bytes"]}
 
 
-def run_one(name: str, overrides: list[str], results_dir: Path, runs_dir: Path) -> dict:
-    from shiftquant.train.module import NonFiniteLossError
-    from shiftquant.train.run import train
+def result_path(results_dir: Path, name: str, seed: int) -> Path:
+    return results_dir / name / f"seed{seed}.json"
 
-    target = results_dir / f"{name}.json"
+
+def run_one(name: str, overrides: list[str], results_dir: Path, runs_dir: Path, seed: int = 0,
+            peer: str | None = None) -> dict:
+    """One (configuration, seed): cached when finished, resumed from its last epoch when interrupted."""
+    from shiftquant.train.module import NonFiniteLossError
+    from shiftquant.train.run import last_checkpoint_path, train
+
+    target = result_path(results_dir, name, seed)
     if target.exists():
-        print(f"[cached] {name}")
+        print(f"[cached] {name} seed {seed}")
         return json.loads(target.read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out = runs_dir / name / f"seed{seed}"
+    overrides = [*overrides, f"seed={seed}"]
+    command = "python benchmarks/accuracy.py ... " + " ".join(overrides) if peer else \
+        "python train.py " + " ".join(overrides)
+    resume = []
+    if last_checkpoint_path(out).is_file():
+        resume = [f"ckpt_path={last_checkpoint_path(out)}"]
+        print(f"[resume] {name} seed {seed} from {resume[0].split('=', 1)[1]}")
     started = time.time()
     try:
-        results = train(compose(overrides, runs_dir / name))
+        results = train(compose(overrides + resume, out))
     except NonFiniteLossError as e:  # a diverged configuration is a result too: record it, go on
-        results = {"name": name, "overrides": overrides, "failed": str(e),
-                   "command": "python train.py " + " ".join(overrides)}
+        results = {"name": name, "seed": seed, "overrides": overrides, "failed": str(e), "command": command}
         target.write_text(json.dumps(results, indent=2))
-        print(f"[failed] {name}: {e}")
+        print(f"[failed] {name} seed {seed}: {e}")
         return results
-    results.update(name=name, overrides=overrides, wall_time_s=round(time.time() - started, 1))
+    results.update(name=name, overrides=overrides, wall_time_s=round(time.time() - started, 1), resumed=bool(resume))
     results["wall_time_per_epoch_s"] = round(results["wall_time_s"] / max(results["epochs"], 1), 1)
     if results.get("checkpoint"):
-        results.update(model_bytes(results["checkpoint"]))
-    results["command"] = "python train.py " + " ".join(overrides)
+        if peer == "brevitas":
+            from peers import brevitas_peer
+            from shiftquant.models import build_model
+            model_name = next(o.split("=", 1)[1] for o in overrides if o.startswith("model.name="))
+            results.update(brevitas_peer.model_bytes(build_model(model_name, 10, 1)))
+        else:
+            results.update(model_bytes(results["checkpoint"]))
+    results["command"] = command
     target.write_text(json.dumps(results, indent=2))
     hard = results.get("hard_test_acc", results.get("fp_test_acc"))
-    print(f"[done] {name}: hard (eps = 0) test acc {100 * hard:.2f}% in {results['wall_time_s']:.0f} s")
+    print(f"[done] {name} seed {seed}: hard (eps = 0) test acc {100 * hard:.2f}% in {results['wall_time_s']:.0f} s")
     return results
+
+
+def float_part(checkpoint: str, path: Path) -> Path:
+    """The float model inside a quantized checkpoint (its weights and BatchNorms, no quantizer
+    state), as safetensors: the starting point of a progressively initialized run."""
+    if path.exists():
+        return path
+    from safetensors.torch import save_file
+
+    import torch
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    state = {k[len("model."):]: v.contiguous() for k, v in saved.items() if k.startswith("model.")
+             and not any(q in k for q in ("weight_quantizer.", "input_quantizer.", "output_quantizer."))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
 
 
 def main(argv=None) -> None:
@@ -126,51 +224,106 @@ def _null(value) -> str:
     return "null" if value is None else str(value)
 
 
+def selected(args, configs: dict[str, Config]) -> list[str]:
+    """The configurations to run, in protocol order, with the runs they start from."""
+    if args.only is not None:
+        names = list(args.only)
+    else:
+        names = [n for n, c in configs.items() if args.extra or not c.extra]
+    for n in list(names):
+        dep = configs[n].init_from
+        while dep is not None and dep not in names:
+            names.insert(0, dep)
+            dep = configs[dep].init_from
+    return sorted(names, key=list(configs).index)
+
+
 def protocol(argv=None) -> None:
     from shiftquant.train.run import prepare
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=["fmnist-r20"], required=True)
-    p.add_argument("--quick", action="store_true", help="a few hundred steps per configuration")
+    p.add_argument("--protocol", choices=PROTOCOLS, required=True)
+    p.add_argument("--quick", action="store_true", help="a few steps per run: a smoke test")
     p.add_argument("--only", nargs="*", help="configuration names to run (float and float_control always run; "
-                                             "no name: only those two)")
+                                             "runs they start from are added; no name: only those two)")
+    p.add_argument("--extra", action="store_true", help="also the configurations outside the default protocol")
+    p.add_argument("--seeds", type=int, help="seeds of the headline rows (default: the budget's)")
     p.add_argument("--out", help="results folder (default benchmarks/results/PROTOCOL[-quick])")
     p.add_argument("--artifact", help="the float model's weights (default benchmarks/artifacts/...)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra Hydra overrides for every run, e.g. trainer=gpu trainer.precision=32-true "
                         "data.num_workers=8 (results then differ from the 2-core CPU reference)")
     args = p.parse_args(argv)
-    unknown = sorted(set(args.only or []) - set(configurations()))
+    configs = configurations()
+    unknown = sorted(set(args.only or []) - set(configs))
     if unknown:
-        p.error(f"--only: unknown configurations {unknown}; allowed: {', '.join(configurations())}")
-    budget = BUDGETS["quick" if args.quick else "full"]
+        p.error(f"--only: unknown configurations {unknown}; allowed: {', '.join(configs)}")
+    budget = dict(BUDGETS["quick" if args.quick else "full"])
+    if args.seeds is not None:
+        if args.seeds < 1:
+            p.error("--seeds: at least 1")
+        budget["seeds"] = args.seeds
     tag = args.protocol + ("-quick" if args.quick else "")
     results_dir = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / tag
     runs_dir = results_dir / "runs"
     results_dir.mkdir(parents=True, exist_ok=True)
-    artifact = Path(args.artifact) if args.artifact else ROOT / "benchmarks" / "artifacts" / f"{tag}-float.safetensors"
-    data = ["model=resnet20", "data=fashion_mnist", "trainer=cpu", "data.num_workers=0",
-            f"data.train_subset={budget['train_subset']}", f"data.val_subset={_null(budget['val_subset'])}",
-            f"data.test_subset={_null(budget['test_subset'])}", "seed=0", *args.set]
-    prepare(compose(data + ["quant=none", "schedule=float"], runs_dir / "check"))  # data and overrides, first
-    (results_dir / "protocol.json").write_text(json.dumps({"protocol": args.protocol, "budget": budget, "data": data,
-                                                           "artifact": str(artifact.relative_to(ROOT))
-                                                           if artifact.is_relative_to(ROOT) else str(artifact)}, indent=2))
+    # The float artifact is protocol v1's (same data, subset, seed and float budget).
+    art_tag = "fmnist-r20" + ("-quick" if args.quick else "")
+    artifact = Path(args.artifact) if args.artifact else ROOT / "benchmarks" / "artifacts" / f"{art_tag}-float.safetensors"
+    names = selected(args, configs)
+    if any(configs[n].peer == "brevitas" for n in names):
+        from peers import brevitas_peer
+        if not brevitas_peer.available():
+            from shiftquant.errors import ConfigError
+            raise ConfigError("--only", [n for n in names if configs[n].peer],
+                              'configurations without a peer, or install the peers: pip install -e ".[peers]"')
+        brevitas_peer.register(artifact)
 
-    float_run = run_one("float", data + ["quant=none", "schedule=float", "optim.weight_decay=5.0e-4",
-                                         f"trainer.max_epochs={budget['float_epochs']}"], results_dir, runs_dir)
+    def data(seed: int, long: bool = False) -> list[str]:
+        subset = budget["long_train_subset"] if long else budget["train_subset"]
+        return ["model=resnet20", "data=fashion_mnist", "trainer=cpu", "data.num_workers=0",
+                f"data.train_subset={_null(subset)}", f"data.val_subset={_null(budget['val_subset'])}",
+                f"data.test_subset={_null(budget['test_subset'])}", f"seed={seed}", *COMMON, *args.set]
+
+    prepare(compose(data(0) + ["quant=none", "schedule=float"], runs_dir / "check"))  # data and overrides, first
+    (results_dir / "protocol.json").write_text(json.dumps(
+        {"protocol": args.protocol, "budget": budget, "data": data(0)[:-1], "set": args.set, "runs": names,
+         "artifact": str(artifact.relative_to(ROOT)) if artifact.is_relative_to(ROOT) else str(artifact)}, indent=2))
+
+    float_run = run_one("float", data(0) + ["quant=none", "schedule=float", "optim.weight_decay=5.0e-4",
+                                            f"trainer.max_epochs={budget['float_epochs']}"], results_dir, runs_dir)
     if not artifact.exists():
         from safetensors.torch import save_file
 
         from shiftquant.models import read_state_dict
         artifact.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in read_state_dict(float_run["checkpoint"]).items()}, str(artifact))
-    start = data + [f"model.weights={artifact}", "float_stage.epochs=0", f"trainer.max_epochs={budget['qat_epochs']}"]
-    run_one("float_control", start + ["quant=none", "schedule=float", *QAT_LR], results_dir, runs_dir)
-    for name, overrides in configurations().items():
-        if args.only is not None and name not in args.only:
-            continue
-        run_one(name, start + overrides, results_dir, runs_dir)
+
+    def start(seed: int, long: bool = False) -> list[str]:
+        epochs = budget["long_qat_epochs"] if long else budget["qat_epochs"]
+        return data(seed, long) + [f"model.weights={artifact}", "float_stage.epochs=0", f"trainer.max_epochs={epochs}"]
+
+    seeds = range(budget["seeds"])
+    controls = {s: run_one("float_control", start(s) + ["quant=none", "schedule=float", *QAT_LR], results_dir,
+                           runs_dir, seed=s) for s in seeds}
+    for seed in seeds:  # seed by seed: an early stop leaves complete seeds behind
+        for name in names:
+            cfg = configs[name]
+            if seed > 0 and not cfg.headline:
+                continue
+            overrides = start(seed, cfg.long) + cfg.overrides
+            if cfg.teacher and controls[seed].get("checkpoint"):
+                overrides.append(f"distill.teacher_weights={controls[seed]['checkpoint']}")
+            if cfg.init_from:
+                src = json.loads(result_path(results_dir, cfg.init_from, seed).read_text())
+                if "failed" in src:
+                    print(f"[skipped] {name} seed {seed}: {cfg.init_from} failed")
+                    continue
+                init = float_part(src["checkpoint"], runs_dir / cfg.init_from / f"seed{seed}" / "float_part.safetensors")
+                overrides = [o for o in overrides if not o.startswith("model.weights=")] + [f"model.weights={init}"]
+            if cfg.peer:  # the peer's builder loads the artifact itself, then swaps in its layers
+                overrides = [o for o in overrides if not o.startswith(("model=", "model.weights="))]
+            run_one(name, overrides, results_dir, runs_dir, seed=seed, peer=cfg.peer)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,29 @@ class Plan:
     datamodule: ImageDataModule
     epochs: int
     float_epochs: int
+    mixed: dict | None = None  # quant.mixed when a budget is set
+
+
+MIXED_FIELDS = ("overrides", "keep_float")  # what a mixed-precision assignment sets in the recipe
+
+
+def check_mixed(node) -> dict | None:
+    """``quant.mixed``: None unless ``budget_bits`` is set; refuses bad values naming the key."""
+    mixed = _plain(node) if node is not None else {}
+    for key in mixed:
+        if key not in ("budget_bits", "candidates", "batches"):
+            raise ConfigError(f"quant.mixed.{key}", mixed[key], "one of budget_bits, candidates, batches")
+    budget = mixed.get("budget_bits")
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise ConfigError("quant.mixed.budget_bits", budget, "a number of bits per weight > 0 (or null)")
+    candidates = mixed.get("candidates", [1, 2, 3])
+    if not isinstance(candidates, list) or not candidates or any(
+            isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 6 for c in candidates):
+        raise ConfigError("quant.mixed.candidates", candidates, "a non-empty list of shift bits 0..6")
+    batches = _positive_int("quant.mixed.batches", mixed.get("batches", 4))
+    return {"budget_bits": float(budget), "candidates": candidates, "batches": batches}
 
 
 def _plain(node) -> dict:
@@ -115,20 +138,23 @@ def prepare(cfg: DictConfig) -> Plan:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "???", "a value: this key is required (set it on the command line)")
-    epochs = _positive_int("trainer.max_epochs", cfg.trainer.get("max_epochs"))
+    quant = _plain(cfg.get("quant"))
+    enabled = quant.pop("enabled", True)
+    mixed = check_mixed(quant.pop("mixed", None)) if enabled else None
+    recipe = QuantRecipe.from_dict(quant) if enabled else None
+    # 0 epochs with a recipe: post-training quantization (calibrate, re-estimate BatchNorm, test).
+    epochs = _positive_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_zero=recipe is not None)
     check_trainer(_plain(cfg.trainer))
     float_cfg = _plain(cfg.get("float_stage"))
     float_epochs = _positive_int("float_stage.epochs", float_cfg.get("epochs", 0), allow_zero=True)
-    quant = _plain(cfg.get("quant"))
-    enabled = quant.pop("enabled", True)
-    recipe = QuantRecipe.from_dict(quant) if enabled else None
     if recipe is None and float_epochs:
         raise ConfigError("float_stage.epochs", float_epochs, "0 when quant=none (train with trainer.max_epochs)")
     sched = _plain(cfg.schedule)
-    lr = build_schedule(sched.get("lr", {}), "schedule.lr", epochs, unit_interval=False, non_increasing=False)
+    steps = max(epochs, 1)  # a PTQ run trains no epoch; its schedules are never read
+    lr = build_schedule(sched.get("lr", {}), "schedule.lr", steps, unit_interval=False, non_increasing=False)
     eps = None
     if recipe is not None:
-        eps = build_schedule(sched.get("eps", {}), "schedule.eps", epochs, unit_interval=True, non_increasing=True)
+        eps = build_schedule(sched.get("eps", {}), "schedule.eps", steps, unit_interval=True, non_increasing=True)
     float_lr = None
     if float_epochs:
         float_lr = build_schedule(float_cfg.get("lr", {}), "float_stage.lr", float_epochs,
@@ -152,6 +178,10 @@ def prepare(cfg: DictConfig) -> Plan:
         raise ConfigError("distill.alpha", alpha, "a number in [0, 1]")
     if not isinstance(distill.get("temperature", 1.0), (int, float)) or distill.get("temperature", 1.0) <= 0:
         raise ConfigError("distill.temperature", distill.get("temperature"), "a number > 0")
+    teacher_weights = distill.get("teacher_weights")
+    if teacher_weights is not None and not Path(str(teacher_weights)).is_file():
+        raise ConfigError("distill.teacher_weights", teacher_weights,
+                          "null (the model before conversion) or the path of an existing weights file")
     _positive_int("calibrate_batches", cfg.get("calibrate_batches", 4), allow_zero=True)
     bn_reestimate_batches(cfg)
     ckpt_path = cfg.get("ckpt_path")
@@ -160,13 +190,14 @@ def prepare(cfg: DictConfig) -> Plan:
             meta = checkpoint_meta(ckpt_path)
         except CheckpointError as exc:
             raise ConfigError("ckpt_path", ckpt_path, f"a shiftquant checkpoint of this run ({exc})") from None
-        problems = describe_mismatch(meta, model["name"], recipe)
+        # A mixed-precision run's checkpoint holds the widths it chose: those are not a mismatch.
+        problems = describe_mismatch(meta, model["name"], recipe, ignore=MIXED_FIELDS if mixed else ())
         if problems:
             raise ConfigError("ckpt_path", ckpt_path, "a checkpoint of the configured model; it has " + "; ".join(problems))
     dm = build_datamodule(_plain(cfg.data), int(cfg.seed))
     if model.get("pretrained") and not weights and source != "local":  # last: it may ask the network
         check_pretrained_available(source, bare)
-    return Plan(recipe, eps, lr, float_lr, dm, epochs, float_epochs)
+    return Plan(recipe, eps, lr, float_lr, dm, epochs, float_epochs, mixed)
 
 
 def bn_reestimate_batches(cfg: DictConfig) -> int:
@@ -189,6 +220,21 @@ def reestimation_batches(dm: ImageDataModule, n_batches: int, seed: int) -> list
     order = torch.randperm(len(dm.train_set), generator=g)[: n_batches * dm.batch_size].tolist()
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dm.train_set, order), batch_size=dm.batch_size)
     return [x for x, _ in loader]
+
+
+def choose_widths(model, recipe: QuantRecipe, mixed: dict, dm: ImageDataModule, out: Path) -> tuple[QuantRecipe, dict]:
+    """Sensitivity of each layer at each candidate width, then the widths under the budget."""
+    from ..mixed import assign_bits, sensitivity
+
+    sens = sensitivity(model, recipe, dm.calibration_batches(mixed["batches"]), mixed["candidates"],
+                       cache=out / "sensitivity.json", progress=False)
+    sens.plot(out / "sensitivity.png")
+    chosen = assign_bits(sens, bits_per_weight=mixed["budget_bits"], recipe=recipe)
+    log.info("mixed precision: %.3f bits per weight (budget %.3f): %s", chosen.bits_per_weight,
+             mixed["budget_bits"], chosen.widths)
+    return chosen.recipe(recipe), {**mixed, "widths": chosen.widths, "bits_per_weight": chosen.bits_per_weight,
+                                   "weight_bytes": chosen.weight_bytes, "sensitivity": chosen.sensitivity,
+                                   "table": sens.to_dict()}
 
 
 def _hard_val_acc(trainer: L.Trainer, module, dm) -> float:
@@ -294,20 +340,28 @@ def train(cfg: DictConfig) -> dict:
         if not resuming:
             results["fp_test_acc"] = _test_acc(eval_trainer, ClassifierModule(model, plan.lr, meta=meta), dm)
         if distill.get("enabled"):
-            teacher = frozen_copy(model)
-        quantize_model(model, plan.recipe)
+            teacher = frozen_copy(model) if distill.get("teacher_weights") is None else frozen_copy(
+                build_model(model_cfg["name"], dm.num_classes, dm.channels, weights=distill["teacher_weights"]))
+        recipe = plan.recipe
+        if plan.mixed and resuming:  # the widths the interrupted run chose
+            recipe = QuantRecipe.from_dict(checkpoint_meta(cfg.ckpt_path)["recipe"])
+        elif plan.mixed:
+            recipe, results["mixed"] = choose_widths(model, recipe, plan.mixed, dm, out)
+        meta["recipe"] = results["recipe"] = recipe.to_dict()
+        quantize_model(model, recipe)
         calibrate(model, dm.calibration_batches(int(cfg.get("calibrate_batches", 4))))
     module = ClassifierModule(model, plan.lr, plan.eps, _plain(cfg.optim), teacher,
                               distill.get("temperature", 4.0), distill.get("alpha", 0.5) if teacher else 0.0, meta)
     trainer = make_trainer(cfg, out, plan.epochs, history, main=True)
-    if plan.recipe is not None and not resuming:
+    if plan.recipe is not None and not resuming and plan.epochs:
         set_slope(model, plan.eps(0.0, plan.epochs))
         start = trainer.validate(module, datamodule=dm, verbose=False)[0]
         results["start_val_acc"] = float(start["val/acc"])
         results["start_eps"] = plan.eps(0.0, plan.epochs)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    if plan.epochs:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
-    if plan.recipe is not None:
+    if plan.recipe is not None and plan.epochs:
         steps = trainer.num_training_batches
         if not math.isfinite(steps):  # not set in the launching process of ddp_spawn
             steps = math.ceil(len(dm.train_set) / (dm.batch_size * trainer.world_size))
@@ -316,12 +370,15 @@ def train(cfg: DictConfig) -> dict:
         set_slope(model, eps_final)
         results["eps_final"] = eps_final
         results["relaxed_test_acc"] = _test_acc(trainer, module, dm)
+    if plan.recipe is not None:
+        if not plan.epochs:  # PTQ: nothing trained, the calibrated hard model is the result
+            results["ptq"] = True
+            results["eps_final"] = 0.0
         set_slope(model, 0.0)
         bn_batches = bn_reestimate_batches(cfg)
         if bn_batches:
             before = _hard_val_acc(trainer, module, dm)
             used = reestimate_batchnorm(model, reestimation_batches(dm, bn_batches, int(cfg.seed)))
-            trainer.save_checkpoint(str(last_checkpoint_path(out)))  # the reported model has the new statistics
             results["hard_val_acc"] = _hard_val_acc(trainer, module, dm)
             results["bn_reestimate"] = {"batches": used, "eps": 0.0, "hard_val_acc_before": before,
                                         "hard_val_acc_after": results["hard_val_acc"]}
@@ -329,6 +386,10 @@ def train(cfg: DictConfig) -> dict:
             results["hard_val_acc"] = _hard_val_acc(trainer, module, dm)
             results["bn_reestimate"] = None
         results["hard_test_acc"] = _test_acc(trainer, module, dm)
+        if bn_batches or not plan.epochs:  # the reported model: new statistics, or no training at all
+            trainer.save_checkpoint(str(last_checkpoint_path(out)))
+        if not plan.epochs:
+            results["relaxed_test_acc"] = results["hard_test_acc"]
     else:
         results["fp_test_acc"] = _test_acc(trainer, module, dm)
     final = last_checkpoint_path(out).resolve()
@@ -347,12 +408,18 @@ def train(cfg: DictConfig) -> dict:
 def report(results: dict) -> str:
     """The final table printed at the end of a run."""
     rows = [("float (fp_test_acc)", results.get("fp_test_acc"), "-")]
-    if results.get("recipe"):
+    if results.get("ptq"):
+        rows += [("hard (eps = 0, PTQ: no training)", results.get("hard_test_acc"), 0.0)]
+    elif results.get("recipe"):
         rows += [(f"relaxed (eps = {results['eps_final']:g})", results.get("relaxed_test_acc"), results["eps_final"]),
                  ("hard (eps = 0, deployed)", results.get("hard_test_acc"), 0.0)]
     lines = [f"{'model':<28} {'test acc':>9}", "-" * 38]
     for name, acc, _ in rows:
         lines.append(f"{name:<28} {'-' if acc is None else f'{100 * acc:8.2f}%':>9}")
+    if results.get("mixed"):
+        m = results["mixed"]
+        lines.append(f"mixed precision: {m['bits_per_weight']:.3f} bits per weight (budget {m['budget_bits']:g}), "
+                     "widths " + ", ".join(f"{k}={v}" for k, v in m["widths"].items()))
     if results.get("checkpoint"):
         lines.append(f"checkpoint: {results['checkpoint']} (the model above)")
     best = results.get("best_checkpoint")
