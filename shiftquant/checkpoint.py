@@ -45,8 +45,9 @@ def checkpoint_meta(path: str | Path) -> dict:
     return read_checkpoint(path)["hyper_parameters"]["shiftquant"]
 
 
-def describe_mismatch(meta: dict, model_name: str, recipe: QuantRecipe | None) -> list[str]:
-    """How a checkpoint's model differs from the one a config asks for (empty when it fits)."""
+def describe_mismatch(meta: dict, model_name: str, recipe: QuantRecipe | None, ignore=()) -> list[str]:
+    """How a checkpoint's model differs from the one a config asks for (empty when it fits);
+    recipe fields in ``ignore`` are not compared."""
     problems = []
     if meta["model"].get("name") != model_name:
         problems.append(f"model {meta['model'].get('name')!r} (config: {model_name!r})")
@@ -55,7 +56,8 @@ def describe_mismatch(meta: dict, model_name: str, recipe: QuantRecipe | None) -
     if (mine is None) != (theirs is None):
         problems.append(f"recipe {'none' if theirs is None else 'quantized'} (config: {'none' if mine is None else 'quantized'})")
     elif mine is not None:
-        fields = [k for k in mine if mine[k] != theirs.get(k)]
+        theirs = QuantRecipe.from_dict(theirs).to_dict()  # fields added since: their defaults
+        fields = [k for k in mine if k not in ignore and mine[k] != theirs.get(k)]
         if fields:
             problems.append("recipe fields " + ", ".join(f"{k}={theirs.get(k)!r} (config: {mine[k]!r})" for k in fields))
     return problems

@@ -23,7 +23,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantize_layer(name: str, layer: nn.Module, recipe: QuantRecipe) -> QuantMixin:
-    """The quantized twin of one layer, sharing its parameters."""
+    """The quantized twin of one layer, sharing its parameters (``recipe``'s overrides for ``name``
+    applied)."""
+    recipe = recipe.for_layer(name)
     cls = quant_class_for(layer)
     weight_core = recipe.weight_quantizer_core()
     weight_q = None if weight_core is None else WeightQuantizer(

@@ -22,6 +22,10 @@ from .quant.quantizers import (MAX_SHIFT_BITS, MAX_UNIFORM_BITS, Quantizer, Shif
 from .quant.scales import ACT_POLICIES, WEIGHT_POLICIES
 
 LAYER_TYPES = {"conv2d": nn.Conv2d, "linear": nn.Linear}
+# Fields an override may set for some layers (how a layer is quantized, not which layers are).
+PER_LAYER_FIELDS = ("weight_shift_bits", "weight_uniform_bits", "weight_rounding", "weight_zero", "weight_scale",
+                    "weight_keep_mean", "weight_scale_frozen", "act_shift_bits", "act_uniform_bits", "act_rounding",
+                    "act_zero", "act_signed", "act_scale", "act_full_codes", "clip_sigma", "grad")
 DEPLOY_INPUT_BITS = 8
 # The 3x3 convolutions inside residual blocks of torchvision/timm ResNets and of our ResNet-20.
 RESIDUAL_BLOCK_CONVS = r"re:(.*\.)?layer\d+\.\d+\.conv\d+"
@@ -74,8 +78,13 @@ class QuantRecipe:
     # BatchNorm2d whose output feeds a residual add quantizes it, so the adds are integer adds.
     # With deploy_exact it makes a ResNet run integer-only in the runtime. null: float residuals.
     residual_bits: int | None = None
+    # Per-layer fields: {pattern: {field: value}}, e.g. {"layer3.*": {"weight_shift_bits": 1}}. A
+    # layer takes the fields of every pattern its name matches, in order (later ones win).
+    overrides: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.overrides is None:  # Hydra's null: no override
+            self.overrides = {}
         for name in ("act_raw_grad_layers", "layers", "layer_types", "keep_float", "kernel_sizes"):
             value = getattr(self, name)
             if value is not None:
@@ -153,6 +162,33 @@ class QuantRecipe:
         if self.kernel_sizes is not None:
             for k in self.kernel_sizes:
                 check_int_range("kernel_sizes", k, 1, 1024)
+        self._validate_overrides()
+
+    def _validate_overrides(self) -> None:
+        if not isinstance(self.overrides, dict):
+            raise ConfigError("overrides", self.overrides, "a mapping {name pattern: {field: value}}")
+        for pattern, values in self.overrides.items():
+            if not isinstance(pattern, str) or not isinstance(values, dict):
+                raise ConfigError("overrides", {pattern: values}, "a mapping {name pattern: {field: value}}")
+            for key in values:
+                if key not in PER_LAYER_FIELDS:
+                    raise ConfigError(f"overrides.{pattern}.{key}", values[key],
+                                      "a per-layer field: " + ", ".join(PER_LAYER_FIELDS))
+            try:
+                self._with(values)
+            except ConfigError as exc:
+                raise ConfigError(f"overrides.{pattern}.{exc.field}", exc.value, exc.allowed) from None
+
+    def _with(self, values: dict) -> "QuantRecipe":
+        return dataclasses.replace(self, **values, overrides={})
+
+    def for_layer(self, name: str) -> "QuantRecipe":
+        """The recipe of the layer called ``name``: this one with every matching override applied."""
+        values: dict = {}
+        for pattern, fields_ in self.overrides.items():
+            if name_matches(name, pattern):
+                values.update(fields_)
+        return self._with(values) if values else self
 
     @property
     def quantizes_weights(self) -> bool:

@@ -32,7 +32,7 @@ def _keys(node, prefix: str = "") -> list[str]:
     return out
 
 
-def _did_you_mean(key: str, overrides: list[str], config_dir: Path) -> UnknownKeyError:
+def _did_you_mean(key: str, overrides: list[str], config_dir: Path, exc: Exception) -> ConfigError:
     """The error for an unknown ``key``, suggesting the closest existing keys."""
     others = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == key]
     try:
@@ -40,6 +40,9 @@ def _did_you_mean(key: str, overrides: list[str], config_dir: Path) -> UnknownKe
         keys = _keys(cfg)
     except Exception:
         keys = []
+    if key in keys:  # the key exists: the value is what Hydra could not set
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key), None)
+        return ConfigError(key, value, f"a value Hydra can set here ({str(exc).splitlines()[0][:200]})")
     parent = key.rpartition(".")[0]
     siblings = [k for k in keys if k.rpartition(".")[0] == parent] or keys
     close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
@@ -67,7 +70,7 @@ def compose_config(overrides: list[str], config_dir: str | Path = CONF_DIR) -> D
         match = _BAD_KEY.search(str(exc)) or _BAD_KEY.search(str(exc.__cause__ or ""))
         if match is None:
             raise
-        raise _did_you_mean(match.group(1) or match.group(2), list(overrides), Path(config_dir)) from None
+        raise _did_you_mean(match.group(1) or match.group(2), list(overrides), Path(config_dir), exc) from None
 
 
 def check_command_line(argv: list[str], config_dir: str | Path = CONF_DIR) -> None:
