@@ -161,7 +161,7 @@ def test_report_means_standard_deviations_and_two_standard_error_verdicts():
     assert "brevitas_w2a2 +7.50 (not enough seeds)" in lines
     # Beating some peers is not beating every peer; with peers missing nothing is decided.
     assert "(within noise): ahead of every peer by more than two standard errors: **missed**" in lines
-    assert "**not decided** (1 of 4 peers run)" in lines
+    assert "**not decided** (0 of 4 peers beaten" in lines
     text = report.tables(results, {})
     assert "| ours_w3a3 | 3 | 88.60 ± 0.10 | +1.40 ± 0.13 |" in text
 
