@@ -10,6 +10,7 @@ from .errors import (BundleError, CheckpointError, ConfigError, DataError, Expor
 from .export import PixelInput, check_exportable, export, load_bundle
 from .export.c import codegen
 from .export.onnx import export_onnx
+from .mixed import assign_bits, sensitivity
 from .nn.layers import QuantConv2d, QuantLinear
 from .nn.residual import QuantBatchNorm2d
 from .quant.quantizers import ShiftQuantizer, UniformQuantizer
@@ -23,6 +24,6 @@ __all__ = [
     "ActivationQuantizer", "BundleError", "CheckpointError", "ConfigError", "DataError",
     "ExportError", "PixelInput", "PRESETS", "check_exportable", "codegen", "export", "export_onnx", "load_bundle", "load_checkpoint", "QuantBatchNorm2d", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
     "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "bound_scales", "calibrate", "get_slope",
-    "load_float_weights", "quantize_model", "quantized_layers", "quantizers", "reestimate_batchnorm", "set_slope",
+    "assign_bits", "load_float_weights", "quantize_model", "sensitivity", "quantized_layers", "quantizers", "reestimate_batchnorm", "set_slope",
     "summary", "__version__",
 ]

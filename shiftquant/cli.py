@@ -1,4 +1,5 @@
-"""``shiftquant export | run | summary``: the command line of the export path."""
+"""``shiftquant export | run | codegen | summary | sensitivity``: the command line of the export path
+and of per-layer precision."""
 from __future__ import annotations
 
 import argparse
@@ -149,6 +150,64 @@ def _summary(args) -> None:
           f"({c['flash_tables']:,} with tables), RAM {c['ram']:,} bytes")
 
 
+def _float_model(args):
+    """The float model to measure: a shiftquant checkpoint of a float run, or any weights file
+    with ``--model`` (and ``--classes`` / ``--in-chans``)."""
+    from .checkpoint import checkpoint_meta
+    from .errors import CheckpointError
+    from .models.factory import build_model, load_weights
+
+    try:
+        meta = checkpoint_meta(args.weights)
+    except CheckpointError:
+        meta = None
+    if meta is not None and meta.get("recipe"):
+        raise ShiftQuantError(f"{args.weights} holds a quantized model; sensitivity measures a float one "
+                              "(the checkpoint of a quant=none run, or a float weights file with --model)")
+    name = meta["model"]["name"] if meta else args.model
+    if not name:
+        raise ShiftQuantError(f"{args.weights} is not a shiftquant checkpoint: pass --model NAME")
+    model = build_model(name, meta["num_classes"] if meta else args.classes, meta["in_chans"] if meta else args.in_chans)
+    load_weights(model, args.weights)
+    return model.eval()
+
+
+def _sensitivity(args) -> None:
+    import json
+
+    import yaml
+
+    from .data import DATAMODULES
+    from .mixed import assign_bits, sensitivity
+    from .recipe import QuantRecipe
+
+    model = _float_model(args)
+    if args.data not in DATAMODULES:
+        raise ShiftQuantError(f"--data {args.data!r}: allowed {', '.join(DATAMODULES)}")
+    dm = DATAMODULES[args.data](batch_size=64, **({"root": args.root} if args.root else {}))
+    dm.check()
+    fields = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ShiftQuantError(f"--set {item!r}: expected KEY=VALUE (a QuantRecipe field)")
+        fields[key] = yaml.safe_load(value)
+    recipe = QuantRecipe.preset(args.preset, **fields)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sens = sensitivity(model, recipe, dm.calibration_batches(args.batches), args.candidates,
+                       cache=out / "sensitivity.json", progress=True)
+    print(sens)
+    (out / "sensitivity_table.json").write_text(json.dumps(sens.to_dict(), indent=1))
+    print(f"heat map: {sens.plot(out / 'sensitivity.png')}")
+    if args.budget_bits:
+        chosen = assign_bits(sens, bits_per_weight=args.budget_bits, recipe=recipe)
+        print(f"widths under {args.budget_bits:g} bits per weight ({chosen.bits_per_weight:.3f} used, "
+              f"{chosen.weight_bytes:,.0f} bytes of weights): "
+              + ", ".join(f"{k}={v}" for k, v in chosen.widths.items()))
+        print("as overrides: quant.overrides=" + json.dumps(chosen.recipe(recipe).overrides).replace('"', ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="shiftquant", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -174,6 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--weights", choices=["packed", "tables"], default="packed",
                    help="packed: the bundle's bit-packed codes (least flash); tables: precomputed offsets (fastest)")
     g.set_defaults(fn=_codegen)
+    v = sub.add_parser("sensitivity", help="per-layer sensitivity to each width (KL, hard), table and heat map")
+    v.add_argument("weights", help="a float run's checkpoint, or a weights file with --model")
+    v.add_argument("--model", help="model name when WEIGHTS is not a shiftquant checkpoint")
+    v.add_argument("--classes", type=int, default=10)
+    v.add_argument("--in-chans", type=int, default=3)
+    v.add_argument("--data", default="digits")
+    v.add_argument("--root")
+    v.add_argument("--preset", default="shiftquant", help="the recipe whose layers are measured")
+    v.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="recipe fields, e.g. act_shift_bits=2")
+    v.add_argument("--candidates", type=int, nargs="+", default=[0, 1, 2, 3], help="shift bits to measure")
+    v.add_argument("--batches", type=int, default=4, help="calibration batches of 64 training images")
+    v.add_argument("--budget-bits", type=float, help="also choose the widths under this many bits per weight")
+    v.add_argument("--out", default="sensitivity", help="folder for the table, cache and heat map")
+    v.set_defaults(fn=_sensitivity)
     s = sub.add_parser("summary", help="layers, bits, bytes, ops of a bundle")
     s.add_argument("bundle")
     s.set_defaults(fn=_summary)

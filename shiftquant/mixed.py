@@ -86,7 +86,7 @@ class Sensitivity:
         ax.set_xticks(range(len(self.candidates)), ["float" if c is None else f"s={c}" for c in self.candidates])
         ax.set_yticks(range(len(self.layers)), self.layers, fontsize=7)
         ax.set_xlabel("weight width (shift bits)")
-        fig.colorbar(im, ax=ax, label="log10 KL(float || layer quantized)")
+        fig.colorbar(im, ax=ax, label="log10 KL")
         ax.set_title("Sensitivity per layer (hard, eps = 0)")
         fig.tight_layout()
         fig.savefig(path, dpi=120)

@@ -82,3 +82,20 @@ def test_bad_mixed_values_are_refused_before_training(override, key, tmp_path):
     cfg = compose_cfg(["experiment=quickstart", "quant.mixed.budget_bits=2", override], tmp_path)
     with pytest.raises(ConfigError, match=key):
         prepare(cfg)
+
+
+def test_sensitivity_command_prints_plots_and_assigns(tmp_path, capsys):
+    from shiftquant import cli
+    torch.manual_seed(0)
+    weights = tmp_path / "float.pt"
+    torch.save(build_model("resnet_tiny", 10, 1).state_dict(), weights)
+    out = tmp_path / "sens"
+    assert cli.main(["sensitivity", str(weights), "--model", "resnet_tiny", "--in-chans", "1", "--data", "digits",
+                     "--candidates", "0", "3", "--batches", "1", "--budget-bits", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "s=0" in text and "s=3" in text and "widths under 3 bits per weight" in text
+    table = json.loads((out / "sensitivity_table.json").read_text())
+    assert table["candidates"] == [0, 3] and len(table["layers"]) == 4
+    assert (out / "sensitivity.png").stat().st_size > 1000
+    # A quantized checkpoint is refused: sensitivity is measured on the float model.
+    assert cli.main(["sensitivity", str(weights)]) == 2
