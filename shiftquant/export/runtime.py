@@ -323,7 +323,9 @@ class Runtime:
         if nonzero.size and not np.all((np.abs(nonzero) & (np.abs(nonzero) - 1)) == 0):
             raise BundleError(f"{self.source}: {node['name']}: weights are not powers of two")
         self._tensor(node["weight_scale"], (shape[0],))
-        self._number(node, node.get("accumulator_bound"), "accumulator_bound")
+        bound = node.get("accumulator_bound")
+        if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+            self._fail(node, "accumulator_bound must be a non-negative integer")
         if node.get("accumulator_dtype") not in INT_TYPES \
                 or not holds(node["accumulator_dtype"], -node["accumulator_bound"], node["accumulator_bound"]):
             self._fail(node, "accumulator_dtype must be an integer type that holds the accumulator bound")

@@ -97,5 +97,5 @@ def test_sensitivity_command_prints_plots_and_assigns(tmp_path, capsys):
     table = json.loads((out / "sensitivity_table.json").read_text())
     assert table["candidates"] == [0, 3] and len(table["layers"]) == 4
     assert (out / "sensitivity.png").stat().st_size > 1000
-    # A quantized checkpoint is refused: sensitivity is measured on the float model.
+    # A bare weights file without --model is refused with a message (exit status 2).
     assert cli.main(["sensitivity", str(weights)]) == 2
