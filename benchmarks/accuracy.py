@@ -1,6 +1,6 @@
 """The accuracy protocol: the seed's recipe, ours, the baselines and a real peer, over seeds.
 
-    python benchmarks/accuracy.py --protocol fmnist-r20-v2            # the full protocol (~3 h, 2 cores)
+    python benchmarks/accuracy.py --protocol fmnist-r20-v2            # the full protocol (~3.2 h, 2 cores)
     python benchmarks/accuracy.py --protocol fmnist-r20-v2 --quick    # a few steps per run: a smoke test
     python benchmarks/accuracy.py --protocol fmnist-r20-v2 --only ours_w3a3 brevitas_w3a3 --seeds 1
     python benchmarks/accuracy.py --protocol fmnist-r20-v2 --set trainer=gpu trainer.precision=32-true
@@ -31,16 +31,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PROTOCOLS = ("fmnist-r20-v2",)
-# Budgets. "full": estimated from measured per-epoch times to fit about 3 hours on the 2-core
-# reference machine (BENCHMARKS.md, "protocol v2"): 10,000 training images (seed K draws its own
-# subset), 2,000 validation images read after every epoch, the full 10,000-image test set read once
-# per run; 8 float epochs for the artifact (shared with protocol v1), 6 QAT epochs (474 steps of
-# batch 128, twice v1's 237). "long": the seed recipe's row on the full training set.
+# Budgets. "full" is estimated from measured per-epoch times to fit about 3 hours on the 2-core
+# reference machine (BENCHMARKS.md, "protocol v2"): the float artifact as in protocol v1 (10,000
+# training images, 8 epochs, batch 128); every fine-tuning run on 4,000 training images (seed K draws
+# its own subset) for 3 epochs at batch 32: 375 steps (v1: 237 steps of batch 128); 1,000
+# validation images read after every epoch and at the end, the full 10,000-image test set read at
+# the end. "long": the seed recipe's row on the full training set (55,000 images), 5 epochs.
 BUDGETS = {
-    "full": {"train_subset": 10000, "val_subset": 2000, "test_subset": None, "float_epochs": 8, "qat_epochs": 6,
-             "seeds": 3, "long_train_subset": None, "long_qat_epochs": 5},
-    "quick": {"train_subset": 256, "val_subset": 128, "test_subset": 256, "float_epochs": 1, "qat_epochs": 1,
-              "seeds": 2, "long_train_subset": 512, "long_qat_epochs": 2},
+    "full": {"float_train_subset": 10000, "float_epochs": 8, "train_subset": 4000, "batch_size": 32,
+             "val_subset": 1000, "test_subset": None, "qat_epochs": 3, "seeds": 3,
+             "long_train_subset": None, "long_qat_epochs": 5},
+    "quick": {"float_train_subset": 256, "float_epochs": 1, "train_subset": 256, "batch_size": 32,
+              "val_subset": 128, "test_subset": 256, "qat_epochs": 1, "seeds": 2,
+              "long_train_subset": 512, "long_qat_epochs": 2},
 }
 # The learning rate of every fine-tuning run but the seed's (which keeps its own table).
 QAT_LR = ["schedule.lr.start=0.01", "schedule.lr.end=0.0001"]
@@ -279,18 +282,18 @@ def protocol(argv=None) -> None:
                               'configurations without a peer, or install the peers: pip install -e ".[peers]"')
         brevitas_peer.register(artifact)
 
-    def data(seed: int, long: bool = False) -> list[str]:
-        subset = budget["long_train_subset"] if long else budget["train_subset"]
+    def data(seed: int, subset) -> list[str]:
         return ["model=resnet20", "data=fashion_mnist", "trainer=cpu", "data.num_workers=0",
                 f"data.train_subset={_null(subset)}", f"data.val_subset={_null(budget['val_subset'])}",
                 f"data.test_subset={_null(budget['test_subset'])}", f"seed={seed}", *COMMON, *args.set]
 
-    prepare(compose(data(0) + ["quant=none", "schedule=float"], runs_dir / "check"))  # data and overrides, first
+    float_data = data(0, budget["float_train_subset"])
+    prepare(compose(float_data + ["quant=none", "schedule=float"], runs_dir / "check"))  # data and overrides, first
     (results_dir / "protocol.json").write_text(json.dumps(
-        {"protocol": args.protocol, "budget": budget, "data": data(0)[:-1], "set": args.set, "runs": names,
+        {"protocol": args.protocol, "budget": budget, "data": data(0, budget["train_subset"]), "runs": names,
          "artifact": str(artifact.relative_to(ROOT)) if artifact.is_relative_to(ROOT) else str(artifact)}, indent=2))
 
-    float_run = run_one("float", data(0) + ["quant=none", "schedule=float", "optim.weight_decay=5.0e-4",
+    float_run = run_one("float", float_data + ["quant=none", "schedule=float", "optim.weight_decay=5.0e-4",
                                             f"trainer.max_epochs={budget['float_epochs']}"], results_dir, runs_dir)
     if not artifact.exists():
         from safetensors.torch import save_file
@@ -301,7 +304,9 @@ def protocol(argv=None) -> None:
 
     def start(seed: int, long: bool = False) -> list[str]:
         epochs = budget["long_qat_epochs"] if long else budget["qat_epochs"]
-        return data(seed, long) + [f"model.weights={artifact}", "float_stage.epochs=0", f"trainer.max_epochs={epochs}"]
+        subset = budget["long_train_subset"] if long else budget["train_subset"]
+        return data(seed, subset) + [f"data.batch_size={budget['batch_size']}", f"model.weights={artifact}",
+                                     "float_stage.epochs=0", f"trainer.max_epochs={epochs}"]
 
     seeds = range(budget["seeds"])
     controls = {s: run_one("float_control", start(s) + ["quant=none", "schedule=float", *QAT_LR], results_dir,
