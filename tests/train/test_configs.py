@@ -35,7 +35,8 @@ def test_every_experiment_composes_and_validates(name, tmp_path):
     plan = prepare(cfg)
     assert plan.epochs == cfg.trainer.max_epochs
     if cfg.quant.enabled:
-        assert plan.recipe is not None and plan.eps(0, plan.epochs) == 1.0
+        assert plan.recipe is not None
+        assert plan.eps(0, plan.epochs) == 1.0 if plan.epochs else name.endswith("_ptq")  # PTQ trains nothing
 
 
 SEED_RECIPES = {
