@@ -54,10 +54,13 @@ def mse_pot_exponent(x: torch.Tensor, quantizer: Quantizer, search: int = 4) -> 
     """Per-row integer log2 scale minimizing ``||x - 2^e Q(x / 2^e)||^2`` for a 2-D ``x``.
 
     Candidates are ``ceil(log2 max|x|) - search .. + 1``: the top level at or just above the
-    largest magnitude, and coarser clipping below it.
+    largest magnitude, and coarser clipping below it. An all-zero row (a BatchNorm initialized
+    with gain 0, as timm's last one in a block) is exact at any scale: it gets ``2^0``, not the
+    tiniest one, which would misalign a residual add with it by dozens of bits.
     """
     x = x.detach().float()
-    top = torch.ceil(torch.log2(x.abs().amax(dim=1).clamp_min(1e-12)))
+    peak = x.abs().amax(dim=1)
+    top = torch.where(peak > 0, torch.ceil(torch.log2(peak.clamp_min(1e-12))), torch.zeros_like(peak))
     best_err = torch.full_like(top, float("inf"))
     top.clamp_(F.LOG2_SCALE_MIN + search, F.LOG2_SCALE_MAX - 1)
     best = top.clone()

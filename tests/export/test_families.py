@@ -45,3 +45,15 @@ def test_family_exports_as_the_readme_says(name):
     assert report.how == verdict, str(report)[:2000]
     kinds = {r.module_type.rsplit(".", 1)[-1] for r in report.refusals}
     assert refused_types <= kinds, kinds
+
+
+def test_fresh_timm_resnet_with_zero_initialized_batchnorm_gains_exports_integer_only():
+    """timm zero-initializes each block's last BatchNorm gain: that branch is exactly 0 at
+    calibration, and its residual grid must not take the tiniest scale (which misaligned the add)."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    assert all(float(b.bn2.weight.abs().max()) == 0 for b in model.layer1)
+    x = torch.randn(2, 3, 32, 32)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    sq.calibrate(model, [x])
+    assert sq.check_exportable(model, x, PIXELS3).how == "integer-only, exact"
