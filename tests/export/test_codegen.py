@@ -103,7 +103,8 @@ def test_the_multiply_check_sees_multiplies(tmp_path):
     source = """
 #include <stdint.h>
 int32_t scalar(int32_t a, int32_t b) { return a * b; }
-void vector(int16_t *restrict a, const int16_t *restrict b) { int i; for (i = 0; i < 64; i++) a[i] = (int16_t)(a[i] * b[i]); }
+void vector(int16_t *restrict a, const int16_t *restrict b)
+{ int i; for (i = 0; i < 64; i++) a[i] = (int16_t)(a[i] * b[i]); }
 float real(float a, float b) { return a * b; }
 """
     functions = kernels_of(compile_object(tmp_path, source, ["-O3", "-march=native"], "probe"))

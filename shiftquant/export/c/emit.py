@@ -115,6 +115,15 @@ def _smallest(values, signed: bool = True) -> str:
     return "int32_t"
 
 
+class _Width:
+    """The C types of an accumulator width: unsigned (wrap-around) and signed views."""
+
+    def __init__(self, bits: int):
+        self.acc, self.sacc = ("uint16_t", "int16_t") if bits == 16 else ("uint32_t", "int32_t")
+        self.signed = "SQ_S16" if bits == 16 else "SQ_S32"
+        self.shift = "unsigned" if bits == 16 else "uint32_t"  # shifted without promotion to int
+
+
 class _Source:
     def __init__(self, p: Program):
         self.p = p
@@ -252,126 +261,37 @@ unsigned k0 = 0, k1 = 0;
     def shift_layer(self, k: ShiftLayer) -> str:
         a, out = k.inputs[0], k.output
         nm = k.name
-        acc = "uint16_t" if k.acc_bits == 16 else "uint32_t"
-        sacc = "int16_t" if k.acc_bits == 16 else "int32_t"
-        to_signed = "SQ_S16" if k.acc_bits == 16 else "SQ_S32"
-        shift_cast = "unsigned" if k.acc_bits == 16 else "uint32_t"
-        exps = k.exponents
-        ng = k.groups_count
+        w = _Width(k.acc_bits)
         off_t = "uint16_t" if max(k.tap_offsets, default=0) < 1 << 16 else "uint32_t"
-        packed = self.p.weights == "packed"
-        if not packed:
-            offsets, starts = k.grouped_taps()
         nseg, seg_len, out0, out_step, in0 = k.segments
-        ch, xs = k.chunk, k.x_step
-        cout_g = k.cout // k.groups
-        # Per output channel: its plane, its group's first input plane, its first code bit.
-        ch_table = []
-        for co in range(k.cout):
-            g = co // cout_g
-            ch_table += [co * out.plane, g * k.cin_g * a.plane,
-                         co * k.taps * k.code_bits if packed else co * (ng + 1)]
-        rows = 0
-        consts = [f"/* {k.node}: {'conv' if k.kernel != (1, 1) or k.out_hw != (1, 1) else 'shift'} "
-                  f"{k.cin_g * k.groups} -> {k.cout}, kernel {k.kernel[0]}x{k.kernel[1]}, stride {k.stride}, "
-                  f"padding {k.padding}, groups {k.groups}; weights 0 or ±2^t, t in {exps}; "
-                  f"|accumulator| <= {k.bound} ({k.acc_bits} bits) */\n",
-                  ]
+        ch = k.chunk
+        packed = self.p.weights == "packed"
+        consts = [f"/* {k.node}: {k.cin_g * k.groups} -> {k.cout} channels, kernel {k.kernel[0]}x{k.kernel[1]}, "
+                  f"stride {k.stride}, padding {k.padding}, groups {k.groups}; weights 0 or ±2^t, t in "
+                  f"{k.exponents}; |accumulator| <= {k.bound} ({k.acc_bits} bits) */\n"]
         if packed:
             consts += [_array("uint8_t", f"{nm}_codes", k.codes), _array("uint8_t", f"{nm}_group", k.group_of_code()),
                        _array(off_t, f"{nm}_tap", k.tap_offsets)]
         else:
+            offsets, starts = k.grouped_taps()
             consts += [_array(off_t, f"{nm}_list", offsets), _array("uint32_t", f"{nm}_start", starts)]
-        src = "src[i]" if xs == 1 else f"src[i * {xs}u]" if xs & (xs - 1) == 0 else None
-        if src is None:
-            raise AssertionError("stride must be a power of two")  # pragma: no cover - lowering uses 1 or 2
-        # Horner combination of the per-exponent sums.
-        combine = []
-        for e, t in enumerate(exps):
-            lo, hi = 2 * e, 2 * e + 1
-            combine.append(f"""\
-            /* weights ±2^{t} */
-            for (i = 0; i < {ch}u; i++) s[i] = 0;
-{self.sum_taps(k, acc, src, lo, hi, "+")}
-{self.sum_taps(k, acc, src, hi, hi + 1, "-")}""")
-            if e == 0:
-                combine.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = s[i];")
-            else:
-                d = exps[e - 1] - t
-                combine.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = ({acc})((({shift_cast})acc[i] << {d}) + s[i]);")
-        if not exps:
-            combine.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = 0;")
-        elif exps[-1] > 0:
-            combine.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = ({acc})(({shift_cast})acc[i] << {exps[-1]});")
-        # Output stage.
-        if k.requant is not None:
-            th = k.requant
-            negs = [1 if n else 0 for n in th.negate]
-            consts.append(_array("uint8_t", f"{nm}_neg", negs))
-            ch_table_cols = 4
-            lookup = th.lookup() if self.p.weights == "tables" and th.window else None
-            if lookup is not None:  # one table lookup per value (tables mode, many levels)
-                lut, base = lookup
-                span = lut.shape[1]
-                rows = [co * span for co in range(k.cout)]
-                consts += [_array(_smallest(th.levels), f"{nm}_lut", lut), _array("int32_t", f"{nm}_lutlo", base)]
-                stage = f"""\
-            {{   /* the level of every accumulator value between the channel's first and last threshold */
-                const {_smallest(th.levels)} *lut = {nm}_lut + {nm}_ch[co][3];
-                const int32_t base = {nm}_lutlo[co], m = {nm}_neg[co] ? -1 : 0;
-                int32_t x[{ch}];
-                for (i = 0; i < {ch}u; i++) {{
-                    const int32_t d = ((({to_signed}(acc[i])) ^ m) - m) - base;
-                    x[i] = d < 0 ? 0 : d > {span - 1} ? {span - 1} : d;
-                }}
-                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})lut[x[i]];
-            }}"""
-            else:
-                rows = [co * th.count for co in range(k.cout)]
-                rtype = sacc if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
-                consts_req, code = self.count(th, sacc, nm, f"{nm}_thr", "v", "r", f"{ch}u", "thr")
-                consts.append(consts_req)
-                stage = f"""\
-            {{
-                const {sacc} *thr = {nm}_thr + {nm}_ch[co][3];
-                const int32_t m = {nm}_neg[co] ? -1 : 0;
-                {sacc} v[{ch}];
-                {rtype} r[{ch}];
-                unsigned k;
-                for (i = 0; i < {ch}u; i++) v[i] = ({sacc})((({to_signed}(acc[i])) ^ m) - m);
-                {code}
-                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
-                (void)k;
-            }}"""
-        elif k.logit_bias is not None:
-            ch_table_cols = 3
-            consts.append(_array("int32_t", f"{nm}_bias", k.logit_bias))
-            consts.append(_array("uint8_t", f"{nm}_lshift", k.logit_shift))
-            stage = f"""\
-            {{
-                const uint32_t bias = (uint32_t){nm}_bias[co];
-                const unsigned sh = {nm}_lshift[co];
-                for (i = 0; i < n; i++) op[p + i] = SQ_S32((({to_signed}(acc[i]) + bias) << sh));
-            }}"""
-        else:
-            ch_table_cols = 3
-            stage = f"""\
-            for (i = 0; i < n; i++) op[p + i] = {to_signed}(acc[i]);"""
-        if ch_table_cols == 4:
-            table = [ch_table[3 * c:3 * c + 3] + [rows[c]] for c in range(k.cout)]
-        else:
-            table = [ch_table[3 * c:3 * c + 3] + [0] for c in range(k.cout)]
+        stage_consts, stage, rows = self.output_stage(k, w)
+        consts.append(stage_consts)
+        # Per output channel: its output plane, its group's first input plane, where its weights
+        # start (code bit or table row) and where its thresholds start.
+        cout_g = k.cout // k.groups
+        table = [[co * out.plane, (co // cout_g) * k.cin_g * a.plane,
+                  co * k.taps * k.code_bits if packed else co * (k.groups_count + 1), rows[co]]
+                 for co in range(k.cout)]
         consts.append(f"static const uint32_t {nm}_ch[{k.cout}][4] = {{\n    "
                       + ",\n    ".join("{" + ", ".join(str(v) for v in row) + "}" for row in table) + "\n};\n")
-        mask = (1 << k.code_bits) - 1
-        combine_text = "\n".join(combine)
         return "".join(consts) + f"""
 {self.signature(k)}
 {{
     int co;
     SQ_PARALLEL_FOR
     for (co = 0; co < {k.cout}; co++) {{
-{self.weights_block(k, off_t, ng, mask)}
+{self.weights_block(k, off_t)}
         const {a.ctype} *ip = a + {nm}_ch[co][1] + {in0}u;
         {out.ctype} *ob = out + {nm}_ch[co][0];
         {out.ctype} *op = ob + {out0}u;
@@ -379,10 +299,10 @@ unsigned k0 = 0, k1 = 0;
         for (seg = 0; seg < {nseg}u; seg++, ip += {k.in_step}u, op += {out_step}u) {{
             const {a.ctype} *base = ip;
             unsigned p;
-            for (p = 0; p < {seg_len}u; p += {ch}u, base += {ch * xs}u) {{
-                {acc} acc[{ch}], s[{ch}];
+            for (p = 0; p < {seg_len}u; p += {ch}u, base += {ch * k.x_step}u) {{
+                {w.acc} acc[{ch}], s[{ch}];
                 const unsigned n = {seg_len}u - p < {ch}u ? {seg_len}u - p : {ch}u;
-{combine_text}
+{self.horner(k, w)}
 {stage}
             }}
         }}
@@ -391,6 +311,78 @@ unsigned k0 = 0, k1 = 0;
     }}
 }}
 """
+
+    def horner(self, k: ShiftLayer, w: _Width) -> str:
+        """``acc`` of a block: per exponent, from the largest, the inputs of the ``+2^t`` weights
+        minus those of the ``-2^t`` weights, combined by shifts."""
+        ch, exps = k.chunk, k.exponents
+        src = "src[i]" if k.x_step == 1 else f"src[i * {k.x_step}u]"
+        lines = []
+        for e, t in enumerate(exps):
+            lines.append(f"""\
+            /* weights ±2^{t} */
+            for (i = 0; i < {ch}u; i++) s[i] = 0;
+{self.sum_taps(k, w.acc, src, 2 * e, 2 * e + 1, "+")}
+{self.sum_taps(k, w.acc, src, 2 * e + 1, 2 * e + 2, "-")}""")
+            if e == 0:
+                lines.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = s[i];")
+            else:
+                lines.append(f"            for (i = 0; i < {ch}u; i++) "
+                             f"acc[i] = ({w.acc})((({w.shift})acc[i] << {exps[e - 1] - t}) + s[i]);")
+        if not exps:
+            lines.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = 0;")
+        elif exps[-1] > 0:
+            lines.append(f"            for (i = 0; i < {ch}u; i++) "
+                         f"acc[i] = ({w.acc})(({w.shift})acc[i] << {exps[-1]});")
+        return "\n".join(lines)
+
+    def output_stage(self, k: ShiftLayer, w: _Width) -> tuple[str, str, list[int]]:
+        """``(constants, code, threshold row per channel)`` storing a block's ``n`` results at
+        ``op[p]``: requantized levels, integer logits, or the accumulators."""
+        nm, ch, out = k.name, k.chunk, k.output
+        zeros = [0] * k.cout
+        if k.logit_bias is not None:
+            consts = _array("int32_t", f"{nm}_bias", k.logit_bias) + _array("uint8_t", f"{nm}_lshift", k.logit_shift)
+            return consts, f"""\
+            {{
+                const uint32_t bias = (uint32_t){nm}_bias[co];
+                const unsigned sh = {nm}_lshift[co];
+                for (i = 0; i < n; i++) op[p + i] = SQ_S32((({w.signed}(acc[i]) + bias) << sh));
+            }}""", zeros
+        if k.requant is None:
+            return "", f"            for (i = 0; i < n; i++) op[p + i] = {w.signed}(acc[i]);", zeros
+        th = k.requant
+        consts = _array("uint8_t", f"{nm}_neg", [1 if n else 0 for n in th.negate])
+        lookup = th.lookup() if self.p.weights == "tables" and th.window else None
+        if lookup is not None:  # tables mode, many levels: one lookup per value
+            lut, base = lookup
+            span, lut_t = lut.shape[1], _smallest(th.levels)
+            consts += _array(lut_t, f"{nm}_lut", lut) + _array("int32_t", f"{nm}_lutlo", base)
+            return consts, f"""\
+            {{   /* the level of every accumulator value between the channel's first and last threshold */
+                const {lut_t} *lut = {nm}_lut + {nm}_ch[co][3];
+                const int32_t base = {nm}_lutlo[co], m = {nm}_neg[co] ? -1 : 0;
+                int32_t x[{ch}];
+                for (i = 0; i < {ch}u; i++) {{
+                    const int32_t d = ((({w.signed}(acc[i])) ^ m) - m) - base;
+                    x[i] = d < 0 ? 0 : d > {span - 1} ? {span - 1} : d;
+                }}
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})lut[x[i]];
+            }}""", [co * span for co in range(k.cout)]
+        rtype = w.sacc if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
+        count_consts, code = self.count(th, w.sacc, nm, f"{nm}_thr", "v", "r", f"{ch}u", "thr")
+        return consts + count_consts, f"""\
+            {{
+                const {w.sacc} *thr = {nm}_thr + {nm}_ch[co][3];
+                const int32_t m = {nm}_neg[co] ? -1 : 0;
+                {w.sacc} v[{ch}];
+                {rtype} r[{ch}];
+                unsigned k;
+                for (i = 0; i < {ch}u; i++) v[i] = ({w.sacc})((({w.signed}(acc[i])) ^ m) - m);
+                {code}
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
+                (void)k;
+            }}""", [co * th.count for co in range(k.cout)]
 
     @staticmethod
     def sum_taps(k: ShiftLayer, acc: str, src: str, first: int, end: int, sign: str) -> str:
@@ -417,10 +409,10 @@ unsigned k0 = 0, k1 = 0;
                 for (i = 0; i < {ch}u; i++) s[i] = ({acc})(s[i] {sign} ({acc})s8[i]);
             }}"""
 
-    def weights_block(self, k: ShiftLayer, off_t: str, ng: int, mask: int) -> str:
+    def weights_block(self, k: ShiftLayer, off_t: str) -> str:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the
         channel begins in it): decoded from the packed codes, or read from the tables."""
-        nm = k.name
+        nm, ng, mask = k.name, k.groups_count, (1 << k.code_bits) - 1
         if self.p.weights == "tables":
             return f"""\
         const {off_t} *list = {nm}_list;

@@ -675,6 +675,9 @@ class _Lowering:
             a = t
             before.append(split)
         else:
+            if sw & (sw - 1):
+                raise CodegenError(f"node {k.node!r}: stride {sw} along a row is not supported by the C backend "
+                                   "(1 or powers of two)")
             k.tap_offsets = [ci * a.plane + y * dh * a.row + x * dw
                              for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
             k.segments = (ho, wo, first, out.row, (bi - ph) * a.row + (bi - pw))
