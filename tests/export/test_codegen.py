@@ -65,14 +65,12 @@ def kernels_of(objfile) -> dict[str, list[str]]:
     return functions
 
 
-def compile_object(tmp_path, source, flags, name="net"):
-    (tmp_path / "probe.c").write_text(source) if source else None
-    obj = tmp_path / f"{name}.o"
-    cc = shutil.which("cc")
-    done = subprocess.run([cc, *STRICT, *flags, "-c", f"{name if not source else 'probe'}.c", "-o", obj.name],
-                          cwd=tmp_path, capture_output=True, text=True)
+def compile_object(directory, name, flags):
+    """``directory/name.c`` compiled with the strict flags and ``flags``; the object file."""
+    done = subprocess.run([shutil.which("cc"), *STRICT, *flags, "-c", f"{name}.c", "-o", f"{name}.o"],
+                          cwd=directory, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return obj
+    return directory / f"{name}.o"
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
@@ -90,7 +88,7 @@ def test_strict_c99_without_multiplies_in_the_shift_kernels(resnet20, weights, l
     assert program.flash_bytes > 0 and 0 < program.arena_bytes <= program.ram_bytes
     shift_layers = sum(1 for n in rt.nodes if n["op"].startswith("shift_"))
     for flags in levels:
-        functions = kernels_of(compile_object(tmp_path, None, flags))
+        functions = kernels_of(compile_object(tmp_path, "net", flags))
         kernels = {f: ops for f, ops in functions.items() if "_shift_" in f}
         assert len({f.split(".")[0] for f in kernels}) == shift_layers, sorted(kernels)
         found = {f: sorted({op for op in ops if MULTIPLY.match(op)}) for f, ops in kernels.items()}
@@ -107,7 +105,8 @@ void vector(int16_t *restrict a, const int16_t *restrict b)
 { int i; for (i = 0; i < 64; i++) a[i] = (int16_t)(a[i] * b[i]); }
 float real(float a, float b) { return a * b; }
 """
-    functions = kernels_of(compile_object(tmp_path, source, ["-O3", "-march=native"], "probe"))
+    (tmp_path / "probe.c").write_text(source)
+    functions = kernels_of(compile_object(tmp_path, "probe", ["-O3", "-march=native"]))
     for name in ("scalar", "vector", "real"):
         assert any(MULTIPLY.match(op) for op in functions[name]), (name, functions[name])
 
