@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -93,13 +94,22 @@ def find_compiler() -> str:
                                 "runtime)")
 
 
+def _cpu() -> str:
+    """What ``-march=native`` compiles for: a cache shared by several machines keeps one library each."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
 def build(name: str, header: str, source: str) -> Path:
     """The shared library of the generated code (cached)."""
     cc = find_compiler()
     host = _HOST.format(name=name, up=name.upper())
     about = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     flags = FLAGS + (GCC_ONLY if "Free Software Foundation" in about else [])
-    key = hashlib.sha256("\0".join([header, source, host, cc, about, *flags]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([header, source, host, cc, about, _cpu(), *flags]).encode()).hexdigest()[:20]
     path = cache_dir() / f"{name}-{key}.so"
     if path.exists():
         return path

@@ -300,7 +300,7 @@ unsigned k0 = 0, k1 = 0;
             const {a.ctype} *base = ip;
             unsigned p;
             for (p = 0; p < {seg_len}u; p += {ch}u, base += {ch * k.x_step}u) {{
-                {w.acc} acc[{ch}], s[{ch}];
+                {w.acc} acc[{ch}];
                 const unsigned n = {seg_len}u - p < {ch}u ? {seg_len}u - p : {ch}u;
 {self.horner(k, w)}
 {stage}
@@ -313,25 +313,19 @@ unsigned k0 = 0, k1 = 0;
 """
 
     def horner(self, k: ShiftLayer, w: _Width) -> str:
-        """``acc`` of a block: per exponent, from the largest, the inputs of the ``+2^t`` weights
-        minus those of the ``-2^t`` weights, combined by shifts."""
+        """``acc`` of a block, Horner-style over the exponents from the largest: shift what is
+        there, add the inputs of the ``+2^t`` weights, subtract those of the ``-2^t`` weights."""
         ch, exps = k.chunk, k.exponents
         src = "src[i]" if k.x_step == 1 else f"src[i * {k.x_step}u]"
-        lines = []
+        lines = [f"            for (i = 0; i < {ch}u; i++) acc[i] = 0;"]
         for e, t in enumerate(exps):
-            lines.append(f"""\
-            /* weights ±2^{t} */
-            for (i = 0; i < {ch}u; i++) s[i] = 0;
-{self.sum_taps(k, w.acc, src, 2 * e, 2 * e + 1, "+")}
-{self.sum_taps(k, w.acc, src, 2 * e + 1, 2 * e + 2, "-")}""")
-            if e == 0:
-                lines.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = s[i];")
-            else:
+            if e > 0:
                 lines.append(f"            for (i = 0; i < {ch}u; i++) "
-                             f"acc[i] = ({w.acc})((({w.shift})acc[i] << {exps[e - 1] - t}) + s[i]);")
-        if not exps:
-            lines.append(f"            for (i = 0; i < {ch}u; i++) acc[i] = 0;")
-        elif exps[-1] > 0:
+                             f"acc[i] = ({w.acc})(({w.shift})acc[i] << {exps[e - 1] - t});")
+            lines.append(f"            /* weights ±2^{t} */")
+            lines.append(self.sum_taps(k, w.acc, src, 2 * e, 2 * e + 1, "+"))
+            lines.append(self.sum_taps(k, w.acc, src, 2 * e + 1, 2 * e + 2, "-"))
+        if exps and exps[-1] > 0:
             lines.append(f"            for (i = 0; i < {ch}u; i++) "
                          f"acc[i] = ({w.acc})(({w.shift})acc[i] << {exps[-1]});")
         return "\n".join(lines)
@@ -386,7 +380,7 @@ unsigned k0 = 0, k1 = 0;
 
     @staticmethod
     def sum_taps(k: ShiftLayer, acc: str, src: str, first: int, end: int, sign: str) -> str:
-        """``s (sign)= sum of the inputs of taps list[start[first] .. start[end])``: directly in the
+        """``acc (sign)= sum of the inputs of taps list[start[first] .. start[end])``: directly in the
         accumulator's width, or in runs of ``narrow_run`` taps summed in byte lanes (64 per 512-bit
         register; the bound of a run's sum, taps x largest input, fits the byte) then widened."""
         a, ch = k.inputs[0], k.chunk
@@ -394,7 +388,7 @@ unsigned k0 = 0, k1 = 0;
             return f"""\
             for (j = start[{first}]; j < start[{end}]; j++) {{
                 const {a.ctype} *src = base + list[j];
-                for (i = 0; i < {ch}u; i++) s[i] = ({acc})(s[i] {sign} ({acc}){src});
+                for (i = 0; i < {ch}u; i++) acc[i] = ({acc})(acc[i] {sign} ({acc}){src});
             }}"""
         byte = "uint8_t" if a.lo >= 0 else "int8_t"
         return f"""\
@@ -406,7 +400,7 @@ unsigned k0 = 0, k1 = 0;
                     const {a.ctype} *src = base + list[j];
                     for (i = 0; i < {ch}u; i++) s8[i] = ({byte})(s8[i] + {src});
                 }}
-                for (i = 0; i < {ch}u; i++) s[i] = ({acc})(s[i] {sign} ({acc})s8[i]);
+                for (i = 0; i < {ch}u; i++) acc[i] = ({acc})(acc[i] {sign} ({acc})s8[i]);
             }}"""
 
     def weights_block(self, k: ShiftLayer, off_t: str) -> str:
