@@ -84,7 +84,8 @@ def _codegen(args) -> None:
 
 def c_sizes(rt) -> dict:
     """Flash and RAM of the bundle's C code (``shiftquant codegen``), or why it has none."""
-    from .export.c import CodegenError, lower
+    from .errors import CodegenError
+    from .export.c import lower
 
     try:
         packed = lower(rt.manifest, rt.tensors, weights="packed")

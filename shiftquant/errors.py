@@ -38,3 +38,12 @@ class ExportError(ShiftQuantError):
 
 class DataError(ShiftQuantError):
     """A dataset is missing, unreadable or inconsistent."""
+
+
+class CodegenError(ShiftQuantError):
+    """A bundle cannot become C: a node the C backend does not implement (named, with what to do),
+    or the compiler failed."""
+
+
+class CompilerNotFoundError(CodegenError):
+    """No C compiler: the C backend cannot build its library (``backend="reference"`` needs none)."""

@@ -9,10 +9,10 @@ import os
 import re
 from pathlib import Path
 
-from ...errors import ConfigError
-from .backend import CompilerNotFoundError, CRuntime
+from ...errors import CodegenError, CompilerNotFoundError, ConfigError
+from .backend import CRuntime
 from .emit import emit
-from .lower import CodegenError, Program, lower
+from .lower import Program, lower
 
 
 def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "packed") -> Program:

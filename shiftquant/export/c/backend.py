@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import BundleError
+from ...errors import BundleError, CodegenError, CompilerNotFoundError
 from .emit import emit
-from .lower import CodegenError, Program, lower
+from .lower import Program, lower
 
 FLAGS = ["-std=c99", "-O3", "-march=native", "-fPIC", "-shared"]
 OPENMP = ["-fopenmp"]
@@ -74,10 +74,6 @@ int {name}_batch(int n, const void *input, int32_t *output, int threads)
 # The host backend stores weights as precomputed tables (fastest) up to this many bytes of
 # constants; beyond, as the packed codes (tables of a large model take long to compile).
 TABLES_UP_TO = 4 << 20
-
-
-class CompilerNotFoundError(CodegenError):
-    """No C compiler: the C backend cannot build its library."""
 
 
 def cache_dir() -> Path:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import ShiftQuantError
+from ...errors import CodegenError
 
 # Types of values between kernels, narrowest first (the bundle's declared integer types).
 CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
@@ -29,10 +29,6 @@ ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
 CHUNK = 64  # output positions per vector block of a shift layer
 WINDOW = 24  # beyond this many thresholds, a block counts only those between its extremes
 LOOKUP_SPAN = 4096  # tables mode: many levels become a lookup table over at most this many values
-
-
-class CodegenError(ShiftQuantError):
-    """A bundle cannot be compiled to C (a float op, an unsupported op or shape)."""
 
 
 def dtype_for(lo: int, hi: int) -> str:
@@ -315,11 +311,12 @@ def lower(manifest: dict, tensors: dict[str, np.ndarray], name: str = "model", w
     return program
 
 
-def _float(node: dict, what: str) -> CodegenError:
-    return CodegenError(f"node {node['name']!r} ({node['op']}) {what}: the C backend runs integer ops only. "
-                        "Export with the deploy preset (quant=deploy, QuantRecipe.preset('deploy')), which makes "
-                        "shift layers, residual adds and global average pooling integer (pooling over windows and "
-                        "layers kept float stay float), or use backend='reference'")
+def _float(node: dict, what: str) -> str:
+    """The refusal of a node that is not an integer kernel: which, and what to do."""
+    return (f"node {node['name']!r} ({node['op']}) {what}: the C backend runs integer ops only. Export with the "
+            "deploy preset (quant=deploy, QuantRecipe.preset('deploy')), which makes shift layers, residual adds "
+            "and global average pooling integer (pooling over windows and layers kept float stay float), or use "
+            "backend='reference'")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -412,7 +409,7 @@ class _Lowering:
         while True:
             consumers = [n for n in self.nodes if cur["name"] in n["inputs"]]
             if len(consumers) != 1:
-                raise _float(node, "is read as float values by several nodes")
+                raise CodegenError(_float(node, "is read as float values by several nodes"))
             nxt = consumers[0]
             if nxt["op"] in ("flatten", "identity"):
                 self.host_prefix.add(nxt["name"])
@@ -420,7 +417,7 @@ class _Lowering:
                 continue
             if not nxt["op"].startswith("shift_") or nxt.get("input_thresholds") is not None \
                     or nxt["input_quantizer"]["policy"] != "learned_pot":
-                raise _float(nxt, "reads float input")
+                raise CodegenError(_float(nxt, "reads float input"))
             break
         if cur is not node:  # through a flatten: the layer sees a vector
             shape = [int(np.prod(shape)), 1, 1]
@@ -443,7 +440,7 @@ class _Lowering:
             self.shift_layer(node, args[0])
             return
         if any(a is None for a in args):
-            raise _float(node, "computes in float32")
+            raise CodegenError(_float(node, "computes in float32"))
         x = args[0]
         if op in ("flatten", "identity"):
             self.values[node["name"]] = self.reshape(node, x)
@@ -479,7 +476,7 @@ class _Lowering:
             out = self.tensor(node["name"], dtype_for(lo, hi), (c, 1, 1), lo, hi)
             self.emit(GlobalSum(self.cname("sum", node), node["name"], [x], out))
         else:
-            raise _float(node, "computes in float32")
+            raise CodegenError(_float(node, "computes in float32"))
 
     def emit(self, kernel: Kernel) -> None:
         self.kernels.append(kernel)
@@ -502,11 +499,11 @@ class _Lowering:
         """The tensor of this layer's input integers (a Map kernel for ``input_thresholds``)."""
         if node.get("input_codes"):
             if x is None:
-                raise _float(node, "expects integer codes but its input is float")
+                raise CodegenError(_float(node, "expects integer codes but its input is float"))
             return x
         if node.get("input_thresholds") is not None:
             if x is None:
-                raise _float(node, "has input thresholds but its input is float")
+                raise CodegenError(_float(node, "has input thresholds but its input is float"))
             table = self.thresholds(node["input_thresholds"])  # (L-1, K)
             channels = x.shape[0]
             if table.shape[1] not in (1, channels):
@@ -522,7 +519,7 @@ class _Lowering:
             return out
         if self.input_kind == "codes" and node["name"] == self.first_layer:
             return x
-        raise _float(node, "quantizes its input in float (no input_codes or input_thresholds)")
+        raise CodegenError(_float(node, "quantizes its input in float (no input_codes or input_thresholds)"))
 
     def shift_layer(self, node: dict, x: Tensor | None) -> None:
         if node.get("weight_offset"):
