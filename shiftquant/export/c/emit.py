@@ -85,8 +85,8 @@ def _header(p: Program) -> str:
 {unit}
 typedef {p.input.ctype} {n}_input_t;
 
-/* Runs the network on one input; the arena ({up}_ARENA_BYTES bytes, any alignment the platform
-   gives malloc or a static array) holds every activation. Reentrant. Returns 0. */
+/* Runs the network on one input; the arena ({up}_ARENA_BYTES bytes, aligned to 8 bytes, as malloc
+   or a uint64_t array gives them) holds every activation. Reentrant. Returns 0. */
 int {n}_invoke(const {n}_input_t *input, int32_t *output, void *arena);
 
 /* {n}_invoke on a static arena of this file (not reentrant). Returns 0. */
