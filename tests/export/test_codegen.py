@@ -214,3 +214,19 @@ def test_cli_codegen_summary_and_run_with_the_c_backend(tmp_path, capsys):
         assert main(["run", rt.source, "--data", "digits", "--limit", "200", "--backend", backend]) == 0
         runs.append(capsys.readouterr().out.split("top-1 ")[1].split(" on")[0])
     assert runs[0] == runs[1]  # the same predictions, so the same accuracy
+
+
+def test_a_bundle_without_pixels_takes_the_first_layers_input_integers(tmp_path):
+    """Float input: the host quantizes it with the reference runtime's quantizer, the C does the rest."""
+    from tests.export.models import quantized
+
+    model, x = quantized("plain", 0, weight_shift_bits=2, act_shift_bits=2)
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / "floats.sqb", x)
+    native = CRuntime(rt)
+    assert native.program.input_kind == "codes" and rt.float_ops  # the first layer's input quantizer
+    xs = torch.cat([x, 4 * torch.randn(4, *x.shape[1:]), torch.full((1, *x.shape[1:]), 1e3),
+                    torch.full((1, *x.shape[1:]), -1e3)])
+    with torch.no_grad():
+        ref = model(xs).numpy()
+    assert np.array_equal(native.run(xs.numpy()), ref) and np.array_equal(rt.run(xs.numpy()), ref)
