@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...errors import CodegenError
+from ...errors import CodegenError, ConfigError
 
 # Types of values between kernels, narrowest first (the bundle's declared integer types).
 CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
@@ -48,7 +48,7 @@ class Tensor:
     lo: int
     hi: int
     border: int = 0
-    offset: int = -1  # bytes into the arena; -1: the caller's buffer (input) / logits pointer
+    offset: int = -1  # bytes into the arena; -1: the caller's output buffer (the logits)
     alias_of: Tensor | None = None
     slack: int = 0  # elements readable past the end (vector blocks that overrun)
 
@@ -304,7 +304,6 @@ def lower(manifest: dict, tensors: dict[str, np.ndarray], name: str = "model", w
     output channel's codes when it starts it); ``"tables"`` stores every channel's input offsets
     already grouped by exponent and sign (more flash, no decoding: the host backend's choice)."""
     if weights not in WEIGHT_FORMATS:
-        from ...errors import ConfigError
         raise ConfigError("weights", weights, " or ".join(map(repr, WEIGHT_FORMATS)))
     program = _Lowering(manifest, tensors, name).run()
     program.weights = weights
@@ -733,16 +732,8 @@ def _pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int
 
 
 def _stack_bytes(k: Kernel) -> int:
-    """Scratch a kernel keeps on the stack: a shift layer's per-channel tap lists and vector blocks."""
+    """Scratch a kernel keeps on the stack (an upper bound): a shift layer's decoded tap lists and
+    group starts (packed weights) and its vector blocks (accumulators, byte sums, output stage)."""
     if not isinstance(k, ShiftLayer):
         return 0
-    off = _int_bytes(k.tap_offsets)
-    return k.taps * (off + 1) + 4 * (2 * len(k.exponents) + 2) + 3 * k.chunk * 4
-
-
-def describe(program: Program) -> str:
-    """A short human summary (the generated header repeats it)."""
-    lines = [f"{len(program.kernels)} kernels, flash {program.flash_bytes:,} bytes (constants), "
-             f"RAM {program.ram_bytes:,} bytes (arena {program.arena_bytes:,} + stack {program.stack_bytes:,})"]
-    return "\n".join(lines)
-
+    return k.taps * (_int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk
