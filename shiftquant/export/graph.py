@@ -46,7 +46,8 @@ def _quantizer_spec(q) -> dict:
         raise ExportError(f"unknown quantizer {type(q).__name__}")
     levels = q.levels()
     return {"kind": kind, "bits": bits, "rounding": q.rounding, "zero": q.zero, "signed": q.signed,
-            "levels": levels.tolist(), "resolution": q.resolution, "code_bits": q.code_bits}
+            "full_codes": bool(q.full_codes), "levels": levels.tolist(), "resolution": q.resolution,
+            "code_bits": q.code_bits}
 
 
 class Exporter:

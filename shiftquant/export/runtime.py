@@ -207,8 +207,10 @@ class Runtime:
     def _check_quantizer(self, node: dict, q: dict) -> None:
         if not isinstance(q, dict) or q.get("kind") not in ("shift", "uniform") \
                 or q.get("rounding") not in QF.ROUNDINGS or not isinstance(q.get("zero"), bool) \
-                or not isinstance(q.get("signed"), bool):
+                or not isinstance(q.get("signed"), bool) or not isinstance(q.get("full_codes", False), bool):
             self._fail(node, "malformed quantizer")
+        if q.get("full_codes") and (q["signed"] or not q["zero"]):
+            self._fail(node, "full_codes is a layout of unsigned quantizers with a zero level")
         self._ints(node, q.get("bits"), "quantizer bits")
         self._ints(node, q.get("code_bits"), "code_bits", low=1)
         levels = q.get("levels")
@@ -405,7 +407,7 @@ class Runtime:
                              torch.from_numpy(self._tensor(spec["running_var"])), gain, None, False, 0.0,
                              spec["norm_eps"]).reshape(moved.shape).movedim(1, dim)
         fn = QF.shift_quantize if q["kind"] == "shift" else QF.uniform_quantize
-        hard = fn(z, int(q["bits"]), q["rounding"], bool(q["zero"]), bool(q["signed"]))
+        hard = fn(z, int(q["bits"]), q["rounding"], bool(q["zero"]), bool(q["signed"]), bool(q.get("full_codes", False)))
         return torch.round(hard.double() / q["resolution"]).long().numpy()
 
     @staticmethod
