@@ -99,6 +99,13 @@ def _uniform(w: int, a: int | None, **kw) -> Config:
                    "quant.act_shift_bits=null", f"quant.act_uniform_bits={a if a is not None else 'null'}", *EXP], **kw)
 
 
+def _ptq(w: int, a: int | None, **kw) -> Config:
+    """Post-training quantization with our recipe: calibrate the scales, re-estimate BatchNorm,
+    test; no fine-tuning (trainer.max_epochs=0)."""
+    return Config(["quant=shiftquant", f"quant.weight_shift_bits={w}", f"quant.act_shift_bits={a if a is not None else 'null'}",
+                   "trainer.max_epochs=0"], **kw)
+
+
 def _brevitas(bits: int, **kw) -> Config:
     from peers import brevitas_peer
     return Config([*brevitas_peer.overrides(bits, bits), *QAT_LR], peer="brevitas", **kw)
@@ -120,6 +127,8 @@ def configurations() -> dict[str, Config]:
         # One seed: weight-only peers, the seed at a longer budget, and what each lever is worth.
         "seed_w3": _seed(2, None), "deepshift_w3": _deepshift(2, None), "uniform_w3": _uniform(3, None),
         "seed_w3a3_long": _seed(2, 2, long=True),
+        # What the settings lose with no training at all (post-training quantization).
+        "ptq_w3": _ptq(2, None), "ptq_w3a3": _ptq(2, 2), "ptq_w2a2": _ptq(1, 1),
         "ours_w2a2_from_float": _ours(1, 1, tags=["ablation"]),
         "ours_w2a2_no_kd": _ours(1, 1, "distill.enabled=false", init_from="ours_w3a3", tags=["ablation"]),
         "ours_w2a2_learned_wscale": _ours(1, 1, "quant.weight_scale_frozen=false", init_from="ours_w3a3",
