@@ -109,3 +109,16 @@ def test_real_cli_exit_status_and_single_message(overrides, expected, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0]  # one line naming the key
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) <= 8  # no trace
+
+
+def test_benchmark_with_missing_data_is_one_error_line(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import accuracy
+    with pytest.raises(SystemExit) as info:
+        accuracy.main(["--protocol", "fmnist-r20-v2", "--quick", "--out", str(tmp_path / "res"),
+                       "--set", "data.root=/nope"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert info.value.code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: data.root='/nope' does not hold Fashion-MNIST")
+    assert "Traceback" not in err and not list((tmp_path / "res").glob("*.json"))
