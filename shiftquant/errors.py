@@ -36,6 +36,15 @@ class ExportError(ShiftQuantError):
     """A model cannot be exported with the guarantees the exporter gives."""
 
 
+class ExportRefused(ExportError):
+    """The exporter refuses some nodes of a model; ``refusals`` lists every one of them
+    (:class:`shiftquant.export.check.Refusal`: module, type, source op, reason, a way around)."""
+
+    def __init__(self, message: str, refusals: list):
+        self.refusals = list(refusals)
+        super().__init__(message)
+
+
 class DataError(ShiftQuantError):
     """A dataset is missing, unreadable or inconsistent."""
 

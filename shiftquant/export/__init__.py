@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .bundle import FORMAT_VERSION, read_bundle, write_bundle
-from .check import ExportRefused, ExportReport, check_exportable
+from .check import ExportReport, check_exportable
 from .graph import Exporter
 from .pixels import PixelInput
 from .runtime import Runtime

@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ExportError
+from ..errors import ExportError, ExportRefused
 
 SUPPORTED = ("quantized Conv2d / Linear (shift weights and quantized inputs), BatchNorm1d/2d, ReLU, "
              "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten, Identity, Dropout, "
@@ -49,25 +49,22 @@ class Refusal:
                 f"how: {self.how}")
 
 
-class ExportRefused(ExportError):
-    """The exporter refuses these nodes; ``refusals`` lists every one of them."""
-
-    def __init__(self, model_type: str, refusals: list[Refusal]):
-        self.refusals = list(refusals)
-        by_module: dict[tuple[str, str], list[Refusal]] = {}
-        for r in self.refusals:
-            by_module.setdefault((r.module, r.module_type), []).append(r)
-        types = Counter(kind.rsplit(".", 1)[-1] for _, kind in by_module)
-        lines = [f"  by module type: " + ", ".join(f"{t} x{n}" for t, n in types.most_common())]
-        for (module, kind), rs in list(by_module.items())[:MAX_LINES]:
-            ops = list(dict.fromkeys(r.source.split(" ", 1)[1].rsplit(".", 1)[-1] for r in rs))
-            how = next((r.how for r in rs if r.how != GENERIC_HOW), rs[0].how)
-            lines.append(f"  - {module or '(the model)'} ({kind}): " +
-                         (rs[0].reason if len(rs) == 1 else f"{', '.join(ops)} not supported") + f"; how: {how}")
-        if len(by_module) > MAX_LINES:
-            lines.append(f"  ... and {len(by_module) - MAX_LINES} more modules (ExportRefused.refusals lists every node)")
-        super().__init__(f"cannot export {model_type}: {len(self.refusals)} node(s) in {len(by_module)} module(s) "
-                         "refused\n" + "\n".join(lines) + f"\nThe exporter supports: {SUPPORTED}.")
+def refused_message(model_type: str, refusals: list[Refusal]) -> str:
+    """One line per refused module (its ops, one way around), a count by module type first."""
+    by_module: dict[tuple[str, str], list[Refusal]] = {}
+    for r in refusals:
+        by_module.setdefault((r.module, r.module_type), []).append(r)
+    types = Counter(kind.rsplit(".", 1)[-1] for _, kind in by_module)
+    lines = ["  by module type: " + ", ".join(f"{t} x{n}" for t, n in types.most_common())]
+    for (module, kind), rs in list(by_module.items())[:MAX_LINES]:
+        ops = list(dict.fromkeys(r.source.split(" ", 1)[1].rsplit(".", 1)[-1] for r in rs))
+        how = next((r.how for r in rs if r.how != GENERIC_HOW), rs[0].how)
+        lines.append(f"  - {module or '(the model)'} ({kind}): " +
+                     (rs[0].reason if len(rs) == 1 else f"{', '.join(ops)} not supported") + f"; how: {how}")
+    if len(by_module) > MAX_LINES:
+        lines.append(f"  ... and {len(by_module) - MAX_LINES} more modules (ExportRefused.refusals lists every node)")
+    return (f"cannot export {model_type}: {len(refusals)} node(s) in {len(by_module)} module(s) refused\n"
+            + "\n".join(lines) + f"\nThe exporter supports: {SUPPORTED}.")
 
 
 def _qualname(obj) -> str:

@@ -20,13 +20,13 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..convert import quantizers, set_slope
-from ..errors import ExportError
+from ..errors import ExportError, ExportRefused
 from ..nn.layers import QuantConv2d, QuantMixin
 from ..nn.residual import ADDS, QuantBatchNorm2d, Tracer
 from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
 from .bundle import pack_codes
-from .check import ExportRefused, refusal
+from .check import refusal, refused_message
 from .ints import FLOAT, signed_type
 from .pixels import PixelInput
 from .requant import fold, integerize
@@ -238,7 +238,7 @@ class Exporter:
                 non_negative.add(node.name)
             nodes.append(entry)
         if refused:
-            raise ExportRefused(type(self.model).__name__, refused)
+            raise ExportRefused(refused_message(type(self.model).__name__, refused), refused)
         shift_layers = [n for n in nodes if n["op"].startswith("shift_")]
         manifest = {
             "format": "shiftquant-bundle",

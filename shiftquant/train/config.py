@@ -32,8 +32,9 @@ def _keys(node, prefix: str = "") -> list[str]:
     return out
 
 
-def _did_you_mean(key: str, overrides: list[str], config_dir: Path, exc: Exception) -> ConfigError:
-    """The error for an unknown ``key``, suggesting the closest existing keys."""
+def _refuse_key(key: str, overrides: list[str], config_dir: Path, exc: Exception) -> None:
+    """Raise the error for an override of ``key`` Hydra could not apply: an unknown key, with the
+    closest existing one suggested, or an existing key whose value Hydra could not set."""
     others = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == key]
     try:
         cfg = _compose(others, config_dir)
@@ -42,13 +43,13 @@ def _did_you_mean(key: str, overrides: list[str], config_dir: Path, exc: Excepti
         keys = []
     if key in keys:  # the key exists: the value is what Hydra could not set
         value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key), None)
-        return ConfigError(key, value, f"a value Hydra can set here ({str(exc).splitlines()[0][:200]})")
+        raise ConfigError(key, value, f"a value Hydra can set here ({str(exc).splitlines()[0][:200]})") from None
     parent = key.rpartition(".")[0]
     siblings = [k for k in keys if k.rpartition(".")[0] == parent] or keys
     close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
     hint = f"did you mean `{close[0]}`?" if close else \
         f"the keys under `{parent or 'the root'}` are {', '.join(sorted(k.rpartition('.')[2] for k in siblings)[:30])}"
-    return UnknownKeyError(key, f"{hint} (prefix a key with + only to add a new one on purpose)")
+    raise UnknownKeyError(key, f"{hint} (prefix a key with + only to add a new one on purpose)") from None
 
 
 def _compose(overrides: list[str], config_dir: Path) -> DictConfig:
@@ -70,7 +71,7 @@ def compose_config(overrides: list[str], config_dir: str | Path = CONF_DIR) -> D
         match = _BAD_KEY.search(str(exc)) or _BAD_KEY.search(str(exc.__cause__ or ""))
         if match is None:
             raise
-        raise _did_you_mean(match.group(1) or match.group(2), list(overrides), Path(config_dir), exc) from None
+        _refuse_key(match.group(1) or match.group(2), list(overrides), Path(config_dir), exc)
 
 
 def check_command_line(argv: list[str], config_dir: str | Path = CONF_DIR) -> None:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shiftquant as sq
-from shiftquant.export.check import ExportRefused
+from shiftquant.errors import ExportRefused
 
 
 class FunctionalCNN(nn.Module):
