@@ -18,9 +18,11 @@ from torch import nn
 
 from ..errors import ExportError, ExportRefused
 
-SUPPORTED = ("quantized Conv2d / Linear (shift weights and quantized inputs), BatchNorm1d/2d, ReLU, "
-             "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten, Identity, Dropout, "
-             "residual adds (+, torch.add), torch.relu, plain Conv2d / Linear kept float")
+SUPPORTED = ("quantized Conv2d / Linear (shift weights and quantized inputs), BatchNorm1d/2d (timm's BatchNormAct2d "
+             "too), ReLU, ReLU6 / Hardtanh / clamp, Hardswish, Hardsigmoid, SiLU, Sigmoid, GELU, MaxPool2d, AvgPool2d, "
+             "AdaptiveAvgPool2d (modules or functions), mean over dims, Flatten / torch.flatten, Identity, Dropout / "
+             "DropPath in eval, residual adds (+, torch.add), elementwise multiply (squeeze-excite), torch.cat, "
+             "plain Conv2d / Linear kept float")
 
 MAX_LINES = 20  # refusal lines in an error message
 # Functional calls whose module form the exporter knows.

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -81,7 +83,7 @@ class Exporter:
                                                  "no input quantizer" if aq is None else "uniform weights"))
         if isinstance(layer, QuantConv2d) and layer.padding_mode != "zeros":
             raise ExportError(f"{name}: padding_mode={layer.padding_mode!r}: the runtime supports 'zeros'")
-        if layer.float_class not in (nn.Conv2d, nn.Linear):
+        if layer.float_class not in (nn.Conv2d, nn.Linear) and _qualname(layer.float_class) not in _PLAIN_EQUIVALENTS:
             raise ExportError(f"{name}: {layer.float_class.__name__} has a forward of its own; "
                               "the runtime knows plain Conv2d and Linear")
         w = layer.weight.detach()
@@ -146,7 +148,15 @@ class Exporter:
                 "exact": bool(exact), "input_range": [round(lo), round(hi)]}
 
     # ------------------------------------------------------------------ float ops
-    def float_module(self, name: str, m: nn.Module) -> dict:
+    def float_module(self, name: str, m: nn.Module) -> dict | list[dict]:
+        """The entry of a module kept float; a BatchNorm with its activation (timm's
+        ``BatchNormAct2d``) becomes two, the BatchNorm (``<node>_bn``) then the activation."""
+        if _is_norm_act(m):
+            if not isinstance(m.drop, (nn.Identity, nn.Dropout)):
+                raise ExportError(f"{name}: {type(m.drop).__name__} after the BatchNorm is not supported")
+            bn = nn.BatchNorm2d(m.num_features, m.eps, affine=m.affine)
+            bn.load_state_dict({k: v for k, v in m.state_dict().items() if k in bn.state_dict()})
+            return [self.float_module(name, bn), self.float_module(f"{name}.act", m.act)]
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             entry = {"op": "batch_norm", "eps": m.eps,
                      "mean": self.add(f"{name}.mean", m.running_mean), "var": self.add(f"{name}.var", m.running_var),
@@ -157,6 +167,13 @@ class Exporter:
             return entry
         if isinstance(m, nn.ReLU):
             return {"op": "relu"}
+        if isinstance(m, nn.Hardtanh):  # ReLU6 is one
+            return {"op": "clamp", "min": float(m.min_val), "max": float(m.max_val)}
+        if type(m) in _ACTIVATION_MODULES:
+            entry = {"op": _ACTIVATION_MODULES[type(m)]}
+            if isinstance(m, nn.GELU):
+                entry["approximate"] = m.approximate
+            return entry
         if isinstance(m, nn.MaxPool2d):
             return {"op": "max_pool2d", "kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding,
                     "dilation": m.dilation, "ceil_mode": m.ceil_mode}
@@ -167,7 +184,7 @@ class Exporter:
             return {"op": "adaptive_avg_pool2d", "output_size": m.output_size}
         if isinstance(m, nn.Flatten):
             return {"op": "flatten", "start_dim": m.start_dim, "end_dim": m.end_dim}
-        if isinstance(m, (nn.Identity, nn.Dropout)):
+        if isinstance(m, (nn.Identity, nn.Dropout)) or type(m).__name__ == "DropPath":  # eval: identity
             return {"op": "identity"}
         if isinstance(m, nn.Conv2d) and type(m) is nn.Conv2d and m.padding_mode == "zeros":
             return {"op": "conv2d", "weight": self.add(f"{name}.weight", m.weight),
@@ -180,14 +197,57 @@ class Exporter:
         raise ExportError(f"{type(m).__name__} is not supported by the exporter")
 
     def function(self, node: fx.Node) -> dict:
+        """A traced function or method call; its constant arguments become the entry's fields."""
         target = node.target
+        arg = lambda i, key, default=None: node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
         if node.op == "call_function" and target in ADDS:
             return {"op": "add"}
+        if node.op == "call_function" and target in (operator.mul, torch.mul) or target == "mul":
+            return {"op": "mul"}
         if target in (torch.flatten, "flatten"):
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            return {"op": "flatten", "start_dim": start, "end_dim": -1}
-        if target in (torch.relu, nn.functional.relu, "relu"):
+            return {"op": "flatten", "start_dim": arg(1, "start_dim", 0), "end_dim": arg(2, "end_dim", -1)}
+        if target in (torch.relu, F.relu, "relu"):
             return {"op": "relu"}
+        if target in (F.relu6, "relu6"):
+            return {"op": "clamp", "min": 0.0, "max": 6.0}
+        if target in (F.hardtanh, "hardtanh"):
+            return {"op": "clamp", "min": float(arg(1, "min_val", -1.0)), "max": float(arg(2, "max_val", 1.0))}
+        if target in (torch.clamp, torch.clip, "clamp", "clip"):
+            lo, hi = arg(1, "min"), arg(2, "max")
+            if any(v is not None and not isinstance(v, (int, float)) for v in (lo, hi)):
+                raise ExportError("clamp with tensor bounds is not supported (numbers only)")
+            return {"op": "clamp", "min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}
+        if target in _ACTIVATION_FUNCTIONS:
+            entry = {"op": _ACTIVATION_FUNCTIONS[target]}
+            if entry["op"] == "gelu":
+                entry["approximate"] = arg(1, "approximate", "none")
+            return entry
+        if target in (F.dropout, "dropout"):
+            if arg(2, "training", True):
+                raise ExportError("dropout in training mode (call it with training=self.training, or use nn.Dropout)")
+            return {"op": "identity"}
+        if target is torch.cat:
+            return {"op": "cat", "dim": arg(1, "dim", 0)}
+        if target in (torch.mean, "mean"):
+            dim = arg(1, "dim")
+            if dim is None:
+                raise ExportError("a mean over every dimension (batch included) is not supported; give dim")
+            return {"op": "mean", "dim": [dim] if isinstance(dim, int) else list(dim), "keepdim": bool(arg(2, "keepdim", False))}
+        if target is F.adaptive_avg_pool2d:
+            size = arg(1, "output_size")
+            return {"op": "adaptive_avg_pool2d", "output_size": list(size) if isinstance(size, (tuple, list)) else [size, size]}
+        if target in (F.avg_pool2d, F.max_pool2d):
+            pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]
+            kernel = pair(arg(1, "kernel_size"))
+            stride = arg(2, "stride")
+            stride = kernel if stride in (None, [], ()) else pair(stride)
+            if target is F.max_pool2d:
+                return {"op": "max_pool2d", "kernel_size": kernel, "stride": stride, "padding": pair(arg(3, "padding", 0)),
+                        "dilation": pair(arg(4, "dilation", 1)), "ceil_mode": bool(arg(5, "ceil_mode", False))}
+            if arg(6, "divisor_override") is not None:
+                raise ExportError("avg_pool2d with divisor_override is not supported")
+            return {"op": "avg_pool2d", "kernel_size": kernel, "stride": stride, "padding": pair(arg(3, "padding", 0)),
+                    "ceil_mode": bool(arg(4, "ceil_mode", False)), "count_include_pad": bool(arg(5, "count_include_pad", True))}
         raise ExportError(f"{getattr(target, '__name__', target)} is not supported by the exporter")
 
     def convert(self, node: fx.Node, non_negative_input: bool) -> dict:
@@ -203,7 +263,7 @@ class Exporter:
     def build(self, example_input: torch.Tensor, pixels: PixelInput | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """``(manifest, tensors)`` of the bundle; with ``pixels`` the bundle takes integer pixels."""
         try:
-            graph = Tracer().trace(self.model)
+            graph = ExportTracer().trace(self.model)
             gm = fx.GraphModule(self.model, graph)
             with torch.no_grad():
                 ShapeProp(gm).propagate(example_input)
@@ -213,7 +273,8 @@ class Exporter:
         nodes, outputs, refused = [], [], []
         non_negative: set[str] = set()  # nodes whose every value is >= 0
         for node in graph.nodes:
-            inputs = [a.name for a in node.args if isinstance(a, fx.Node)]
+            args = [a for arg in node.args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]  # torch.cat's list
+            inputs = [a.name for a in args if isinstance(a, fx.Node)]
             if node.op == "placeholder":
                 entry = {"op": "input", "shape": list(example_input.shape[1:])}
                 if pixels is not None:
@@ -230,13 +291,19 @@ class Exporter:
                 except ExportError as exc:  # collected: every refused node is named at once
                     refused.append(refusal(self.model, node, exc))
                     continue
-            entry.update(name=node.name, inputs=inputs, module=str(node.target) if node.op == "call_module" else None,
-                         dtype=FLOAT)  # integerize declares the integer ones
-            if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
-                entry["input_shape"] = list(node.args[0].meta["tensor_meta"].shape[1:])
-            if entry["op"] == "relu" or (entry["op"] in _KEEPS_SIGN and inputs and all(i in non_negative for i in inputs)):
-                non_negative.add(node.name)
-            nodes.append(entry)
+            entries = entry if isinstance(entry, list) else [entry]
+            for k, entry in enumerate(entries):  # a module that is several ops: a chain, named after the node
+                last = k == len(entries) - 1
+                entry.update(name=node.name if last else f"{node.name}_{entry['op']}",
+                             inputs=inputs if k == 0 else [nodes[-1]["name"]],
+                             module=str(node.target) if node.op == "call_module" else None,
+                             dtype=FLOAT)  # integerize declares the integer ones
+                if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
+                    entry["input_shape"] = list(node.args[0].meta["tensor_meta"].shape[1:])
+                if _non_negative(entry) or (entry["op"] in _KEEPS_SIGN and entry["inputs"]
+                                            and all(i in non_negative for i in entry["inputs"])):
+                    non_negative.add(entry["name"])
+                nodes.append(entry)
         if refused:
             raise ExportRefused(refused_message(type(self.model).__name__, refused), refused)
         shift_layers = [n for n in nodes if n["op"].startswith("shift_")]
@@ -257,8 +324,42 @@ class Exporter:
         return manifest, self.tensors
 
 
+# Subclasses whose forward computes what their base's does (timm's Linear only adds a TorchScript path).
+_PLAIN_EQUIVALENTS = {"timm.layers.linear.Linear", "timm.models.layers.linear.Linear"}
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 # Ops whose output is non-negative when every input is.
-_KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add"}
+_KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add", "mean", "cat", "mul"}
+# Elementwise activations the runtime computes with PyTorch's kernel of the same name.
+_ACTIVATION_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu",
+                       nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
+_ACTIVATION_FUNCTIONS = {F.hardswish: "hardswish", "hardswish": "hardswish", F.hardsigmoid: "hardsigmoid",
+                         "hardsigmoid": "hardsigmoid", F.silu: "silu", "silu": "silu", torch.sigmoid: "sigmoid",
+                         F.sigmoid: "sigmoid", "sigmoid": "sigmoid", F.gelu: "gelu", "gelu": "gelu"}
+
+
+def _non_negative(entry: dict) -> bool:
+    """Whether an op's output is >= 0 whatever its input."""
+    if entry["op"] == "clamp":
+        return entry["min"] is not None and entry["min"] >= 0
+    return entry["op"] in ("relu", "hardsigmoid", "sigmoid")
+
+
+def _is_norm_act(m: nn.Module) -> bool:
+    """timm's ``BatchNormAct2d`` (a BatchNorm2d with ``act`` and ``drop`` submodules)."""
+    return isinstance(m, nn.BatchNorm2d) and isinstance(getattr(m, "act", None), nn.Module) \
+        and isinstance(getattr(m, "drop", None), nn.Module)
+
+
+class ExportTracer(Tracer):
+    """The training tracer, with timm's BatchNorm + activation modules as leaves."""
+
+    def is_leaf_module(self, m, qualname):
+        return _is_norm_act(m) or super().is_leaf_module(m, qualname)
 
 
 def observed_float_ops(manifest: dict, tensors: dict[str, np.ndarray]) -> list[str]:

@@ -40,7 +40,7 @@ from .runtime import Runtime
 
 EXACT = 1 << 24
 # Ops that map each element to one element of the same channel, monotonically.
-CHAIN_OPS = {"batch_norm", "relu", "identity", "flatten"}
+CHAIN_OPS = {"batch_norm", "relu", "clamp", "hardsigmoid", "identity", "flatten"}
 
 
 def _consumers(nodes: list[dict]) -> dict[str, list[dict]]:

@@ -279,7 +279,31 @@ class Runtime:
         elif op == "input":
             self._ints(node, node.get("shape"), "shape", len(node.get("shape") or [0]), 1)
             self._check_pixels(node, node.get("pixels"))
-        if len(node["inputs"]) != (2 if op == "add" else 0 if op == "input" else 1):
+        elif op == "clamp":
+            bounds = [node.get("min"), node.get("max")]
+            if bounds == [None, None]:
+                self._fail(node, "clamp needs a min or a max")
+            for v in bounds:
+                if v is not None:
+                    self._number(node, v, "clamp bound", -1e30)
+            if None not in bounds and bounds[0] > bounds[1]:
+                self._fail(node, "clamp min must not exceed max")
+        elif op == "gelu":
+            if node.get("approximate") not in ("none", "tanh"):
+                self._fail(node, "approximate must be 'none' or 'tanh'")
+        elif op == "mean":
+            dims = node.get("dim")
+            if not isinstance(dims, list) or not dims or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and 1 <= d % 8 and -8 <= d < 8 for d in dims):
+                self._fail(node, "dim must be a non-empty list of dimensions other than the batch")
+            if not isinstance(node.get("keepdim"), bool):
+                self._fail(node, "keepdim must be true or false")
+        elif op == "cat":
+            if isinstance(node.get("dim"), bool) or not isinstance(node.get("dim"), int) or not -8 <= node["dim"] < 8 \
+                    or node["dim"] in (0, -8):
+                self._fail(node, "dim must be a small integer other than the batch dimension")
+        count = len(node["inputs"])
+        if op == "cat" and count < 1 or op != "cat" and count != (2 if op in ("add", "mul") else 0 if op == "input" else 1):
             self._fail(node, "wrong number of inputs")
 
     def _check_pixels(self, node: dict, px) -> None:
@@ -459,6 +483,24 @@ class Runtime:
             return torch.flatten(x, node["start_dim"], node["end_dim"])
         if op == "identity":
             return x
+        if op == "clamp":
+            return torch.clamp(x, node["min"], node["max"])
+        if op == "hardswish":
+            return F.hardswish(x)
+        if op == "hardsigmoid":
+            return F.hardsigmoid(x)
+        if op == "silu":
+            return F.silu(x)
+        if op == "sigmoid":
+            return torch.sigmoid(x)
+        if op == "gelu":
+            return F.gelu(x, approximate=node["approximate"])
+        if op == "mul":
+            return args[0] * args[1]
+        if op == "mean":
+            return torch.mean(x, node["dim"], keepdim=node["keepdim"])
+        if op == "cat":
+            return torch.cat(args, node["dim"])
         if op == "conv2d":
             return F.conv2d(x, t("weight"), t("bias"), node["stride"], node["padding"], node["dilation"], node["groups"])
         if op == "linear":
@@ -692,7 +734,8 @@ class Value:
 
 _STORED_INTS = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16)
 _OPS = {"input", "shift_conv2d", "shift_linear", "batch_norm", "relu", "add", "max_pool2d", "avg_pool2d",
-        "adaptive_avg_pool2d", "flatten", "identity", "conv2d", "linear"}
+        "adaptive_avg_pool2d", "flatten", "identity", "conv2d", "linear", "clamp", "hardswish", "hardsigmoid", "silu",
+        "sigmoid", "gelu", "mul", "mean", "cat"}
 
 
 def load_bundle(path: str | Path) -> Runtime:

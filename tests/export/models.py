@@ -1,6 +1,7 @@
 """Small models for the export tests, with non-trivial BatchNorm statistics, and pixel inputs."""
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -119,3 +120,32 @@ def quantized_pixels(name: str, seed: int, preset: str = "deploy", **recipe):
     sq.quantize_model(model, sq.QuantRecipe.preset(preset, **recipe))
     sq.calibrate(model, [px.to_float(batches["calibration"])])
     return model, batches, px
+
+
+class FunctionalCNN(nn.Module):
+    """A model written in functional style: F.relu6 / F.hardswish / torch.clamp, functional pools,
+    a squeeze-excite gate, a channel concat, x.mean and dropout in eval."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(channels, 8, 3, stride=2, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.a = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 1, bias=False)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.se_reduce = nn.Conv2d(16, 4, 1)
+        self.se_expand = nn.Conv2d(4, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu6(self.bn0(self.stem(x)))
+        x = F.max_pool2d(x, 2)
+        a = torch.clamp(self.bn_a(self.a(x)), 0.0, 4.0)
+        b = F.hardswish(self.bn_b(self.b(x)))
+        x = torch.cat([a, b], dim=1)
+        x = F.avg_pool2d(x, 2, stride=1)
+        gate = F.hardsigmoid(self.se_expand(F.silu(self.se_reduce(F.adaptive_avg_pool2d(x, 1)))))
+        x = x * gate
+        x = F.dropout(x.mean((2, 3)), 0.2, training=self.training)
+        return self.head(x)

@@ -10,17 +10,17 @@ from shiftquant.errors import ExportRefused
 
 
 class FunctionalCNN(nn.Module):
-    """A CNN in functional style: the pooling and the activation are function calls."""
+    """A CNN in functional style, with an activation the exporter lacks and dropout left in training."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.act = nn.GELU()
+        self.act = nn.Mish()
         self.head = nn.Linear(8, 10)
 
     def forward(self, x):
         x = self.act(self.conv(x))
-        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self.head(F.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), 0.1))
 
 
 def _deploy(model, x):
@@ -35,13 +35,13 @@ def test_every_refused_node_is_named_with_module_type_source_and_a_way_around(tm
     with pytest.raises(ExportRefused) as info:
         sq.export(model, tmp_path / "m.sqb", x)
     by_node = {r.node: r for r in info.value.refusals}
-    assert set(by_node) == {"act", "adaptive_avg_pool2d"}  # both at once, not the first only
+    assert set(by_node) == {"act", "dropout"}  # both at once, not the first only
     act = by_node["act"]
-    assert (act.module, act.module_type) == ("act", "torch.nn.modules.activation.GELU")
-    assert act.source == "call_module act" and "GELU is not supported" in act.reason
-    pool = by_node["adaptive_avg_pool2d"]
-    assert pool.module_type.endswith("FunctionalCNN") and "adaptive_avg_pool2d" in pool.source
-    assert "nn.AdaptiveAvgPool2d" in pool.how and "instead of the functional" in pool.how
+    assert (act.module, act.module_type) == ("act", "torch.nn.modules.activation.Mish")
+    assert act.source == "call_module act" and "Mish is not supported" in act.reason
+    drop = by_node["dropout"]
+    assert drop.module_type.endswith("FunctionalCNN") and "dropout" in drop.source and "training" in drop.reason
+    assert "nn.Dropout" in drop.how and "instead of the functional" in drop.how
     message = str(info.value)
     assert "The exporter supports:" in message and "AdaptiveAvgPool2d" in message
     assert not (tmp_path / "m.sqb").exists()

@@ -1,0 +1,109 @@
+"""Mobile CNN families (timm / torchvision MobileNets, EfficientNet, a functional-style CNN) export
+with the deploy preset at W3A3 and agree with the hard PyTorch model: top-1 agreement 1.0 on
+generated pixel images, bit for bit when the bundle says exact; their float ops (Hardswish, SiLU,
+the squeeze-excite gate and multiply, ...) are listed and the C backend refuses them by name."""
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+import shiftquant as sq
+from shiftquant.errors import ShiftQuantError
+from tests.export.models import FunctionalCNN
+
+PIXELS = sq.PixelInput((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+FAMILIES = {
+    "timm mobilenetv3_small_050": lambda: timm.create_model("mobilenetv3_small_050", num_classes=10),
+    "timm mobilenetv2_050": lambda: timm.create_model("mobilenetv2_050", num_classes=10),
+    "timm efficientnet_b0": lambda: timm.create_model("efficientnet_b0", num_classes=10),
+    "torchvision mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+    "functional cnn": FunctionalCNN,
+}
+
+
+def exported(name, tmp_path, images: int = 16):
+    """The hard model (BatchNorm statistics estimated on the calibration images, as after
+    training), its bundle (pixels in) and held-out pixel images."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    calibration = rng.integers(0, 256, (32, 3, 32, 32)).astype(np.uint8)
+    held_out = rng.integers(0, 256, (images, 3, 32, 32)).astype(np.uint8)
+    model = FAMILIES[name]()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average: the statistics of the calibration images
+    with torch.no_grad():
+        model.train()(PIXELS.to_float(calibration))
+    model.eval()
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    sq.calibrate(model, [PIXELS.to_float(calibration)])
+    sq.set_slope(model, 0.0)
+    path = tmp_path / "model.sqb"
+    rt = sq.export(model, path, PIXELS.to_float(calibration[:1]), PIXELS)
+    return model, rt, path, held_out
+
+
+# Ops each family's bundle must hold (its functional calls and activations became these).
+HOLDS = {"functional cnn": {"hardswish", "hardsigmoid", "silu", "mul", "cat", "mean", "max_pool2d", "avg_pool2d",
+                            "adaptive_avg_pool2d"},
+         "timm mobilenetv3_small_050": {"hardswish", "hardsigmoid", "mul", "mean"},
+         "timm efficientnet_b0": {"silu", "sigmoid", "mul", "mean"},
+         "torchvision mobilenet_v3_small": {"hardswish", "hardsigmoid", "mul", "adaptive_avg_pool2d"}}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_agrees_with_pytorch(name, tmp_path):
+    model, rt, _, images = exported(name, tmp_path)
+    with torch.no_grad():
+        ref = model(PIXELS.to_float(images)).numpy()
+    rt.observed_float_ops.clear()
+    out = rt.run(images)
+    diff = float(np.abs(out - ref).max())
+    print(f"{name}: {len(rt.float_ops)} float ops, exact={rt.manifest['exact']}, max |logit diff| {diff}")
+    assert float(np.std(ref)) > 1e-3, "a degenerate model proves nothing"
+    assert (out.argmax(1) == ref.argmax(1)).mean() == 1.0
+    if rt.manifest["exact"]:
+        assert diff == 0.0
+    assert rt.observed_float_ops == rt.float_ops
+    assert HOLDS.get(name, set()) <= {n["op"] for n in rt.nodes}
+    # ReLU6 and clamps before a shift layer fold into its thresholds: none is left feeding one.
+    for n in rt.nodes:
+        if n["op"] == "clamp":
+            assert not any(c["op"].startswith("shift_") for c in rt.nodes if n["name"] in c["inputs"]), n["name"]
+    if name.startswith("timm"):
+        assert any(c.get("requant") for c in rt.nodes)
+
+
+def test_c_backend_refuses_float_ops_by_name(tmp_path):
+    pytest.importorskip("shiftquant.export.c")
+    _, rt, path, _ = exported("functional cnn", tmp_path, images=1)
+    with pytest.raises(ShiftQuantError) as info:
+        sq.load_bundle(path, backend="c")
+    message = str(info.value)
+    assert any(n in message for n in rt.float_ops), message
+
+
+def test_new_op_fields_are_validated_at_load(tmp_path):
+    """A corrupt field of the new ops is refused at load, naming the node."""
+    import copy
+
+    from shiftquant.errors import BundleError
+    from shiftquant.export.runtime import Runtime
+
+    _, rt, _, _ = exported("functional cnn", tmp_path, images=1)
+    first = lambda m, op: next(n for n in m["nodes"] if n["op"] == op)
+    corruptions = {
+        "clamp": lambda n: n.update(min=5.0, max=1.0), "silu": lambda n: n.update(inputs=[]),
+        "mean": lambda n: n.update(dim=[0]), "cat": lambda n: n.update(dim=0),
+        "mul": lambda n: n.update(inputs=n["inputs"][:1]), "hardswish": lambda n: n.update(inputs=n["inputs"] * 2)}
+    for op, corrupt in corruptions.items():
+        manifest = copy.deepcopy(rt.manifest)
+        node = first(manifest, op)
+        corrupt(node)
+        with pytest.raises(BundleError, match=node["name"]):
+            Runtime(manifest, rt.tensors)
+    manifest = copy.deepcopy(rt.manifest)
+    manifest["nodes"].insert(-1, {**first(manifest, "silu"), "op": "gelu", "name": "g", "approximate": "erf"})
+    with pytest.raises(BundleError, match="approximate"):
+        Runtime(manifest, rt.tensors)
