@@ -129,9 +129,39 @@ def bundle_summary(path: str) -> dict:
             "compression": float_bytes / size, "float_ops": observed, "exact": manifest["exact"],
             "requantized": sum(1 for n in manifest["nodes"] if n.get("requant")),
             "integer_only": not observed, "claims_integer_only": manifest["integer_only"], "c": c_sizes(rt),
+            "macs": bundle_macs(manifest, tensors),
             "input": next(n["dtype"] for n in manifest["nodes"] if n["op"] == "input"),
             "types": {t: sum(1 for n in manifest["nodes"] if n["dtype"] == t)
                       for t in sorted({n["dtype"] for n in manifest["nodes"]})}}
+
+
+def bundle_macs(manifest: dict, tensors: dict) -> dict:
+    """MACs per example by how they run: shift layers as shift-adds, layers kept float (``conv2d``,
+    ``linear``) in float; ``integer`` (integer multiplies) has no op in the bundle today. Output
+    shapes are those of one run of the reference runtime on a zero input."""
+    from .export.runtime import Runtime
+
+    rt = Runtime(manifest, tensors, "summary", strict=False)
+    shapes, run_node = {}, rt._run_node
+
+    def record(node, x, values):
+        out = run_node(node, x, values)
+        shapes[node["name"]] = out.data.shape
+        return out
+
+    rt._run_node = record
+    rt.execute(rt.example_input())
+    macs = {"shift_add": 0, "integer": 0, "float": 0}
+    for node in manifest["nodes"]:
+        if node["op"].startswith("shift_"):
+            kind, weight = "shift_add", node["weight_shape"]
+        elif node["op"] in ("conv2d", "linear"):
+            kind, weight = "float", tensors[node["weight"]].shape
+        else:
+            continue
+        macs[kind] += int(np.prod(shapes[node["name"]][1:])) * int(np.prod(weight[1:]))
+    macs["total"] = sum(macs.values())
+    return macs
 
 
 def _summary(args) -> None:
@@ -143,6 +173,10 @@ def _summary(args) -> None:
           f"input {s['input']}, float ops observed {len(s['float_ops'])} {s['float_ops'][:4]}, "
           f"integer-only (observed): {s['integer_only']}, exact parity: {s['exact']}")
     print("node types: " + ", ".join(f"{t} {c}" for t, c in s["types"].items()))
+    m = s["macs"]
+    if m["total"]:
+        from .summary import mac_line
+        print(mac_line(m["total"], m["shift_add"], m["integer"], m["float"]))
     print(f"bundle {s['bundle_bytes']:,} bytes; its parameters as float32 {s['float32_bytes']:,} bytes: "
           f"{s['compression']:.2f}x smaller")
     c = s["c"]

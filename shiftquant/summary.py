@@ -1,10 +1,14 @@
-"""Per-layer report: bits, parameters, memory, MACs (and which of them become shift-adds)."""
+"""Per-layer report: bits, parameters, memory, MACs, and how each MAC runs: as a shift-add (shift
+weights), an integer multiply (uniform integer weights), or in float (layers kept float, and the
+matrix products between activations, e.g. attention's ``q @ k^T`` and ``attn @ v``)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .nn.layers import QuantMixin
 from .quant.scales import ActivationQuantizer, WeightQuantizer
@@ -23,6 +27,7 @@ class LayerRow:
     float_bytes: int
     macs: int | None          # per example; None when no example input was given
     shift_add: bool           # True when every MAC is a shift (or sign flip) and an add
+    mac_kind: str = "float"   # how its MACs run: "shift-add", "integer" or "float"
 
 
 @dataclass
@@ -50,8 +55,13 @@ class Summary:
             "float_bytes": self.float_bytes,
             "compression": self.compression,
             "total_macs": sum(macs) if macs else None,
-            "shift_add_macs": sum(r.macs for r in self.rows if r.macs and r.shift_add) if macs else None,
+            "shift_add_macs": self._macs("shift-add") if macs else None,
+            "integer_macs": self._macs("integer") if macs else None,
+            "float_macs": self._macs("float") if macs else None,
         }
+
+    def _macs(self, kind: str) -> int:
+        return sum(r.macs for r in self.rows if r.macs and r.mac_kind == kind)
 
     def __str__(self) -> str:
         head = f"{'layer':<32} {'type':<12} {'W bits':>6} {'A bits':>6} {'params':>10} {'bytes':>12} {'MACs':>12}  shift-add"
@@ -66,9 +76,34 @@ class Summary:
         lines.append(f"total params {d['total_params']:,}; {self.total_bytes:,.0f} bytes quantized vs "
                      f"{self.float_bytes:,} float32 bytes: compression {self.compression:.2f}x")
         if d["total_macs"]:
-            lines.append(f"MACs {d['total_macs']:,}, of which shift-adds {d['shift_add_macs']:,} "
-                         f"({100 * d['shift_add_macs'] / d['total_macs']:.1f}%)")
+            lines.append(mac_line(d["total_macs"], d["shift_add_macs"], d["integer_macs"], d["float_macs"]))
         return "\n".join(lines)
+
+
+def mac_line(total: int, shift_add: int, integer: int, float_: int) -> str:
+    share = lambda n: f"{n:,} ({100 * n / total:.1f}%)"
+    return f"MACs {total:,}: shift-adds {share(shift_add)}, integer {share(integer)}, float {share(float_)}"
+
+
+class _MatmulMACs(TorchFunctionMode):
+    """Counts the MACs of products between tensors that no layer owns (attention's matmuls,
+    ``F.scaled_dot_product_attention``): they run in float."""
+
+    MATMULS = {torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm}
+
+    def __init__(self):
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in self.MATMULS and isinstance(out, torch.Tensor):
+            self.macs += out.numel() * args[0].shape[-1]
+        elif func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            self.macs += q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        return out
 
 
 def _code_bits(quantizer) -> int | None:
@@ -93,7 +128,7 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Summ
                         name, out[0].numel() * mod.weight[0].numel())))
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _MatmulMACs() as counter:
             model(example_input[:1])
         model.train(was_training)
         for h in hooks:
@@ -120,4 +155,9 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Summ
             float_bytes=params * 4, macs=macs.get(name),
             shift_add=isinstance(m, QuantMixin) and wq is not None
             and getattr(wq.quantizer, "shift_bits", None) is not None))
+        rows[-1].mac_kind = "shift-add" if rows[-1].shift_add else "integer" if wq is not None and aq is not None \
+            else "float"
+    if example_input is not None and counter.macs:
+        rows.append(LayerRow(name="(matmuls between activations)", kind="matmul", weight_bits=FLOAT_BITS,
+                             act_bits=None, params=0, bytes=0.0, float_bytes=0, macs=counter.macs, shift_add=False))
     return Summary(rows)

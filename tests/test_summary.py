@@ -28,3 +28,35 @@ def test_summary_of_float_model_is_uncompressed():
     model = nn.Sequential(nn.Linear(10, 5))
     d = sq.summary(model).to_dict()
     assert d["compression"] == 1.0 and d["layers"][0]["macs"] is None
+
+
+class _Attention(nn.Module):
+    """Quantized projections and float products between activations (matmul and SDPA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        a = (self.q(x) @ self.k(x).transpose(-1, -2)).softmax(-1)
+        y = torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        return self.head((a @ x + y).mean(1))
+
+
+def test_summary_splits_macs_into_shift_add_integer_and_float():
+    model, x = _Attention(), torch.randn(2, 5, 8)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    sq.calibrate(model, [x])
+    d = sq.summary(model, x).to_dict()
+    # q, k: 5 tokens x 8 outputs x 8 inputs; head: 4 x 8. Matmuls: q k^T 5x5x8, a x 5x8x5, SDPA 5x5x(8+8).
+    assert d["shift_add_macs"] == 2 * 5 * 8 * 8 + 4 * 8
+    assert d["float_macs"] == 5 * 5 * 8 + 5 * 8 * 5 + 5 * 5 * 16
+    assert d["integer_macs"] == 0
+    assert d["total_macs"] == d["shift_add_macs"] + d["float_macs"]
+    assert "float 800 (54.3%)" in str(sq.summary(model, x))
+    # Uniform weights with quantized inputs: integer multiplies.
+    uniform = nn.Sequential(nn.Linear(8, 4))
+    sq.quantize_model(uniform, sq.QuantRecipe.preset("deploy", deploy_exact=False, weight_shift_bits=None, weight_uniform_bits=4,
+                                                     act_shift_bits=2))
+    sq.calibrate(uniform, [x[:, 0]])
+    assert sq.summary(uniform, x[:, 0]).to_dict()["integer_macs"] == 32

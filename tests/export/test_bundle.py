@@ -111,7 +111,9 @@ def test_w3_resnet20_bundle_is_at_least_9x_smaller_than_float32(tmp_path, capsys
     assert s["compression"] >= 9 and len(s["rows"]) == 22
     assert main(["summary", str(path)]) == 0
     printed = capsys.readouterr().out
-    assert "smaller" in printed and "layer3.2.conv2" in printed
+    assert "smaller" in printed and "layer3.2.conv2" in printed and "shift-adds" in printed
+    # Every MAC of a deploy ResNet-20 is a shift-add, as many as sq.summary counts on the model.
+    assert s["macs"]["shift_add"] == s["macs"]["total"] == sq.summary(model, x).to_dict()["shift_add_macs"]
     # Float input: its quantization in the stem is observed, and reported, as float.
     assert s["float_ops"] == ["conv1"] and not s["integer_only"] and s["input"] == "float32"
     assert "uint8" in s["types"] and "int8" in s["types"]
