@@ -116,7 +116,7 @@ def test_benchmark_with_missing_data_is_one_error_line(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import accuracy
     with pytest.raises(SystemExit) as info:
-        accuracy.main(["--protocol", "fmnist-r20-v2", "--quick", "--out", str(tmp_path / "res"),
+        accuracy.main(["--protocol", "fmnist-r20-v2", "--quick", "--only", "seed_w3a3", "--out", str(tmp_path / "res"),
                        "--set", "data.root=/nope"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]

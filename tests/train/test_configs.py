@@ -69,7 +69,7 @@ def test_seed_experiments_follow_method(name, tmp_path):
     ("quant.act_scale=minmax", "act_scale"),
     ("model.name=resnet9000", "model.name"),
     ("data.name=mnist", "data.name"),
-    ("trainer.max_epochs=0", "trainer.max_epochs"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ("schedule.lr.kind=step", "schedule.lr.kind"),
     ("schedule.eps.values=[1.0,0.5,2.0]", "schedule.eps"),
     ("schedule.eps.values=[0.5,1.0]", "schedule.eps"),

@@ -36,7 +36,10 @@ def test_checkpoint_is_the_final_model_not_the_best_epoch(run_with_an_early_best
     assert best["monitor"] == "val/eps" and best["epoch"] == 1 and best["score"] == pytest.approx(1.0)
     assert best["path"] != results["checkpoint"]
     final = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)
-    assert final["epoch"] + 1 == results["epochs"] == 3  # the last epoch, whatever the monitor says
+    best_saved = torch.load(best["path"], map_location="cpu", weights_only=True)
+    steps_per_epoch = best_saved["global_step"]  # the best is epoch 1
+    # The final model has every step of the 3 epochs, whatever the monitor says.
+    assert steps_per_epoch == 21 and final["global_step"] == 3 * steps_per_epoch
     assert results["split_sizes"] == {"train": 1294, "val": 144, "test": 359}
 
 
@@ -63,4 +66,4 @@ def test_early_stopping_reads_the_validation_split_and_the_final_model_is_report
                                  "callbacks.early_stopping.monitor=val/eps", "callbacks.early_stopping.patience=1"],
                                 tmp_path))
     assert [row["epoch"] for row in results["history"]] == [1, 2]
-    assert torch.load(results["checkpoint"], map_location="cpu", weights_only=True)["epoch"] == 1
+    assert torch.load(results["checkpoint"], map_location="cpu", weights_only=True)["global_step"] == 2 * 3
