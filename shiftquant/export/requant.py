@@ -247,6 +247,11 @@ def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
             _, h, w = node["input_shape"]
             node["integer"] = True
             ints[name] = Ints("sum", src.lo * h * w, src.hi * h * w, src.unit, pool=node)
+        elif op == "avg_pool2d" and src is not None and src.kind == "grid" and not any(_pair(node["padding"])) \
+                and not node["ceil_mode"] and _feeds_only_shift_layers(node, consumers):
+            kh, kw = _pair(node["kernel_size"])
+            node["integer"] = True  # every window is whole: a sum of kh x kw integers, divided by constant
+            ints[name] = Ints("sum", src.lo * kh * kw, src.hi * kh * kw, src.unit, pool=node)
     for node in nodes:
         _declare_type(node, ints.get(node["name"]), manifest["exact"])
 
@@ -311,6 +316,10 @@ def _int_output(node: dict, tensors: dict[str, np.ndarray]) -> Ints | None:
     return Ints("grid", -top, top, unit)
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def _feeds_only_shift_layers(node: dict, consumers: dict) -> bool:
     for c in consumers[node["name"]]:
         if c["op"] in ("flatten", "identity"):
@@ -324,7 +333,8 @@ def _feeds_only_shift_layers(node: dict, consumers: dict) -> bool:
 def _stream_thresholds(rt: Runtime, t: dict, src: Ints) -> np.ndarray:
     """Thresholds ``(L-1, K)`` from a layer's integer input to its input integers. Pixels go through
     the normalization (a column per channel, or per feature after a flatten; one when they agree);
-    a global sum through the pooling op itself: the sum at one position, zeros elsewhere."""
+    a pooled sum (global, or of whole windows) through the pooling op itself: the sum at one
+    position, zeros elsewhere, read at the output of the window that holds it."""
     spec = t["input_quantizer"]
     levels = Runtime.level_ints(spec)
     ones = np.ones(1, dtype=np.int64)
@@ -346,7 +356,7 @@ def _stream_thresholds(rt: Runtime, t: dict, src: Ints) -> np.ndarray:
         def code_ints(c: np.ndarray) -> np.ndarray:
             x = torch.zeros(c.shape[0], 1, h, w)
             x[:, 0, 0, 0] = torch.from_numpy((c[:, 0].astype(np.float64) * unit).astype(np.float32))
-            return rt.quantize_input(rt.float_op(pool, [x]).reshape(-1), spec)[:, None]
+            return rt.quantize_input(rt.float_op(pool, [x])[:, 0, 0, 0], spec)[:, None]  # the window at (0, 0)
     else:
         def code_ints(c: np.ndarray) -> np.ndarray:
             return rt.quantize_input(torch.from_numpy((c.astype(np.float64) * src.unit).astype(np.float32)), spec)

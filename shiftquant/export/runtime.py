@@ -255,9 +255,15 @@ class Runtime:
         elif op in ("max_pool2d", "avg_pool2d"):
             self._ints(node, node.get("kernel_size"), "kernel_size", 2, 1)
             self._ints(node, node.get("stride"), "stride", 2, 1)
-            self._ints(node, node.get("padding"), "padding", 2)
+            padding = self._ints(node, node.get("padding"), "padding", 2)
             if op == "max_pool2d":
                 self._ints(node, node.get("dilation"), "dilation", 2, 1)
+            if not isinstance(node.get("integer", False), bool):
+                self._fail(node, "integer must be true or false")
+            if node.get("integer") and (op != "avg_pool2d" or node.get("ceil_mode") or any(padding)):
+                self._fail(node, "an integer pooling sum is an avg_pool2d without padding or ceil_mode")
+            if node.get("integer"):
+                self._ints(node, node.get("input_shape"), "input_shape", 3, 1)
         elif op == "adaptive_avg_pool2d":
             self._ints(node, node.get("output_size"), "output_size", 2, 1)
             if not isinstance(node.get("integer", False), bool):
@@ -613,6 +619,13 @@ class Runtime:
             if x.kind != "grid":
                 self._fail(node, "sums integers off a power-of-two grid")
             return Value(x.data.astype(np.int64).sum(axis=(-2, -1), keepdims=True), None, "sum")
+        if op == "avg_pool2d" and node.get("integer"):  # window sums; the readers' thresholds divide
+            if x.kind != "grid":
+                self._fail(node, "sums integers off a power-of-two grid")
+            (kh, kw), (sh, sw) = self._ints(node, node["kernel_size"], "kernel_size", 2, 1), \
+                self._ints(node, node["stride"], "stride", 2, 1)
+            windows = torch.from_numpy(x.data.astype(np.int64)).unfold(-2, kh, sh).unfold(-2, kw, sw)
+            return Value(windows.sum(dim=(-2, -1)).numpy(), None, "sum")
         return None
 
     def _float_node(self, node: dict, args: list[Value]) -> Value:

@@ -11,7 +11,7 @@ import torch
 import shiftquant as sq
 from shiftquant.export.c import CodegenError, CompilerNotFoundError, CRuntime
 from shiftquant.export.c import backend as c_backend
-from tests.export.models import build, pixel_batches
+from tests.export.models import build, pixel_batches, quantized_pixels
 from tests.export.test_parity import hard_and_runtime
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -113,6 +113,7 @@ float real(float a, float b) { return a * b; }
 
 @pytest.mark.parametrize("name,bits,acts", [("mlp", 1, False), ("mlp", 2, True), ("mlp", 3, True),
                                             ("plain", 1, True), ("plain", 2, False), ("plain", 3, True),
+                                            ("cnn", 1, True), ("cnn", 2, False), ("cnn", 3, True),
                                             ("resnet20", 3, False)])
 def test_c_equals_reference_and_pytorch_exactly(name, bits, acts, tmp_path):
     """Held-out and saturation-extreme pixels, not only the calibration batch; both weight formats
@@ -189,10 +190,14 @@ def test_without_a_compiler_the_error_says_so(resnet20, monkeypatch):
 
 
 def test_float_ops_are_refused_by_name(tmp_path):
-    """avg_pool2d over 2x2 windows computes in float32: the C backend names it and says what to do."""
-    model, batches, px, rt = hard_and_runtime("cnn", 0, 2, True, tmp_path)
-    assert "pool" in rt.float_ops
-    with pytest.raises(CodegenError, match=r"node 'pool' \(avg_pool2d\) computes in float32.*deploy"):
+    """Without the residual grid the CNN's residual add and the pooling after it compute in float32:
+    the C backend names the first such node and says what to do."""
+    model, batches, px = quantized_pixels("cnn", 0, "deploy", weight_shift_bits=2, act_shift_bits=2,
+                                          residual_bits=None)
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / "float_add.sqb", px.to_float(batches["calibration"][:1]), px)
+    assert "pool" in rt.float_ops and "add" in rt.float_ops
+    with pytest.raises(CodegenError, match=r"node '\w+' \(\w+\) computes in float32.*deploy"):
         CRuntime(rt)
     with pytest.raises(sq.ConfigError, match="backend"):
         sq.load_bundle(rt.source, backend="gpu")

@@ -73,7 +73,7 @@ def float_made_impossible(monkeypatch):
         yield
 
 
-@pytest.mark.parametrize("name", ["mlp", "plain", "resnet20", "resnet18"])
+@pytest.mark.parametrize("name", ["mlp", "plain", "cnn", "resnet20", "resnet18"])
 def test_integer_only_bundles_run_with_float_made_impossible(name, tmp_path, monkeypatch):
     """uint8 pixels in, integer logits out: no float kernel runs, every node is integer-typed."""
     for acts in (False, True):
@@ -88,6 +88,10 @@ def test_integer_only_bundles_run_with_float_made_impossible(name, tmp_path, mon
         assert shift[0].get("input_thresholds") and shift[-1].get("int_output")
         if name in ("mlp", "plain"):  # every shift layer but the last hands the next its codes
             assert all(n.get("requant") for n in shift[:-1]) and all(n.get("input_codes") for n in shift[1:])
+        elif name == "cnn":  # a residual add on the grid, then 2x2 average pooling as window sums
+            assert [n.get("shifts") is not None for n in rt.nodes if n["op"] == "add"] == [True]
+            assert [n.get("integer") for n in rt.nodes if n["op"] == "avg_pool2d"] == [True]
+            assert shift[-1].get("input_thresholds")  # the head reads the window sums through thresholds
         else:  # the residual grid: integer adds aligned by shifts, global pooling as a sum
             adds = [n for n in rt.nodes if n["op"] == "add"]
             assert adds and all(len(n["shifts"]) == 2 and min(n["shifts"]) == 0 for n in adds)

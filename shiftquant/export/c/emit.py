@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .lower import (CHUNK, CTYPES, Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, Relu, ShiftLayer, Split, Tensor,
-                    Thresholds)
+                    Thresholds, WindowSum)
 
 GENERATOR = "shiftquant C emitter 1"
 
@@ -186,6 +186,8 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
             return self.maxpool(k)
         if isinstance(k, GlobalSum):
             return self.global_sum(k)
+        if isinstance(k, WindowSum):
+            return self.window_sum(k)
         if isinstance(k, Copy):
             return self.copy(k)
         assert isinstance(k, Split), type(k)
@@ -498,6 +500,38 @@ unsigned k0 = 0, k1 = 0;
                     }}
                 }}
                 op[ox] = ({out.ctype})best;
+            }}
+        }}
+        {self.clear_border(out)}
+        a += {a.plane}u;
+        out += {out.plane}u;
+        (void)ob;
+    }}
+}}
+"""
+
+    def window_sum(self, k: WindowSum) -> str:
+        a, out = k.inputs[0], k.output
+        c = a.shape[0]
+        _, ho, wo = out.shape
+        (kh, kw), (sh, sw) = k.kernel, k.stride
+        return f"""\
+/* window sum {k.node} (an integer average pool over whole windows: its readers' thresholds divide) */
+{self.signature(k)}
+{{
+    unsigned c, oy, ox, ky, kx;
+    for (c = 0; c < {c}u; c++) {{
+        const {a.ctype} *row = a + {a.border * a.row + a.border}u;
+        {out.ctype} *ob = out;
+        {out.ctype} *op = out + {out.border * out.row + out.border}u;
+        for (oy = 0; oy < {ho}u; oy++, row += {sh * a.row}u, op += {out.row}u) {{
+            const {a.ctype} *win = row;
+            for (ox = 0; ox < {wo}u; ox++, win += {sw}u) {{
+                int32_t sum = 0;
+                const {a.ctype} *ip = win;
+                for (ky = 0; ky < {kh}u; ky++, ip += {a.row}u)
+                    for (kx = 0; kx < {kw}u; kx++) sum += ip[kx];
+                op[ox] = ({out.ctype})sum;
             }}
         }}
         {self.clear_border(out)}

@@ -220,6 +220,15 @@ class GlobalSum(Kernel):
 
 
 @dataclass
+class WindowSum(Kernel):
+    """An integer average pool over whole windows: the sum of each window (its readers'
+    thresholds divide)."""
+
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+
+
+@dataclass
 class Split(Kernel):
     """A stride-2 convolution's input as parity phases: output plane ``p * C + c`` holds, at row
     ``u`` and column ``v`` (the convolution output's grid, border ``out_border`` included), input
@@ -474,6 +483,13 @@ class _Lowering:
             lo, hi = self.node_range(node, x.lo * h * w, x.hi * h * w)
             out = self.tensor(node["name"], dtype_for(lo, hi), (c, 1, 1), lo, hi)
             self.emit(GlobalSum(self.cname("sum", node), node["name"], [x], out))
+        elif op == "avg_pool2d" and node.get("integer"):
+            k, s = _pair(node["kernel_size"]), _pair(node["stride"] or node["kernel_size"])
+            c, h, w = x.shape
+            lo, hi = self.node_range(node, x.lo * k[0] * k[1], x.hi * k[0] * k[1])
+            out = self.tensor(node["name"], dtype_for(lo, hi), (c, (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1),
+                              lo, hi)
+            self.emit(WindowSum(self.cname("winsum", node), node["name"], [x], out, kernel=k, stride=s))
         else:
             raise CodegenError(_float(node, "computes in float32"))
 
