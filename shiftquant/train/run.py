@@ -273,9 +273,13 @@ def _test_acc(trainer: L.Trainer, module, dm) -> float:
     return float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
 
 
+def _model_weights(checkpoint: dict) -> dict:
+    """The model's tensors of a loaded Lightning checkpoint (without the ``model.`` prefix)."""
+    return {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+
+
 def _saved_weights(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return _model_weights(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _check_saved(path: Path, model) -> None:
@@ -292,14 +296,15 @@ def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: boo
     if cb is None:
         return None
     path = Path(cb.best_model_path).resolve()
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # read once: its epoch and weights
     best = {"path": str(path), "monitor": cb.monitor, "mode": cb.mode,
             "score": float(cb.best_model_score) if cb.best_model_score is not None else None,
-            "epoch": int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1}
+            "epoch": int(saved["epoch"]) + 1}
     if path == final:
         best["same_as_checkpoint"] = True
         return best
     other = copy.deepcopy(module)
-    other.model.load_state_dict(_saved_weights(path))
+    other.model.load_state_dict(_model_weights(saved))
     if quantized:
         set_slope(other.model, 0.0)
     best["hard_test_acc" if quantized else "fp_test_acc"] = _test_acc(trainer, other, dm)
