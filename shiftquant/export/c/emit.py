@@ -474,12 +474,22 @@ unsigned k0 = 0, k1 = 0;
 """
 
     def maxpool(self, k: MaxPool) -> str:
+        return self.window_reduce(k, "max_pool2d", "padding is never selected", "INT32_MIN",
+                                  "if ({v} > acc) acc = {v};", k.padding, k.dilation)
+
+    def window_sum(self, k: WindowSum) -> str:
+        return self.window_reduce(k, "window sum", "an integer average pool over whole windows: its readers' "
+                                  "thresholds divide", "0", "acc += {v};", (0, 0), (1, 1))
+
+    def window_reduce(self, k, what: str, note: str, init: str, step: str, padding, dilation) -> str:
+        """One reduction (``step`` on ``acc`` with each in-image value ``{v}``) over each pooling window."""
         a, out = k.inputs[0], k.output
         c, h, w = a.shape
         _, ho, wo = out.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k.kernel, k.stride, k.padding, k.dilation
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k.kernel, k.stride, padding, dilation
+        value = f"ip[iy * {a.row} + ix]"
         return f"""\
-/* max_pool2d {k.node}: padding is never selected */
+/* {what} {k.node}: {note} */
 {self.signature(k)}
 {{
     unsigned c;
@@ -490,48 +500,16 @@ unsigned k0 = 0, k1 = 0;
         {out.ctype} *op = out + {out.border * out.row + out.border}u;
         for (oy = 0; oy < {ho}; oy++, op += {out.row}) {{
             for (ox = 0; ox < {wo}; ox++) {{
-                int32_t best = INT32_MIN;
+                int32_t acc = {init};
                 for (ky = 0; ky < {kh}; ky++) {{
                     const int iy = oy * {sh} - {ph} + ky * {dh};
                     if (iy < 0 || iy >= {h}) continue;
                     for (kx = 0; kx < {kw}; kx++) {{
                         const int ix = ox * {sw} - {pw} + kx * {dw};
-                        if (ix >= 0 && ix < {w} && ip[iy * {a.row} + ix] > best) best = ip[iy * {a.row} + ix];
+                        if (ix >= 0 && ix < {w}) {step.format(v=value)}
                     }}
                 }}
-                op[ox] = ({out.ctype})best;
-            }}
-        }}
-        {self.clear_border(out)}
-        a += {a.plane}u;
-        out += {out.plane}u;
-        (void)ob;
-    }}
-}}
-"""
-
-    def window_sum(self, k: WindowSum) -> str:
-        a, out = k.inputs[0], k.output
-        c = a.shape[0]
-        _, ho, wo = out.shape
-        (kh, kw), (sh, sw) = k.kernel, k.stride
-        return f"""\
-/* window sum {k.node} (an integer average pool over whole windows: its readers' thresholds divide) */
-{self.signature(k)}
-{{
-    unsigned c, oy, ox, ky, kx;
-    for (c = 0; c < {c}u; c++) {{
-        const {a.ctype} *row = a + {a.border * a.row + a.border}u;
-        {out.ctype} *ob = out;
-        {out.ctype} *op = out + {out.border * out.row + out.border}u;
-        for (oy = 0; oy < {ho}u; oy++, row += {sh * a.row}u, op += {out.row}u) {{
-            const {a.ctype} *win = row;
-            for (ox = 0; ox < {wo}u; ox++, win += {sw}u) {{
-                int32_t sum = 0;
-                const {a.ctype} *ip = win;
-                for (ky = 0; ky < {kh}u; ky++, ip += {a.row}u)
-                    for (kx = 0; kx < {kw}u; kx++) sum += ip[kx];
-                op[ox] = ({out.ctype})sum;
+                op[ox] = ({out.ctype})acc;
             }}
         }}
         {self.clear_border(out)}
