@@ -302,8 +302,14 @@ def protocol(argv=None) -> None:
         {"protocol": args.protocol, "budget": budget, "data": data(0, budget["train_subset"]), "runs": names,
          "artifact": str(artifact.relative_to(ROOT)) if artifact.is_relative_to(ROOT) else str(artifact)}, indent=2))
 
-    float_run = run_one("float", float_data + ["quant=none", "schedule=float", "optim.weight_decay=5.0e-4",
-                                            f"trainer.max_epochs={budget['float_epochs']}"], results_dir, runs_dir)
+    # The float row is the artifact every run starts from: evaluated when it exists (no training:
+    # a re-trained model would not be the one the QAT runs start from), trained and saved otherwise.
+    if artifact.exists():
+        float_run = run_one("float", float_data + ["quant=none", "schedule=float", f"model.weights={artifact}",
+                                                "trainer.max_epochs=0"], results_dir, runs_dir)
+    else:
+        float_run = run_one("float", float_data + ["quant=none", "schedule=float", "optim.weight_decay=5.0e-4",
+                                                f"trainer.max_epochs={budget['float_epochs']}"], results_dir, runs_dir)
     if not artifact.exists():
         from safetensors.torch import save_file
 

@@ -36,8 +36,8 @@ BAD = [
     (["data=imagenet"], "data.root='???'"),
     (["data=imagenet", "data.root=/no/such/dir"], "/no/such/dir"),
     (["data=cifar10", "data.root="], "data.root"),
-    (["quant=none", "schedule=float", "float_stage.epochs=0", "trainer.max_epochs=0"], "trainer.max_epochs=0"),
-    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1"),  # 0 with a recipe is PTQ
+    (["quant=none", "schedule=float", "float_stage.epochs=0", "trainer.max_epochs=-1"], "trainer.max_epochs=-1"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1"),  # 0: PTQ with a recipe, evaluation without
     (["schedule.eps.values=[1.0,0.5,1.5]"], "schedule.eps=1.5"),
     (["schedule.eps.values=[0.5,1.0]"], "non-increasing"),
     (["schedule.eps.kind=linear"], "schedule.eps.kind='linear'"),

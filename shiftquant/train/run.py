@@ -142,8 +142,9 @@ def prepare(cfg: DictConfig) -> Plan:
     enabled = quant.pop("enabled", True)
     mixed = check_mixed(quant.pop("mixed", None)) if enabled else None
     recipe = QuantRecipe.from_dict(quant) if enabled else None
-    # 0 epochs with a recipe: post-training quantization (calibrate, re-estimate BatchNorm, test).
-    epochs = _positive_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_zero=recipe is not None)
+    # 0 epochs with a recipe: post-training quantization (calibrate, re-estimate BatchNorm, test);
+    # without one: the float model as loaded, tested.
+    epochs = _positive_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_zero=True)
     check_trainer(_plain(cfg.trainer))
     float_cfg = _plain(cfg.get("float_stage"))
     float_epochs = _positive_int("float_stage.epochs", float_cfg.get("epochs", 0), allow_zero=True)
@@ -397,6 +398,9 @@ def train(cfg: DictConfig) -> dict:
             results["relaxed_test_acc"] = results["hard_test_acc"]
     else:
         results["fp_test_acc"] = _test_acc(trainer, module, dm)
+        if not plan.epochs:  # nothing trained: the loaded model is the result
+            results["evaluated_only"] = True
+            trainer.save_checkpoint(str(last_checkpoint_path(out)))
     final = last_checkpoint_path(out).resolve()
     _check_saved(final, model)
     results["checkpoint"] = str(final)

@@ -66,6 +66,18 @@ def test_finetune_from_local_checkpoint_starts_at_float_accuracy(float_digits_ru
     assert float(first["val/acc"]) == pytest.approx(float_val_acc)
 
 
+def test_zero_epochs_without_a_recipe_evaluates_the_loaded_float_model(float_digits_run, tmp_path):
+    """``trainer.max_epochs=0`` with ``quant=none``: the weights as loaded, tested and saved as
+    the run's checkpoint (how the benchmark reports the float artifact it starts from)."""
+    _, float_results = float_digits_run
+    results = train(compose_cfg(["experiment=quickstart", "quant=none", "schedule=float", "float_stage.epochs=0",
+                                 f"model.weights={float_results['checkpoint']}", "trainer.max_epochs=0"], tmp_path))
+    assert results["evaluated_only"] and results["history"] == []
+    assert results["fp_test_acc"] == pytest.approx(float_results["fp_test_acc"])
+    saved, loaded = _state(results["checkpoint"]), _state(float_results["checkpoint"])
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+
+
 def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
