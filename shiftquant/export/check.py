@@ -21,8 +21,10 @@ from ..errors import ExportError, ExportRefused
 SUPPORTED = ("quantized Conv2d / Linear (shift weights and quantized inputs), BatchNorm1d/2d (timm's BatchNormAct2d "
              "too), ReLU, ReLU6 / Hardtanh / clamp, Hardswish, Hardsigmoid, SiLU, Sigmoid, GELU, MaxPool2d, AvgPool2d, "
              "AdaptiveAvgPool2d (modules or functions), mean over dims, Flatten / torch.flatten, Identity, Dropout / "
-             "DropPath in eval, residual adds (+, torch.add), elementwise multiply (squeeze-excite), torch.cat, "
-             "plain Conv2d / Linear kept float")
+             "DropPath in eval, residual adds (+, torch.add), + - * / with tensors or numbers, torch.cat, LayerNorm, "
+             "softmax, matmul / @, scaled_dot_product_attention without a mask, view / reshape / permute / transpose "
+             "/ indexing / unbind / expand (the batch kept a dimension of its own), F.pad and padding modes, timm's "
+             "Conv2dSame, parameters read in the forward, plain Conv2d / Linear kept float")
 
 MAX_LINES = 20  # refusal lines in an error message
 # Functional calls whose module form the exporter knows.

@@ -19,12 +19,11 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ..convert import quantizers, set_slope
 from ..errors import ExportError, ExportRefused
 from ..nn.layers import QuantConv2d, QuantMixin
-from ..nn.residual import ADDS, QuantBatchNorm2d, Tracer
+from ..nn.residual import ADDS, QuantBatchNorm2d
 from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
 from .bundle import pack_codes
@@ -33,6 +32,7 @@ from .ints import FLOAT, signed_type
 from .pixels import PixelInput
 from .requant import fold, integerize
 from .runtime import Runtime
+from .trace import Traced, is_norm_act, trace
 
 # float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
 # float computation of PyTorch and the integer one of the runtime agree bit for bit.
@@ -81,9 +81,8 @@ class Exporter:
             raise ExportError(f"{name}: the runtime computes layers with shift weights and quantized inputs; "
                               "this one has " + ("no weight quantizer" if wq is None else
                                                  "no input quantizer" if aq is None else "uniform weights"))
-        if isinstance(layer, QuantConv2d) and layer.padding_mode != "zeros":
-            raise ExportError(f"{name}: padding_mode={layer.padding_mode!r}: the runtime supports 'zeros'")
-        if layer.float_class not in (nn.Conv2d, nn.Linear) and _qualname(layer.float_class) not in _PLAIN_EQUIVALENTS:
+        if layer.float_class not in (nn.Conv2d, nn.Linear) and _qualname(layer.float_class) not in _PLAIN_EQUIVALENTS \
+                and _qualname(layer.float_class) not in _SAME_PADDING:
             raise ExportError(f"{name}: {layer.float_class.__name__} has a forward of its own; "
                               "the runtime knows plain Conv2d and Linear")
         w = layer.weight.detach()
@@ -108,6 +107,8 @@ class Exporter:
         if isinstance(layer, QuantConv2d):
             entry.update(stride=list(layer.stride), padding=list(layer.padding), dilation=list(layer.dilation),
                          groups=layer.groups)
+            if layer.padding_mode != "zeros" or _qualname(layer.float_class) in _SAME_PADDING:
+                entry["padding"] = [0, 0]  # a pad op before the layer pads (graph.conv_pad)
         entry.update(self.accumulator_bound(name, layer, hard, entry, non_negative_input))
         return entry
 
@@ -151,7 +152,7 @@ class Exporter:
     def float_module(self, name: str, m: nn.Module) -> dict | list[dict]:
         """The entry of a module kept float; a BatchNorm with its activation (timm's
         ``BatchNormAct2d``) becomes two, the BatchNorm (``<node>_bn``) then the activation."""
-        if _is_norm_act(m):
+        if is_norm_act(m):
             if not isinstance(m.drop, (nn.Identity, nn.Dropout)):
                 raise ExportError(f"{name}: {type(m.drop).__name__} after the BatchNorm is not supported")
             bn = nn.BatchNorm2d(m.num_features, m.eps, affine=m.affine)
@@ -167,6 +168,14 @@ class Exporter:
             return entry
         if isinstance(m, nn.ReLU):
             return {"op": "relu"}
+        if isinstance(m, nn.LayerNorm):
+            return self.layer_norm(name, list(m.normalized_shape),
+                                   self.add(f"{name}.weight", m.weight) if m.weight is not None else None,
+                                   self.add(f"{name}.bias", m.bias) if m.bias is not None else None, m.eps)
+        if isinstance(m, nn.Softmax):
+            if m.dim is None:
+                raise ExportError("nn.Softmax needs dim")
+            return {"op": "softmax", "dim": m.dim}
         if isinstance(m, nn.Hardtanh):  # ReLU6 is one
             return {"op": "clamp", "min": float(m.min_val), "max": float(m.max_val)}
         if type(m) in _ACTIVATION_MODULES:
@@ -197,13 +206,17 @@ class Exporter:
         raise ExportError(f"{type(m).__name__} is not supported by the exporter")
 
     def function(self, node: fx.Node) -> dict:
-        """A traced function or method call; its constant arguments become the entry's fields."""
-        target = node.target
-        arg = lambda i, key, default=None: node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
-        if node.op == "call_function" and target in ADDS:
-            return {"op": "add"}
-        if node.op == "call_function" and target in (operator.mul, torch.mul) or target == "mul":
-            return {"op": "mul"}
+        """A traced function or method call; its constant arguments (numbers, shapes the graph
+        computed) become the entry's fields."""
+        target, tr = node.target, self.traced
+
+        def arg(i, key, default=None):
+            a = node.args[i] if len(node.args) > i else node.kwargs.get(key, default)
+            return tr.value(a) if isinstance(a, fx.Node) and a in tr.static else a
+
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and a not in tr.static]
+        if target in _BINARY:
+            return self.binary(node, _BINARY[target])
         if target in (torch.flatten, "flatten"):
             return {"op": "flatten", "start_dim": arg(1, "start_dim", 0), "end_dim": arg(2, "end_dim", -1)}
         if target in (torch.relu, F.relu, "relu"):
@@ -226,6 +239,16 @@ class Exporter:
             if arg(2, "training", True):
                 raise ExportError("dropout in training mode (call it with training=self.training, or use nn.Dropout)")
             return {"op": "identity"}
+        if target is F.pad:
+            mode = arg(2, "mode", "constant")
+            if mode not in ("constant", "reflect", "replicate", "circular"):
+                raise ExportError(f"pad mode {mode!r}: allowed constant, reflect, replicate, circular")
+            return {"op": "pad", "pads": [int(v) for v in arg(1, "pad")], "mode": mode,
+                    "value": float(arg(3, "value", None) or 0.0)}
+        if target in ("contiguous", "clone", torch.clone):
+            return {"op": "identity"}
+        if getattr(target, "__name__", None) == "maybe_add_mask" and arg(1, "attn_mask") is None:
+            return {"op": "identity"}  # timm's attention without a mask
         if target is torch.cat:
             return {"op": "cat", "dim": arg(1, "dim", 0)}
         if target in (torch.mean, "mean"):
@@ -248,33 +271,125 @@ class Exporter:
                 raise ExportError("avg_pool2d with divisor_override is not supported")
             return {"op": "avg_pool2d", "kernel_size": kernel, "stride": stride, "padding": pair(arg(3, "padding", 0)),
                     "ceil_mode": bool(arg(4, "ceil_mode", False)), "count_include_pad": bool(arg(5, "count_include_pad", True))}
+        if target is F.layer_norm:
+            return self.layer_norm(node.name, list(arg(1, "normalized_shape")), self.parameter(node, 2, "weight"),
+                                   self.parameter(node, 3, "bias"), float(arg(4, "eps", 1e-5)))
+        if target in (F.softmax, torch.softmax, "softmax"):
+            if node.kwargs.get("dtype") is not None or arg(1, "dim") is None:
+                raise ExportError("softmax needs dim, and no dtype")
+            return {"op": "softmax", "dim": int(arg(1, "dim"))}
+        if target in (operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"):
+            return {"op": "matmul"}
+        if target is F.scaled_dot_product_attention:
+            if arg(3, "attn_mask") is not None or arg(4, "dropout_p", 0.0) or arg(5, "is_causal", False) \
+                    or arg(7, "enable_gqa", False):
+                raise ExportError("scaled_dot_product_attention with a mask, dropout, is_causal or enable_gqa is "
+                                  "not supported")
+            scale = arg(6, "scale")
+            return {"op": "attention", "scale": None if scale is None else float(scale)}
+        if target in ("reshape", "view", torch.reshape):
+            if self.is_flatten(node):  # x.view(x.size(0), -1): the integer flatten
+                return {"op": "flatten", "start_dim": 1, "end_dim": -1}
+            return {"op": "reshape", "shape": tr.shape(node)}
+        if target in ("expand", "expand_as"):
+            return {"op": "expand", "shape": tr.shape(node)}
+        if target in ("permute", torch.permute, "transpose", torch.transpose, "t"):
+            return {"op": "permute", "dims": _permutation(node, target, arg, tr.runs[0][tensors[0]].dim())}
+        if target is operator.getitem:
+            source = node.args[0]
+            if source.op == "call_method" and source.target == "unbind" or source.target is torch.unbind:
+                dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
+                return {"op": "index", "index": [[None, None, None]] * dim + [int(node.args[1])]}
+            if not isinstance(tr.runs[0][source], torch.Tensor):
+                raise ExportError(f"indexing the tuple {source.target} returns is not supported (unbind only)")
+            return {"op": "index", "index": _index_spec(arg(1, "index"), tr)}
         raise ExportError(f"{getattr(target, '__name__', target)} is not supported by the exporter")
 
+    def binary(self, node: fx.Node, op: str) -> dict:
+        """``a op b`` on two tensors, or a tensor and a number (``scalar``; ``reverse``: number first)."""
+        a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        if node.kwargs.get("alpha", 1) != 1 or node.kwargs.get("rounding_mode") is not None:
+            raise ExportError(f"{op} with alpha or rounding_mode is not supported")
+        tensor = lambda v: isinstance(v, fx.Node) and v not in self.traced.static
+        if tensor(a) and tensor(b):
+            return {"op": op}
+        number = [self.traced.value(v) if isinstance(v, fx.Node) else v for v in (a, b) if not tensor(v)][0]
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ExportError(f"{op} with a {type(number).__name__} operand is not supported (tensors and numbers)")
+        return {"op": op, "scalar": float(number), "reverse": not tensor(a)}
+
+    def parameter(self, node: fx.Node, i: int, key: str) -> str | None:
+        """A tensor argument read from the model (``get_attr``), stored in the bundle."""
+        a = node.args[i] if len(node.args) > i else node.kwargs.get(key)
+        if a is None:
+            return None
+        if not isinstance(a, fx.Node) or a.op != "get_attr":
+            raise ExportError(f"{key} must be a parameter of the model")
+        return self.add(f"{node.name}.{key}", self.traced.runs[0][a])
+
+    def layer_norm(self, name: str, shape: list[int], weight: str | None, bias: str | None, eps: float) -> dict:
+        return {"op": "layer_norm", "normalized_shape": [int(v) for v in shape], "weight": weight, "bias": bias,
+                "eps": eps}
+
+    def is_flatten(self, node: fx.Node) -> bool:
+        """Whether a reshape of a batch-first tensor to ``(batch, -1)`` is a flatten from dim 1."""
+        src = next(a for a in node.args if isinstance(a, fx.Node))
+        return self.traced.batch_dim(src) == 0 and self.traced.batch_dim(node) == 0 \
+            and self.traced.runs[0][node].dim() == 2
+
+    def conv_pad(self, name: str, layer: QuantConv2d, input_shape) -> dict | None:
+        """The pad op a convolution does before its kernel, when it is not symmetric zeros: its
+        padding mode (reflect, replicate, circular), or timm's ``Conv2dSame`` (zeros, asymmetric,
+        from the input size). The layer pads its quantized input; padding first and quantizing
+        after is the same when the quantizer maps 0 to 0, or the mode only copies values."""
+        if _qualname(layer.float_class) in _SAME_PADDING:
+            pads = []
+            for size, k, s, d in reversed(list(zip(input_shape[-2:], layer.kernel_size, layer.stride, layer.dilation))):
+                total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                pads += [total // 2, total - total // 2]
+            pad = {"op": "pad", "pads": pads, "mode": "constant", "value": 0.0}
+        elif layer.padding_mode != "zeros":
+            pad = {"op": "pad", "pads": [int(v) for v in layer._reversed_padding_repeated_twice],
+                   "mode": layer.padding_mode, "value": 0.0}
+        else:
+            return None
+        aq = layer.input_quantizer
+        if pad["mode"] == "constant" and (aq.policy != "learned_pot" or aq.quantizer.hard(torch.zeros(1)).item() != 0):
+            raise ExportError(f"{name}: pads its quantized input with zeros, and its input quantizer has no zero "
+                              "level to pad with first; use an input quantizer with a zero level (the deploy preset)")
+        return pad
+
     def convert(self, node: fx.Node, non_negative_input: bool) -> dict:
-        """The manifest entry of a traced module call or function call."""
+        """The manifest entry of a traced module call, function call or parameter read."""
         if node.op == "call_module":
             m = self.model.get_submodule(node.target)
+            if isinstance(m, QuantConv2d):
+                pad = self.conv_pad(node.target, m, self.traced.runs[0][node.args[0]].shape)
+                layer = self.shift_layer(node.target, m, non_negative_input and pad is None)
+                return layer if pad is None else [pad, layer]
             if isinstance(m, QuantMixin):
                 return self.shift_layer(node.target, m, non_negative_input)
             return self.float_module(node.target, m)
+        if node.op == "get_attr":
+            return {"op": "constant", "value": self.add(f"{node.target}", self.traced.runs[0][node])}
         return self.function(node)
 
     # ------------------------------------------------------------------ graph
     def build(self, example_input: torch.Tensor, pixels: PixelInput | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """``(manifest, tensors)`` of the bundle; with ``pixels`` the bundle takes integer pixels."""
-        try:
-            graph = ExportTracer().trace(self.model)
-            gm = fx.GraphModule(self.model, graph)
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example_input)
-        except Exception as exc:
-            raise ExportError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc} (the exporter needs a "
-                              "forward without Python control flow on tensor values or shapes; see docs/export.md)") from None
+        self.traced = tr = trace(self.model, example_input)
+        graph = tr.graph
         nodes, outputs, refused = [], [], []
         non_negative: set[str] = set()  # nodes whose every value is >= 0
+        aliases: dict[fx.Node, fx.Node] = {}  # a tuple of tensors (unbind) -> the tensor its items index
         for node in graph.nodes:
+            if node in tr.static:
+                continue
             args = [a for arg in node.args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]  # torch.cat's list
-            inputs = [a.name for a in args if isinstance(a, fx.Node)]
+            inputs = [aliases.get(a, a).name for a in args if isinstance(a, fx.Node) and a not in tr.static]
+            if node.op == "call_method" and node.target == "unbind" or node.target is torch.unbind:
+                aliases[node] = node.args[0]
+                continue
             if node.op == "placeholder":
                 entry = {"op": "input", "shape": list(example_input.shape[1:])}
                 if pixels is not None:
@@ -282,12 +397,14 @@ class Exporter:
                         raise ExportError(f"PixelInput: {len(pixels.mean)} channels of mean/std for an input "
                                           f"of {entry['shape'][0]} channels")
                     entry["pixels"] = pixels.spec()
+                batch_dim = 0
             elif node.op == "output":
                 outputs = [a.name for a in (node.args[0] if isinstance(node.args[0], (tuple, list)) else [node.args[0]])]
                 continue
             else:
                 try:
                     entry = self.convert(node, bool(inputs) and inputs[0] in non_negative)
+                    batch_dim = tr.batch_dim(node)
                 except ExportError as exc:  # collected: every refused node is named at once
                     refused.append(refusal(self.model, node, exc))
                     continue
@@ -298,14 +415,18 @@ class Exporter:
                              inputs=inputs if k == 0 else [nodes[-1]["name"]],
                              module=str(node.target) if node.op == "call_module" else None,
                              dtype=FLOAT)  # integerize declares the integer ones
+                if batch_dim != 0:  # not batch-first (attention's heads), or no batch (a constant)
+                    entry["batch_dim"] = batch_dim
                 if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
                     entry["input_shape"] = list(node.args[0].meta["tensor_meta"].shape[1:])
-                if _non_negative(entry) or (entry["op"] in _KEEPS_SIGN and entry["inputs"]
-                                            and all(i in non_negative for i in entry["inputs"])):
+                if _non_negative(entry) or (entry["op"] in _KEEPS_SIGN and entry.get("scalar", 0.0) >= 0
+                                            and entry["inputs"] and all(i in non_negative for i in entry["inputs"])):
                     non_negative.add(entry["name"])
                 nodes.append(entry)
         if refused:
             raise ExportRefused(refused_message(type(self.model).__name__, refused), refused)
+        read = {i for n in nodes for i in n["inputs"]} | set(outputs)
+        nodes = [n for n in nodes if n["op"] != "constant" or n["name"] in read]  # parameters ops read whole
         shift_layers = [n for n in nodes if n["op"].startswith("shift_")]
         manifest = {
             "format": "shiftquant-bundle",
@@ -326,6 +447,8 @@ class Exporter:
 
 # Subclasses whose forward computes what their base's does (timm's Linear only adds a TorchScript path).
 _PLAIN_EQUIVALENTS = {"timm.layers.linear.Linear", "timm.models.layers.linear.Linear"}
+# timm's TensorFlow-style "same" convolution: pads from the input size, then a plain convolution.
+_SAME_PADDING = {"timm.layers.conv2d_same.Conv2dSame", "timm.models.layers.conv2d_same.Conv2dSame"}
 
 
 def _qualname(cls: type) -> str:
@@ -333,7 +456,45 @@ def _qualname(cls: type) -> str:
 
 
 # Ops whose output is non-negative when every input is.
-_KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add", "mean", "cat", "mul"}
+_KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add", "mean", "cat", "mul",
+               "reshape", "permute", "index", "expand", "div", "pad"}
+# Elementwise arithmetic: ``a op b`` on tensors, or with a number.
+_BINARY = {**{f: "add" for f in ADDS}, "add": "add", operator.mul: "mul", torch.mul: "mul", "mul": "mul",
+           operator.sub: "sub", torch.sub: "sub", "sub": "sub", operator.truediv: "div", torch.div: "div", "div": "div"}
+
+
+def _permutation(node: fx.Node, target, arg, rank: int) -> list[int]:
+    """The dims of a permute, transpose or t as one permutation."""
+    if target in ("permute", torch.permute):
+        dims = [arg(i, "dims") for i in range(1, len(node.args))] if len(node.args) > 2 else arg(1, "dims")
+        dims = list(dims)
+    else:
+        a, b = (0, 1) if target == "t" else (arg(1, "dim0"), arg(2, "dim1"))
+        dims = list(range(rank))
+        dims[a], dims[b] = dims[b], dims[a]
+    return [int(d) % rank for d in dims]
+
+
+def _index_spec(index, traced: Traced) -> list:
+    """A tensor index as JSON: an integer, ``[start, stop, step]`` for a slice, null for a new axis,
+    ``"..."`` for an ellipsis."""
+    const = lambda v: traced.value(v) if isinstance(v, fx.Node) else v
+    items = list(index) if isinstance(index, tuple) else [index]
+    spec = []
+    for item in items:
+        item = const(item)
+        if isinstance(item, slice):
+            bounds = [const(v) for v in (item.start, item.stop, item.step)]
+            if not all(v is None or isinstance(v, int) for v in bounds):
+                raise ExportError("a slice with bounds other than integers is not supported")
+            spec.append(bounds)
+        elif item is None or item is Ellipsis:
+            spec.append(None if item is None else "...")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            spec.append(item)
+        else:
+            raise ExportError(f"indexing with {type(item).__name__} is not supported (integers and slices)")
+    return spec
 # Elementwise activations the runtime computes with PyTorch's kernel of the same name.
 _ACTIVATION_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SiLU: "silu",
                        nn.Sigmoid: "sigmoid", nn.GELU: "gelu"}
@@ -346,20 +507,7 @@ def _non_negative(entry: dict) -> bool:
     """Whether an op's output is >= 0 whatever its input."""
     if entry["op"] == "clamp":
         return entry["min"] is not None and entry["min"] >= 0
-    return entry["op"] in ("relu", "hardsigmoid", "sigmoid")
-
-
-def _is_norm_act(m: nn.Module) -> bool:
-    """timm's ``BatchNormAct2d`` (a BatchNorm2d with ``act`` and ``drop`` submodules)."""
-    return isinstance(m, nn.BatchNorm2d) and isinstance(getattr(m, "act", None), nn.Module) \
-        and isinstance(getattr(m, "drop", None), nn.Module)
-
-
-class ExportTracer(Tracer):
-    """The training tracer, with timm's BatchNorm + activation modules as leaves."""
-
-    def is_leaf_module(self, m, qualname):
-        return _is_norm_act(m) or super().is_leaf_module(m, qualname)
+    return entry["op"] in ("relu", "hardsigmoid", "sigmoid", "softmax")
 
 
 def observed_float_ops(manifest: dict, tensors: dict[str, np.ndarray]) -> list[str]:

@@ -36,11 +36,14 @@ import torch
 from ..errors import ExportError
 from .ints import FLOAT, narrowest
 from .pixels import pixels_to_float
-from .runtime import Runtime
+from .runtime import Runtime, constant_divisor
 
 EXACT = 1 << 24
 # Ops that map each element to one element of the same channel, monotonically.
 CHAIN_OPS = {"batch_norm", "relu", "clamp", "hardsigmoid", "identity", "flatten"}
+# Ops in a chain that move values (they stay in the graph, on the integers): flatten, and padding
+# that copies values or pads zeros where the quantizer after it has a zero level.
+MOVES = ("flatten", "pad")
 
 
 def _consumers(nodes: list[dict]) -> dict[str, list[dict]]:
@@ -67,7 +70,7 @@ def find_chains(manifest: dict) -> list[tuple[dict, list[dict], dict]]:
             if nxt["op"].startswith("shift_"):
                 target = nxt
                 break
-            if nxt["op"] not in CHAIN_OPS:
+            if nxt["op"] not in CHAIN_OPS and nxt["op"] != "pad":
                 break
             chain.append(nxt)
             if nxt.get("output_quantizer"):
@@ -77,8 +80,12 @@ def find_chains(manifest: dict) -> list[tuple[dict, list[dict], dict]]:
         if target is None:
             continue
         spec = _target_spec(target)
-        if any(n["op"] == "flatten" for n in chain) and spec["policy"] != "learned_pot":
+        if any(n["op"] in MOVES for n in chain) and spec["policy"] != "learned_pot":
             continue  # a per-feature standardization after a flatten is not per channel of S
+        if any(n["op"] == "pad" and n["mode"] == "constant" and (n["value"] != 0 or n is not chain[-1] or t_bn
+                                                                  or 0 not in spec["quantizer"]["levels"])
+               for n in chain for t_bn in [bool(target.get("output_quantizer"))]):
+            continue  # zeros padded into the codes must be the quantized zeros the target would read
         found.append((s, chain, target))
     return found
 
@@ -117,7 +124,8 @@ def thresholds(rt: Runtime, s: dict, chain: list[dict], target: dict) -> tuple[n
         rows = acc.shape[0]
         x = rt.dequantize(s, acc.T.reshape(1, channels, rows, 1) if conv else acc)
         for node in chain:
-            x = rt.float_op(node, [x])
+            if node["op"] != "pad":  # it moves values; the thresholds map each one
+                x = rt.float_op(node, [x])
         out = rt.quantize_input(x, spec)
         return out.reshape(channels, rows).T if conv else out.reshape(acc.shape)
 
@@ -173,7 +181,7 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
                         "levels": Runtime.level_ints(spec).tolist(), "unit": Runtime.input_unit(spec)}
         kept = s["name"]
         for node in chain:
-            if node["op"] == "flatten":
+            if node["op"] in MOVES:
                 node["inputs"] = [kept]
                 kept = node["name"]
             else:
@@ -238,6 +246,10 @@ def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
                 continue  # not both powers of two apart: a float add
             node["shifts"] = shifts
             ints[name] = Ints("grid", (a.lo << shifts[0]) + (b.lo << shifts[1]), (a.hi << shifts[0]) + (b.hi << shifts[1]), unit)
+        elif op in ("reshape", "expand", "permute", "index") and src is not None and src.kind == "grid":
+            ints[name] = src  # integers on a grid, moved
+        elif op == "pad" and src is not None and src.kind == "grid" and (node["mode"] != "constant" or node["value"] == 0):
+            ints[name] = replace(src, lo=min(src.lo, 0), hi=max(src.hi, 0))  # copies of its values, or zeros
         elif op in ("identity", "flatten") and src is not None:
             ints[name] = _flattened(node, src, nodes) if op == "flatten" and src.kind == "pixels" else src
         elif op in ("relu", "max_pool2d") and src is not None and src.kind != "pixels":
@@ -247,10 +259,10 @@ def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
             _, h, w = node["input_shape"]
             node["integer"] = True
             ints[name] = Ints("sum", src.lo * h * w, src.hi * h * w, src.unit, pool=node)
-        elif op == "avg_pool2d" and src is not None and src.kind == "grid" and not any(_pair(node["padding"])) \
-                and not node["ceil_mode"] and _feeds_only_shift_layers(node, consumers):
+        elif op == "avg_pool2d" and src is not None and src.kind == "grid" and constant_divisor(node) \
+                and _feeds_only_shift_layers(node, consumers):
             kh, kw = _pair(node["kernel_size"])
-            node["integer"] = True  # every window is whole: a sum of kh x kw integers, divided by constant
+            node["integer"] = True  # a sum of kh x kw integers (zeros where padded), divided by a constant
             ints[name] = Ints("sum", src.lo * kh * kw, src.hi * kh * kw, src.unit, pool=node)
     for node in nodes:
         _declare_type(node, ints.get(node["name"]), manifest["exact"])

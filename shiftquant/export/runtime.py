@@ -18,6 +18,7 @@ so that, under ``deploy_exact``, the runtime's logits equal the PyTorch model's 
 """
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,19 @@ def _log2_pow2(v: np.ndarray) -> np.ndarray:
         more = v > 1
         v, e = np.where(more, v >> 1, v), e + more
     return e
+
+
+def constant_divisor(node: dict) -> bool:
+    """Whether an ``avg_pool2d`` divides every window's sum by ``kh x kw``: no window hangs over
+    the end (ceil_mode adds none on this input), and padding, if any, is counted."""
+    k, s, p = _pair2(node["kernel_size"]), _pair2(node["stride"] or node["kernel_size"]), _pair2(node["padding"])
+    sizes = node["input_shape"][1:]
+    whole = all((n + 2 * pi - ki) % si == 0 for n, ki, si, pi in zip(sizes, k, s, p))
+    return (whole or not node["ceil_mode"]) and (not any(p) or node["count_include_pad"])
+
+
+def _pair2(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def level_index(x: np.ndarray, thr: np.ndarray, direction: np.ndarray | None, channel_dim: int) -> np.ndarray:
@@ -260,10 +274,11 @@ class Runtime:
                 self._ints(node, node.get("dilation"), "dilation", 2, 1)
             if not isinstance(node.get("integer", False), bool):
                 self._fail(node, "integer must be true or false")
-            if node.get("integer") and (op != "avg_pool2d" or node.get("ceil_mode") or any(padding)):
-                self._fail(node, "an integer pooling sum is an avg_pool2d without padding or ceil_mode")
             if node.get("integer"):
                 self._ints(node, node.get("input_shape"), "input_shape", 3, 1)
+                if op != "avg_pool2d" or not constant_divisor(node):
+                    self._fail(node, "an integer pooling sum is an avg_pool2d whose windows all have kh x kw "
+                                     "elements (no window past the end, padding counted)")
         elif op == "adaptive_avg_pool2d":
             self._ints(node, node.get("output_size"), "output_size", 2, 1)
             if not isinstance(node.get("integer", False), bool):
@@ -308,9 +323,66 @@ class Runtime:
             if isinstance(node.get("dim"), bool) or not isinstance(node.get("dim"), int) or not -8 <= node["dim"] < 8 \
                     or node["dim"] in (0, -8):
                 self._fail(node, "dim must be a small integer other than the batch dimension")
+        elif op in ("reshape", "expand"):
+            shape = node.get("shape")
+            if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and (v >= 0 or v == -1) for v in shape) \
+                    or shape.count(-1) > 1:
+                self._fail(node, "shape must be up to 8 sizes, -1 where the batch goes")
+        elif op == "pad":
+            pads = node.get("pads")
+            if not isinstance(pads, list) or not pads or len(pads) % 2 or len(pads) > 6 or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 16 for v in pads):
+                self._fail(node, "pads must be 2, 4 or 6 non-negative integers (last dimension first)")
+            if node.get("mode") not in _PAD_MODES:
+                self._fail(node, f"mode must be one of {', '.join(_PAD_MODES)}")
+            self._number(node, node.get("value"), "value", -float(np.finfo(np.float32).max))
+        elif op == "permute":
+            dims = node.get("dims")
+            if not isinstance(dims, list) or sorted(dims) != list(range(len(dims))) or len(dims) > 8:
+                self._fail(node, "dims must be a permutation of 0..rank-1")
+        elif op == "index":
+            self._check_index(node, node.get("index"))
+        elif op == "layer_norm":
+            shape = self._ints(node, node.get("normalized_shape"), "normalized_shape",
+                               len(node.get("normalized_shape") or [0]), 1)
+            for k in ("weight", "bias"):
+                if node.get(k) is not None:
+                    self._tensor(node[k], shape)
+            self._number(node, node.get("eps"), "eps")
+        elif op == "softmax":
+            if isinstance(node.get("dim"), bool) or not isinstance(node.get("dim"), int) or not -8 <= node["dim"] < 8:
+                self._fail(node, "dim must be a small integer")
+        elif op == "attention":
+            if node.get("scale") is not None:
+                self._number(node, node["scale"], "scale", 1e-30)
+        elif op == "constant":
+            self._tensor(node.get("value"))
+            if node.get("batch_dim") is not None:
+                self._fail(node, "a constant has no batch dimension")
+        if op in _BINARY and node.get("scalar") is not None:
+            self._number(node, node["scalar"], "scalar", -float(np.finfo(np.float32).max))
+            if not isinstance(node.get("reverse", False), bool):
+                self._fail(node, "reverse must be true or false")
+        bd = node.get("batch_dim", 0)
+        if bd is not None and (isinstance(bd, bool) or not isinstance(bd, int) or not 0 <= bd < 8):
+            self._fail(node, "batch_dim must be a dimension 0..7 or null")
         count = len(node["inputs"])
-        if op == "cat" and count < 1 or op != "cat" and count != (2 if op in ("add", "mul") else 0 if op == "input" else 1):
+        if op in _BINARY:
+            expected = 1 if node.get("scalar") is not None else 2
+        else:
+            expected = _INPUTS.get(op, 1)
+        if op == "cat" and count < 1 or op != "cat" and count != expected:
             self._fail(node, "wrong number of inputs")
+
+    def _check_index(self, node: dict, spec) -> None:
+        """An index: integers, ``[start, stop, step]`` slices, null (new axis), at most one "..."."""
+        small = lambda v: v is None or isinstance(v, int) and not isinstance(v, bool) and abs(v) < 1 << 31
+        if not isinstance(spec, list) or not 1 <= len(spec) <= 8 or spec.count("...") > 1 or not all(
+                item is None or item == "..." or (small(item) and item is not None)
+                or isinstance(item, list) and len(item) == 3 and all(small(v) for v in item) and item[2] != 0
+                for item in spec):
+            self._fail(node, "index must be integers, [start, stop, step] slices, null or '...'")
 
     def _check_pixels(self, node: dict, px) -> None:
         if px is None:
@@ -475,8 +547,11 @@ class Runtime:
             return F.batch_norm(x, t("mean"), t("var"), t("weight"), t("bias"), False, 0.0, node["eps"])
         if op == "relu":
             return F.relu(x)
-        if op == "add":
-            return args[0] + args[1]
+        if op in _BINARY:
+            fn = _BINARY[op]
+            if node.get("scalar") is None:
+                return fn(args[0], args[1])
+            return fn(node["scalar"], x) if node.get("reverse") else fn(x, node["scalar"])
         if op == "max_pool2d":
             return F.max_pool2d(x, node["kernel_size"], node["stride"], node["padding"], node["dilation"],
                                 node["ceil_mode"])
@@ -501,8 +576,6 @@ class Runtime:
             return torch.sigmoid(x)
         if op == "gelu":
             return F.gelu(x, approximate=node["approximate"])
-        if op == "mul":
-            return args[0] * args[1]
         if op == "mean":
             return torch.mean(x, node["dim"], keepdim=node["keepdim"])
         if op == "cat":
@@ -511,7 +584,34 @@ class Runtime:
             return F.conv2d(x, t("weight"), t("bias"), node["stride"], node["padding"], node["dilation"], node["groups"])
         if op == "linear":
             return F.linear(x, t("weight"), t("bias"))
+        if op in _MOVES:
+            return self.move(node, x)
+        if op == "pad":
+            value = node["value"] if node["mode"] == "constant" else None
+            return F.pad(x, node["pads"], node["mode"], value)
+        if op == "constant":
+            return torch.from_numpy(self._tensor(node["value"]))
+        if op == "layer_norm":
+            return F.layer_norm(x, node["normalized_shape"], t("weight"), t("bias"), node["eps"])
+        if op == "softmax":
+            return torch.softmax(x, node["dim"])
+        if op == "matmul":
+            return torch.matmul(args[0], args[1])
+        if op == "attention":
+            return F.scaled_dot_product_attention(*args, scale=node.get("scale"))
         raise BundleError(f"{self.source}: unknown op {op!r}")  # pragma: no cover - checked at load
+
+    def move(self, node: dict, x):
+        """A reshape, expand, permute or index of a tensor or an integer array (data movement only)."""
+        op = node["op"]
+        if op in ("reshape", "expand"):
+            shape = [self._batch if v == -1 else v for v in node["shape"]]
+            if op == "reshape":
+                return x.reshape(shape)
+            return x.expand(*shape) if isinstance(x, torch.Tensor) else np.broadcast_to(x, shape)
+        if op == "permute":
+            return x.permute(*node["dims"]) if isinstance(x, torch.Tensor) else x.transpose(node["dims"])
+        return x[tuple(slice(*i) if isinstance(i, list) else Ellipsis if i == "..." else i for i in node["index"])]
 
     def to_float(self, x: Value) -> torch.Tensor:
         """Float values of a value: integers become ``integer x unit`` (exact below 2^24 units),
@@ -594,6 +694,12 @@ class Runtime:
         x = args[0]
         if op == "identity":
             return x
+        if op in _MOVES and x.kind == "grid":
+            return Value(np.ascontiguousarray(self.move(node, x.data)), x.unit)
+        if op == "pad" and x.kind == "grid" and (node["mode"] != "constant" or node["value"] == 0):
+            p = node["pads"]
+            widths = [(0, 0)] * (x.data.ndim - len(p) // 2) + [(p[i], p[i + 1]) for i in range(len(p) - 2, -1, -2)]
+            return Value(np.pad(x.data, widths, _PAD_MODES[node["mode"]]), x.unit, x.kind)
         if op == "flatten":
             dims = list(x.data.shape)
             start, end = node["start_dim"] % len(dims), node["end_dim"] % len(dims)
@@ -624,7 +730,9 @@ class Runtime:
                 self._fail(node, "sums integers off a power-of-two grid")
             (kh, kw), (sh, sw) = self._ints(node, node["kernel_size"], "kernel_size", 2, 1), \
                 self._ints(node, node["stride"], "stride", 2, 1)
-            windows = torch.from_numpy(x.data.astype(np.int64)).unfold(-2, kh, sh).unfold(-2, kw, sw)
+            ph, pw = self._ints(node, node["padding"], "padding", 2)
+            padded = np.pad(x.data.astype(np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+            windows = torch.from_numpy(padded).unfold(-2, kh, sh).unfold(-2, kw, sw)
             return Value(windows.sum(dim=(-2, -1)).numpy(), None, "sum")
         return None
 
@@ -684,6 +792,7 @@ class Runtime:
         """Every output's :class:`Value`. A bundle whose shapes do not fit each other, or whose
         values leave their declared types, fails here, naming the node."""
         values: dict[str, Value] = {}
+        self._batch = int(np.shape(x)[0])
         for node in self.nodes:
             try:
                 values[node["name"]] = self._run_node(node, x, values)
@@ -722,9 +831,9 @@ class Runtime:
                 out = self._shift_layer(node, args[0])
             else:
                 out = self._int_op(node, args) or self._float_node(node, args)
-        batch = np.shape(x)[0]
-        if len(out.data.shape) < 1 or out.data.shape[0] != batch:
-            self._fail(node, f"its output {list(out.data.shape)} lost the batch dimension ({batch})")
+        batch, dim = np.shape(x)[0], node.get("batch_dim", 0)
+        if dim is not None and (len(out.data.shape) <= dim or out.data.shape[dim] != batch):
+            self._fail(node, f"its output {list(out.data.shape)} lost the batch dimension ({batch}, dim {dim})")
         return self._store(node, out)
 
 
@@ -746,9 +855,14 @@ class Value:
 
 
 _STORED_INTS = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16)
-_OPS = {"input", "shift_conv2d", "shift_linear", "batch_norm", "relu", "add", "max_pool2d", "avg_pool2d",
+_BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}  # as models write them
+_MOVES = ("reshape", "expand", "permute", "index")  # data movement: integers stay integers
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # numpy's names
+_INPUTS = {"input": 0, "constant": 0, "matmul": 2, "attention": 3}  # inputs of the ops that do not take one
+_OPS = {"input", "shift_conv2d", "shift_linear", "batch_norm", "relu", "max_pool2d", "avg_pool2d",
         "adaptive_avg_pool2d", "flatten", "identity", "conv2d", "linear", "clamp", "hardswish", "hardsigmoid", "silu",
-        "sigmoid", "gelu", "mul", "mean", "cat"}
+        "sigmoid", "gelu", "mean", "cat", "constant", "layer_norm", "softmax", "matmul", "attention", "pad",
+        *_BINARY, *_MOVES}
 
 
 def load_bundle(path: str | Path) -> Runtime:

@@ -149,3 +149,34 @@ class FunctionalCNN(nn.Module):
         x = x * gate
         x = F.dropout(x.mean((2, 3)), 0.2, training=self.training)
         return self.head(x)
+
+
+class PaddedCNN(nn.Module):
+    """Padding other than symmetric zeros and pooling with padding: reflect and replicate padding
+    modes, timm's ``Conv2dSame`` (asymmetric zeros from the input size), a functional ``F.pad``,
+    a 3x3 average pool with padding counted and a ceil-mode pool on whole windows (both over the
+    residual stream, read by the next layer), and ``x.view(x.size(0), -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import Conv2dSame
+
+        conv = lambda *a, **k: nn.Conv2d(*a, bias=False, **k)
+        self.stem, self.bn1 = conv(3, 8, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(8)
+        self.same, self.bn2 = Conv2dSame(8, 8, 3, stride=2, bias=False), nn.BatchNorm2d(8)
+        self.replicate, self.bn3 = conv(8, 8, 3, padding=1, padding_mode="replicate"), nn.BatchNorm2d(8)
+        self.conv4, self.bn4 = conv(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv5, self.bn5 = conv(8, 8, 3), nn.BatchNorm2d(8)
+        self.conv6, self.bn6 = conv(8, 8, 1), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.stem(x)))
+        x = F.relu(self.bn2(self.same(x)))                           # 32 -> 16, padded (0, 1) by Conv2dSame
+        x = F.relu(x + self.bn3(self.replicate(x)))
+        x = F.avg_pool2d(x, 3, 1, 1)                                 # padding counted: every window / 9
+        x = F.relu(self.bn4(self.conv4(x)))
+        x = F.relu(x + self.bn5(self.conv5(F.pad(x, (1, 1, 1, 1)))))  # zeros padded before a quantized conv
+        x = F.avg_pool2d(x, 2, 2, ceil_mode=True)                    # 16 -> 8: whole windows
+        x = F.max_pool2d(F.relu(self.bn6(self.conv6(x))), 2)         # 8 -> 4
+        return self.head(x.view(x.size(0), -1))

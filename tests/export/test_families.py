@@ -11,7 +11,7 @@ import torchvision
 
 import shiftquant as sq
 from shiftquant.models.factory import build_model
-from tests.export.models import FunctionalCNN
+from tests.export.models import FunctionalCNN, PaddedCNN
 
 PIXELS = sq.PixelInput((0.5,), (0.25,))
 PIXELS3 = sq.PixelInput((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -20,7 +20,7 @@ FAMILIES = {
     "resnet20": (lambda: build_model("resnet20", 10, 1), 1, "integer-only, exact", set()),
     "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 3, "integer-only, exact", set()),
     "timm resnet18": (lambda: timm.create_model("resnet18", num_classes=10), 3, "integer-only, exact", set()),
-    "timm resnet10t": (lambda: timm.create_model("resnet10t", num_classes=10), 3, "exact, with 6 float op(s)", set()),
+    "timm resnet10t": (lambda: timm.create_model("resnet10t", num_classes=10), 3, "integer-only, exact", set()),
     "timm mobilenetv3_small_050": (lambda: timm.create_model("mobilenetv3_small_050", num_classes=10), 3,
                                    "exact, with 152 float op(s)", set()),
     "timm mobilenetv2_050": (lambda: timm.create_model("mobilenetv2_050", num_classes=10), 3,
@@ -28,8 +28,12 @@ FAMILIES = {
     "timm efficientnet_b0": (lambda: timm.create_model("efficientnet_b0", num_classes=10), 3,
                              "exact, with 273 float op(s)", set()),
     "timm vit_tiny_patch16_224": (lambda: timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32,
-                                                            patch_size=4, depth=1), 3, "refused",
-                                  {"LayerNorm", "Attention"}),
+                                                            patch_size=4, depth=1), 3, "exact, with 28 float op(s)",
+                                  set()),
+    "timm deit_tiny_patch16_224": (lambda: timm.create_model("deit_tiny_patch16_224", num_classes=10, img_size=32,
+                                                             patch_size=4, depth=1), 3, "exact, with 28 float op(s)",
+                                   set()),
+    "padded cnn": (PaddedCNN, 3, "exact, with 7 float op(s)", set()),
     "torchvision mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), 3,
                                        "exact, with 98 float op(s)", set()),
     "functional cnn": (FunctionalCNN, 3, "exact, with 20 float op(s)", set()),

@@ -1,7 +1,8 @@
-"""Mobile CNN families (timm / torchvision MobileNets, EfficientNet, a functional-style CNN) export
-with the deploy preset at W3A3 and agree with the hard PyTorch model: top-1 agreement 1.0 on
-generated pixel images, bit for bit when the bundle says exact; their float ops (Hardswish, SiLU,
-the squeeze-excite gate and multiply, ...) are listed and the C backend refuses them by name."""
+"""Model families (timm / torchvision MobileNets, EfficientNet, ResNet-10t, ViT and DeiT with fused
+and matmul attention, a functional-style CNN, a CNN with every kind of padding) export with the
+deploy preset at W3A3 and agree with the hard PyTorch model: top-1 agreement 1.0 on generated pixel
+images, bit for bit when the bundle says exact; their float ops (Hardswish, SiLU, the squeeze-excite
+gate and multiply, LayerNorm, attention, ...) are listed and the C backend refuses them by name."""
 import numpy as np
 import pytest
 import timm
@@ -10,7 +11,7 @@ import torchvision
 
 import shiftquant as sq
 from shiftquant.errors import ShiftQuantError
-from tests.export.models import FunctionalCNN
+from tests.export.models import FunctionalCNN, PaddedCNN
 
 PIXELS = sq.PixelInput((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 FAMILIES = {
@@ -19,7 +20,21 @@ FAMILIES = {
     "timm efficientnet_b0": lambda: timm.create_model("efficientnet_b0", num_classes=10),
     "torchvision mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
     "functional cnn": FunctionalCNN,
+    "padded cnn": PaddedCNN,
+    "timm resnet10t": lambda: timm.create_model("resnet10t", num_classes=10),
+    "timm vit_tiny_patch16_224": lambda: vit("vit_tiny_patch16_224", fused=True),
+    "timm vit_tiny_patch16_224 (matmul attention)": lambda: vit("vit_tiny_patch16_224", fused=False),
+    "timm deit_tiny_patch16_224": lambda: vit("deit_tiny_patch16_224", fused=True),
 }
+
+
+def vit(name: str, fused: bool):
+    """A small timm ViT at 32 px (patch 4, 2 blocks); ``fused``: scaled_dot_product_attention,
+    otherwise timm's q @ k^T, softmax, @ v."""
+    model = timm.create_model(name, num_classes=10, img_size=32, patch_size=4, depth=2)
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+    return model
 
 
 def exported(name, tmp_path, images: int = 16):
@@ -49,7 +64,15 @@ HOLDS = {"functional cnn": {"hardswish", "hardsigmoid", "silu", "mul", "cat", "m
                             "adaptive_avg_pool2d"},
          "timm mobilenetv3_small_050": {"hardswish", "hardsigmoid", "mul", "mean"},
          "timm efficientnet_b0": {"silu", "sigmoid", "mul", "mean"},
-         "torchvision mobilenet_v3_small": {"hardswish", "hardsigmoid", "mul", "adaptive_avg_pool2d"}}
+         "torchvision mobilenet_v3_small": {"hardswish", "hardsigmoid", "mul", "adaptive_avg_pool2d"},
+         "padded cnn": {"pad", "avg_pool2d", "flatten"},
+         "timm vit_tiny_patch16_224": {"layer_norm", "attention", "gelu", "reshape", "permute", "index", "constant",
+                                       "expand", "cat"},
+         "timm vit_tiny_patch16_224 (matmul attention)": {"matmul", "softmax", "mul"},
+         "timm deit_tiny_patch16_224": {"layer_norm", "attention"}}
+# What runs on integers: every average pool and the pads of the padded CNN, all of ResNet-10t.
+INTEGER = {"padded cnn": {"same_pad", "replicate_pad", "pad", "avg_pool2d", "avg_pool2d_1", "add", "add_1"}}
+INTEGER_ONLY = {"timm resnet10t"}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -71,8 +94,11 @@ def test_family_agrees_with_pytorch(name, tmp_path):
     for n in rt.nodes:
         if n["op"] == "clamp":
             assert not any(c["op"].startswith("shift_") for c in rt.nodes if n["name"] in c["inputs"]), n["name"]
-    if name.startswith("timm"):
+    if name.startswith("timm") and "vit" not in name and "deit" not in name:
         assert any(c.get("requant") for c in rt.nodes)
+    by_name = {n["name"]: n for n in rt.nodes}
+    assert all(by_name[n]["dtype"] != "float32" for n in INTEGER.get(name, ())), INTEGER[name]
+    assert rt.manifest["integer_only"] == (name in INTEGER_ONLY)
 
 
 def test_c_backend_refuses_float_ops_by_name(tmp_path):

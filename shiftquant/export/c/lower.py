@@ -484,12 +484,19 @@ class _Lowering:
             out = self.tensor(node["name"], dtype_for(lo, hi), (c, 1, 1), lo, hi)
             self.emit(GlobalSum(self.cname("sum", node), node["name"], [x], out))
         elif op == "avg_pool2d" and node.get("integer"):
+            if any(_pair(node["padding"])):
+                raise CodegenError(f"node {node['name']!r} (avg_pool2d): an integer window sum over padding is not "
+                                   "implemented by the C backend: use backend='reference', or pool without padding")
             k, s = _pair(node["kernel_size"]), _pair(node["stride"] or node["kernel_size"])
             c, h, w = x.shape
             lo, hi = self.node_range(node, x.lo * k[0] * k[1], x.hi * k[0] * k[1])
             out = self.tensor(node["name"], dtype_for(lo, hi), (c, (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1),
                               lo, hi)
             self.emit(WindowSum(self.cname("winsum", node), node["name"], [x], out, kernel=k, stride=s))
+        elif node["dtype"] != "float32":
+            raise CodegenError(f"node {node['name']!r} ({op}) moves integers in a way the C backend does not "
+                               "implement (reshape, permute, index and expand run in the reference runtime): use "
+                               "backend='reference'")
         else:
             raise CodegenError(_float(node, "computes in float32"))
 
