@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import quantize_model
+from .convert import quantize_model, set_slope
 from .errors import CheckpointError
 from .models.factory import build_model
 from .recipe import QuantRecipe
@@ -64,10 +64,12 @@ def describe_mismatch(meta: dict, model_name: str, recipe: QuantRecipe | None, i
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """The model of a shiftquant checkpoint: built, converted with its recipe, weights loaded."""
+    """The model of a shiftquant checkpoint: built, converted with its recipe, weights loaded, in
+    eval mode; a quantized model is the hard one (eps = 0), the model a run tests and exports."""
     ckpt = read_checkpoint(path)
     meta = ckpt["hyper_parameters"]["shiftquant"]
-    model = build_model(meta["model"]["name"], meta["num_classes"], meta["in_chans"])
+    model = build_model(meta["model"]["name"], meta["num_classes"], meta["in_chans"],
+                        options=meta["model"].get("options"))
     if meta.get("recipe"):
         quantize_model(model, QuantRecipe.from_dict(meta["recipe"]))
     sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -76,4 +78,6 @@ def load_model(path: str | Path) -> nn.Module:
         raise CheckpointError(f"{path}: its weights do not fit the model it describes "
                               f"({len(set(own) ^ set(sd))} keys differ)")
     model.load_state_dict(sd)
+    if meta.get("recipe"):
+        set_slope(model, 0.0)
     return model.eval()

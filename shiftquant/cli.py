@@ -202,7 +202,8 @@ def _float_model(args):
     name = meta["model"]["name"] if meta else args.model
     if not name:
         raise ShiftQuantError(f"{args.weights} is not a shiftquant checkpoint: pass --model NAME")
-    model = build_model(name, meta["num_classes"] if meta else args.classes, meta["in_chans"] if meta else args.in_chans)
+    model = build_model(name, meta["num_classes"] if meta else args.classes, meta["in_chans"] if meta else args.in_chans,
+                        options=meta["model"].get("options") if meta else None)
     load_weights(model, args.weights)
     return model.eval()
 

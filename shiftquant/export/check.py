@@ -30,7 +30,7 @@ MAX_LINES = 20  # refusal lines in an error message
 # Functional calls whose module form the exporter knows.
 _MODULE_FORMS = {
     F.adaptive_avg_pool2d: "nn.AdaptiveAvgPool2d", F.avg_pool2d: "nn.AvgPool2d", F.max_pool2d: "nn.MaxPool2d",
-    F.dropout: "nn.Dropout", F.batch_norm: "nn.BatchNorm2d", F.conv2d: "nn.Conv2d", F.linear: "nn.Linear",
+    F.dropout: "nn.Dropout", F.batch_norm: "nn.BatchNorm2d",
     torch.mean: "nn.AdaptiveAvgPool2d(1) followed by nn.Flatten", "mean": "nn.AdaptiveAvgPool2d(1) followed by nn.Flatten",
 }
 GENERIC_HOW = "write this step with a supported module (see the list below), or run it outside the exported model"

@@ -271,6 +271,16 @@ class Exporter:
                 raise ExportError("avg_pool2d with divisor_override is not supported")
             return {"op": "avg_pool2d", "kernel_size": kernel, "stride": stride, "padding": pair(arg(3, "padding", 0)),
                     "ceil_mode": bool(arg(4, "ceil_mode", False)), "count_include_pad": bool(arg(5, "count_include_pad", True))}
+        if target is F.linear:  # a float Linear traced through (timm's subclass), or a functional one
+            return {"op": "linear", "weight": self.parameter(node, 1, "weight"), "bias": self.parameter(node, 2, "bias")}
+        if target is F.conv2d:
+            pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]
+            padding = arg(4, "padding", 0)
+            if isinstance(padding, str):
+                raise ExportError(f"conv2d with padding={padding!r} is not supported (give the padding in pixels)")
+            return {"op": "conv2d", "weight": self.parameter(node, 1, "weight"), "bias": self.parameter(node, 2, "bias"),
+                    "stride": pair(arg(3, "stride", 1)), "padding": pair(padding), "dilation": pair(arg(5, "dilation", 1)),
+                    "groups": int(arg(6, "groups", 1))}
         if target is F.layer_norm:
             return self.layer_norm(node.name, list(arg(1, "normalized_shape")), self.parameter(node, 2, "weight"),
                                    self.parameter(node, 3, "bias"), float(arg(4, "eps", 1e-5)))
@@ -385,7 +395,9 @@ class Exporter:
         for node in graph.nodes:
             if node in tr.static:
                 continue
-            args = [a for arg in node.args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]  # torch.cat's list
+            params = _PARAMETER_ARGS.get(node.target, ()) if node.op == "call_function" else ()
+            args = [a for i, arg in enumerate(node.args) if i not in params  # weights are stored, not inputs
+                    for a in (arg if isinstance(arg, (list, tuple)) else [arg])]  # torch.cat's list
             inputs = [aliases.get(a, a).name for a in args if isinstance(a, fx.Node) and a not in tr.static]
             if node.op == "call_method" and node.target == "unbind" or node.target is torch.unbind:
                 aliases[node] = node.args[0]
@@ -458,6 +470,8 @@ def _qualname(cls: type) -> str:
 # Ops whose output is non-negative when every input is.
 _KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add", "mean", "cat", "mul",
                "reshape", "permute", "index", "expand", "div", "pad"}
+# Positional arguments of functional layers that are the layer's parameters (read with get_attr).
+_PARAMETER_ARGS = {F.linear: (1, 2), F.conv2d: (1, 2), F.layer_norm: (2, 3)}
 # Elementwise arithmetic: ``a op b`` on tensors, or with a number.
 _BINARY = {**{f: "add" for f in ADDS}, "add": "add", operator.mul: "mul", torch.mul: "mul", "mul": "mul",
            operator.sub: "sub", torch.sub: "sub", "sub": "sub", operator.truediv: "div", torch.div: "div", "div": "div"}

@@ -50,14 +50,28 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 
 
 def build_model(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
-                weights: str | None = None) -> nn.Module:
-    """A float classifier. ``pretrained`` downloads hub weights; ``weights`` loads a local file."""
-    import timm
-    import torchvision
-
+                weights: str | None = None, options: dict | None = None) -> nn.Module:
+    """A float classifier. ``pretrained`` downloads hub weights; ``weights`` loads a local file;
+    ``options`` are keyword arguments of a timm or torchvision constructor (``img_size``,
+    ``patch_size``, ``depth`` of a ViT; ``model.options`` in the config)."""
     if pretrained and weights:
         raise ConfigError("model.pretrained", pretrained, "false when model.weights is set (one source of weights)")
     source, bare = _resolve(name)
+    if options and source == "local":
+        raise ConfigError("model.options", options, f"{{}} for {name} (a fixed architecture)")
+    try:
+        model = _construct(source, bare, num_classes, in_chans, pretrained, dict(options or {}))
+    except TypeError as exc:
+        raise ConfigError("model.options", options, f"keyword arguments that {name} accepts ({exc})") from None
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def _construct(source: str, bare: str, num_classes: int, in_chans: int, pretrained: bool, options: dict) -> nn.Module:
+    import timm
+    import torchvision
+
     if source == "local":
         if pretrained:
             raise ConfigError("model.pretrained", True, f"false for {name} (no hub weights); use model.weights")
@@ -66,15 +80,13 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, pretrained: bool
         if in_chans != 3:
             raise ConfigError("data.channels", in_chans, "3 for torchvision models")
         if pretrained:
-            model = torchvision.models.get_model(bare, weights="DEFAULT")
+            model = torchvision.models.get_model(bare, weights="DEFAULT", **options)
             _replace_head(model, num_classes)
         else:
-            model = torchvision.models.get_model(bare, weights=None, num_classes=num_classes)
+            model = torchvision.models.get_model(bare, weights=None, num_classes=num_classes, **options)
     else:
-        model = timm.create_model(bare, pretrained=pretrained, in_chans=in_chans)
+        model = timm.create_model(bare, pretrained=pretrained, in_chans=in_chans, **options)
         _replace_head(model, num_classes)
-    if weights:
-        load_weights(model, weights)
     return model
 
 

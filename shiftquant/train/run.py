@@ -167,7 +167,9 @@ def prepare(cfg: DictConfig) -> Plan:
     source, bare = _resolve(model.get("name"))
     if recipe is not None:  # the layer patterns must select layers of this architecture
         in_chans = 3 if _plain(cfg.data).get("name") not in ("digits", "fashion_mnist") else 1
-        select_layers(build_model(model["name"], 10, in_chans), recipe)
+        select_layers(build_model(model["name"], 10, in_chans, options=model.get("options")), recipe)
+    elif model.get("options"):  # the options must fit the architecture
+        build_model(model["name"], 10, 3, options=model.get("options"))
     weights = model.get("weights")
     if weights and not Path(weights).is_file():
         raise ConfigError("model.weights", weights, "the path of an existing weights file")
@@ -323,7 +325,7 @@ def train(cfg: DictConfig) -> dict:
     dm.setup("fit")
     model_cfg = _plain(cfg.model)
     model = build_model(model_cfg["name"], dm.num_classes, dm.channels, bool(model_cfg.get("pretrained")),
-                        model_cfg.get("weights"))
+                        model_cfg.get("weights"), model_cfg.get("options"))
     distill = _plain(cfg.get("distill"))
     meta = {"model": model_cfg, "num_classes": dm.num_classes, "in_chans": dm.channels,
             "input_shape": list(dm.val_set[0][0].shape),
@@ -347,7 +349,8 @@ def train(cfg: DictConfig) -> dict:
             results["fp_test_acc"] = _test_acc(eval_trainer, ClassifierModule(model, plan.lr, meta=meta), dm)
         if distill.get("enabled"):
             teacher = frozen_copy(model) if distill.get("teacher_weights") is None else frozen_copy(
-                build_model(model_cfg["name"], dm.num_classes, dm.channels, weights=distill["teacher_weights"]))
+                build_model(model_cfg["name"], dm.num_classes, dm.channels, weights=distill["teacher_weights"],
+                            options=model_cfg.get("options")))
         recipe = plan.recipe
         if plan.mixed and resuming:  # the widths the interrupted run chose
             recipe = QuantRecipe.from_dict(checkpoint_meta(cfg.ckpt_path)["recipe"])
