@@ -157,7 +157,9 @@ def tables(results: dict[str, list[dict]], protocol: dict) -> str:
     control_epoch = _mean([r.get("wall_time_per_epoch_s") for r in results.get("float_control", [])])
     lines = [f"Protocol `{protocol.get('protocol')}`, budget {json.dumps(protocol.get('budget'))}.", ""]
     if base:
-        lines.append(f"Float model (from scratch, {base['epochs']} epochs, seed 0): test accuracy "
+        origin = (f"the artifact every run starts from ({protocol.get('artifact', 'benchmarks/artifacts')}), evaluated"
+                  if base.get("evaluated_only") else f"from scratch, {base['epochs']} epochs, seed 0")
+        lines.append(f"Float model ({origin}): test accuracy "
                      f"**{100 * _acc(base):.2f}%**" + (f"; float control (fine-tuned for the QAT budget, "
                                                        f"{control.n} seeds): **{control}%**." if control else "."))
         lines.append("")
