@@ -66,12 +66,12 @@ nbf.write(nb, "notebooks/01_getting_started.ipynb")
 nb = new_notebook()
 nb.cells = [
     new_markdown_cell("# Results\n\nLoads the committed result files of the accuracy protocol "
-                      "(`benchmarks/accuracy.py --protocol fmnist-r20`) and draws the tables and plots of BENCHMARKS.md. "
+                      "(`benchmarks/accuracy.py --protocol fmnist-r20-v2`: every headline row over 3 seeds, mean ± sd) and draws the tables and plots of BENCHMARKS.md. "
                       "Every accuracy is the hard (eps = 0) one unless a column says otherwise."),
     new_code_cell("import os, sys\nfrom pathlib import Path\n\n"
                   "ROOT = Path(os.environ.get('SHIFTQUANT_ROOT', Path.cwd().parent if Path.cwd().name == 'notebooks' else Path.cwd()))\n"
                   "sys.path.insert(0, str(ROOT / 'benchmarks'))\nimport report\n\n"
-                  "RESULTS = Path(os.environ.get('SHIFTQUANT_RESULTS', ROOT / 'benchmarks' / 'results' / 'fmnist-r20'))\n"
+                  "RESULTS = Path(os.environ.get('SHIFTQUANT_RESULTS', ROOT / 'benchmarks' / 'results' / 'fmnist-r20-v2'))\n"
                   "results = report.load(RESULTS)\nprint(sorted(results))"),
     new_code_cell("from IPython.display import Markdown, Image, display\n"
                   "protocol = report.json.loads((RESULTS / 'protocol.json').read_text()) if (RESULTS / 'protocol.json').exists() else {}\n"
