@@ -1,5 +1,5 @@
 """The fine-tuning recipes of the model families (issue 13) train, select the layers their configs
-name, and export a bundle that agrees with the hard model on Fashion-MNIST test images."""
+name, and export a bundle that agrees with the hard model on (generated) Fashion-MNIST images."""
 import numpy as np
 import pytest
 import torch
@@ -9,10 +9,11 @@ from shiftquant.checkpoint import load_model
 from shiftquant.export import load_bundle
 from shiftquant.nn.layers import QuantMixin
 from shiftquant.train.run import train
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, make_fashion_mnist
 
-TINY = ["data.train_subset=96", "data.val_subset=32", "data.test_subset=32", "data.batch_size=32",
-        "float_stage.epochs=1", "trainer.max_epochs=1", "calibrate_batches=1", "bn_reestimate.batches=2"]
+# Generated Fashion-MNIST files (the recipes' data and shapes; the labels are random).
+TINY = ["data.train_subset=null", "data.val_size=32", "data.batch_size=32", "float_stage.epochs=1",
+        "trainer.max_epochs=1", "calibrate_batches=1", "bn_reestimate.batches=2"]
 
 
 def _quantized(model) -> dict[str, torch.nn.Module]:
@@ -37,14 +38,15 @@ def _check_selection(name: str, model) -> None:
 
 @pytest.mark.parametrize("name", ["fmnist_mobilenetv3_w3a3", "fmnist_vit_w3"])
 def test_family_recipe_fine_tunes_and_exports(name, tmp_path, capsys):
-    results = train(compose_cfg([f"experiment={name}", *TINY], tmp_path / "run"))
+    root = make_fashion_mnist(tmp_path / "fm", n_train=128, n_test=32)
+    results = train(compose_cfg([f"experiment={name}", f"data.root={root}", *TINY], tmp_path / "run"))
     assert results["float_stage_epochs"] == 1 and 0.0 <= results["hard_test_acc"] <= 1.0
     model = load_model(results["checkpoint"])  # the hard model (eps = 0), as deployed
     _check_selection(name, model)
     bundle = tmp_path / "model.sqb"
     assert cli.main(["export", results["checkpoint"], str(bundle)]) == 0
     rt = load_bundle(bundle)
-    data = cli.test_set("fashion_mnist", None)
+    data = cli.test_set("fashion_mnist", str(root))
     x = torch.stack([data[i][0] for i in range(32)])
     with torch.no_grad():
         ref = model(x).numpy()
