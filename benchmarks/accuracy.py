@@ -164,15 +164,21 @@ def result_path(results_dir: Path, name: str, seed: int) -> Path:
 
 
 def run_one(name: str, overrides: list[str], results_dir: Path, runs_dir: Path, seed: int = 0,
-            peer: str | None = None) -> dict:
-    """One (configuration, seed): cached when finished, resumed from its last epoch when interrupted."""
+            peer: str | None = None, need_checkpoint: bool = False) -> dict:
+    """One (configuration, seed): cached when finished, resumed from its last epoch when interrupted.
+    ``need_checkpoint``: a later run starts from this one's model (a teacher, a progressive
+    initialization); a cached result whose checkpoint is gone (a fresh clone: ``runs/`` is not
+    committed) is run again."""
     from shiftquant.train.module import NonFiniteLossError
     from shiftquant.train.run import last_checkpoint_path, train
 
     target = result_path(results_dir, name, seed)
     if target.exists():
-        print(f"[cached] {name} seed {seed}")
-        return json.loads(target.read_text())
+        cached = json.loads(target.read_text())
+        if not (need_checkpoint and cached.get("checkpoint") and not Path(cached["checkpoint"]).is_file()):
+            print(f"[cached] {name} seed {seed}")
+            return cached
+        print(f"[rerun] {name} seed {seed}: a later run starts from its checkpoint, which is gone")
     target.parent.mkdir(parents=True, exist_ok=True)
     out = runs_dir / name / f"seed{seed}"
     overrides = [*overrides, f"seed={seed}"]
@@ -326,8 +332,13 @@ def protocol(argv=None) -> None:
                                      "float_stage.epochs=0", f"trainer.max_epochs={epochs}"]
 
     seeds = range(budget["seeds"])
+    def pending(seed: int, names_: list[str]) -> bool:
+        return any(not result_path(results_dir, n, seed).exists() for n in names_)
+
+    teachers_needed = {s: pending(s, [n for n in names if configs[n].teacher and (s == 0 or configs[n].headline)])
+                       for s in seeds}
     controls = {s: run_one("float_control", start(s) + ["quant=none", "schedule=float", *QAT_LR], results_dir,
-                           runs_dir, seed=s) for s in seeds}
+                           runs_dir, seed=s, need_checkpoint=teachers_needed[s]) for s in seeds}
     # The headline rows seed by seed first (an early stop leaves complete seeds behind), then the
     # one-seed rows, the long-budget row, the ablations last.
     single = [n for n in names if not configs[n].headline]
@@ -340,8 +351,14 @@ def protocol(argv=None) -> None:
         overrides = start(seed, cfg.long) + cfg.overrides
         if cfg.teacher and controls[seed].get("checkpoint"):
             overrides.append(f"distill.teacher_weights={controls[seed]['checkpoint']}")
-        if cfg.init_from:
+        if cfg.init_from and not result_path(results_dir, name, seed).exists():
             src = json.loads(result_path(results_dir, cfg.init_from, seed).read_text())
+            if src.get("checkpoint") and not Path(src["checkpoint"]).is_file():  # a fresh clone: run it again
+                result_path(results_dir, cfg.init_from, seed).unlink()
+                source = configs[cfg.init_from]
+                src_overrides = start(seed, source.long) + source.overrides + (
+                    [f"distill.teacher_weights={controls[seed]['checkpoint']}"] if source.teacher else [])
+                src = run_one(cfg.init_from, src_overrides, results_dir, runs_dir, seed=seed)
             if "failed" in src:
                 print(f"[skipped] {name} seed {seed}: {cfg.init_from} failed")
                 continue
