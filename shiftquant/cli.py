@@ -137,7 +137,8 @@ def bundle_summary(path: str) -> dict:
 
 def bundle_macs(manifest: dict, tensors: dict) -> dict:
     """MACs per example by how they run: shift layers as shift-adds, layers kept float (``conv2d``,
-    ``linear``) in float; ``integer`` (integer multiplies) has no op in the bundle today. Output
+    ``linear``) and products of activations (``matmul``, ``attention``) in float; ``integer``
+    (integer multiplies) has no op in the bundle today. Output
     shapes are those of one run of the reference runtime on a zero input."""
     from .export.runtime import Runtime
 
@@ -157,6 +158,13 @@ def bundle_macs(manifest: dict, tensors: dict) -> dict:
             kind, weight = "shift_add", node["weight_shape"]
         elif node["op"] in ("conv2d", "linear"):
             kind, weight = "float", tensors[node["weight"]].shape
+        elif node["op"] == "matmul":  # products of two activations (attention): float; the example has batch 1
+            macs["float"] += int(np.prod(shapes[node["name"]])) * int(shapes[node["inputs"][0]][-1])
+            continue
+        elif node["op"] == "attention":  # q k^T and softmax(.) v
+            q, k, v = (shapes[i] for i in node["inputs"])
+            macs["float"] += int(np.prod(q[:-1])) * int(k[-2]) * (int(q[-1]) + int(v[-1]))
+            continue
         else:
             continue
         macs[kind] += int(np.prod(shapes[node["name"]][1:])) * int(np.prod(weight[1:]))

@@ -141,3 +141,25 @@ def test_a_corrupt_pad_is_refused_at_load(tmp_path):
         corrupt(node)
         with pytest.raises(BundleError, match=node["name"]):
             Runtime(manifest, rt.tensors)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bundle_summary_counts_attention_macs_as_float_like_the_model_summary(tmp_path, fused):
+    """`shiftquant summary` of a ViT bundle and `sq.summary` of the model agree MAC for MAC: the
+    Linear layers are shift-adds, the attention products (matmul or scaled_dot_product_attention)
+    and the layers kept float are float."""
+    from shiftquant.cli import bundle_macs
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=1)
+    model.blocks[0].attn.fused_attn = fused
+    recipe = sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2, keep_float=["head"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 3, 32, 32)).astype(np.uint8)
+    sq.quantize_model(model.eval(), recipe)
+    sq.calibrate(model, [PIXELS.to_float(images)])
+    rt = sq.export(model, tmp_path / "m.sqb", PIXELS.to_float(images[:1]), PIXELS)
+    macs = bundle_macs(rt.manifest, rt.tensors)
+    s = sq.summary(model, PIXELS.to_float(images[:1])).to_dict()
+    assert s["float_macs"] > 0 and s["shift_add_macs"] > 0
+    assert (macs["total"], macs["shift_add"], macs["float"]) == (s["total_macs"], s["shift_add_macs"], s["float_macs"])
