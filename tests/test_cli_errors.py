@@ -30,6 +30,8 @@ BAD = [
     (["model.name=resnet9000"], "model.name='resnet9000'"),
     (["model.weights=/no/such/weights.pt"], "model.weights='/no/such/weights.pt'"),
     (["model.pretrained=true"], "model.pretrained=True"),
+    (["+model.options.depth=3"], "model.options={'depth': 3}"),  # resnet_tiny: a fixed architecture
+    (["model=timm_vit_tiny", "+model.options.bogus=1"], "model.options="),  # not a constructor argument
     (["data.name=mnist"], "data.name='mnist'"),
     (["data.batch_size=0"], "data.batch_size=0"),
     (["data.num_workers=-2"], "data.num_workers=-2"),

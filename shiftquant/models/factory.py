@@ -62,6 +62,8 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, pretrained: bool
     try:
         model = _construct(source, bare, num_classes, in_chans, pretrained, dict(options or {}))
     except TypeError as exc:
+        if not options:
+            raise
         raise ConfigError("model.options", options, f"keyword arguments that {name} accepts ({exc})") from None
     if weights:
         load_weights(model, weights)
@@ -74,7 +76,7 @@ def _construct(source: str, bare: str, num_classes: int, in_chans: int, pretrain
 
     if source == "local":
         if pretrained:
-            raise ConfigError("model.pretrained", True, f"false for {name} (no hub weights); use model.weights")
+            raise ConfigError("model.pretrained", True, f"false for {bare} (no hub weights); use model.weights")
         model = LOCAL_MODELS[bare](num_classes=num_classes, in_chans=in_chans)
     elif source == "torchvision":
         if in_chans != 3:
