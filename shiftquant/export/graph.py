@@ -31,7 +31,7 @@ from .check import refusal, refused_message
 from .ints import FLOAT, signed_type
 from .pixels import PixelInput
 from .requant import fold, integerize
-from .runtime import Runtime
+from .runtime import Runtime, pair
 from .trace import Traced, is_norm_act, trace
 
 # float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
@@ -260,7 +260,6 @@ class Exporter:
             size = arg(1, "output_size")
             return {"op": "adaptive_avg_pool2d", "output_size": list(size) if isinstance(size, (tuple, list)) else [size, size]}
         if target in (F.avg_pool2d, F.max_pool2d):
-            pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]
             kernel = pair(arg(1, "kernel_size"))
             stride = arg(2, "stride")
             stride = kernel if stride in (None, [], ()) else pair(stride)
@@ -274,7 +273,6 @@ class Exporter:
         if target is F.linear:  # a float Linear traced through (timm's subclass), or a functional one
             return {"op": "linear", "weight": self.parameter(node, 1, "weight"), "bias": self.parameter(node, 2, "bias")}
         if target is F.conv2d:
-            pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]
             padding = arg(4, "padding", 0)
             if isinstance(padding, str):
                 raise ExportError(f"conv2d with padding={padding!r} is not supported (give the padding in pixels)")

@@ -36,7 +36,7 @@ import torch
 from ..errors import ExportError
 from .ints import FLOAT, narrowest
 from .pixels import pixels_to_float
-from .runtime import Runtime, constant_divisor
+from .runtime import Runtime, constant_divisor, pair
 
 EXACT = 1 << 24
 # Ops that map each element to one element of the same channel, monotonically.
@@ -261,7 +261,7 @@ def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
             ints[name] = Ints("sum", src.lo * h * w, src.hi * h * w, src.unit, pool=node)
         elif op == "avg_pool2d" and src is not None and src.kind == "grid" and constant_divisor(node) \
                 and _feeds_only_shift_layers(node, consumers):
-            kh, kw = _pair(node["kernel_size"])
+            kh, kw = pair(node["kernel_size"])
             node["integer"] = True  # a sum of kh x kw integers (zeros where padded), divided by a constant
             ints[name] = Ints("sum", src.lo * kh * kw, src.hi * kh * kw, src.unit, pool=node)
     for node in nodes:
@@ -326,10 +326,6 @@ def _int_output(node: dict, tensors: dict[str, np.ndarray]) -> Ints | None:
     node["int_output"] = {"bias": None if bias is None else _add(tensors, f"{name}.int_output.bias", bias),
                           "shift": _add(tensors, f"{name}.int_output.shift", shift), "unit": unit}
     return Ints("grid", -top, top, unit)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _feeds_only_shift_layers(node: dict, consumers: dict) -> bool:

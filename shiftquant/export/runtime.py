@@ -98,13 +98,14 @@ def _log2_pow2(v: np.ndarray) -> np.ndarray:
 def constant_divisor(node: dict) -> bool:
     """Whether an ``avg_pool2d`` divides every window's sum by ``kh x kw``: no window hangs over
     the end (ceil_mode adds none on this input), and padding, if any, is counted."""
-    k, s, p = _pair2(node["kernel_size"]), _pair2(node["stride"] or node["kernel_size"]), _pair2(node["padding"])
+    k, s, p = pair(node["kernel_size"]), pair(node["stride"] or node["kernel_size"]), pair(node["padding"])
     sizes = node["input_shape"][1:]
     whole = all((n + 2 * pi - ki) % si == 0 for n, ki, si, pi in zip(sizes, k, s, p))
     return (whole or not node["ceil_mode"]) and (not any(p) or node["count_include_pad"])
 
 
-def _pair2(v) -> tuple[int, int]:
+def pair(v) -> tuple[int, int]:
+    """A size given as one integer or two, as two."""
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import CodegenError, ConfigError
+from ..runtime import pair
 
 # Types of values between kernels, narrowest first (the bundle's declared integer types).
 CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
@@ -327,10 +328,6 @@ def _float(node: dict, what: str) -> str:
             "backend='reference'")
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 class _Lowering:
     def __init__(self, manifest, tensors, name):
         self.m, self.t, self.name = manifest, tensors, name
@@ -469,8 +466,8 @@ class _Lowering:
             self.join(b, out)
             self.emit(Add(self.cname("add", node), node["name"], [a, b], out, shifts=(s0, s1)))
         elif op == "max_pool2d":
-            k, s = _pair(node["kernel_size"]), _pair(node["stride"] or node["kernel_size"])
-            p, d = _pair(node["padding"]), _pair(node["dilation"])
+            k, s = pair(node["kernel_size"]), pair(node["stride"] or node["kernel_size"])
+            p, d = pair(node["padding"]), pair(node["dilation"])
             c, h, w = x.shape
             ho, wo = (_pool_out(h, k[0], s[0], p[0], d[0], node["ceil_mode"]),
                       _pool_out(w, k[1], s[1], p[1], d[1], node["ceil_mode"]))
@@ -484,10 +481,10 @@ class _Lowering:
             out = self.tensor(node["name"], dtype_for(lo, hi), (c, 1, 1), lo, hi)
             self.emit(GlobalSum(self.cname("sum", node), node["name"], [x], out))
         elif op == "avg_pool2d" and node.get("integer"):
-            if any(_pair(node["padding"])):
+            if any(pair(node["padding"])):
                 raise CodegenError(f"node {node['name']!r} (avg_pool2d): an integer window sum over padding is not "
                                    "implemented by the C backend: use backend='reference', or pool without padding")
-            k, s = _pair(node["kernel_size"]), _pair(node["stride"] or node["kernel_size"])
+            k, s = pair(node["kernel_size"]), pair(node["stride"] or node["kernel_size"])
             c, h, w = x.shape
             lo, hi = self.node_range(node, x.lo * k[0] * k[1], x.hi * k[0] * k[1])
             out = self.tensor(node["name"], dtype_for(lo, hi), (c, (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1),
@@ -556,8 +553,8 @@ class _Lowering:
         conv = node["op"] == "shift_conv2d"
         if conv:
             cout, cin_g, kh, kw = w.shape
-            stride, padding = _pair(node["stride"]), _pair(node["padding"])
-            dilation, groups = _pair(node["dilation"]), int(node["groups"])
+            stride, padding = pair(node["stride"]), pair(node["padding"])
+            dilation, groups = pair(node["dilation"]), int(node["groups"])
             c, h, wd = a.shape
             ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
             wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
