@@ -78,13 +78,13 @@ def _seed(w: int, a: int | None, **kw) -> Config:
                    "quant.act_standardize_float=true", "schedule=dbssq"], **kw)
 
 
-def _ours(w: int, a: int | None, *more: str, **kw) -> Config:
+def _ours(w: int, a: int | None, *more: str, schedule: list[str] = SHORT_RELAX, **kw) -> Config:
     """Ours: learned power-of-two scales (LSQ gradient, frozen per-channel weight scales: a
     BatchNorm follows every quantized conv), unsigned inputs on every code, distillation from the
     float control with a high weight, a short relaxation and a long hard phase, BatchNorm
     re-estimation at eps = 0."""
     return Config(["quant=shiftquant", f"quant.weight_shift_bits={w}", f"quant.act_shift_bits={a if a is not None else 'null'}",
-                   "quant.weight_scale_frozen=true", *KD, *SHORT_RELAX, *more], teacher=True, **kw)
+                   "quant.weight_scale_frozen=true", *KD, *schedule, *more], teacher=True, **kw)
 
 
 def _deepshift(w: int, a: int | None, **kw) -> Config:
@@ -125,8 +125,10 @@ def configurations() -> dict[str, Config]:
         "deepshift_w3a3": _deepshift(2, 2, headline=True), "deepshift_w2a2": _deepshift(1, 1, headline=True),
         "uniform_w3a3": _uniform(3, 3, headline=True), "uniform_w2a2": _uniform(2, 2, headline=True),
         "brevitas_w3a3": _brevitas(3, headline=True), "brevitas_w2a2": _brevitas(2, headline=True),
-        # One seed: weight-only peers, the seed at a longer budget, and what each lever is worth.
-        "seed_w3": _seed(2, None), "deepshift_w3": _deepshift(2, None), "uniform_w3": _uniform(3, None),
+        # Weight-only peers: every seed (ours_w3 is compared with them).
+        "deepshift_w3": _deepshift(2, None, headline=True), "uniform_w3": _uniform(3, None, headline=True),
+        # One seed: the seed recipe weight-only and at a longer budget, and what each lever is worth.
+        "seed_w3": _seed(2, None),
         "seed_w3a3_long": _seed(2, 2, long=True),
         # What the settings lose with no training at all (post-training quantization).
         "ptq_w3": _ptq(2, None), "ptq_w3a3": _ptq(2, 2), "ptq_w2a2": _ptq(1, 1),
@@ -136,6 +138,10 @@ def configurations() -> dict[str, Config]:
                                           tags=["ablation"]),
         "ours_w3a3_v1_schedule": _ours(2, 2, *EXP, tags=["ablation"]),
         "ours_w3a3_old_layout": _ours(2, 2, "quant.act_full_codes=false", tags=["ablation"]),
+        # At W3 the straight-through rows differ from ours in three levers: one off at a time.
+        "ours_w3_no_kd": _ours(2, None, "distill.enabled=false", tags=["ablation"]),
+        "ours_w3_learned_wscale": _ours(2, None, "quant.weight_scale_frozen=false", tags=["ablation"]),
+        "ours_w3_hard": _ours(2, None, schedule=HARD, tags=["ablation"]),
         # Not in the default protocol (--extra): every Conv/Linear at W3A3, and the Pareto sweep.
         "all_w3a3": Config(["quant=deploy", "quant.act_shift_bits=2", *KD, *SHORT_RELAX], teacher=True, extra=True),
         **{f"ours_s{b}_{'wa' if a else 'w'}": _ours(b, b if a else None, extra=True)
