@@ -137,6 +137,23 @@ def bound_scales(model: nn.Module) -> int:
     return moved
 
 
+def scale_exponents(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The power-of-two exponent ``round(l)`` of every learned scale, by parameter name (a copy)."""
+    return {name: torch.round(p.detach().clamp(LOG2_SCALE_MIN, LOG2_SCALE_MAX)).clone()
+            for name, p in model.named_parameters() if name.endswith("log2_scale")}
+
+
+def exponents_moved(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """``{"weight": [changed, total], "input": [changed, total]}``: how many power-of-two exponents
+    of the weight and of the input quantizers differ between two :func:`scale_exponents`."""
+    counts = {"weight": [0, 0], "input": [0, 0]}
+    for name, e in before.items():
+        kind = "weight" if "weight_quantizer" in name else "input"
+        counts[kind][0] += int((after[name] != e).sum())
+        counts[kind][1] += e.numel()
+    return counts
+
+
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """Every BatchNorm with running statistics, the standardizing ones of ``standardize`` inputs too."""
     return [m for m in model.modules()

@@ -126,19 +126,38 @@ class ClassifierModule(L.LightningModule):
 
     # ----------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
         total = self._total_epochs()
         base = self.lr_schedule(0.0, total)
         name = self.optim.get("name", "sgd")
+        decay = self.optim.get("weight_decay", 0.0 if name == "sgd" else 0.01)
+        groups = parameter_groups(self.model, base, decay, self.optim.get("scale_lr_mult", 1.0))
         if name == "sgd":
-            opt = torch.optim.SGD(params, lr=base, momentum=self.optim.get("momentum", 0.9),
-                                  weight_decay=self.optim.get("weight_decay", 0.0),
+            opt = torch.optim.SGD(groups, lr=base, momentum=self.optim.get("momentum", 0.9),
                                   nesterov=self.optim.get("nesterov", False))
         else:
-            opt = torch.optim.AdamW(params, lr=base, weight_decay=self.optim.get("weight_decay", 0.01))
+            opt = torch.optim.AdamW(groups, lr=base)
         steps = max(int(self.trainer.estimated_stepping_batches) // total, 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_schedule(step / steps, total) / base)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scale_lr_mult: float) -> list[dict]:
+    """The trainable parameters in two optimizer groups: the learned log2 scales of the quantizers
+    (``*.log2_scale``) at ``lr * scale_lr_mult`` without weight decay (decay would pull every scale
+    towards 2^0), and everything else at ``lr`` with ``weight_decay``.
+
+    A log2 scale's LSQ/TQT gradient is ``s ln 2`` times the gradient of the scale itself, so at the
+    weights' learning rate a power-of-two exponent hardly moves (BENCHMARKS.md measures it);
+    ``scale_lr_mult`` lets it learn. A learning-rate schedule scales both groups alike.
+    """
+    scales, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (scales if name.endswith("log2_scale") else rest).append(p)
+    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
+    if scales:
+        groups.append({"params": scales, "lr": lr * scale_lr_mult, "weight_decay": 0.0})
+    return groups
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -34,7 +34,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import checkpoint_meta, describe_mismatch
-from ..convert import calibrate, quantize_model, reestimate_batchnorm, select_layers, set_slope
+from ..convert import (calibrate, exponents_moved, quantize_model, reestimate_batchnorm, scale_exponents,
+                       select_layers, set_slope)
 from ..data import DATAMODULES, ImageDataModule
 from ..errors import CheckpointError, ConfigError, ShiftQuantError
 from ..models.factory import _resolve, build_model
@@ -163,6 +164,10 @@ def prepare(cfg: DictConfig) -> Plan:
     optim = _plain(cfg.optim)
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), "one of " + ", ".join(OPTIMIZERS))
+    mult = optim.get("scale_lr_mult", 1.0)
+    if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
+        raise ConfigError("optim.scale_lr_mult", mult, "a positive number (the learned log2 scales' learning "
+                          "rate over the weights')")
     model = _plain(cfg.model)
     source, bare = _resolve(model.get("name"))
     if recipe is not None:  # the layer patterns must select layers of this architecture
@@ -359,6 +364,7 @@ def train(cfg: DictConfig) -> dict:
         meta["recipe"] = results["recipe"] = recipe.to_dict()
         quantize_model(model, recipe)
         calibrate(model, dm.calibration_batches(int(cfg.get("calibrate_batches", 4))))
+    start_exponents = scale_exponents(model) if plan.recipe is not None and not resuming else None
     module = ClassifierModule(model, plan.lr, plan.eps, _plain(cfg.optim), teacher,
                               distill.get("temperature", 4.0), distill.get("alpha", 0.5) if teacher else 0.0, meta)
     trainer = make_trainer(cfg, out, plan.epochs, history, main=True)
@@ -395,6 +401,9 @@ def train(cfg: DictConfig) -> dict:
             results["hard_val_acc"] = _hard_val_acc(trainer, module, dm)
             results["bn_reestimate"] = None
         results["hard_test_acc"] = _test_acc(trainer, module, dm)
+        # Did the learned power-of-two scales learn? (Unknown for a resumed run: its start is gone.)
+        results["exponents_moved"] = exponents_moved(start_exponents, scale_exponents(model)) \
+            if start_exponents is not None else None
         if bn_batches or not plan.epochs:  # the reported model: new statistics, or no training at all
             trainer.save_checkpoint(str(last_checkpoint_path(out)))
         if not plan.epochs:

@@ -41,6 +41,8 @@ def test_quick_protocol_writes_results_and_report(tmp_path, capsys):
     assert any(o.startswith("model.weights=") and "ours_w3a3" in o for o in ours["command"].split())
     assert any(o.startswith("distill.teacher_weights=") and "float_control" in o for o in ours["command"].split())
     assert ours["recipe"]["act_full_codes"] and ours["bn_reestimate"]["batches"] > 0
+    # ResNet-20's 18 quantized convs: one input scale each, one weight scale per output channel.
+    assert [n for _, n in ours["exponents_moved"].values()] == [6 * (16 + 32 + 64), 18]
     control = json.loads((res / "float_control" / "seed0.json").read_text())
     assert control["recipe"] is None and "model.weights=" in control["command"]
     # A second run finds every (configuration, seed) cached.

@@ -203,3 +203,50 @@ def test_random_layers_keep_finite_scales_and_gradients(s, uniform, eps, scale_l
         for p in scales:
             assert torch.isfinite(p).all()
             assert ((p >= F.LOG2_SCALE_MIN) & (p <= F.LOG2_SCALE_MAX)).all()
+
+
+def test_scale_learning_rate_and_no_decay_apply_to_the_log2_scales_only():
+    """``optim.scale_lr_mult`` multiplies the log2 scales' step and nothing else; weight decay, which
+    would pull every scale towards 2^0, skips them."""
+    from shiftquant.train.module import parameter_groups
+
+    x = torch.relu(torch.randn(8, 4, 6, 6)) * 3
+    y = torch.randint(0, 3, (8,))
+    steps, grads = {}, {}
+    for mult in (1.0, 100.0):
+        torch.manual_seed(0)
+        model = Block(2, False, 4)
+        sq.calibrate(model, [x])
+        sq.set_slope(model, 0.0)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = torch.optim.SGD(parameter_groups(model, 0.01, 0.5, mult), lr=0.01)
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads[mult] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+        steps[mult] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    scales = [n for n in steps[1.0] if n.endswith("log2_scale")]
+    assert sorted(scales) == ["conv.input_quantizer.log2_scale", "conv.weight_quantizer.log2_scale"]
+    assert any(steps[1.0][n].abs().sum() > 0 for n in scales)
+    for n in steps[1.0]:
+        torch.testing.assert_close(grads[100.0][n], grads[1.0][n])
+        if n in scales:  # the plain gradient step, scaled, no decay
+            torch.testing.assert_close(steps[100.0][n], -0.01 * 100.0 * grads[1.0][n])
+            torch.testing.assert_close(steps[1.0][n], -0.01 * grads[1.0][n])
+        else:
+            torch.testing.assert_close(steps[100.0][n], steps[1.0][n])
+    # The weights do decay: their step is not the plain gradient step.
+    assert not torch.allclose(steps[1.0]["conv.weight"], -0.01 * grads[1.0]["conv.weight"])
+
+
+def test_exponents_moved_counts_changed_powers_of_two_by_kind():
+    from shiftquant.convert import exponents_moved, scale_exponents
+
+    model = Block(2, False, 4)
+    sq.calibrate(model, [torch.relu(torch.randn(8, 4, 6, 6))])
+    start = scale_exponents(model)
+    assert exponents_moved(start, scale_exponents(model)) == {"weight": [0, 4], "input": [0, 1]}
+    with torch.no_grad():
+        model.conv.weight_quantizer.log2_scale[1] += 0.4   # the same power of two
+        model.conv.weight_quantizer.log2_scale[2] += 1.0   # the next one
+        model.conv.input_quantizer.log2_scale -= 0.7
+    assert exponents_moved(start, scale_exponents(model)) == {"weight": [1, 4], "input": [1, 1]}

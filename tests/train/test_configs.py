@@ -75,6 +75,8 @@ def test_seed_experiments_follow_method(name, tmp_path):
     ("schedule.eps.values=[0.5,1.0]", "schedule.eps"),
     ("schedule.lr.values=[0.1,-0.1]", "schedule.lr"),
     ("optim.name=lion", "optim.name"),
+    ("optim.scale_lr_mult=0", "optim.scale_lr_mult"),
+    ("optim.scale_lr_mult=fast", "optim.scale_lr_mult"),
     ("data.batch_size=0", "data.batch_size"),
     ("model.weights=/no/such/file.pt", "model.weights"),
     ("distill.alpha=1.5", "distill.alpha"),
