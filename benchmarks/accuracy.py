@@ -139,14 +139,12 @@ def configurations() -> dict[str, Config]:
         "ours_w3a3_v1_schedule": _ours(2, 2, *EXP, tags=["ablation"]),
         "ours_w3a3_old_layout": _ours(2, 2, "quant.act_full_codes=false", tags=["ablation"]),
         # At W3 the straight-through rows differ from ours in three levers: one off at a time.
-        "ours_w3_no_kd": _ours(2, None, "distill.enabled=false", tags=["ablation"]),
+        "ours_w3_no_kd": _ours(2, None, "distill.enabled=false", headline=True, tags=["ablation"]),  # every seed
         "ours_w3_learned_wscale": _ours(2, None, "quant.weight_scale_frozen=false", tags=["ablation"]),
         "ours_w3_hard": _ours(2, None, schedule=HARD, tags=["ablation"]),
         # The log2 scales at 100x and 1000x the weights' learning rate (at 1x their exponents hardly move).
         "ours_w3a3_scale_lr100": _ours(2, 2, "optim.scale_lr_mult=100", tags=["ablation"]),
         "ours_w3a3_scale_lr1000": _ours(2, 2, "optim.scale_lr_mult=1000", tags=["ablation"]),
-        "ours_w3a3_scale_lr100_learned_wscale": _ours(2, 2, "optim.scale_lr_mult=100", "quant.weight_scale_frozen=false",
-                                                      tags=["ablation"]),
         # Not in the default protocol (--extra): every Conv/Linear at W3A3, and the Pareto sweep.
         "all_w3a3": Config(["quant=deploy", "quant.act_shift_bits=2", *KD, *SHORT_RELAX], teacher=True, extra=True),
         **{f"ours_s{b}_{'wa' if a else 'w'}": _ours(b, b if a else None, extra=True)
