@@ -53,6 +53,9 @@ EXP = ["schedule=exponential", "schedule.eps.zero_tail=0.34", *QAT_LR]
 # Ours (issue 12): a short relaxation (eps 1 -> 1/128 over the first quarter), a long hard phase.
 SHORT_RELAX = ["schedule=exponential", "schedule.eps.zero_tail=0.75", *QAT_LR]
 HARD = ["schedule=float", "schedule.eps.value=0.0", *QAT_LR]  # eps = 0 from the first step
+# AdamW instead of SGD, the learned log2 scales at 10x (an ablation of ours: the scales move).
+ADAM_SCALES = ["optim=adamw", "optim.weight_decay=0.0", "optim.scale_lr_mult=10",
+               "schedule.lr.start=0.001", "schedule.lr.end=0.00001"]
 # Distillation from the float control of the same seed, with a high weight.
 KD = ["distill.enabled=true", "distill.alpha=0.9", "distill.temperature=4.0"]
 # Runs need no best-epoch checkpoint: the final model is the reported one.
@@ -149,9 +152,11 @@ def configurations() -> dict[str, Config]:
         "ours_w3a3_scale_lr100": _ours(2, 2, "optim.scale_lr_mult=100", tags=["ablation"]),
         "ours_w3a3_scale_lr1000": _ours(2, 2, "optim.scale_lr_mult=1000", tags=["ablation"]),
         # Adam's step does not shrink with the gradient (TQT trains log2 thresholds with it): AdamW
-        # at 1e-3 -> 1e-5 for the weights, 10x for the scales, no weight decay (as SGD here).
-        "ours_w3a3_adam_scales": _ours(2, 2, "optim=adamw", "optim.weight_decay=0.0", "optim.scale_lr_mult=10",
-                                       "schedule.lr.start=0.001", "schedule.lr.end=0.00001", tags=["ablation"]),
+        # at 1e-3 -> 1e-5 for the weights, 10x for the scales, no weight decay (as SGD here). Every
+        # seed (added after its seed-0 result), and W2A2 from it (progressive initialization).
+        "ours_w3a3_adam_scales": _ours(2, 2, *ADAM_SCALES, headline=True, tags=["ablation"]),
+        "ours_w2a2_adam_scales": _ours(1, 1, *ADAM_SCALES, init_from="ours_w3a3_adam_scales", headline=True,
+                                       tags=["ablation"]),
         # Not in the default protocol (--extra): every Conv/Linear at W3A3, and the Pareto sweep.
         "all_w3a3": Config(["quant=deploy", "quant.act_shift_bits=2", *KD, *SHORT_RELAX], teacher=True, extra=True),
         **{f"ours_s{b}_{'wa' if a else 'w'}": _ours(b, b if a else None, extra=True)

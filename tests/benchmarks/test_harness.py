@@ -85,7 +85,8 @@ def test_every_protocol_configuration_is_a_valid_config(tmp_path):
     # The headline rows of issue 12, every seed.
     headline = {n for n, c in accuracy.configurations().items() if c.headline}
     assert headline == {f"{m}_{w}" for m in ("seed", "ours", "deepshift", "uniform", "brevitas")
-                        for w in ("w3a3", "w2a2")} | {"ours_w3", "deepshift_w3", "uniform_w3", "ours_w3_no_kd"}
+                        for w in ("w3a3", "w2a2")} | {"ours_w3", "deepshift_w3", "uniform_w3", "ours_w3_no_kd",
+                                                    "ours_w3a3_adam_scales", "ours_w2a2_adam_scales"}
 
 
 def test_selection_adds_the_runs_a_configuration_starts_from():
