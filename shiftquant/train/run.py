@@ -304,6 +304,11 @@ def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: boo
     if cb is None:
         return None
     path = Path(cb.best_model_path).resolve()
+    if not path.is_file():
+        # A run killed after its last checkpoint named a new best and before that file was whole (a
+        # resumed run inherits the name): the final checkpoint, the reported model, is unaffected.
+        log.warning("the best checkpoint %s is gone; results.json marks it missing", path)
+        return {"path": str(path), "monitor": cb.monitor, "missing": True}
     saved = torch.load(path, map_location="cpu", weights_only=True)  # read once: its epoch and weights
     best = {"path": str(path), "monitor": cb.monitor, "mode": cb.mode,
             "score": float(cb.best_model_score) if cb.best_model_score is not None else None,
@@ -444,7 +449,9 @@ def report(results: dict) -> str:
     if results.get("checkpoint"):
         lines.append(f"checkpoint: {results['checkpoint']} (the model above)")
     best = results.get("best_checkpoint")
-    if best and not best.get("same_as_checkpoint"):
+    if best and best.get("missing"):
+        lines.append(f"best checkpoint {best['path']}: gone (the run was killed before it was written)")
+    elif best and not best.get("same_as_checkpoint"):
         acc = best.get("hard_test_acc", best.get("fp_test_acc"))
         lines.append(f"best epoch {best['epoch']} by {best['monitor']} = {best['score']:.4f}: {best['path']} "
                      f"(test acc {100 * acc:.2f}%{', hard' if 'hard_test_acc' in best else ''})")

@@ -80,3 +80,20 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
     assert_every_checkpoint_whole(out / "checkpoints")
     ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_best_checkpoint_that_is_gone_is_marked_missing_not_loaded(tmp_path):
+    """A run killed between naming a new best checkpoint and writing it, then resumed, inherits the
+    name of a file that does not exist: the run still finishes, and results.json says so."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from shiftquant.train.run import _best_checkpoint
+
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max")
+    cb.best_model_path = str(tmp_path / "best-epoch002.ckpt")
+    best = _best_checkpoint(SimpleNamespace(callbacks=[cb]), None, None, tmp_path / "last.ckpt", True)
+    assert best == {"path": str((tmp_path / "best-epoch002.ckpt").resolve()), "monitor": "val/acc", "missing": True}
+    from shiftquant.train.run import report
+    assert "best-epoch002.ckpt: gone" in report({"best_checkpoint": best})
