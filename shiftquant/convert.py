@@ -10,7 +10,7 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 from .nn.layers import QuantConv2d, QuantMixin, quant_class_for
 from .nn.residual import QuantBatchNorm2d, residual_batchnorms
-from .quant.functional import LOG2_SCALE_MAX, LOG2_SCALE_MIN
+from .quant.functional import LOG2_SCALE_MAX, LOG2_SCALE_MIN, pot_exponent
 from .quant.quantizers import Quantizer, check_eps
 from .quant.scales import ActivationQuantizer, WeightQuantizer
 from .recipe import PRESETS, QuantRecipe, name_matches
@@ -139,8 +139,7 @@ def bound_scales(model: nn.Module) -> int:
 
 def scale_exponents(model: nn.Module) -> dict[str, torch.Tensor]:
     """The power-of-two exponent ``round(l)`` of every learned scale, by parameter name (a copy)."""
-    return {name: torch.round(p.detach().clamp(LOG2_SCALE_MIN, LOG2_SCALE_MAX)).clone()
-            for name, p in model.named_parameters() if name.endswith("log2_scale")}
+    return {name: pot_exponent(p) for name, p in model.named_parameters() if name.endswith("log2_scale")}
 
 
 def exponents_moved(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, list[int]]:
