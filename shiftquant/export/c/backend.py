@@ -1,20 +1,36 @@
 """The native host backend: the generated C compiled into a shared library, called through cffi.
 
 The library is built once per generated source (a function of the bundle), compiler and flags, and
-cached (``$SHIFTQUANT_CACHE_DIR/c`` or ``~/.cache/shiftquant/c``); it is written to a temporary
-file and renamed, so a cached library is never half-written. The host adds one function to the
+cached (``$SHIFTQUANT_CACHE_DIR/c`` or ``~/.cache/shiftquant/c``). The host adds one function to the
 generated code, ``NAME_batch``, which runs a batch with OpenMP: images in parallel (one arena per
 thread) when the batch has at least as many images as threads, else one image at a time with each
 shift layer's output channels in parallel.
+
+What the cache guarantees (a library is native code run in this process):
+
+- The cache directory, and the parents of it that we create, are made mode 0700. An existing one
+  that is a symbolic link, not owned by the current user, or writable by group or others is not
+  used: a warning names it and why, and libraries are built in a private temporary directory.
+- A library is only ever loaded after the SHA-256 of its bytes matched the digest written with it
+  (``NAME-KEY.so`` and ``NAME-KEY.sha256``, each written to a temporary file in the directory and
+  renamed, the digest last), and only if it is a regular file of ours, not a symbolic link. Anything
+  else (planted, truncated, half-written, no digest) is rebuilt and replaced, never loaded.
+- A cache that cannot be written (read-only, full) gives a warning and a build in a private
+  temporary directory, never an error; compilation itself runs in a private temporary directory.
+- Temporary entries (``.build-*``, ``.*.tmp``) left for over an hour by killed builds are removed.
 """
 from __future__ import annotations
 
 import hashlib
+import atexit
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +92,153 @@ int {name}_batch(int n, const void *input, int32_t *output, int threads)
 TABLES_UP_TO = 4 << 20
 
 
+# Temporary entries of the cache directory older than this (seconds) were left by killed builds.
+STALE_AFTER = 3600
+# This process's private fallback directory, once made (a list: the tests reset it).
+_PRIVATE: list[Path] = []
+
+
 def cache_dir() -> Path:
+    """Where the libraries are cached (as configured; :func:`_directory` checks it before use)."""
     root = os.environ.get("SHIFTQUANT_CACHE_DIR")
     return (Path(root) if root else Path.home() / ".cache" / "shiftquant") / "c"
+
+
+def _make_private(path: Path) -> None:
+    """``path`` and its missing parents created mode 0700 (``mkdir(parents=True)`` ignores the mode
+    for the parents)."""
+    for part in reversed([path, *path.parents]):
+        if os.path.lexists(part):
+            continue
+        try:
+            os.mkdir(part, 0o700)
+        except FileExistsError:  # made meanwhile by another process: checked below like any other
+            continue
+        os.chmod(part, 0o700)  # exactly 0700, whatever the umask
+
+
+def _refusal(path: Path) -> str | None:
+    """Why the directory ``path`` cannot hold libraries we load, or None when it can."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != os.getuid():
+        return f"it is owned by uid {st.st_uid}, not by the current user (uid {os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"it is writable by group or others (mode {stat.S_IMODE(st.st_mode):#o})"
+    return None
+
+
+def _private_dir() -> Path:
+    """This process's private temporary directory (0700, removed at exit)."""
+    if not _PRIVATE:
+        path = Path(tempfile.mkdtemp(prefix="shiftquant-c-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _PRIVATE.append(path)
+    return _PRIVATE[0]
+
+
+def _fallback(path: Path, why: str) -> Path:
+    warnings.warn(f"shiftquant: not using the C library cache {path}: {why}; building in a private temporary "
+                  f"directory instead (set SHIFTQUANT_CACHE_DIR to a directory of yours, mode 0700)", stacklevel=4)
+    return _private_dir()
+
+
+def _directory() -> Path:
+    """The cache directory, created 0700 and checked; else (with a warning) a private temporary one."""
+    path = cache_dir()
+    try:
+        _make_private(path)
+        why = _refusal(path)
+    except OSError as err:
+        why = f"it cannot be created ({err})"
+    return path if why is None else _fallback(path, why)
+
+
+def _sweep(directory: Path) -> None:
+    """Best effort: remove the ``.build-*`` folders and ``.*.tmp`` files killed builds left (over an hour old)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.name.startswith(".build-") or (entry.name.startswith(".") and entry.name.endswith(".tmp"))):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > time.time() - STALE_AFTER:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _read_own(path: Path) -> tuple[bytes, os.stat_result] | None:
+    """The bytes of ``path`` and its stat, if it is a regular file owned by us (a symbolic link is
+    not followed); else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            return None
+        return f.read(), st
+
+
+def _verified(library: Path) -> Path | None:
+    """``library`` if its bytes match the SHA-256 recorded next to it, else None (never load it).
+
+    The hash is of the bytes read through one open file; the file is then checked to be still the
+    same one (device, inode, size, mtime), so a rename over it while we read is not missed. CRuntime
+    dlopens the path afterwards: that gap is safe because the directory is ours and 0700 (checked by
+    :func:`_directory`), so only our own processes can change it, and they only ever rename verified
+    builds into place. (A private copy of the bytes to dlopen would close the gap without that
+    argument, but would give a different path per load and defeat the cache's one-library reuse.)
+    """
+    digest, read = _read_own(library.with_suffix(".sha256")), _read_own(library)
+    if digest is None or read is None:
+        return None
+    data, st = read
+    if hashlib.sha256(data).hexdigest() != digest[0].decode("ascii", "replace").strip():
+        return None
+    try:
+        now = os.stat(library, follow_symlinks=False)
+    except OSError:
+        return None
+    same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return library if same else None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, written to a ``.*.tmp`` file of the same directory and renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _store(directory: Path, stem: str, library: bytes) -> Path:
+    """The library written as ``stem.so``, then its digest as ``stem.sha256`` (last: a library is
+    never recorded before it is whole)."""
+    path = directory / f"{stem}.so"
+    _write_atomic(path, library)
+    _write_atomic(path.with_suffix(".sha256"), hashlib.sha256(library).hexdigest().encode() + b"\n")
+    return path
 
 
 def find_compiler() -> str:
@@ -99,18 +259,9 @@ def _cpu() -> str:
     return f"{platform.machine()} {platform.processor()} {flags}"
 
 
-def build(name: str, header: str, source: str) -> Path:
-    """The shared library of the generated code (cached)."""
-    cc = find_compiler()
-    host = _HOST.format(name=name, up=name.upper())
-    about = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    flags = FLAGS + (GCC_ONLY if "Free Software Foundation" in about else [])
-    key = hashlib.sha256("\0".join([header, source, host, cc, about, _cpu(), *flags]).encode()).hexdigest()[:20]
-    path = cache_dir() / f"{name}-{key}.so"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
+def _compile(cc: str, flags: list[str], name: str, header: str, source: str, host: str) -> bytes:
+    """The shared library's bytes, compiled in a private temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="shiftquant-build-") as tmp:
         tmp = Path(tmp)
         (tmp / f"{name}.h").write_text(header)
         (tmp / f"{name}.c").write_text(source)
@@ -122,8 +273,34 @@ def build(name: str, header: str, source: str) -> Path:
             done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         if done.returncode != 0:
             raise CodegenError(f"{cc} failed to compile the generated C:\n{done.stderr[-2000:]}")
-        os.replace(out, path)
-    return path
+        return out.read_bytes()
+
+
+def build(name: str, header: str, source: str) -> Path:
+    """The shared library of the generated code: a verified cached one, else compiled and cached."""
+    cc = find_compiler()
+    host = _HOST.format(name=name, up=name.upper())
+    about = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    flags = FLAGS + (GCC_ONLY if "Free Software Foundation" in about else [])
+    key = hashlib.sha256("\0".join([header, source, host, cc, about, _cpu(), *flags]).encode()).hexdigest()[:20]
+    stem = f"{name}-{key}"
+    directory = _directory()
+    _sweep(directory)
+    for place in dict.fromkeys([directory, *_PRIVATE]):  # the cache, then this process's fallback
+        found = _verified(place / f"{stem}.so")
+        if found:
+            return found
+    library = _compile(cc, flags, name, header, source, host)
+    try:
+        return _store(directory, stem, library)
+    except OSError as err:
+        if directory in _PRIVATE:
+            raise CodegenError(f"cannot write the compiled library to {directory}: {err}") from err
+        private = _fallback(directory, f"it cannot be written ({err})")
+    try:
+        return _store(private, stem, library)
+    except OSError as err:
+        raise CodegenError(f"cannot write the compiled library to {private}: {err}") from err
 
 
 class CRuntime:
