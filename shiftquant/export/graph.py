@@ -33,6 +33,7 @@ from .pixels import PixelInput
 from .requant import fold, integerize
 from .runtime import Runtime, pair
 from .trace import Traced, is_norm_act, trace
+from .verify import non_negative_output
 
 # float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
 # float computation of PyTorch and the integer one of the runtime agree bit for bit.
@@ -429,8 +430,7 @@ class Exporter:
                     entry["batch_dim"] = batch_dim
                 if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
                     entry["input_shape"] = list(node.args[0].meta["tensor_meta"].shape[1:])
-                if _non_negative(entry) or (entry["op"] in _KEEPS_SIGN and entry.get("scalar", 0.0) >= 0
-                                            and entry["inputs"] and all(i in non_negative for i in entry["inputs"])):
+                if non_negative_output(entry, [i in non_negative for i in entry["inputs"]]):
                     non_negative.add(entry["name"])
                 nodes.append(entry)
         if refused:
@@ -465,9 +465,6 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-# Ops whose output is non-negative when every input is.
-_KEEPS_SIGN = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "identity", "add", "mean", "cat", "mul",
-               "reshape", "permute", "index", "expand", "div", "pad"}
 # Positional arguments of functional layers that are the layer's parameters (read with get_attr).
 _PARAMETER_ARGS = {F.linear: (1, 2), F.conv2d: (1, 2), F.layer_norm: (2, 3)}
 # Elementwise arithmetic: ``a op b`` on tensors, or with a number.
@@ -513,13 +510,6 @@ _ACTIVATION_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
 _ACTIVATION_FUNCTIONS = {F.hardswish: "hardswish", "hardswish": "hardswish", F.hardsigmoid: "hardsigmoid",
                          "hardsigmoid": "hardsigmoid", F.silu: "silu", "silu": "silu", torch.sigmoid: "sigmoid",
                          F.sigmoid: "sigmoid", "sigmoid": "sigmoid", F.gelu: "gelu", "gelu": "gelu"}
-
-
-def _non_negative(entry: dict) -> bool:
-    """Whether an op's output is >= 0 whatever its input."""
-    if entry["op"] == "clamp":
-        return entry["min"] is not None and entry["min"] >= 0
-    return entry["op"] in ("relu", "hardsigmoid", "sigmoid", "softmax")
 
 
 def observed_float_ops(manifest: dict, tensors: dict[str, np.ndarray]) -> list[str]:

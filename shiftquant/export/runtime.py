@@ -18,6 +18,7 @@ so that, under ``deploy_exact``, the runtime's logits equal the PyTorch model's 
 """
 from __future__ import annotations
 
+import math
 import operator
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from ..quant import functional as QF
 from .bundle import read_bundle, unpack_codes
 from .ints import FLOAT, INT_TYPES, holds
 from .pixels import PixelInput, pixel_dtype, pixels_to_float
+from .verify import verify
+
+MAX_NAME = 256  # characters of a node name
+MAX_CODE_BITS = 16  # bits of a packed code (docs/bundle.md)
+MAX_WEIGHTS = 1 << 28  # weights of one shift layer
 
 _CHUNK = 16  # examples per block of the shift-add convolution (bounds its temporaries)
 
@@ -104,6 +110,11 @@ def constant_divisor(node: dict) -> bool:
     return (whole or not node["ceil_mode"]) and (not any(p) or node["count_include_pad"])
 
 
+def valid_name(name) -> bool:
+    """A node name: 1 to ``MAX_NAME`` printable characters (no control or terminal escapes)."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME and name.isprintable()
+
+
 def pair(v) -> tuple[int, int]:
     """A size given as one integer or two, as two."""
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
@@ -135,10 +146,12 @@ class Runtime:
     def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], source: str = "bundle", strict: bool = True):
         self.manifest, self.tensors, self.source, self.strict = manifest, tensors, source, strict
         self.nodes = manifest["nodes"] if isinstance(manifest, dict) else None
-        self.float_ops = list(manifest.get("float_ops") or []) if isinstance(manifest, dict) else []
+        listed = manifest.get("float_ops") if isinstance(manifest, dict) else None
+        self.float_ops = list(listed) if isinstance(listed, list) else []
         self.observed_float_ops: list[str] = []  # nodes that computed in float, in the order they did
         self._weights = {}
         self._thresholds: dict[str, np.ndarray] = {}  # decoded (cumulative) threshold tables
+        self._batch = 1  # the batch of the run in progress (reshape and expand hold -1 for it)
         self._check()
 
     # ------------------------------------------------------------------ validation
@@ -162,8 +175,11 @@ class Runtime:
                 raise BundleError(f"{self.source}: a bundle has exactly one input node, this one {len(inputs)}")
             self._pixels = inputs[0].get("pixels")
             for node in self.nodes:
-                if not isinstance(node.get("name"), str) or node["name"] in seen:
-                    raise BundleError(f"{self.source}: a node has a missing or repeated name")
+                if not valid_name(node.get("name")) or node["name"] in seen:
+                    raise BundleError(f"{self.source}: a node has a missing, repeated or malformed name (1 to "
+                                      f"{MAX_NAME} printable characters): {str(node.get('name'))[:80]!r}")
+                if not isinstance(node.get("inputs"), list):
+                    self._fail(node, "inputs must be a list of node names")
                 for i in node["inputs"]:
                     if i not in seen:
                         raise BundleError(f"{self.source}: node {node['name']!r} reads {i!r} before it is computed")
@@ -180,8 +196,9 @@ class Runtime:
                     raise BundleError(f"{self.source}: output {o!r} is not computed")
             if self.strict:
                 self._check_float_ops(seen)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise BundleError(f"{self.source}: malformed manifest ({type(exc).__name__}: {exc})") from None
+            self.facts = verify(self, declared=self.strict)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+            raise BundleError(f"{self.source}: malformed manifest ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def _check_float_ops(self, names: set) -> None:
         listed, claim = self.manifest.get("float_ops"), self.manifest.get("integer_only")
@@ -227,7 +244,8 @@ class Runtime:
         if q.get("full_codes") and (q["signed"] or not q["zero"]):
             self._fail(node, "full_codes is a layout of unsigned quantizers with a zero level")
         self._ints(node, q.get("bits"), "quantizer bits")
-        self._ints(node, q.get("code_bits"), "code_bits", low=1)
+        if self._ints(node, q.get("code_bits"), "code_bits", low=1)[0] > MAX_CODE_BITS:
+            self._fail(node, f"code_bits must be 1 to {MAX_CODE_BITS}")
         levels = q.get("levels")
         if not isinstance(levels, list) or not levels or len(levels) > 1 << q["code_bits"] \
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) for v in levels) \
@@ -418,12 +436,16 @@ class Runtime:
                 self._tensor(node[k], (shape[0],))
         if len(node["inputs"]) != 1:
             self._fail(node, "wrong number of inputs")
-        count = int(np.prod(shape))
+        count = math.prod(shape)
+        if count > MAX_WEIGHTS:
+            self._fail(node, f"weight_shape {shape} holds more than {MAX_WEIGHTS} weights")
         codes = unpack_codes(self._tensor(node["weight_codes"]), int(spec["code_bits"]), count)
-        levels = np.asarray(spec["levels"], dtype=np.float64)
-        if codes.size and int(codes.max()) >= len(levels):
+        ints = np.asarray(spec["levels"], dtype=np.float64) / float(spec["resolution"])
+        if codes.size and int(codes.max()) >= len(ints):
             raise BundleError(f"{self.source}: {node['name']}: weight code {int(codes.max())} has no level")
-        w_int = np.round(levels[codes] / float(spec["resolution"])).astype(np.int64).reshape(shape)
+        if np.abs(ints).max() > 1 << 30:
+            self._fail(node, "weight levels must be at most 2^30 resolutions")
+        w_int = np.round(ints[codes]).astype(np.int64).reshape(shape)
         nonzero = w_int[w_int != 0]
         if nonzero.size and not np.all((np.abs(nonzero) & (np.abs(nonzero) - 1)) == 0):
             raise BundleError(f"{self.source}: {node['name']}: weights are not powers of two")
@@ -542,77 +564,8 @@ class Runtime:
         return torch.from_numpy(out.astype(np.float32))
 
     def float_op(self, node: dict, args: list[torch.Tensor]) -> torch.Tensor:
-        op, x = node["op"], args[0] if args else None
-        t = lambda k: None if node.get(k) is None else torch.from_numpy(self._tensor(node[k]))
-        if op == "batch_norm":
-            return F.batch_norm(x, t("mean"), t("var"), t("weight"), t("bias"), False, 0.0, node["eps"])
-        if op == "relu":
-            return F.relu(x)
-        if op in _BINARY:
-            fn = _BINARY[op]
-            if node.get("scalar") is None:
-                return fn(args[0], args[1])
-            return fn(node["scalar"], x) if node.get("reverse") else fn(x, node["scalar"])
-        if op == "max_pool2d":
-            return F.max_pool2d(x, node["kernel_size"], node["stride"], node["padding"], node["dilation"],
-                                node["ceil_mode"])
-        if op == "avg_pool2d":
-            return F.avg_pool2d(x, node["kernel_size"], node["stride"], node["padding"], node["ceil_mode"],
-                                node["count_include_pad"])
-        if op == "adaptive_avg_pool2d":
-            return F.adaptive_avg_pool2d(x, node["output_size"])
-        if op == "flatten":
-            return torch.flatten(x, node["start_dim"], node["end_dim"])
-        if op == "identity":
-            return x
-        if op == "clamp":
-            return torch.clamp(x, node["min"], node["max"])
-        if op == "hardswish":
-            return F.hardswish(x)
-        if op == "hardsigmoid":
-            return F.hardsigmoid(x)
-        if op == "silu":
-            return F.silu(x)
-        if op == "sigmoid":
-            return torch.sigmoid(x)
-        if op == "gelu":
-            return F.gelu(x, approximate=node["approximate"])
-        if op == "mean":
-            return torch.mean(x, node["dim"], keepdim=node["keepdim"])
-        if op == "cat":
-            return torch.cat(args, node["dim"])
-        if op == "conv2d":
-            return F.conv2d(x, t("weight"), t("bias"), node["stride"], node["padding"], node["dilation"], node["groups"])
-        if op == "linear":
-            return F.linear(x, t("weight"), t("bias"))
-        if op in _MOVES:
-            return self.move(node, x)
-        if op == "pad":
-            value = node["value"] if node["mode"] == "constant" else None
-            return F.pad(x, node["pads"], node["mode"], value)
-        if op == "constant":
-            return torch.from_numpy(self._tensor(node["value"]))
-        if op == "layer_norm":
-            return F.layer_norm(x, node["normalized_shape"], t("weight"), t("bias"), node["eps"])
-        if op == "softmax":
-            return torch.softmax(x, node["dim"])
-        if op == "matmul":
-            return torch.matmul(args[0], args[1])
-        if op == "attention":
-            return F.scaled_dot_product_attention(*args, scale=node.get("scale"))
-        raise BundleError(f"{self.source}: unknown op {op!r}")  # pragma: no cover - checked at load
-
-    def move(self, node: dict, x):
-        """A reshape, expand, permute or index of a tensor or an integer array (data movement only)."""
-        op = node["op"]
-        if op in ("reshape", "expand"):
-            shape = [self._batch if v == -1 else v for v in node["shape"]]
-            if op == "reshape":
-                return x.reshape(shape)
-            return x.expand(*shape) if isinstance(x, torch.Tensor) else np.broadcast_to(x, shape)
-        if op == "permute":
-            return x.permute(*node["dims"]) if isinstance(x, torch.Tensor) else x.transpose(node["dims"])
-        return x[tuple(slice(*i) if isinstance(i, list) else Ellipsis if i == "..." else i for i in node["index"])]
+        """``node``'s float kernel (PyTorch's) on ``args``."""
+        return float_kernel(node, args, lambda key: torch.from_numpy(self._tensor(key)), self._batch)
 
     def to_float(self, x: Value) -> torch.Tensor:
         """Float values of a value: integers become ``integer x unit`` (exact below 2^24 units),
@@ -696,7 +649,7 @@ class Runtime:
         if op == "identity":
             return x
         if op in _MOVES and x.kind == "grid":
-            return Value(np.ascontiguousarray(self.move(node, x.data)), x.unit)
+            return Value(np.ascontiguousarray(move(node, x.data, self._batch)), x.unit)
         if op == "pad" and x.kind == "grid" and (node["mode"] != "constant" or node["value"] == 0):
             p = node["pads"]
             widths = [(0, 0)] * (x.data.ndim - len(p) // 2) + [(p[i], p[i + 1]) for i in range(len(p) - 2, -1, -2)]
@@ -864,6 +817,83 @@ _OPS = {"input", "shift_conv2d", "shift_linear", "batch_norm", "relu", "max_pool
         "adaptive_avg_pool2d", "flatten", "identity", "conv2d", "linear", "clamp", "hardswish", "hardsigmoid", "silu",
         "sigmoid", "gelu", "mean", "cat", "constant", "layer_norm", "softmax", "matmul", "attention", "pad",
         *_BINARY, *_MOVES}
+
+
+def float_kernel(node: dict, args: list, tensor, batch: int) -> torch.Tensor:
+    """A node's float kernel: PyTorch's function of the same name on ``args``; ``tensor(key)`` gives
+    the bundle's tensors as torch tensors (real ones, or meta tensors for the load-time proof)."""
+    op, x = node["op"], args[0] if args else None
+    t = lambda k: None if node.get(k) is None else tensor(node[k])
+    if op == "batch_norm":
+        return F.batch_norm(x, t("mean"), t("var"), t("weight"), t("bias"), False, 0.0, node["eps"])
+    if op == "relu":
+        return F.relu(x)
+    if op in _BINARY:
+        fn = _BINARY[op]
+        if node.get("scalar") is None:
+            return fn(args[0], args[1])
+        return fn(node["scalar"], x) if node.get("reverse") else fn(x, node["scalar"])
+    if op == "max_pool2d":
+        return F.max_pool2d(x, node["kernel_size"], node["stride"], node["padding"], node["dilation"],
+                            node["ceil_mode"])
+    if op == "avg_pool2d":
+        return F.avg_pool2d(x, node["kernel_size"], node["stride"], node["padding"], node["ceil_mode"],
+                            node["count_include_pad"])
+    if op == "adaptive_avg_pool2d":
+        return F.adaptive_avg_pool2d(x, node["output_size"])
+    if op == "flatten":
+        return torch.flatten(x, node["start_dim"], node["end_dim"])
+    if op == "identity":
+        return x
+    if op == "clamp":
+        return torch.clamp(x, node["min"], node["max"])
+    if op == "hardswish":
+        return F.hardswish(x)
+    if op == "hardsigmoid":
+        return F.hardsigmoid(x)
+    if op == "silu":
+        return F.silu(x)
+    if op == "sigmoid":
+        return torch.sigmoid(x)
+    if op == "gelu":
+        return F.gelu(x, approximate=node["approximate"])
+    if op == "mean":
+        return torch.mean(x, node["dim"], keepdim=node["keepdim"])
+    if op == "cat":
+        return torch.cat(args, node["dim"])
+    if op == "conv2d":
+        return F.conv2d(x, t("weight"), t("bias"), node["stride"], node["padding"], node["dilation"], node["groups"])
+    if op == "linear":
+        return F.linear(x, t("weight"), t("bias"))
+    if op in _MOVES:
+        return move(node, x, batch)
+    if op == "pad":
+        value = node["value"] if node["mode"] == "constant" else None
+        return F.pad(x, node["pads"], node["mode"], value)
+    if op == "constant":
+        return tensor(node["value"])
+    if op == "layer_norm":
+        return F.layer_norm(x, node["normalized_shape"], t("weight"), t("bias"), node["eps"])
+    if op == "softmax":
+        return torch.softmax(x, node["dim"])
+    if op == "matmul":
+        return torch.matmul(args[0], args[1])
+    if op == "attention":
+        return F.scaled_dot_product_attention(*args, scale=node.get("scale"))
+    raise BundleError(f"unknown op {op!r}")  # pragma: no cover - checked at load
+
+
+def move(node: dict, x, batch: int):
+    """A reshape, expand, permute or index of a tensor or an integer array (data movement only)."""
+    op = node["op"]
+    if op in ("reshape", "expand"):
+        shape = [batch if v == -1 else v for v in node["shape"]]
+        if op == "reshape":
+            return x.reshape(shape)
+        return x.expand(*shape) if isinstance(x, torch.Tensor) else np.broadcast_to(x, shape)
+    if op == "permute":
+        return x.permute(*node["dims"]) if isinstance(x, torch.Tensor) else x.transpose(node["dims"])
+    return x[tuple(slice(*i) if isinstance(i, list) else Ellipsis if i == "..." else i for i in node["index"])]
 
 
 def load_bundle(path: str | Path) -> Runtime:

@@ -134,14 +134,16 @@ def test_a_manifest_that_hides_float_is_refused_when_run(tmp_path):
         sq.load_bundle(tmp_path / "half.sqb")
 
 
-def test_values_outside_their_declared_type_stop_the_run(tiny, tmp_path):
+def test_a_declared_range_narrower_than_the_proof_is_refused_at_load(tiny, tmp_path):
     path, p, _ = tiny
     manifest, tensors = read_bundle(path)
     node = next(n for n in manifest["nodes"] if n.get("requant"))
-    node["range"] = [node["range"][0], node["range"][0]]
+    proven = node["range"]
+    node["range"] = [proven[0], proven[0]]
     write_bundle(tmp_path / "narrow.sqb", manifest, tensors)
-    with pytest.raises(BundleError, match=f"{node['name']}.*outside its declared range"):
-        sq.load_bundle(tmp_path / "narrow.sqb").run(p)
+    with pytest.raises(BundleError, match=f"{node['name']}.*declares the range .{proven[0]}, {proven[0]}., but its "
+                                          "values reach"):
+        sq.load_bundle(tmp_path / "narrow.sqb")
     node["dtype"], node["range"] = "int8", [0, 300]
     write_bundle(tmp_path / "wide.sqb", manifest, tensors)
     with pytest.raises(BundleError, match="int8 holds"):
