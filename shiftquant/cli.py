@@ -88,8 +88,8 @@ def c_sizes(rt) -> dict:
     from .export.c import lower
 
     try:
-        packed = lower(rt.manifest, rt.tensors, weights="packed")
-        tables = lower(rt.manifest, rt.tensors, weights="tables")
+        packed = lower(rt, weights="packed")
+        tables = lower(rt, weights="tables")
     except CodegenError as exc:
         return {"refused": str(exc)}
     return {"flash_packed": packed.flash_bytes, "flash_tables": tables.flash_bytes, "ram": packed.ram_bytes}

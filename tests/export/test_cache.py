@@ -50,7 +50,7 @@ def cache(tmp_path, monkeypatch):
 
 def build_only(rt) -> Path:
     """The library CRuntime(rt) would load, built (and cached) without loading it."""
-    return c_backend.build("model", *emit(lower(rt.manifest, rt.tensors, "model", "tables")))
+    return c_backend.build("model", *emit(lower(rt, "model", "tables")))
 
 
 def recorded(library: Path) -> bool:

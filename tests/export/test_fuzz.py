@@ -1,5 +1,5 @@
-"""Fuzzing the bundle loader and runtime, and the accumulators at their extremes."""
-import copy
+"""Fuzzing the bundle loader with raw byte mutations, and the accumulators at their extremes (resealed,
+structured mutations: ``test_untrusted.py``)."""
 import random
 
 import numpy as np
@@ -12,7 +12,6 @@ from shiftquant.export.runtime import Runtime, _shift_add
 from tests.export.models import quantized, quantized_pixels
 
 RAW_MUTATIONS = 8000
-RESEALED_MUTATIONS = 2000
 
 
 @pytest.fixture(scope="module")
@@ -59,65 +58,6 @@ def test_raw_mutations_are_refused_or_identical(tiny):
         assert mutated == data
         assert np.array_equal(Runtime(manifest, tensors).run(x), expected)
     assert refused >= RAW_MUTATIONS * 0.99
-
-
-def _mutate_manifest(manifest: dict, tensors: dict, rng: random.Random):
-    """A structurally plausible but wrong bundle, resealed with a valid checksum."""
-    manifest, tensors = copy.deepcopy(manifest), dict(tensors)
-    node = rng.choice(manifest["nodes"])
-    junk = rng.choice([None, -1, 0, 3.5, "x", [], {}, [1, 2], 10**12, True, "int8", "uint8", "float32", [0, 1],
-                       [-1, 1]])
-    choice = rng.randrange(7)
-    if choice == 0:
-        key = rng.choice(sorted(node))
-        node[key] = junk
-    elif choice == 1 and node["op"].startswith("shift_"):
-        key = rng.choice(["weight_quantizer", "input_quantizer"])
-        sub = node[key] if key == "weight_quantizer" else node[key]["quantizer"]
-        sub[rng.choice(sorted(sub))] = junk
-    elif choice == 2:
-        name = rng.choice(sorted(tensors))
-        t = tensors[name]
-        tensors[name] = t.reshape(-1)[: max(t.size - rng.randint(1, 3), 0)].copy()
-    elif choice == 3:
-        name = rng.choice(sorted(tensors))
-        value = rng.choice([np.nan, np.inf, 255, -1e30])
-        t = tensors[name]
-        if np.issubdtype(t.dtype, np.integer):  # what fits the integer type, at its extremes
-            info = np.iinfo(t.dtype)
-            value = rng.choice([info.max, info.min, -1 if info.min < 0 else 0, min(255, info.max)])
-        tensors[name] = np.full_like(t, value)
-    elif choice == 4 and node.get("range"):  # a narrower declared range: values leave it
-        lo, hi = node["range"]
-        node["range"] = rng.choice([[lo, hi - 1], [lo + 1, hi], [lo, lo]])
-    elif choice == 5:
-        manifest["nodes"].insert(rng.randrange(len(manifest["nodes"]) + 1), copy.deepcopy(node))
-    else:
-        del manifest["nodes"][rng.randrange(len(manifest["nodes"]))]
-    return manifest, tensors
-
-
-def test_resealed_mutations_are_refused_or_run(tiny, tmp_path):
-    path, x, expected = tiny
-    manifest, tensors = read_bundle(path)
-    rng = random.Random(1)
-    outcomes = {"refused": 0, "ran": 0}
-    target = tmp_path / "m.sqb"
-    for _ in range(RESEALED_MUTATIONS):
-        m, t = _mutate_manifest(manifest, tensors, rng)
-        try:
-            write_bundle(target, m, t)
-        except (TypeError, ValueError, BundleError):
-            continue  # not even writable (e.g. a NaN in JSON): nothing to load
-        try:
-            out = sq.load_bundle(target).run(x)
-        except BundleError:
-            outcomes["refused"] += 1
-            continue
-        outcomes["ran"] += 1
-        assert isinstance(out, np.ndarray) and out.shape == expected.shape
-    assert outcomes["refused"] > RESEALED_MUTATIONS // 4
-    print(outcomes)
 
 
 def test_a_manifest_that_hides_float_is_refused_when_run(tmp_path):

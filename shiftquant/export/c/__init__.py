@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from ...errors import CodegenError, CompilerNotFoundError, ConfigError
+from ...errors import CodegenError, CompilerNotFoundError
 from .backend import CRuntime
 from .emit import emit
-from .lower import Program, lower
+from .lower import Program, check_identifier, lower
 
 
 def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "packed") -> Program:
@@ -22,10 +21,9 @@ def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "pac
     fastest; see :func:`.lower.lower`)."""
     from ..runtime import load_bundle
 
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name or ""):
-        raise ConfigError("name", name, "a C identifier (letters, digits, underscores)")
+    check_identifier(name)  # before anything is read or written
     rt = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
-    program = lower(rt.manifest, rt.tensors, name, weights)
+    program = lower(rt, name, weights)
     header, source = emit(program)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

@@ -312,9 +312,9 @@ class CRuntime:
 
         self.reference = reference
         self.manifest, self.nodes, self.float_ops = reference.manifest, reference.nodes, reference.float_ops
-        self.program: Program = lower(reference.manifest, reference.tensors, name, weights or "tables")
+        self.program: Program = lower(reference, name, weights or "tables")
         if weights is None and self.program.flash_bytes > TABLES_UP_TO:  # big models: packed codes
-            self.program = lower(reference.manifest, reference.tensors, name, "packed")
+            self.program = lower(reference, name, "packed")
         header, source = emit(self.program)
         self.library = build(name, header, source)
         self.threads = threads

@@ -70,8 +70,8 @@ def _header(p: Program) -> str:
  * Flash (constants): {p.flash_bytes} bytes. RAM: arena {p.arena_bytes} bytes + stack {p.stack_bytes} bytes.
  * Portable C99, no dynamic allocation, no floating point; shift layers have no multiplication.
  */
-#ifndef {up}_H
-#define {up}_H
+#ifndef SHIFTQUANT_{up}_H
+#define SHIFTQUANT_{up}_H
 #include <stdint.h>
 
 #define {up}_INPUT_C ({c})
@@ -92,7 +92,7 @@ int {n}_invoke(const {n}_input_t *input, int32_t *output, void *arena);
 /* {n}_invoke on a static arena of this file (not reentrant). Returns 0. */
 int {n}_run(const {n}_input_t *input, int32_t *output);
 
-#endif /* {up}_H */
+#endif /* SHIFTQUANT_{up}_H */
 """
 
 
@@ -200,7 +200,7 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 
     def elementwise(self, k: Kernel, expr: str, load: str) -> str:
         return f"""\
-/* {type(k).__name__.lower()} {k.node} */
+/* {type(k).__name__.lower()} {k.label} */
 {self.signature(k)}
 {{
     unsigned i;
@@ -267,7 +267,7 @@ unsigned k0 = 0, k1 = 0;
         nseg, seg_len, out0, out_step, in0 = k.segments
         ch = k.chunk
         packed = self.p.weights == "packed"
-        consts = [f"/* {k.node}: {k.cin_g * k.groups} -> {k.cout} channels, kernel {k.kernel[0]}x{k.kernel[1]}, "
+        consts = [f"/* {k.label}: {k.cin_g * k.groups} -> {k.cout} channels, kernel {k.kernel[0]}x{k.kernel[1]}, "
                   f"stride {k.stride}, padding {k.padding}, groups {k.groups}; weights 0 or ±2^t, t in "
                   f"{k.exponents}; |accumulator| <= {k.bound} ({k.acc_bits} bits) */\n"]
         if packed:
@@ -408,6 +408,9 @@ unsigned k0 = 0, k1 = 0;
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the
         channel begins in it): decoded from the packed codes, or read from the tables."""
         nm, ng, mask = k.name, k.groups_count, (1 << k.code_bits) - 1
+        # The bytes holding a code: two up to 9 bits (a code starts at any of a byte's 8 bits), three beyond.
+        window = " | ".join(f"((uint32_t){nm}_codes[byte + {i}u] << {8 * i})"
+                            for i in range(2 if k.code_bits <= 9 else 3))
         if self.p.weights == "tables":
             return f"""\
         const {off_t} *list = {nm}_list;
@@ -421,9 +424,8 @@ unsigned k0 = 0, k1 = 0;
             uint32_t bit = {nm}_ch[co][2];
             for (g = 0; g < {ng + 2}u; g++) start[g] = 0;
             for (t = 0; t < {k.taps}u; t++, bit += {k.code_bits}u) {{
-                const unsigned byte = (unsigned)(bit >> 3);
-                const unsigned code = (((unsigned){nm}_codes[byte] | ((unsigned){nm}_codes[byte + 1u] << 8))
-                                       >> (bit & 7u)) & {mask}u;
+                const uint32_t byte = bit >> 3;
+                const unsigned code = (unsigned)((({window}) >> (bit & 7u)) & {mask}u);
                 grp[t] = {nm}_group[code];
                 start[grp[t] + 1u]++;
             }}
@@ -447,7 +449,7 @@ unsigned k0 = 0, k1 = 0;
             step_in, step_out = a.row, out.row
         block = min(CHUNK, length)
         return consts + f"""
-/* input stage of {k.node}: thresholds on its integer input -> its input levels */
+/* input stage of {k.label}: thresholds on its integer input -> its input levels */
 {self.signature(k)}
 {{
     unsigned c, seg, p, i, k;
@@ -489,7 +491,7 @@ unsigned k0 = 0, k1 = 0;
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = k.kernel, k.stride, padding, dilation
         value = f"ip[iy * {a.row} + ix]"
         return f"""\
-/* {what} {k.node}: {note} */
+/* {what} {k.label}: {note} */
 {self.signature(k)}
 {{
     unsigned c;
@@ -524,7 +526,7 @@ unsigned k0 = 0, k1 = 0;
         a, out = k.inputs[0], k.output
         c, h, w = a.shape
         return f"""\
-/* global sum {k.node} (an integer global average pool: its readers' thresholds divide) */
+/* global sum {k.label} (an integer global average pool: its readers' thresholds divide) */
 {self.signature(k)}
 {{
     unsigned c, y, x;
@@ -542,7 +544,7 @@ unsigned k0 = 0, k1 = 0;
         a, out = k.inputs[0], k.output
         c, h, w = a.shape
         return f"""\
-/* flatten {k.node}: drops the border */
+/* flatten {k.label}: drops the border */
 {self.signature(k)}
 {{
     unsigned c, y;
@@ -574,7 +576,7 @@ unsigned k0 = 0, k1 = 0;
     }}
     a -= {c * a.plane}u;""")
         return f"""\
-/* {k.node}: its input split into parity phases {k.phases} for the stride-2 convolution */
+/* {k.label}: its input split into parity phases {k.phases} for the stride-2 convolution */
 {self.signature(k)}
 {{
     unsigned c;

@@ -15,12 +15,15 @@ accumulators (the host applies the reference runtime's dequantization). An integ
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...errors import CodegenError, ConfigError
 from ..runtime import pair
+from ..verify import MAX_ELEMENTS
 
 # Types of values between kernels, narrowest first (the bundle's declared integer types).
 CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
@@ -122,6 +125,11 @@ class Kernel:
     node: str  # the manifest node it computes
     inputs: list[Tensor]
     output: Tensor
+
+    @property
+    def label(self) -> str:
+        """The node's name as it may appear in a C comment (:func:`comment`)."""
+        return comment(self.node)
 
 
 @dataclass
@@ -307,17 +315,40 @@ def _threshold_bytes(t: Thresholds, bits: int) -> int:
 WEIGHT_FORMATS = ("packed", "tables")
 
 
-def lower(manifest: dict, tensors: dict[str, np.ndarray], name: str = "model", weights: str = "packed") -> Program:
-    """The program of a bundle that the reference runtime has validated (``load_bundle``).
+def lower(rt, name: str = "model", weights: str = "packed") -> Program:
+    """The program of a loaded bundle: ``rt`` is the reference :class:`~..runtime.Runtime`, whose
+    load has proven every shape, kind and range (``rt.facts``); the lowering sizes everything from
+    those proofs.
 
     ``weights="packed"`` keeps the bundle's bit-packed codes in flash (each shift layer decodes an
     output channel's codes when it starts it); ``"tables"`` stores every channel's input offsets
     already grouped by exponent and sign (more flash, no decoding: the host backend's choice)."""
     if weights not in WEIGHT_FORMATS:
         raise ConfigError("weights", weights, " or ".join(map(repr, WEIGHT_FORMATS)))
-    program = _Lowering(manifest, tensors, name).run()
+    check_identifier(name)
+    program = _Lowering(rt, name).run()
     program.weights = weights
     return program
+
+
+def check_identifier(name) -> str:
+    """``name`` as the prefix of every generated C identifier and file name: a letter, then letters,
+    digits and underscores (no leading underscore: those names are the C library's)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,62}", name):
+        raise ConfigError("name", name, "a C identifier of 1 to 63 letters, digits and underscores starting with a "
+                          "letter")
+    return name
+
+
+def comment(text: str, limit: int = 64) -> str:
+    """``text`` (a bundle's node name) as safe text inside a C comment: letters, digits and ``_ . -
+    : [ ] ( ) ,`` kept, everything else (``*/``, ``/*``, ``//``, newlines, ``\\``, ``#``, ``?``,
+    non-ASCII, control characters) becomes ``_``; at most ``limit`` characters."""
+    safe = "".join(ch if ch in _COMMENT_SAFE else "_" for ch in text[:limit])
+    return safe + ("..." if len(text) > limit else "")
+
+
+_COMMENT_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:[](), ")
 
 
 def _float(node: dict, what: str) -> str:
@@ -329,9 +360,10 @@ def _float(node: dict, what: str) -> str:
 
 
 class _Lowering:
-    def __init__(self, manifest, tensors, name):
-        self.m, self.t, self.name = manifest, tensors, name
-        self.nodes = manifest["nodes"]
+    def __init__(self, rt, name):
+        self.m, self.t, self.facts, self.name = rt.manifest, rt.tensors, rt.facts, name
+        self.nodes = self.m["nodes"]
+        self.index = {node["name"]: i for i, node in enumerate(self.nodes)}  # C identifiers number nodes
         self.kernels: list[Kernel] = []
         self.values: dict[str, Tensor] = {}  # node -> its integer tensor
         self.border_need: dict[int, int] = {}  # id(root tensor) -> border its readers need
@@ -341,13 +373,17 @@ class _Lowering:
 
     # ------------------------------------------------------------------ helpers
     def tensor(self, name, dtype, shape, lo, hi) -> Tensor:
-        t = Tensor(name, dtype, tuple(int(s) for s in shape), int(lo), int(hi))
+        """A planned tensor; every extent at least 1 and its size bounded before any loop is printed."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 1 or math.prod(shape) > MAX_ELEMENTS:
+            raise CodegenError(f"node {name!r}: shape {list(shape)} is not a (C, H, W) of 1 to {MAX_ELEMENTS} values")
+        t = Tensor(name, dtype, shape, int(lo), int(hi))
         self.all.append(t)
         return t
 
     def cname(self, prefix: str, node: dict) -> str:
-        ident = "".join(ch if ch.isalnum() else "_" for ch in node["name"])
-        return f"{self.name}_{prefix}_{ident}"
+        """A kernel's C identifier: made by the generator (the node's index), never from its name."""
+        return f"{self.name}_{prefix}_{self.index[node['name']]}"
 
     def need_border(self, t: Tensor, b: int) -> None:
         key = id(self.find(t))
@@ -365,11 +401,10 @@ class _Lowering:
             self.border_need[id(ra)] = max(self.border_need.pop(id(rb), 0), self.border_need.get(id(ra), 0))
 
     def node_range(self, node: dict, lo: int, hi: int) -> tuple[int, int]:
-        """The proven range of a node's values: the bundle's declared one where it has one (the
-        exporter proves it), else the one derived here."""
-        if isinstance(node.get("range"), list) and len(node["range"]) == 2:
-            return int(node["range"][0]), int(node["range"][1])
-        return lo, hi
+        """The range of a node's values: the one its load proved (``rt.facts``), which the bundle's
+        declared range holds; the one derived here where the proof has none."""
+        fact = self.facts.get(node["name"])
+        return (fact.lo, fact.hi) if fact is not None and fact.is_int else (lo, hi)
 
     # ------------------------------------------------------------------ the graph
     def run(self) -> Program:
@@ -574,7 +609,10 @@ class _Lowering:
             raise CodegenError(f"node {node['name']!r}: weights are not powers of two")
         used = sorted({s for s in (shifts[i] for i in np.unique(codes)) if s >= 0},
                       reverse=True)
-        packed = np.concatenate([np.asarray(self.t[node["weight_codes"]], dtype=np.uint8), np.zeros(2, np.uint8)])
+        if codes.size and int(codes.max()) >= len(ints):  # the load refused it already; the C reads a table by it
+            raise CodegenError(f"node {node['name']!r}: weight code {int(codes.max())} has no level")
+        # The decoder reads 2 bytes per code (3 beyond 9 bits): zero bytes past the end.
+        packed = np.concatenate([np.asarray(self.t[node["weight_codes"]], dtype=np.uint8), np.zeros(3, np.uint8)])
         # Accumulator width from the weights and the input range (bias included with integer logits).
         top = max(abs(a.lo), abs(a.hi))
         bound = int(np.abs(w.reshape(cout, -1)).sum(1).max()) * top if w.size else 0
@@ -673,7 +711,7 @@ class _Lowering:
             used = sorted({(y % 2, x % 2) for y in range(kh) for x in range(kw)})
             rows = bo + ho + (kh - 1) // 2 + 1
             row = max(out.row, bo + wo + (kw - 1) // 2)  # the output's row, unless a tap would wrap
-            split = Split(k.name.replace("_shift_", "_phases_", 1), k.node, [a], None, phases=used,
+            split = Split(f"{self.name}_phases_{self.index[k.node]}", k.node, [a], None, phases=used,
                           padding=(ph, pw), out_border=bo)
             split.output = self.tensor(f"{k.node}.phases", a.dtype, (len(used) * a.shape[0], rows, row),
                                        a.lo, a.hi)

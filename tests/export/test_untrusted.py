@@ -1,0 +1,341 @@
+"""Untrusted bundles: nothing from a bundle becomes code, shapes and ranges are proven at load for
+every backend, and a fuzzer with a recomputed checksum finds no signal, no foreign exception and no
+silent difference between the reference runtime and the C backend (whose C also runs clean under
+AddressSanitizer and UndefinedBehaviorSanitizer)."""
+import hashlib
+import random
+import re
+import shutil
+import subprocess
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import shiftquant as sq
+from shiftquant.errors import BundleError, ConfigError
+from shiftquant.export.bundle import pack_codes, read_bundle, unpack_codes, write_bundle
+from shiftquant.export.c import CRuntime, codegen, emit
+from tests.export.isolation import run_forked
+from tests.export.models import quantized_pixels
+from tests.export.mutations import PAYLOADS, mutate, rename
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+
+REFERENCE_MUTATIONS = 2000
+C_MUTATIONS = 300
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+SANITIZE = ["-std=c99", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path_factory.mktemp("c-cache")))
+        yield
+
+
+def _pixel_bundle(name, directory, **recipe):
+    """An integer-only bundle (uint8 pixels in, integer logits out) and pixels to run it on."""
+    model, batches, px = quantized_pixels(name, 0, act_shift_bits=2, **recipe)
+    p = np.concatenate([batches["calibration"], batches["zeros"], batches["saturated"]])
+    rt = sq.export(model, directory / f"{name}.sqb", px.to_float(p[:1]), px)
+    assert rt.manifest["integer_only"], rt.float_ops
+    return directory / f"{name}.sqb", p
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("untrusted")
+    return {"mlp": _pixel_bundle("mlp", d), "plain": _pixel_bundle("plain", d)}
+
+
+class LeNet(nn.Module):
+    """conv -> BatchNorm -> ReLU -> max pool -> conv -> ReLU -> max pool -> Linear: no test names it."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 12, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(12 * 3 * 3, 10)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    torch.manual_seed(3)
+    model, x = LeNet().eval(), torch.randn(4, 1, 16, 16)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    sq.calibrate(model, [x])
+    path = tmp_path_factory.mktemp("lenet") / "lenet.sqb"
+    sq.export(model, path, x)
+    return path, x.numpy()
+
+
+# ------------------------------------------------------------------------------------------ C text
+def _defined_symbols(objfile) -> set[str]:
+    out = subprocess.run(["nm", "--defined-only", str(objfile)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def _sections(objfile) -> set[str]:
+    out = subprocess.run(["objdump", "-h", str(objfile)], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"^\s*\d+\s+(\S+)", out, re.M))
+
+
+GENERATED = re.compile(r"^(net_(invoke|run|arena|(shift|in|relu|add|maxpool|sum|winsum|flatten|phases)_\d+"
+                       r"(_[a-z]+)?)|sq_clear_border|\.L\w+)(\.\w+)*$")  # .L*: the compiler's local constants
+
+
+@pytest.mark.skipif(shutil.which("nm") is None or shutil.which("objdump") is None, reason="no binutils")
+@pytest.mark.parametrize("base", ["mlp", "plain"])
+def test_string_payloads_never_reach_c_as_code(bundles, base, tmp_path):
+    path, p = bundles[base]
+    marker = tmp_path / "MARKER"
+    manifest, tensors = read_bundle(path)
+    expected = sq.load_bundle(path).run(p)
+    printable = [s for s in PAYLOADS if s.isprintable() and s and len(s) < 200]
+    for i, node in enumerate(list(manifest["nodes"])):  # every string field of every node a payload
+        payload = printable[i % len(printable)].replace("MARKER", str(marker)) + f" #{i}"
+        node["module"] = payload
+        for key, value in list(node.items()):
+            if isinstance(value, str) and value in tensors:
+                tensors[payload + key] = tensors.pop(value)
+                node[key] = payload + key
+        rename(manifest, node["name"], payload)
+    write_bundle(tmp_path / "evil.sqb", manifest, tensors)
+    # The reference and the C backend load and run it, with the same logits as before the renaming.
+    assert np.array_equal(sq.load_bundle(tmp_path / "evil.sqb").run(p), expected)
+    assert np.array_equal(sq.load_bundle(tmp_path / "evil.sqb", backend="c").run(p), expected)
+    # The generated files compile strictly; the object defines only the generator's symbols and has
+    # no constructor or destructor sections.
+    codegen(tmp_path / "evil.sqb", tmp_path / "out", name="net")
+    source = (tmp_path / "out" / "net.c").read_text()
+    assert "sq_evil" not in source and "#include \"/etc" not in source and "*/ " not in source.replace("*/\n", "")
+    done = subprocess.run(["cc", *STRICT, "-O2", "-c", "net.c", "-o", "net.o"], cwd=tmp_path / "out",
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    symbols = _defined_symbols(tmp_path / "out" / "net.o")
+    assert symbols and all(GENERATED.match(s) for s in symbols), sorted(s for s in symbols if not GENERATED.match(s))
+    assert not _sections(tmp_path / "out" / "net.o") & {".init_array", ".fini_array", ".ctors", ".dtors", ".init"}
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", ["line\nbreak", "\x1b[2Jclear", "right\u202eleft", "", "x" * 300])
+def test_names_that_are_not_printable_text_are_refused_at_load(bundles, payload, tmp_path):
+    manifest, tensors = read_bundle(bundles["mlp"][0])
+    rename(manifest, manifest["nodes"][1]["name"], payload)
+    write_bundle(tmp_path / "m.sqb", manifest, tensors)
+    with pytest.raises(BundleError, match="malformed name"):
+        sq.load_bundle(tmp_path / "m.sqb")
+
+
+def test_the_generated_names_come_from_the_generator_and_clash_with_nothing(bundles, tmp_path):
+    path, p = bundles["mlp"]
+    for bad in ("_STDINT", "__x", "1net", "net-1", "a" * 64, "", "net\n"):
+        with pytest.raises(ConfigError, match="name"):
+            codegen(path, tmp_path / "bad", name=bad)
+    assert not (tmp_path / "bad").exists()
+    codegen(path, tmp_path / "out", name="STDINT")  # its header guard is SHIFTQUANT_STDINT_H, not libc's
+    (tmp_path / "out" / "main.c").write_text('#include <stdint.h>\n#include "STDINT.h"\n'
+                                              "int main(void) { int32_t out[STDINT_OUTPUT_SIZE]; "
+                                              "static STDINT_input_t in[STDINT_INPUT_SIZE]; return STDINT_run(in, out); }\n")
+    done = subprocess.run(["cc", *STRICT, "main.c", "STDINT.c", "-o", "main"], cwd=tmp_path / "out",
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------------------------------ shapes and ranges
+def test_a_pool_window_larger_than_its_input_is_refused_at_load_by_every_backend(lenet, tmp_path):
+    path, x = lenet
+    manifest, tensors = read_bundle(path)
+    pool = [n for n in manifest["nodes"] if n["op"] == "max_pool2d"][-1]
+    pool["kernel_size"] = [9, 9]
+    write_bundle(tmp_path / "big.sqb", manifest, tensors)
+    for backend in ("reference", "c"):
+        with pytest.raises(BundleError, match=f"{re.escape(pool['name'])}.*shapes do not fit"):
+            sq.load_bundle(tmp_path / "big.sqb", backend=backend)
+
+
+def test_a_linear_layer_reading_more_features_than_its_weights_is_refused(bundles, tmp_path):
+    manifest, tensors = read_bundle(bundles["mlp"][0])
+    layer = next(n for n in manifest["nodes"] if n["op"] == "shift_linear")
+    cout, cin = layer["weight_shape"]
+    bits = layer["weight_quantizer"]["code_bits"]
+    codes = unpack_codes(tensors[layer["weight_codes"]], bits, cout * cin).reshape(cout, cin)
+    layer["weight_shape"] = [cout, cin - 1]  # weights that decode, for one feature fewer than it reads
+    tensors[layer["weight_codes"]] = pack_codes(codes[:, :-1], bits)
+    write_bundle(tmp_path / "narrow.sqb", manifest, tensors)
+    with pytest.raises(BundleError, match=f"{layer['name']}.*does not have the {cin - 1} features"):
+        sq.load_bundle(tmp_path / "narrow.sqb")
+
+
+@pytest.mark.parametrize("lie", ["range", "dtype", "accumulator_bound", "int_output_bias"])
+def test_c_backend_refuses_at_load_what_the_reference_refuses(bundles, lie, tmp_path):
+    manifest, tensors = read_bundle(bundles["plain"][0])
+    layers = [n for n in manifest["nodes"] if n["op"].startswith("shift_")]
+    if lie == "range":
+        node = next(n for n in layers if n.get("requant"))
+        node["range"] = [node["range"][0], node["range"][1] - 1]
+    elif lie == "dtype":
+        node = next(n for n in manifest["nodes"] if n["op"] == "input")
+        node["dtype"] = "float32"
+    elif lie == "accumulator_bound":
+        node = layers[1]
+        node["accumulator_bound"] //= 3
+    else:  # logits beyond their declared range
+        node = layers[-1]
+        tensors[node["int_output"]["bias"]] = tensors[node["int_output"]["bias"]].astype(np.int64) + (1 << 20)
+    write_bundle(tmp_path / "lie.sqb", manifest, tensors)
+    messages = []
+    for backend in ("reference", "c"):
+        with pytest.raises(BundleError, match=re.escape(repr(node["name"]))) as err:
+            sq.load_bundle(tmp_path / "lie.sqb", backend=backend)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("bits", [9, 10, 12, 16])
+def test_packed_codes_of_every_width_the_format_allows_decode_in_c(bundles, bits, tmp_path):
+    path, p = bundles["plain"]
+    manifest, tensors = read_bundle(path)
+    expected = sq.load_bundle(path).run(p)
+    for node in manifest["nodes"]:
+        if node["op"].startswith("shift_"):
+            spec, count = node["weight_quantizer"], int(np.prod(node["weight_shape"]))
+            codes = unpack_codes(tensors[node["weight_codes"]], spec["code_bits"], count)
+            spec["code_bits"] = bits
+            tensors[node["weight_codes"]] = pack_codes(codes, bits)
+    write_bundle(tmp_path / "wide.sqb", manifest, tensors)
+    rt = sq.load_bundle(tmp_path / "wide.sqb")
+    assert np.array_equal(rt.run(p), expected)
+    assert np.array_equal(CRuntime(rt, weights="packed").run(p), expected)
+    manifest["nodes"][1]["weight_quantizer"]["code_bits"] = 17
+    write_bundle(tmp_path / "too_wide.sqb", manifest, tensors)
+    with pytest.raises(BundleError, match="code_bits must be 1 to 16"):
+        sq.load_bundle(tmp_path / "too_wide.sqb")
+
+
+# ------------------------------------------------------------------------------------------ fuzzing
+def _load_and_run(path, x):
+    return sq.load_bundle(path).run(x)
+
+
+def _mutants(base_path, count, seed, directory):
+    """``count`` resealed mutants of a bundle (mutations that cannot even be written are skipped)."""
+    manifest, tensors = read_bundle(base_path)
+    rng = random.Random(seed)
+    made = 0
+    while made < count:
+        m, t, what = mutate(manifest, tensors, rng)
+        path = directory / f"m{made}.sqb"
+        try:
+            write_bundle(path, m, t)
+        except (TypeError, ValueError, OverflowError, BundleError):
+            continue  # not writable as a bundle (e.g. a key that is not a string): nothing to load
+        made += 1
+        yield path, what
+
+
+def _check(outcome, what, tally):
+    kind = outcome[0]
+    tally[kind] += 1
+    assert kind in ("ok", "refused"), f"{what}: {outcome}"
+    if kind == "refused":
+        assert outcome[1] == "BundleError", f"{what}: {outcome}"
+
+
+def test_reference_fuzz_no_signal_no_foreign_exception(bundles, lenet, tmp_path):
+    tally = Counter()
+    bases = [(bundles["mlp"][0], bundles["mlp"][1][:3]), (lenet[0], lenet[1][:3]),
+             (bundles["plain"][0], bundles["plain"][1][:3])]
+    per_base = -(-REFERENCE_MUTATIONS // len(bases))
+    for i, (base, x) in enumerate(bases):
+        for path, what in _mutants(base, per_base, seed=10 + i, directory=tmp_path):
+            _check(run_forked(_load_and_run, path, x, timeout=60), what, tally)
+    print(dict(tally))
+    assert sum(tally.values()) >= REFERENCE_MUTATIONS
+    assert tally["refused"] >= REFERENCE_MUTATIONS // 3 and tally["ok"] >= 50  # both paths exercised
+
+
+_HARNESS = """\
+#include <stdio.h>
+#include <stdlib.h>
+#include "net.h"
+/* n inputs from argv[1] -> n outputs to argv[2]: heap buffers of exactly the stated sizes. */
+int main(int argc, char **argv)
+{
+    int i, n = atoi(argv[3]);
+    FILE *f = fopen(argv[1], "rb");
+    net_input_t *in = malloc(sizeof(net_input_t) * NET_INPUT_SIZE * n);
+    int32_t *out = malloc(sizeof(int32_t) * NET_OUTPUT_SIZE * n);
+    void *arena = malloc(NET_ARENA_BYTES);
+    if (argc != 4 || !f || !in || !out || !arena) return 2;
+    if (fread(in, sizeof(net_input_t) * NET_INPUT_SIZE, n, f) != (size_t)n) return 3;
+    fclose(f);
+    for (i = 0; i < n; i++) net_invoke(in + (size_t)i * NET_INPUT_SIZE, out + (size_t)i * NET_OUTPUT_SIZE, arena);
+    f = fopen(argv[2], "wb");
+    fwrite(out, sizeof(int32_t) * NET_OUTPUT_SIZE, n, f);
+    fclose(f);
+    free(in); free(out); free(arena);
+    return 0;
+}
+"""
+
+
+def _c_run(path, x, workdir, sanitized: set):
+    """The C backend's logits, and for C not yet seen, the same C under the sanitizers: its outputs
+    must equal the library's, with no report."""
+    rt = sq.load_bundle(path)
+    native = CRuntime(rt, threads=1, name="net")
+    out = native.run(x)
+    header, source = emit(native.program)
+    digest = hashlib.sha256((header + source).encode()).hexdigest()
+    if digest in sanitized:
+        return out, digest, "seen"
+    d = workdir / digest[:16]
+    d.mkdir(exist_ok=True)
+    (d / "net.h").write_text(header)
+    (d / "net.c").write_text(source)
+    (d / "main.c").write_text(_HARNESS)
+    inputs = native.inputs(x)
+    inputs.tofile(d / "in.bin")
+    done = subprocess.run(["cc", *SANITIZE, "net.c", "main.c", "-o", "main"], cwd=d, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = subprocess.run(["./main", "in.bin", "out.bin", str(len(inputs))], cwd=d, capture_output=True, text=True,
+                         env={"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
+    assert run.returncode == 0 and not run.stderr, run.stderr[-3000:]
+    ints = np.fromfile(d / "out.bin", dtype=np.int32).reshape(native.execute(x).shape)
+    assert np.array_equal(ints, native.execute(x)), "sanitized build differs from the library"
+    return out, digest, "sanitized"
+
+
+def test_c_fuzz_refuses_or_agrees_with_the_reference_and_runs_clean_under_sanitizers(bundles, tmp_path):
+    tally, sanitized = Counter(), set()
+    per_base = C_MUTATIONS // 2
+    for i, name in enumerate(("mlp", "plain")):
+        base, p = bundles[name]
+        x = p[:3]
+        for path, what in _mutants(base, per_base, seed=100 + i, directory=tmp_path):
+            ref = run_forked(_load_and_run, path, x, timeout=60)
+            _check(ref, what, Counter())
+            c = run_forked(_c_run, path, x, tmp_path, sanitized, timeout=300)
+            assert c[0] in ("ok", "refused"), f"{what}: C backend {c}"
+            if c[0] == "refused":
+                assert c[1] in ("BundleError", "CodegenError"), f"{what}: {c}"
+                tally["both refuse" if ref[0] == "refused" else "C refuses by name"] += 1
+                continue
+            assert ref[0] == "ok", f"{what}: the C backend ran a bundle the reference refuses: {ref}"
+            out, digest, how = c[1]
+            assert np.array_equal(out, ref[1]), f"{what}: C and reference differ"
+            sanitized.add(digest)
+            tally["same logits"] += 1
+            tally[how] += 1
+    print(dict(tally))
+    assert sum(tally[k] for k in ("both refuse", "C refuses by name", "same logits")) == 2 * per_base
+    assert tally["same logits"] >= 20 and tally["sanitized"] >= 5
