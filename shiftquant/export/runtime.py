@@ -180,6 +180,8 @@ class Runtime:
                                       f"{MAX_NAME} printable characters): {str(node.get('name'))[:80]!r}")
                 if not isinstance(node.get("inputs"), list):
                     self._fail(node, "inputs must be a list of node names")
+                if node.get("module") is not None and not valid_name(node["module"]):
+                    self._fail(node, f"module must be 1 to {MAX_NAME} printable characters")
                 for i in node["inputs"]:
                     if i not in seen:
                         raise BundleError(f"{self.source}: node {node['name']!r} reads {i!r} before it is computed")

@@ -127,12 +127,29 @@ def test_string_payloads_never_reach_c_as_code(bundles, base, tmp_path):
 
 
 @pytest.mark.parametrize("payload", ["line\nbreak", "\x1b[2Jclear", "right\u202eleft", "", "x" * 300])
-def test_names_that_are_not_printable_text_are_refused_at_load(bundles, payload, tmp_path):
+@pytest.mark.parametrize("field", ["name", "module"])
+def test_names_that_are_not_printable_text_are_refused_at_load(bundles, payload, field, tmp_path, capsys):
+    from shiftquant.cli import main
+
     manifest, tensors = read_bundle(bundles["mlp"][0])
-    rename(manifest, manifest["nodes"][1]["name"], payload)
+    if field == "name":
+        rename(manifest, manifest["nodes"][1]["name"], payload)
+    else:
+        manifest["nodes"][1]["module"] = payload
     write_bundle(tmp_path / "m.sqb", manifest, tensors)
-    with pytest.raises(BundleError, match="malformed name"):
+    with pytest.raises(BundleError, match="malformed name" if field == "name" else "module must be"):
         sq.load_bundle(tmp_path / "m.sqb")
+    assert main(["summary", str(tmp_path / "m.sqb")]) != 0  # the summary refuses it too, printing no escape
+    out = capsys.readouterr()
+    assert "\x1b" not in out.out + out.err and "\u202e" not in out.out + out.err
+
+
+def test_float_ops_of_the_wrong_type_are_refused_by_name(bundles, tmp_path):
+    manifest, tensors = read_bundle(bundles["mlp"][0])
+    for value in (5, "x", {"a": 1}, [1]):
+        write_bundle(tmp_path / "m.sqb", {**manifest, "float_ops": value}, tensors)
+        with pytest.raises(BundleError, match="float_ops must list distinct node names"):
+            sq.load_bundle(tmp_path / "m.sqb")
 
 
 def test_the_generated_names_come_from_the_generator_and_clash_with_nothing(bundles, tmp_path):
