@@ -64,11 +64,15 @@ class Summary:
         return sum(r.macs for r in self.rows if r.macs and r.mac_kind == kind)
 
     def __str__(self) -> str:
-        head = f"{'layer':<32} {'type':<12} {'W bits':>6} {'A bits':>6} {'params':>10} {'bytes':>12} {'MACs':>12}  shift-add"
+        # Columns as wide as their longest entry: names and types are never cut.
+        nw = max([len("layer"), *(len(r.name) for r in self.rows)])
+        tw = max([len("type"), *(len(r.kind) for r in self.rows)])
+        head = (f"{'layer':<{nw}} {'type':<{tw}} {'W bits':>6} {'A bits':>6} {'params':>10} {'bytes':>12} "
+                f"{'MACs':>12}  shift-add")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             lines.append(
-                f"{r.name[:32]:<32} {r.kind[:12]:<12} {r.weight_bits:>6} "
+                f"{r.name:<{nw}} {r.kind:<{tw}} {r.weight_bits:>6} "
                 f"{'fp' if r.act_bits is None else r.act_bits:>6} {r.params:>10,} {r.bytes:>12,.0f} "
                 f"{'-' if r.macs is None else format(r.macs, ','):>12}  {'yes' if r.shift_add else 'no'}")
         d = self.to_dict()

@@ -60,3 +60,22 @@ def test_summary_splits_macs_into_shift_add_integer_and_float():
                                                      act_shift_bits=2))
     sq.calibrate(uniform, [x[:, 0]])
     assert sq.summary(uniform, x[:, 0]).to_dict()["integer_macs"] == 32
+
+
+def test_summary_and_final_table_columns_hold_their_longest_entry():
+    from shiftquant.nn.residual import QuantBatchNorm2d  # noqa: F401 - the type whose name was cut
+    from shiftquant.train.run import report
+
+    model = torchvision.models.resnet18(num_classes=10)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    text = str(sq.summary(model, torch.randn(1, 3, 32, 32)))
+    kinds = {r.kind for r in sq.summary(model, torch.randn(1, 3, 32, 32)).rows}
+    assert any(len(k) > 12 for k in kinds) and all(k in text for k in kinds)
+    lines = text.splitlines()
+    start = lambda line: len(line) - len(line.split()[-1])  # where the last column starts: one place for all
+    rows = [line for line in lines[2:] if not line.startswith(("-", "total", "MACs"))]
+    assert rows and all(start(line) == start(lines[0]) for line in rows)
+    table = report({"recipe": {}, "ptq": True, "fp_test_acc": 0.9, "hard_test_acc": 0.85, "eps_final": 0.0})
+    rows = table.splitlines()[:4]
+    assert rows[2].startswith("float") and rows[3].startswith("hard (eps = 0, PTQ")
+    assert len({len(r) for r in (rows[0], rows[2], rows[3])}) == 1 and rows[3].endswith("85.00%")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ExportError, ExportRefused
+from .reasons import float_reasons
 
 SUPPORTED = ("quantized Conv2d / Linear (shift weights and quantized inputs), BatchNorm1d/2d (timm's BatchNormAct2d "
              "too), ReLU, ReLU6 / Hardtanh / clamp, Hardswish, Hardsigmoid, SiLU, Sigmoid, GELU, MaxPool2d, AvgPool2d, "
@@ -131,6 +132,7 @@ class ExportReport:
     integer_only: bool = False
     exact: bool = False
     float_ops: list[str] = field(default_factory=list)  # "node (module, type)" of what runs in float
+    float_reasons: list = field(default_factory=list)  # per float node: why, and what would make it integer
     refusals: list[Refusal] = field(default_factory=list)
     error: str | None = None  # a refusal that is not about one node (tracing, bounds)
 
@@ -147,7 +149,7 @@ class ExportReport:
         lines += [f"  refused: {r}" for r in self.refusals]
         if self.error:
             lines.append(f"  refused: {self.error}")
-        lines += [f"  float: {op}" for op in self.float_ops]
+        lines += [f"  float: {r}" for r in self.float_reasons] or [f"  float: {op}" for op in self.float_ops]
         if self.refusals:
             lines.append(f"The exporter supports: {SUPPORTED}.")
         return "\n".join(lines)
@@ -167,4 +169,6 @@ def check_exportable(model: nn.Module, example_input: torch.Tensor, input_spec=N
     by_name = {n["name"]: n for n in manifest["nodes"]}
     float_ops = [f"{name} ({by_name[name].get('module') or 'function'}, {by_name[name]['op']})"
                  for name in manifest["float_ops"]]
-    return ExportReport(True, bool(manifest["integer_only"]), bool(manifest["exact"]), float_ops)
+    listed = set(manifest["float_ops"])
+    reasons = [r for r in float_reasons(manifest) if r.node in listed]
+    return ExportReport(True, bool(manifest["integer_only"]), bool(manifest["exact"]), float_ops, reasons)

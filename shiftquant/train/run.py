@@ -439,9 +439,10 @@ def report(results: dict) -> str:
     elif results.get("recipe"):
         rows += [(f"relaxed (eps = {results['eps_final']:g})", results.get("relaxed_test_acc"), results["eps_final"]),
                  ("hard (eps = 0, deployed)", results.get("hard_test_acc"), 0.0)]
-    lines = [f"{'model':<28} {'test acc':>9}", "-" * 38]
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"{'model':<{width}} {'test acc':>9}", "-" * (width + 10)]
     for name, acc, _ in rows:
-        lines.append(f"{name:<28} {'-' if acc is None else f'{100 * acc:8.2f}%':>9}")
+        lines.append(f"{name:<{width}} {'-' if acc is None else f'{100 * acc:8.2f}%':>9}")
     if results.get("mixed"):
         m = results["mixed"]
         lines.append(f"mixed precision: {m['bits_per_weight']:.3f} bits per weight (budget {m['budget_bits']:g}), "

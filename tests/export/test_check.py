@@ -76,3 +76,41 @@ def test_a_recipe_that_selects_nothing_suggests_presets():
     model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4, 10))
     with pytest.raises(sq.ConfigError, match=r"presets that select layers of this model: .*quant=all \(2 layers\)"):
         sq.quantize_model(model, sq.QuantRecipe.preset("dbssq"))  # 3x3 block convs only
+
+
+class _LeNet(nn.Module):
+    """conv -> BatchNorm -> ReLU -> max pool -> conv -> ReLU -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.pool = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.MaxPool2d(2)
+        self.conv2, self.head = nn.Conv2d(6, 8, 3), nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        return self.head(torch.flatten(torch.relu(self.conv2(x)), 1))
+
+
+def test_every_float_node_says_why_and_what_would_make_it_integer(tmp_path):
+    import shiftquant as sq
+    from shiftquant.errors import CodegenError
+
+    torch.manual_seed(0)
+    model, x = _LeNet().eval(), torch.randn(4, 1, 8, 8)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    sq.calibrate(model, [x])
+    report = sq.check_exportable(model, x, sq.PixelInput((0.3,), (0.4,), 255))
+    assert report.exportable and not report.integer_only
+    assert len(report.float_reasons) == len(report.float_ops) > 0
+    by_node = {r.node: r for r in report.float_reasons}
+    # The max pool between conv1's BatchNorm-ReLU and conv2 breaks the requantization chain.
+    assert "'pool' (max_pool2d) breaks the requantization chain" in by_node["bn1"].reason
+    assert "move 'pool' after the next quantized layer" in by_node["bn1"].how
+    assert "quantizes float input from 'pool'" in by_node["conv2"].reason
+    assert all(r.reason and r.how for r in report.float_reasons)
+    text = str(report)
+    assert all(f"float: {r.node} ({r.op}): " in text for r in report.float_reasons)
+    rt = sq.export(model, tmp_path / "lenet.sqb", x, sq.PixelInput((0.3,), (0.4,), 255))
+    with pytest.raises(CodegenError, match=r"'bn1' .*breaks the requantization chain; how: move 'pool'") as err:
+        sq.load_bundle(rt.source, backend="c")
+    assert "deploy preset" not in str(err.value)

@@ -351,12 +351,14 @@ def comment(text: str, limit: int = 64) -> str:
 _COMMENT_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:[](), ")
 
 
-def _float(node: dict, what: str) -> str:
-    """The refusal of a node that is not an integer kernel: which, and what to do."""
-    return (f"node {node['name']!r} ({node['op']}) {what}: the C backend runs integer ops only. Export with the "
-            "deploy preset (quant=deploy, QuantRecipe.preset('deploy')), which makes shift layers, residual adds "
-            "and global average pooling integer (pooling over windows and layers kept float stay float), or use "
-            "backend='reference'")
+def _float(node: dict, what: str, manifest: dict | None = None) -> str:
+    """The refusal of a node that is not an integer kernel: which, why it is float, and what to do."""
+    from ..reasons import float_reasons
+
+    why = next((r for r in float_reasons(manifest) if r.node == node["name"]), None) if manifest else None
+    because = f": {why.reason}; how: {why.how}" if why else ""
+    return (f"node {node['name']!r} ({node['op']}) {what}{because}. The C backend runs integer ops only "
+            "(check_exportable lists every float node with its reason); backend='reference' runs this bundle")
 
 
 class _Lowering:
@@ -449,7 +451,7 @@ class _Lowering:
         while True:
             consumers = [n for n in self.nodes if cur["name"] in n["inputs"]]
             if len(consumers) != 1:
-                raise CodegenError(_float(node, "is read as float values by several nodes"))
+                raise CodegenError(_float(node, "is read as float values by several nodes", self.m))
             nxt = consumers[0]
             if nxt["op"] in ("flatten", "identity"):
                 self.host_prefix.add(nxt["name"])
@@ -457,7 +459,7 @@ class _Lowering:
                 continue
             if not nxt["op"].startswith("shift_") or nxt.get("input_thresholds") is not None \
                     or nxt["input_quantizer"]["policy"] != "learned_pot":
-                raise CodegenError(_float(nxt, "reads float input"))
+                raise CodegenError(_float(nxt, "reads float input", self.m))
             break
         if cur is not node:  # through a flatten: the layer sees a vector
             shape = [int(np.prod(shape)), 1, 1]
@@ -480,7 +482,7 @@ class _Lowering:
             self.shift_layer(node, args[0])
             return
         if any(a is None for a in args):
-            raise CodegenError(_float(node, "computes in float32"))
+            raise CodegenError(_float(node, "computes in float32", self.m))
         x = args[0]
         if op in ("flatten", "identity"):
             self.values[node["name"]] = self.reshape(node, x)
@@ -530,7 +532,7 @@ class _Lowering:
                                "implement (reshape, permute, index and expand run in the reference runtime): use "
                                "backend='reference'")
         else:
-            raise CodegenError(_float(node, "computes in float32"))
+            raise CodegenError(_float(node, "computes in float32", self.m))
 
     def emit(self, kernel: Kernel) -> None:
         self.kernels.append(kernel)
@@ -553,11 +555,11 @@ class _Lowering:
         """The tensor of this layer's input integers (a Map kernel for ``input_thresholds``)."""
         if node.get("input_codes"):
             if x is None:
-                raise CodegenError(_float(node, "expects integer codes but its input is float"))
+                raise CodegenError(_float(node, "expects integer codes but its input is float", self.m))
             return x
         if node.get("input_thresholds") is not None:
             if x is None:
-                raise CodegenError(_float(node, "has input thresholds but its input is float"))
+                raise CodegenError(_float(node, "has input thresholds but its input is float", self.m))
             table = self.thresholds(node["input_thresholds"])  # (L-1, K)
             channels = x.shape[0]
             if table.shape[1] not in (1, channels):
@@ -573,7 +575,7 @@ class _Lowering:
             return out
         if self.input_kind == "codes" and node["name"] == self.first_layer:
             return x
-        raise CodegenError(_float(node, "quantizes its input in float (no input_codes or input_thresholds)"))
+        raise CodegenError(_float(node, "quantizes its input in float (no input_codes or input_thresholds)", self.m))
 
     def shift_layer(self, node: dict, x: Tensor | None) -> None:
         if node.get("weight_offset"):
