@@ -62,12 +62,15 @@ def _why(node: dict, by_name: dict, readers: dict) -> tuple[str, str]:
         first = upstream[0]
         return (f"its input {first['name']!r} ({first['op']}) is float", f"make {first['name']!r} integer first")
     if op in CHAIN:
-        breaker = _chain_breaker(node, readers)
-        if breaker is not None:
-            return (f"between a shift layer and the next quantized layer, {breaker['name']!r} ({breaker['op']}) "
-                    "breaks the requantization chain", f"move {breaker['name']!r} after the next quantized layer, "
+        end, at = _chain_end(node, readers)
+        if end == "breaks":
+            return (f"between a shift layer and the next quantized layer, {at[0]['name']!r} ({at[0]['op']}) "
+                    "breaks the requantization chain", f"move {at[0]['name']!r} after the next quantized layer, "
                     f"or {NOT_YET}")
-        return ("it does not follow a shift layer, so no requantization folds it", NOT_YET)
+        if end == "fans out":
+            return (f"{_names(at)} read its output: a requantization folds a chain with one reader",
+                    f"give that stream its own power-of-two grid ({FAN_OUT})")
+        return ("no quantized layer reads its output, so no requantization folds it", NOT_YET)
     return _OWN.get(op, (f"{op} has no integer form", NOT_YET))
 
 
@@ -85,26 +88,38 @@ def _shift_layer(node: dict, upstream: list[dict], readers: dict) -> tuple[str, 
     if not node.get("exact"):
         return ("its output is not exact on one power-of-two grid (a bias off the accumulator grid)",
                 "exact biases (exact_bias, the deploy preset)")
-    breaker = _chain_breaker(node, readers)
-    if breaker is not None:
-        return (f"its accumulators are dequantized in float: {breaker['name']!r} ({breaker['op']}) stands between it "
-                "and the next quantized layer", f"move {breaker['name']!r} after the next quantized layer, or "
+    end, at = _chain_end(node, readers)
+    if end == "breaks":
+        return (f"its accumulators are dequantized in float: {at[0]['name']!r} ({at[0]['op']}) stands between it "
+                "and the next quantized layer", f"move {at[0]['name']!r} after the next quantized layer, or "
                 + NOT_YET)
-    return ("its output is dequantized in float (read by more than one node, or by the model's output with "
-            "shifts beyond 30)", NOT_YET)
+    if end == "fans out":
+        return (f"its accumulators are dequantized in float: {_names(at)} read them",
+                f"give that stream its own power-of-two grid ({FAN_OUT})")
+    return ("its output is dequantized in float (the model's output, with logit shifts beyond 30)", NOT_YET)
 
 
-def _chain_breaker(node: dict, readers: dict) -> dict | None:
-    """The first reader along the single-reader path from ``node`` that the requantization chain
-    cannot fold, or None (no reader, or several)."""
+FAN_OUT = "recipe residual_bits, as the deploy preset sets it"
+
+
+def _names(nodes: list[dict]) -> str:
+    return ", ".join(f"{n['name']!r} ({n['op']})" for n in nodes[:3]) + (" and more" if len(nodes) > 3 else "")
+
+
+def _chain_end(node: dict, readers: dict) -> tuple[str, list[dict]]:
+    """How the single-reader path of foldable ops from ``node`` ends: ``("layer", [])`` at a shift
+    layer (foldable), ``("breaks", [op])`` at an op the chain cannot fold, ``("fans out",
+    readers)`` where several nodes read, ``("output", [])`` where none does."""
     cur = node
     while True:
         after = readers.get(cur["name"], [])
-        if len(after) != 1:
-            return None
+        if len(after) > 1:
+            return "fans out", after
+        if not after:
+            return "output", []
         nxt = after[0]
         if nxt["op"].startswith("shift_"):
-            return None
+            return "layer", []
         if nxt["op"] not in CHAIN:
-            return nxt
+            return "breaks", [nxt]
         cur = nxt
