@@ -11,14 +11,19 @@ CONF = Path(__file__).resolve().parent / "conf"
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> None:
     from shiftquant.errors import ShiftQuantError
+    from shiftquant.train.console import append_to_log_files, discard_unused_run_dir, route_lightning_logs
     from shiftquant.train.run import report, train
 
+    route_lightning_logs()
     try:
         results = train(cfg)
     except ShiftQuantError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        discard_unused_run_dir(Path(cfg.paths.output_dir))
         sys.exit(2)
-    print(report(results))
+    table = report(results)
+    print(table)
+    append_to_log_files(table)
 
 
 def check_overrides() -> None:

@@ -243,9 +243,9 @@ def _sensitivity(args) -> None:
     print(f"heat map: {sens.plot(out / 'sensitivity.png')}")
     if args.budget_bits:
         chosen = assign_bits(sens, bits_per_weight=args.budget_bits, recipe=recipe)
-        print(f"widths under {args.budget_bits:g} bits per weight ({chosen.bits_per_weight:.3f} used, "
-              f"{chosen.weight_bytes:,.0f} bytes of weights): "
-              + ", ".join(f"{k}={v}" for k, v in chosen.widths.items()))
+        print(f"widths under a budget of {args.budget_bits:g} bits per weight ({chosen.bits_per_weight:.3f} used, "
+              f"{chosen.weight_bytes:,.0f} bytes of weights); a layer of s shift bits stores each weight in the "
+              f"bits per weight shown:\n{chosen.table()}")
         print("as overrides: quant.overrides=" + json.dumps(chosen.recipe(recipe).overrides).replace('"', ""))
 
 

@@ -156,10 +156,20 @@ def _write_cache(path: Path, key: str, store: dict) -> None:
 class Assignment:
     """One width per layer, the weight bits it takes and the summed sensitivity."""
 
-    widths: dict[str, int | None]
+    widths: dict[str, int | None]  # shift bits s per layer (None: kept float)
     weight_bits: int
     total_params: int
     sensitivity: float
+    code_bits: dict[str, int] = field(default_factory=dict)  # bits each stored weight takes (sign, zero included)
+
+    def table(self) -> str:
+        """One row per layer: its width in shift bits and in bits per stored weight (the budget's unit)."""
+        nw = max([len("layer"), *map(len, self.widths)])
+        lines = [f"{'layer':<{nw}} {'shift bits':>10} {'bits/weight':>11}"]
+        for name, w in self.widths.items():
+            lines.append(f"{name:<{nw}} {'float' if w is None else w:>10} {self.code_bits.get(name, '-'):>11}")
+        lines.append(f"{'average':<{nw}} {'':>10} {self.bits_per_weight:>11.3f}")
+        return "\n".join(lines)
 
     @property
     def bits_per_weight(self) -> float:
@@ -206,4 +216,5 @@ def assign_bits(sens: Sensitivity, budget_bytes: float | None = None, bits_per_w
                               f"at least {smallest:.3g} bits per weight (every layer at the narrowest candidate)")
     cost, kl, choice = frontier[-1]  # within the budget, the lowest sensitivity
     widths = {name: sens.candidates[j] for name, j in zip(sens.layers, choice)}
-    return Assignment(widths, int(cost), total, float(kl))
+    code_bits = {name: bits[j] for name, j in zip(sens.layers, choice)}
+    return Assignment(widths, int(cost), total, float(kl), code_bits)

@@ -94,6 +94,19 @@ def default_val_size(n_train: int) -> int:
     return max(1, min(5000, round(0.1 * n_train)))
 
 
+def describe_splits(sizes: dict) -> str:
+    """The split sizes in words; where ``train_subset`` drew fewer training images, why the
+    validation split did not shrink with them."""
+    train = f"{sizes['train']} train"
+    val = f"{sizes['val']} validation (from the training images)"
+    pool = sizes.get("train_pool", sizes["train"])
+    if sizes["train"] < pool:
+        train += f" (a seeded subset of {pool})"
+        val = (f"{sizes['val']} validation (carved out of the training images before train_subset, so that runs "
+               "on any subset share one validation split; data.val_subset draws fewer)")
+    return f"{train}, {val}, {sizes['test']} test images"
+
+
 class Sources(NamedTuple):
     """What a data module reads: the training images with augmentation, the same images without
     (the validation split is carved out of them), and the test set."""
@@ -155,16 +168,17 @@ class ImageDataModule(L.LightningDataModule):
         sources = self.build()
         train_idx, val_idx = stratified_split(dataset_labels(sources.train_plain),
                                               self._val_count(len(sources.train_plain)), self.split_seed)
+        self.train_pool = len(train_idx)  # training images before train_subset
         self.train_set = self._subset(Subset(sources.train, train_idx), self.train_subset)
         self.val_set = self._subset(Subset(sources.train_plain, val_idx), self.val_subset)
         self.test_set = self._subset(sources.test, self.test_subset)
-        log.info("%s: %d train, %d validation (from the training images), %d test images", self.name,
-                 len(self.train_set), len(self.val_set), len(self.test_set))
+        log.info("%s: %s", self.name, describe_splits(self.split_sizes))
 
     @property
     def split_sizes(self) -> dict[str, int]:
         self.setup()
-        return {"train": len(self.train_set), "val": len(self.val_set), "test": len(self.test_set)}
+        return {"train": len(self.train_set), "val": len(self.val_set), "test": len(self.test_set),
+                "train_pool": self.train_pool}
 
     def _subset(self, ds: Dataset, n: int | None) -> Dataset:
         if n is None or n >= len(ds):

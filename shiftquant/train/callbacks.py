@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -86,7 +87,7 @@ class LastCheckpoint(L.Callback):
     def _save(self, trainer) -> None:
         if trainer.sanity_checking or trainer.global_step == self._saved_step:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # all of it: a run resumes from it
         self._saved_step = trainer.global_step
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -113,3 +114,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose file names count epochs from 1, as the history, the
+    final table and ``results.json`` do (``best-epoch012.ckpt`` is the 12th epoch)."""
+
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None):
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)

@@ -37,6 +37,7 @@ from ..checkpoint import checkpoint_meta, describe_mismatch
 from ..convert import (calibrate, exponents_moved, quantize_model, reestimate_batchnorm, scale_exponents,
                        select_layers, set_slope)
 from ..data import DATAMODULES, ImageDataModule
+from ..data.base import describe_splits
 from ..errors import CheckpointError, ConfigError, ShiftQuantError
 from ..models.factory import _resolve, build_model
 from ..models.hub import check_pretrained_available
@@ -238,9 +239,10 @@ def choose_widths(model, recipe: QuantRecipe, mixed: dict, dm: ImageDataModule, 
                        cache=out / "sensitivity.json", progress=False)
     sens.plot(out / "sensitivity.png")
     chosen = assign_bits(sens, bits_per_weight=mixed["budget_bits"], recipe=recipe)
-    log.info("mixed precision: %.3f bits per weight (budget %.3f): %s", chosen.bits_per_weight,
-             mixed["budget_bits"], chosen.widths)
-    return chosen.recipe(recipe), {**mixed, "widths": chosen.widths, "bits_per_weight": chosen.bits_per_weight,
+    log.info("mixed precision: %.3f bits per weight (budget %.3f):\n%s", chosen.bits_per_weight,
+             mixed["budget_bits"], chosen.table())
+    return chosen.recipe(recipe), {**mixed, "widths": chosen.widths, "code_bits": chosen.code_bits,
+                                   "bits_per_weight": chosen.bits_per_weight,
                                    "weight_bytes": chosen.weight_bytes, "sensitivity": chosen.sensitivity,
                                    "table": sens.to_dict()}
 
@@ -350,6 +352,10 @@ def train(cfg: DictConfig) -> dict:
         float_trainer = make_trainer(cfg, out / "float_stage", plan.float_epochs, float_history, main=False)
         float_trainer.fit(float_module, datamodule=dm)
         results["float_stage_epochs"] = plan.float_epochs
+        # The float model as trained, before conversion: what `shiftquant sensitivity` reads.
+        float_ckpt = out / "float_stage" / "checkpoints" / "float.ckpt"
+        float_trainer.save_checkpoint(str(float_ckpt), weights_only=False)
+        results["float_checkpoint"] = str(float_ckpt.resolve())
 
     history = MetricHistory()
     teacher = None
@@ -410,14 +416,14 @@ def train(cfg: DictConfig) -> dict:
         results["exponents_moved"] = exponents_moved(start_exponents, scale_exponents(model)) \
             if start_exponents is not None else None
         if bn_batches or not plan.epochs:  # the reported model: new statistics, or no training at all
-            trainer.save_checkpoint(str(last_checkpoint_path(out)))
+            trainer.save_checkpoint(str(last_checkpoint_path(out)), weights_only=False)
         if not plan.epochs:
             results["relaxed_test_acc"] = results["hard_test_acc"]
     else:
         results["fp_test_acc"] = _test_acc(trainer, module, dm)
         if not plan.epochs:  # nothing trained: the loaded model is the result
             results["evaluated_only"] = True
-            trainer.save_checkpoint(str(last_checkpoint_path(out)))
+            trainer.save_checkpoint(str(last_checkpoint_path(out)), weights_only=False)
     final = last_checkpoint_path(out).resolve()
     _check_saved(final, model)
     results["checkpoint"] = str(final)
@@ -445,8 +451,10 @@ def report(results: dict) -> str:
         lines.append(f"{name:<{width}} {'-' if acc is None else f'{100 * acc:8.2f}%':>9}")
     if results.get("mixed"):
         m = results["mixed"]
-        lines.append(f"mixed precision: {m['bits_per_weight']:.3f} bits per weight (budget {m['budget_bits']:g}), "
-                     "widths " + ", ".join(f"{k}={v}" for k, v in m["widths"].items()))
+        lines.append(f"mixed precision: {m['bits_per_weight']:.3f} bits per weight (budget {m['budget_bits']:g}); "
+                     "shift bits " + ", ".join(f"{k}={v}" for k, v in m["widths"].items())
+                     + ("; bits per weight " + ", ".join(f"{k}={v}" for k, v in m["code_bits"].items())
+                        if m.get("code_bits") else ""))
     if results.get("checkpoint"):
         lines.append(f"checkpoint: {results['checkpoint']} (the model above)")
     best = results.get("best_checkpoint")
@@ -458,7 +466,7 @@ def report(results: dict) -> str:
                      f"(test acc {100 * acc:.2f}%{', hard' if 'hard_test_acc' in best else ''})")
     sizes = results.get("split_sizes")
     if sizes:
-        lines.append(f"images: {sizes['train']} train, {sizes['val']} validation, {sizes['test']} test")
+        lines.append(f"images: {describe_splits(sizes)}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
     root = make_fashion_mnist(tmp_path / "fm", n_train=40, n_test=12)
     dm = FashionMNISTDataModule(root=str(root), batch_size=8, augment=False)
     dm.setup()
-    assert dm.split_sizes == {"train": 36, "val": 4, "test": 12}
+    assert dm.split_sizes == {"train": 36, "val": 4, "test": 12, "train_pool": 36}
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     raw = read_idx(root / "train-images-idx3-ubyte.gz")
@@ -40,7 +40,7 @@ def test_debian_fashion_mnist_when_installed():
         pytest.skip("dataset-fashion-mnist is not installed")
     dm = FashionMNISTDataModule(batch_size=256)
     dm.setup()
-    assert dm.split_sizes == {"train": 55000, "val": 5000, "test": 10000}
+    assert dm.split_sizes == {"train": 55000, "val": 5000, "test": 10000, "train_pool": 55000}
     assert torch.bincount(dm.test_set.labels).tolist() == [1000] * 10
     # The validation split is stratified: 500 of each class, none of them a training image.
     val_labels = dm.val_set.dataset.labels[dm.val_set.indices]
@@ -61,7 +61,7 @@ def test_imagenet_folder_transforms_and_classes(tmp_path):
     dm.setup()
     assert dm.num_classes == 3
     # The official val/ is the test set; the validation split comes out of train/.
-    assert dm.split_sizes == {"train": 11, "val": 1, "test": 12}
+    assert dm.split_sizes == {"train": 11, "val": 1, "test": 12, "train_pool": 11}
     x, _ = next(iter(dm.test_dataloader()))
     assert x.shape == (4, 3, 32, 32)
 
@@ -95,7 +95,7 @@ def test_seeded_sampler_depends_on_seed_and_epoch_only():
 def test_digits_fixed_split_and_calibration_batches():
     dm = DigitsDataModule(batch_size=100)
     dm.setup()
-    assert dm.split_sizes == {"train": 1294, "val": 144, "test": 359}
+    assert dm.split_sizes == {"train": 1294, "val": 144, "test": 359, "train_pool": 1294}
     batches = dm.calibration_batches(2)
     assert len(batches) == 2 and torch.equal(batches[0][0], dm.train_set[0][0])
 
@@ -105,6 +105,11 @@ def test_subsets_and_synthetic():
     dm.setup()
     assert len(dm.train_set) == 30 and dm.train_set[0][0].shape == (3, 8, 8)
     assert (len(dm.val_set), len(dm.test_set)) == (10, 20)
+    # The validation split does not shrink with train_subset, and the run says why.
+    from shiftquant.data.base import describe_splits
+    assert dm.split_sizes["train_pool"] == 90
+    words = describe_splits(dm.split_sizes)
+    assert "30 train (a seeded subset of 90)" in words and "before train_subset" in words
 
 
 def test_validation_split_is_seeded_stratified_disjoint_and_sized():

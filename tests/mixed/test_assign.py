@@ -49,5 +49,7 @@ def test_budget_in_bytes_and_bits_agree_and_exactly_one_is_given():
     by_bits = assign_bits(sens, bits_per_weight=2.0)
     by_bytes = assign_bits(sens, budget_bytes=2.0 * 880 / 8)
     assert by_bits.widths == by_bytes.widths and by_bits.weight_bytes <= 220
+    stored = sum(by_bits.code_bits[n] * p for n, p in zip(sens.layers, sens.params))
+    assert stored == by_bits.weight_bits and "bits/weight" in by_bits.table()
     with pytest.raises(ConfigError, match="exactly one"):
         assign_bits(sens)

@@ -93,7 +93,13 @@ def test_sensitivity_command_prints_plots_and_assigns(tmp_path, capsys):
     assert cli.main(["sensitivity", str(weights), "--model", "resnet_tiny", "--in-chans", "1", "--data", "digits",
                      "--candidates", "0", "3", "--batches", "1", "--budget-bits", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "s=0" in text and "s=3" in text and "widths under 3 bits per weight" in text
+    assert "s=0" in text and "s=3" in text and "widths under a budget of 3 bits per weight" in text
+    # Both units, named: the shift bits chosen and the bits each stored weight takes (sign included).
+    head = next(line for line in text.splitlines() if "shift bits" in line and "bits/weight" in line)
+    rows = text.splitlines()[text.splitlines().index(head) + 1:][:4]
+    for row in rows:
+        width, stored = row.split()[-2:]
+        assert width == "float" or int(stored) == int(width) + 1, row  # s shift bits + the sign bit
     table = json.loads((out / "sensitivity_table.json").read_text())
     assert table["candidates"] == [0, 3] and len(table["layers"]) == 4
     assert (out / "sensitivity.png").stat().st_size > 1000

@@ -40,7 +40,7 @@ def test_checkpoint_is_the_final_model_not_the_best_epoch(run_with_an_early_best
     steps_per_epoch = best_saved["global_step"]  # the best is epoch 1
     # The final model has every step of the 3 epochs, whatever the monitor says.
     assert steps_per_epoch == 21 and final["global_step"] == 3 * steps_per_epoch
-    assert results["split_sizes"] == {"train": 1294, "val": 144, "test": 359}
+    assert results["split_sizes"] == {"train": 1294, "val": 144, "test": 359, "train_pool": 1294}
 
 
 def test_exported_checkpoint_scores_exactly_the_printed_hard_accuracy(run_with_an_early_best, tmp_path, capsys):
