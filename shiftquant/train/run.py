@@ -348,7 +348,7 @@ def train(cfg: DictConfig) -> dict:
     float_history = MetricHistory()
 
     if plan.float_epochs and not resuming:
-        float_module = ClassifierModule(model, plan.float_lr, None, _plain(cfg.optim), meta=meta)
+        float_module = ClassifierModule(model, plan.float_lr, None, _plain(cfg.optim), meta={**meta, "recipe": None})
         float_trainer = make_trainer(cfg, out / "float_stage", plan.float_epochs, float_history, main=False)
         float_trainer.fit(float_module, datamodule=dm)
         results["float_stage_epochs"] = plan.float_epochs
