@@ -109,6 +109,7 @@ def bundle_summary(path: str) -> dict:
     as float32. ``float_ops`` and ``integer_only`` are observed by running the bundle once."""
     from .export import load_bundle
     from .export.graph import observed_float_ops
+    from .export.pixels import describe_input
 
     rt = load_bundle(path)
     manifest, tensors = rt.manifest, rt.tensors
@@ -131,6 +132,7 @@ def bundle_summary(path: str) -> dict:
             "integer_only": not observed, "claims_integer_only": manifest["integer_only"], "c": c_sizes(rt),
             "macs": bundle_macs(manifest, tensors),
             "input": next(n["dtype"] for n in manifest["nodes"] if n["op"] == "input"),
+            "input_description": describe_input(next(n for n in manifest["nodes"] if n["op"] == "input")),
             "types": {t: sum(1 for n in manifest["nodes"] if n["dtype"] == t)
                       for t in sorted({n["dtype"] for n in manifest["nodes"]})}}
 
@@ -171,9 +173,11 @@ def bundle_macs(manifest: dict, tensors: dict) -> dict:
 
 def _summary(args) -> None:
     s = bundle_summary(args.bundle)
-    print(f"{'layer':<28} {'op':<14} {'W bits':>6} {'weights':>10} {'acc':>6} {'out':>7}")
+    nw = max([len("layer"), *(len(r[0]) for r in s["rows"])])
+    print(f"{'layer':<{nw}} {'op':<14} {'W bits':>6} {'weights':>10} {'acc':>6} {'out':>7}")
     for name, op, bits, count, acc, out in s["rows"]:
-        print(f"{name[:28]:<28} {op:<14} {bits:>6} {count:>10,} {acc:>6} {out:>7}")
+        print(f"{name:<{nw}} {op:<14} {bits:>6} {count:>10,} {acc:>6} {out:>7}")
+    print(f"input: {s['input_description']}")
     print(f"shift layers {len(s['rows'])} ({s['requantized']} hand on codes through integer thresholds), "
           f"input {s['input']}, float ops observed {len(s['float_ops'])} {s['float_ops'][:4]}, "
           f"integer-only (observed): {s['integer_only']}, exact parity: {s['exact']}")

@@ -93,3 +93,17 @@ def _floats(values, what: str) -> tuple[float, ...]:
     if not all(math.isfinite(v) for v in out):
         raise ExportError(f"PixelInput: {what} must be finite: {values!r}")
     return out
+
+
+def describe_input(node: dict) -> str:
+    """What a bundle's input node takes, in words: the pixel type and range and the normalization
+    its thresholds fold in, or float values. Numbers as ``%g`` of checked floats."""
+    shape = ", ".join(str(int(s)) for s in node["shape"])
+    px = node.get("pixels")
+    if not px:
+        return f"float32 values, channel-first ({shape})"
+    nums = lambda vs: ", ".join(f"{float(v):.6g}" for v in vs)
+    top = int(px["scale"])
+    return (f"{np.dtype(pixel_dtype(top)).name} pixels p in 0..{top}, channel-first ({shape}), as the camera or "
+            f"file gives them; the float model's input (p / {top} - mean_c) / std_c, mean = ({nums(px['mean'])}), "
+            f"std = ({nums(px['std'])}), is folded into the first layers")

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import CodegenError
+
+from ..pixels import describe_input
 from .lower import (CHUNK, CTYPES, Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, Relu, ShiftLayer, Split, Tensor,
                     Thresholds, WindowSum)
 
@@ -58,8 +61,10 @@ def _header(p: Program) -> str:
         exponent = int(round(float(np.log2(p.logit_unit))))
         if 2.0 ** exponent == p.logit_unit:
             unit = f"#define {up}_LOGIT_UNIT_LOG2 ({exponent}) /* a logit integer is worth 2^{exponent} */\n"
-    what_in = ("pixels, channel-first (C, H, W), as the camera gives them" if p.input_kind == "pixels" else
+    what_in = (_generated_text(describe_input(p.input_node)) if p.input_kind == "pixels" else
                "the first shift layer's input integers (the host quantizes the float input)")
+    pixel_max = (f"#define {up}_PIXEL_MAX ({int(p.input_node['pixels']['scale'])}) /* pixels are 0..{up}_PIXEL_MAX */\n"
+                 if p.input_kind == "pixels" else "")
     what_out = ("integer logits on one grid (argmax needs no float)" if p.output_kind == "logits" else
                 "the last layer's accumulators (the host dequantizes them)")
     return f"""\
@@ -82,7 +87,7 @@ def _header(p: Program) -> str:
 #define {up}_ARENA_BYTES ({max(p.arena_bytes, 1)})
 #define {up}_STACK_BYTES ({p.stack_bytes})
 #define {up}_FLASH_BYTES ({p.flash_bytes})
-{unit}
+{pixel_max}{unit}
 typedef {p.input.ctype} {n}_input_t;
 
 /* Runs the network on one input; the arena ({up}_ARENA_BYTES bytes, aligned to 8 bytes, as malloc
@@ -94,6 +99,13 @@ int {n}_run(const {n}_input_t *input, int32_t *output);
 
 #endif /* SHIFTQUANT_{up}_H */
 """
+
+
+def _generated_text(text: str) -> str:
+    """Text the generator wrote from checked numbers, for a comment: refused if it could end one."""
+    if "*/" in text or "/*" in text or "??" in text or not all(" " <= ch <= "~" for ch in text):
+        raise CodegenError(f"generated comment text is not plain: {text[:80]!r}")
+    return text
 
 
 def _array(ctype: str, name: str, values, per_line: int = 24) -> str:
