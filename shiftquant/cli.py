@@ -59,16 +59,47 @@ def bundle_accuracy(rt, data, batch_size: int = 64, limit: int | None = None) ->
     return correct, n
 
 
+def run_test_set(run_dir: str | Path):
+    """``(test set, results)`` of a training run: its own test split, rebuilt image for image from
+    its ``results.json`` (data config and seed: ``test_subset`` draws the same images)."""
+    import json
+
+    from .train.run import build_datamodule
+
+    path = Path(run_dir) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ShiftQuantError(f"--split-from {run_dir}: cannot read {path} ({exc})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("data_config"), dict):
+        raise ShiftQuantError(f"--split-from {run_dir}: {path} has no data_config (a run before shiftquant wrote "
+                              "one): pass --data and --root, and note that a test_subset cannot be rebuilt")
+    dm = build_datamodule(results["data_config"], int(results.get("seed", 0)))
+    dm.setup()
+    return dm.test_set, results
+
+
 def _run(args) -> None:
     from .export import load_bundle
 
     rt = load_bundle(args.bundle, backend=args.backend)
-    data = test_set(args.data, args.root)
+    if args.split_from:
+        if args.data or args.root or args.limit:
+            raise ShiftQuantError("--split-from takes the run's own test split: drop --data, --root and --limit")
+        data, results = run_test_set(args.split_from)
+        name = f"{results['data']} test split of {args.split_from}"
+    else:
+        data, results, name = test_set(args.data or "digits", args.root), None, f"{args.data or 'digits'} test set"
     started = time.perf_counter()
     correct, seen = bundle_accuracy(rt, data, args.batch_size, args.limit)
     elapsed = time.perf_counter() - started
-    print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% ({correct}/{seen}) on the {args.data} test set "
+    print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% ({correct}/{seen}) on the {name} "
           f"(hard model, eps = 0); {seen / elapsed:.1f} images/s ({args.backend} backend)")
+    printed = (results or {}).get("hard_test_acc")
+    if printed is not None:
+        same = round(printed * seen) == correct
+        print(f"the run printed {100 * printed:.2f}% ({round(printed * seen)}/{seen}): "
+              + ("reproduced to the image" if same else f"{correct - round(printed * seen):+d} images"))
 
 
 def _codegen(args) -> None:
@@ -264,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(fn=_export)
     r = sub.add_parser("run", help="accuracy of a bundle on a test set")
     r.add_argument("bundle")
-    r.add_argument("--data", default="digits")
+    r.add_argument("--data", help="the data set whose whole test set is read (default: digits)")
     r.add_argument("--root")
-    r.add_argument("--limit", type=int)
+    r.add_argument("--limit", type=int, help="only the first N test images (not a run's test_subset: --split-from)")
+    r.add_argument("--split-from", metavar="RUN_DIR", help="the test split of a training run, rebuilt from its "
+                   "results.json (test_subset included), to reproduce its printed hard accuracy")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--backend", choices=["reference", "c"], default="reference",
                    help="the numpy reference runtime, or the generated C compiled for this machine")

@@ -343,7 +343,9 @@ def train(cfg: DictConfig) -> dict:
             "input_shape": list(dm.val_set[0][0].shape),
             "recipe": plan.recipe.to_dict() if plan.recipe else None, "data": dm.name}
     results: dict = {"recipe": meta["recipe"], "model": model_cfg["name"], "data": dm.name,
-                     "seed": int(cfg.seed), "epochs": plan.epochs, "split_sizes": dm.split_sizes}
+                     "seed": int(cfg.seed), "epochs": plan.epochs, "split_sizes": dm.split_sizes,
+                     # what rebuilds these splits image for image (`shiftquant run --split-from RUN_DIR`)
+                     "data_config": _plain(cfg.data)}
     resuming = cfg.get("ckpt_path") is not None
     float_history = MetricHistory()
 

@@ -182,3 +182,23 @@ def test_mean_preserving_weights_export_with_agreement(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     assert np.abs(rt.run(x.numpy()) - ref).max() < 1e-3
+
+
+def test_run_split_from_reproduces_a_runs_printed_hard_accuracy_to_the_image(tmp_path, capsys):
+    """A run with data.test_subset tests a seeded random subset; --split-from rebuilds it."""
+    from shiftquant.train.run import train
+    from tests.helpers import compose_cfg
+
+    run = tmp_path / "run"
+    results = train(compose_cfg(["experiment=quickstart", "quant=deploy", "quant.act_shift_bits=2",
+                                 "float_stage.epochs=4", "trainer.max_epochs=2", "data.test_subset=150"], run))
+    assert results["split_sizes"]["test"] == 150
+    bundle = tmp_path / "m.sqb"
+    assert main(["export", results["checkpoint"], str(bundle)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(bundle), "--split-from", str(run)]) == 0
+    out = capsys.readouterr().out
+    correct = round(results["hard_test_acc"] * 150)
+    assert f"({correct}/150)" in out and "reproduced to the image" in out, out
+    assert main(["run", str(bundle), "--split-from", str(run), "--limit", "10"]) == 2
+    assert main(["run", str(bundle), "--split-from", str(tmp_path)]) == 2  # no results.json there
