@@ -158,7 +158,7 @@ def bundle_summary(path: str) -> dict:
                                if node.get(k) and node[k] in tensors)
     size = Path(path).stat().st_size
     return {"rows": rows, "bundle_bytes": size, "float32_bytes": float_bytes,
-            "compression": float_bytes / size, "float_ops": observed, "exact": manifest["exact"],
+            "compression": float_bytes / size, "float_ops": observed, "exact": manifest.get("exact", False),
             "requantized": sum(1 for n in manifest["nodes"] if n.get("requant")),
             "integer_only": not observed, "claims_integer_only": manifest["integer_only"], "c": c_sizes(rt),
             "macs": bundle_macs(manifest, tensors),

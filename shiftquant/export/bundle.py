@@ -29,6 +29,7 @@ MAGIC = b"SQBUNDLE"
 FORMAT_VERSION = 3  # 2: requantization thresholds; 3: declared integer types, pixels, integer logits
 _HEAD = struct.Struct("<8sIQ")
 _DIGEST = 32
+MAX_BODY = 1 << 30  # bytes of the inflated body: a small file cannot inflate without bound
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -90,13 +91,18 @@ def parse_bundle(data: bytes, name: str = "bundle") -> tuple[dict, dict[str, np.
     if hashlib.sha256(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
         raise BundleError(f"{name}: checksum mismatch: the file is corrupt or was modified")
     try:
-        body = zlib.decompress(data[_HEAD.size:-_DIGEST])
+        inflate = zlib.decompressobj()
+        body = inflate.decompress(data[_HEAD.size:-_DIGEST], MAX_BODY)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise BundleError(f"{name}: the body inflates beyond {MAX_BODY} bytes, or is cut short")
         from safetensors.numpy import load
 
         tensors = load(body)
         header_len = struct.unpack_from("<Q", body)[0]
         metadata = json.loads(body[8:8 + header_len]).get("__metadata__") or {}
         manifest = json.loads(metadata["manifest"])
+    except BundleError:
+        raise
     except Exception as exc:  # a checksummed file that still does not parse: written by something else
         raise BundleError(f"{name}: malformed body: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "shiftquant-bundle":

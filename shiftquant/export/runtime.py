@@ -35,6 +35,7 @@ from .verify import verify
 
 MAX_NAME = 256  # characters of a node name
 MAX_CODE_BITS = 16  # bits of a packed code (docs/bundle.md)
+MAX_SHIFT_BITS, MAX_UNIFORM_BITS = 8, 16  # an activation quantizer's bits
 MAX_WEIGHTS = 1 << 28  # weights of one shift layer
 
 _CHUNK = 16  # examples per block of the shift-add convolution (bounds its temporaries)
@@ -145,7 +146,7 @@ class Runtime:
 
     def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], source: str = "bundle", strict: bool = True):
         self.manifest, self.tensors, self.source, self.strict = manifest, tensors, source, strict
-        self.nodes = manifest["nodes"] if isinstance(manifest, dict) else None
+        self.nodes = manifest.get("nodes") if isinstance(manifest, dict) else None
         listed = manifest.get("float_ops") if isinstance(manifest, dict) else None
         self.float_ops = list(listed) if isinstance(listed, list) else []
         self.observed_float_ops: list[str] = []  # nodes that computed in float, in the order they did
@@ -193,6 +194,8 @@ class Runtime:
                     self._check_float_op(node)
                 self._check_type(node)
                 seen.add(node["name"])
+            if not isinstance(self.manifest.get("exact", False), bool):
+                raise BundleError(f"{self.source}: exact must be true or false")
             for o in self.manifest["outputs"]:
                 if o not in seen:
                     raise BundleError(f"{self.source}: output {o!r} is not computed")
@@ -223,7 +226,8 @@ class Runtime:
             self._fail(node, f"range must be two integers [lo, hi] that {dtype} holds")
 
     def _fail(self, node: dict, what: str):
-        raise BundleError(f"{self.source}: node {node.get('name')!r} ({node.get('op')}): {what}")
+        op = node.get("op")
+        raise BundleError(f"{self.source}: node {node.get('name')!r} ({op if op in _OPS else repr(op)}): {what}")
 
     def _ints(self, node: dict, value, what: str, n: int = 1, low: int = 0) -> list[int]:
         """``value`` as ``n`` integers in ``[low, 2^16)`` (one integer stands for ``n`` equal ones)."""
@@ -257,8 +261,25 @@ class Runtime:
         if any(abs(v / res - round(v / res)) > 0 for v in levels):
             self._fail(node, "quantizer levels must be multiples of its resolution")
 
+    def _check_produced_levels(self, node: dict, q: dict) -> None:
+        """An activation quantizer computes its codes (from ``kind``, ``bits``, ...): every code it can
+        produce, the extremes included, must be one of the declared ``levels``, which the proof reads."""
+        top = MAX_SHIFT_BITS if q["kind"] == "shift" else MAX_UNIFORM_BITS
+        if not 0 <= q["bits"] <= top:
+            self._fail(node, f"{q['kind']} input quantizer bits must be 0 to {top}")
+        fn = QF.shift_quantize if q["kind"] == "shift" else QF.uniform_quantize
+        probe = torch.tensor([-3.0e38, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0e38, *q["levels"]], dtype=torch.float32)
+        try:
+            hard = fn(probe, int(q["bits"]), q["rounding"], q["zero"], q["signed"], bool(q.get("full_codes", False)))
+        except Exception as exc:  # a layout the quantizer itself refuses
+            self._fail(node, f"input quantizer cannot run ({type(exc).__name__}: {str(exc)[:100]})")
+        produced = set(torch.round(hard.double() / q["resolution"]).long().tolist())
+        if not produced <= set(np.round(np.asarray(q["levels"], np.float64) / q["resolution"]).astype(np.int64).tolist()):
+            self._fail(node, "input quantizer levels are not the levels it produces")
+
     def _check_act_quantizer(self, node: dict, iq: dict) -> None:
         self._check_quantizer(node, iq.get("quantizer"))
+        self._check_produced_levels(node, iq["quantizer"])
         if iq.get("channel_dim") not in (1, -1):
             self._fail(node, "input channel_dim must be 1 or -1")
         if iq.get("policy") == "learned_pot":
@@ -754,7 +775,8 @@ class Runtime:
                 values[node["name"]] = self._run_node(node, x, values)
             except BundleError:
                 raise
-            except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError, AttributeError) as exc:
+            except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError, AttributeError,
+                    MemoryError) as exc:
                 self._fail(node, f"cannot execute: {type(exc).__name__}: {str(exc)[:200]}")
         return [values[o] for o in self.manifest["outputs"]]
 

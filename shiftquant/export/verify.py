@@ -34,6 +34,7 @@ from .ints import FLOAT
 
 MAX_ELEMENTS = 1 << 24  # values per example of any one node (a 224 px ResNet-18 needs 802,816)
 MAX_RANK = 8
+MAX_SHIFT = 30  # bits an integer add may shift its inputs by
 PROBE_BATCHES = (2, 3)  # the batch sizes the shapes are proven at
 
 
@@ -83,6 +84,11 @@ def verify(rt, declared: bool = True) -> dict[str, Fact]:
 
 
 # ---------------------------------------------------------------------------------------------- shapes
+def _pair(v) -> tuple[int, int]:
+    from .runtime import pair
+    return pair(v)
+
+
 def _meta(shape, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=dtype, device="meta")
 
@@ -124,7 +130,15 @@ def _shift_layer_shape(rt, node: dict, x: torch.Tensor) -> torch.Tensor:
         return _meta((*x.shape[:-1], shape[0]))
     if x.dim() != 4:
         rt._fail(node, f"input {list(x.shape)} is not a batch of (C, H, W) images")
-    return F.conv2d(x, _meta(shape), None, node["stride"], node["padding"], node["dilation"], node["groups"])
+    out = F.conv2d(x, _meta(shape), None, node["stride"], node["padding"], node["dilation"], node["groups"])
+    # The reference convolves through the padded input and its receptive fields (im2col): bounded too.
+    (ph, pw), (kh, kw) = _pair(node["padding"]), shape[2:]
+    padded = x.shape[1] * (x.shape[2] + 2 * ph) * (x.shape[3] + 2 * pw)
+    fields = x.shape[1] * kh * kw * out.shape[2] * out.shape[3]
+    if max(padded, fields) > MAX_ELEMENTS:
+        rt._fail(node, f"its padded input ({padded}) or receptive fields ({fields}) exceed {MAX_ELEMENTS} values per "
+                       "example")
+    return out
 
 
 def _per_example(rt, node: dict, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -204,11 +218,14 @@ def _integer_op(rt, node: dict, args: list[Fact], shape) -> Fact | None:
     if op == "relu":
         return here.with_range(max(x.lo, 0), max(x.hi, 0))
     if op == "max_pool2d":
+        _every_window_reads_the_input(rt, node, x.shape)
         return here
     if op == "add" and node.get("shifts") is not None:
         if len(args) != 2 or any(a.kind != "grid" for a in args):
             rt._fail(node, "adds integers off a power-of-two grid")
         s0, s1 = rt._ints(node, node["shifts"], "shifts", 2)
+        if max(s0, s1) > MAX_SHIFT:
+            rt._fail(node, f"shifts must be 0 to {MAX_SHIFT}")
         unit = min(args[0].unit, args[1].unit)
         if any(a.unit != unit * 2.0 ** k for a, k in zip(args, (s0, s1))):
             rt._fail(node, "shifts do not align its inputs' grids")
@@ -227,10 +244,35 @@ def _integer_op(rt, node: dict, args: list[Fact], shape) -> Fact | None:
             if not constant_divisor(node):
                 rt._fail(node, "an integer window sum needs every window whole")
             kh, kw = rt._ints(node, node["kernel_size"], "kernel_size", 2, 1)
-            padded = any(rt._ints(node, node["padding"], "padding", 2))
+            ph, pw = rt._ints(node, node["padding"], "padding", 2)
+            if x.shape[0] * (x.shape[1] + 2 * ph) * (x.shape[2] + 2 * pw) > MAX_ELEMENTS:
+                rt._fail(node, f"its padded input exceeds {MAX_ELEMENTS} values per example")
+            padded = ph or pw
             count, lo, hi = kh * kw, min(x.lo, 0) if padded else x.lo, max(x.hi, 0) if padded else x.hi
         return here.with_range(count * lo, count * hi, "sum")
     return None
+
+
+def _every_window_reads_the_input(rt, node: dict, in_shape) -> None:
+    """An integer max pool takes the largest input in each window: every window must hold one (a
+    window of padding only would have no value; PyTorch allows it when the dilation is large)."""
+    from .runtime import pair
+
+    for n, k, s, p, d, o in zip(in_shape[-2:], pair(node["kernel_size"]), pair(node["stride"] or node["kernel_size"]),
+                                pair(node["padding"]), pair(node["dilation"]), _out_extent(node, in_shape)):
+        start = np.arange(o, dtype=np.int64) * s - p
+        first = np.where(start < 0, -(start // d), 0)  # the first tap at or after 0
+        if not ((first < k) & (start + first * d < n)).all():
+            rt._fail(node, "a pooling window lies entirely in the padding")
+
+
+def _out_extent(node: dict, in_shape) -> tuple[int, int]:
+    from .runtime import pair
+
+    out = F.max_pool2d(_meta((1, 1, *in_shape[-2:])), pair(node["kernel_size"]),
+                       pair(node["stride"] or node["kernel_size"]), pair(node["padding"]), pair(node["dilation"]),
+                       bool(node["ceil_mode"]))
+    return tuple(out.shape[-2:])
 
 
 def _shift_layer(rt, node: dict, x: Fact, shape) -> Fact:

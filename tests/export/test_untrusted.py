@@ -356,3 +356,121 @@ def test_c_fuzz_refuses_or_agrees_with_the_reference_and_runs_clean_under_saniti
     print(dict(tally))
     assert sum(tally[k] for k in ("both refuse", "C refuses by name", "same logits")) == 2 * per_base
     assert tally["same logits"] >= 20 and tally["sanitized"] >= 5
+
+
+# ------------------------------------------------------------------------------------------ a reviewer's attacks
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    return _pixel_bundle("resnet20", tmp_path_factory.mktemp("r20"))
+
+
+def _both_refuse(path, match):
+    for backend in ("reference", "c"):
+        with pytest.raises(BundleError, match=match):
+            sq.load_bundle(path, backend=backend)
+
+
+def test_input_quantizer_levels_must_be_the_ones_it_produces(tmp_path):
+    from tests.export.models import quantized
+
+    model, x = quantized("mlp", 0, act_shift_bits=2)
+    sq.export(model, tmp_path / "f.sqb", x)  # float input: the first layer quantizes in float
+    manifest, tensors = read_bundle(tmp_path / "f.sqb")
+    layer = next(n for n in manifest["nodes"] if n["op"].startswith("shift_"))
+    q = layer["input_quantizer"]["quantizer"]
+    small = [v for v in q["levels"] if abs(v) <= q["resolution"]]
+    for edit, match in (({"levels": small}, "levels are not the levels it produces"),
+                        ({"bits": 30}, "bits must be 0 to")):
+        layer["input_quantizer"]["quantizer"] = {**q, **edit}
+        write_bundle(tmp_path / "lie.sqb", manifest, tensors)
+        _both_refuse(tmp_path / "lie.sqb", match)
+
+
+def _insert_before_global_pool(manifest, node, out_hw):
+    nodes = manifest["nodes"]
+    i = next(i for i, n in enumerate(nodes) if n["op"] == "adaptive_avg_pool2d")
+    pool = nodes[i]
+    node["inputs"] = list(pool["inputs"])
+    pool["inputs"] = [node["name"]]
+    pool["input_shape"] = [pool["input_shape"][0], *out_hw]
+    nodes.insert(i, node)
+    return pool
+
+
+def test_an_integer_max_pool_window_of_padding_only_is_refused(resnet, tmp_path):
+    manifest, tensors = read_bundle(resnet[0])
+    pool = next(n for n in manifest["nodes"] if n["op"] == "adaptive_avg_pool2d")
+    h = pool["input_shape"][1]
+    source = next(n for n in manifest["nodes"] if n["name"] == pool["inputs"][0])
+    mp = {"name": "mp", "op": "max_pool2d", "kernel_size": [2, 1], "stride": [1, 1], "padding": [1, 0],
+          "dilation": [h + 1, 1], "ceil_mode": False, "dtype": source["dtype"], "range": source["range"]}
+    _insert_before_global_pool(manifest, mp, [1, pool["input_shape"][2]])  # H + 2 - (H + 1) = 1 window
+    write_bundle(tmp_path / "pad.sqb", manifest, tensors)
+    _both_refuse(tmp_path / "pad.sqb", "a pooling window lies entirely in the padding")
+
+
+def test_add_shifts_beyond_30_are_refused(resnet, tmp_path):
+    manifest, tensors = read_bundle(resnet[0])
+    add = next(n for n in manifest["nodes"] if n["op"] == "add" and n.get("shifts") is not None)
+    add["shifts"] = [40, 0]
+    write_bundle(tmp_path / "shift.sqb", manifest, tensors)
+    _both_refuse(tmp_path / "shift.sqb", "shifts must be 0 to 30")
+
+
+def test_a_small_bundle_cannot_ask_for_unbounded_memory(bundles, tmp_path, monkeypatch):
+    from shiftquant.export import bundle as bundle_format
+
+    manifest, tensors = read_bundle(bundles["plain"][0])
+    conv = next(n for n in manifest["nodes"] if n["op"] == "shift_conv2d")
+    conv["padding"] = [3000, 3000]  # a few bytes that would make the reference's im2col 10^8 values
+    write_bundle(tmp_path / "wide.sqb", manifest, tensors)
+    _both_refuse(tmp_path / "wide.sqb", "padded input .* exceed")
+    manifest, tensors = read_bundle(bundles["plain"][0])
+    write_bundle(tmp_path / "bomb.sqb", manifest, {**tensors, "zeros": np.zeros(1 << 20, np.uint8)})
+    monkeypatch.setattr(bundle_format, "MAX_BODY", 1 << 19)
+    with pytest.raises(BundleError, match="inflates beyond"):
+        sq.load_bundle(tmp_path / "bomb.sqb")
+
+
+class _Padded(nn.Module):
+    """A 1x1 convolution with a huge zero padding, then a strided one: tiny, valid, integer-only."""
+
+    def __init__(self, pad: int, stride: int):
+        super().__init__()
+        width = (8 + 2 * pad - stride) // stride + 1
+        self.f = nn.Sequential(nn.Conv2d(1, 2, 1, padding=(0, pad)), nn.BatchNorm2d(2), nn.ReLU(),
+                               nn.Conv2d(2, 2, (1, stride), stride=(1, stride)), nn.BatchNorm2d(2), nn.ReLU(),
+                               nn.Flatten(), nn.Linear(2 * width, 10))
+
+    def forward(self, x):
+        return self.f(x)
+
+
+def test_the_c_layout_refuses_borders_beyond_its_limit_instead_of_a_huge_arena(tmp_path):
+    torch.manual_seed(0)
+    model = _Padded(32768, 64).eval()
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    px = sq.PixelInput((0.3,), (0.4,), 255)
+    p = np.random.default_rng(0).integers(0, 256, (4, 1, 1, 8)).astype(np.uint8)
+    sq.calibrate(model, [px.to_float(p)])
+    rt = sq.export(model, tmp_path / "pad.sqb", px.to_float(p[:1]), px)
+    assert rt.manifest["integer_only"] and rt.run(p).shape == (4, 10)
+    from shiftquant.errors import CodegenError
+    with pytest.raises(CodegenError, match="zero borders hold .* values, beyond"):
+        CRuntime(rt)
+
+
+def test_manifest_fields_that_are_printed_are_checked(bundles, tmp_path):
+    from shiftquant.cli import main
+
+    manifest, tensors = read_bundle(bundles["mlp"][0])
+    for edit in ({"exact": "\x1b]0;title\x07yes"}, {"nodes": None}):
+        write_bundle(tmp_path / "m.sqb", {**manifest, **edit}, tensors)
+        with pytest.raises(BundleError):
+            sq.load_bundle(tmp_path / "m.sqb")
+        assert main(["summary", str(tmp_path / "m.sqb")]) == 2
+    bad = dict(manifest, nodes=[dict(manifest["nodes"][0], op="\x1b[2Jx")] + manifest["nodes"][1:])
+    write_bundle(tmp_path / "op.sqb", bad, tensors)
+    with pytest.raises(BundleError) as err:
+        sq.load_bundle(tmp_path / "op.sqb")
+    assert "\x1b" not in str(err.value)

@@ -349,7 +349,15 @@ class CRuntime:
             if x.size and (int(x.min()) < t.lo or int(x.max()) > t.hi):
                 raise BundleError(f"input pixels {int(x.min())}..{int(x.max())} outside {t.lo}..{t.hi}")
             return np.ascontiguousarray(x, dtype=_NP[t.dtype])
-        codes = self.reference.quantize_input(torch.from_numpy(x.astype(np.float32)), p.input_layer["input_quantizer"])
+        try:
+            codes = self.reference.quantize_input(torch.from_numpy(x.astype(np.float32)),
+                                                  p.input_layer["input_quantizer"])
+        except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
+            raise BundleError(f"{self.reference.source}: the first layer's input quantizer cannot run "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        if codes.size and (int(codes.min()) < t.lo or int(codes.max()) > t.hi):  # the proof's range
+            raise BundleError(f"{self.reference.source}: input codes {int(codes.min())}..{int(codes.max())} outside "
+                              f"the proven {t.lo}..{t.hi}")
         return np.ascontiguousarray(codes, dtype=_NP[t.dtype])
 
     def execute(self, x) -> np.ndarray:

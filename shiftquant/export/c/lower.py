@@ -431,7 +431,13 @@ class _Lowering:
         self.resolve_layouts()
         program = Program(self.name, self.kernels, self.all, self.input, self.input_kind, self.input_node,
                           self.input_layer, output, kind, out_node, unit)
+        for t in self.all:  # with the borders and vector slack the layout added
+            if t.elems + t.slack > MAX_ELEMENTS:
+                raise CodegenError(f"node {t.name!r}: its planes with their zero borders hold {t.elems + t.slack} "
+                                   f"values, beyond {MAX_ELEMENTS} (a padding too large for the C layout)")
         program.arena_bytes = self.plan(program)
+        if program.arena_bytes >= 1 << 31:
+            raise CodegenError(f"the arena would take {program.arena_bytes} bytes (at most 2^31 - 1)")
         program.stack_bytes = max((_stack_bytes(k) for k in self.kernels), default=0)
         return program
 
