@@ -66,6 +66,8 @@ BAD = [
     (["model.name=torchvision:resnet18", "data=synthetic", "model.pretrained=true"], "model.weights=PATH"),
     (["trainer.accelerator=cpu", "trainer.precision=16-mixed"], "trainer.precision='16-mixed'"),
     (["trainer.max_epochs=many"], "max_epochs"),             # and wrongly typed ones? (Lightning)
+    (["threads=0"], "threads=0"),
+    (["threads=many"], "threads='many'"),
 ]
 
 

@@ -45,6 +45,7 @@ from ..recipe import QuantRecipe
 from .callbacks import AtomicCheckpointIO, LastCheckpoint, MetricHistory, RankAgreement, state_checksum
 from .module import OPTIMIZERS, ClassifierModule, frozen_copy
 from .schedules import Schedule, build_schedule
+from .threads import check_threads, choose_threads
 
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ def prepare(cfg: DictConfig) -> Plan:
                           "null (the model before conversion) or the path of an existing weights file")
     _positive_int("calibrate_batches", cfg.get("calibrate_batches", 4), allow_zero=True)
     bn_reestimate_batches(cfg)
+    check_threads(cfg.get("threads", "auto"))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         try:
@@ -330,6 +332,9 @@ def train(cfg: DictConfig) -> dict:
     """Run the configured job; returns the results also written to ``results.json``."""
     plan = prepare(cfg)
     started = time.time()
+    threads, why = choose_threads(cfg.get("threads", "auto"))
+    torch.set_num_threads(threads)
+    log.info("computing on %d thread(s): %s", threads, why)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True)
