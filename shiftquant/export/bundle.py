@@ -62,9 +62,13 @@ def write_bundle(path: str | Path, manifest: dict, tensors: dict[str, np.ndarray
     data = head + body
     data += hashlib.sha256(data).digest()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # one name per target: a write the process was killed in
+    try:                                        # is replaced by the next write to the same path
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return len(data)
 
 

@@ -16,7 +16,7 @@ What the cache guarantees (a library is native code run in this process):
   renamed, the digest last), and only if it is a regular file of ours, not a symbolic link. Anything
   else (planted, truncated, half-written, no digest) is rebuilt and replaced, never loaded.
 - A cache that cannot be written (read-only, full) gives a warning and a build in a private
-  temporary directory, never an error; compilation itself runs in a private temporary directory.
+  temporary directory, never an error. Compilation runs in a `.build-*` folder of the directory the library goes to.
 - Temporary entries (``.build-*``, ``.*.tmp``) left for over an hour by killed builds are removed.
 """
 from __future__ import annotations
@@ -259,9 +259,10 @@ def _cpu() -> str:
     return f"{platform.machine()} {platform.processor()} {flags}"
 
 
-def _compile(cc: str, flags: list[str], name: str, header: str, source: str, host: str) -> bytes:
-    """The shared library's bytes, compiled in a private temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="shiftquant-build-") as tmp:
+def _compile(cc: str, flags: list[str], name: str, header: str, source: str, host: str, where: Path) -> bytes:
+    """The shared library's bytes, compiled in a ``.build-*`` folder of the (checked, private) cache
+    directory ``where``: one that a killed process leaves behind is swept an hour later."""
+    with tempfile.TemporaryDirectory(dir=where, prefix=".build-") as tmp:
         tmp = Path(tmp)
         (tmp / f"{name}.h").write_text(header)
         (tmp / f"{name}.c").write_text(source)
@@ -290,7 +291,10 @@ def build(name: str, header: str, source: str) -> Path:
         found = _verified(place / f"{stem}.so")
         if found:
             return found
-    library = _compile(cc, flags, name, header, source, host)
+    try:
+        library = _compile(cc, flags, name, header, source, host, directory)
+    except OSError as err:  # the cache cannot be written after all: build in the private directory
+        library = _compile(cc, flags, name, header, source, host, _fallback(directory, f"it cannot be written ({err})"))
     try:
         return _store(directory, stem, library)
     except OSError as err:
