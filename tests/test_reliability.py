@@ -87,7 +87,7 @@ def test_same_seed_same_results(qat_run, tmp_path):
     cfg = compose_cfg(["experiment=quickstart", "float_stage.epochs=1", "trainer.max_epochs=1",
                        "data.train_subset=192", "calibrate_batches=1", "trainer.deterministic=true"], tmp_path)
     second = train(cfg)
-    drop = {"checkpoint", "best_checkpoint", "wall_time_s"}
+    drop = {"checkpoint", "best_checkpoint", "float_checkpoint", "wall_time_s"}  # paths of each run, and time
     a = {k: v for k, v in json.loads((out / "results.json").read_text()).items() if k not in drop}
     b = {k: v for k, v in json.loads((tmp_path / "results.json").read_text()).items() if k not in drop}
     assert a == b
