@@ -2,8 +2,8 @@
 
 PyTorch uses every core by default. On a shared machine that oversubscribes: each small op waits
 at its parallel region's barrier for a thread the scheduler has given to the other process: the
-README's job takes 21.5 s alone, 101 s on 2 threads next to a 2-thread job on a 2-core machine, and
-27 to 33 s there on the 1 core left free. ``threads: auto`` (the default) counts the cores left idle over a short sample of
+README's job takes 14.4 s alone, 99.9 s on 2 threads next to a 2-thread job on a 2-core machine, and
+17.1 s there on the 1 core left free (``benchmarks/load_timing.py``). ``threads: auto`` (the default) counts the cores left idle over a short sample of
 ``/proc/stat`` and uses that many (at least one); an integer fixes the count, and so does
 ``OMP_NUM_THREADS`` when it is set.
 """
