@@ -74,7 +74,10 @@ def run_test_set(run_dir: str | Path):
     if not isinstance(results, dict) or not isinstance(results.get("data_config"), dict):
         raise ShiftQuantError(f"--split-from {run_dir}: {path} has no data_config (a run before shiftquant wrote "
                               "one): pass --data and --root, and note that a test_subset cannot be rebuilt")
-    dm = build_datamodule(results["data_config"], int(results.get("seed", 0)))
+    seed = results.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ShiftQuantError(f"--split-from {run_dir}: {path} has seed={seed!r}, not an integer")
+    dm = build_datamodule(results["data_config"], seed)
     dm.setup()
     return dm.test_set, results
 
@@ -87,7 +90,7 @@ def _run(args) -> None:
         if args.data or args.root or args.limit:
             raise ShiftQuantError("--split-from takes the run's own test split: drop --data, --root and --limit")
         data, results = run_test_set(args.split_from)
-        name = f"{results['data']} test split of {args.split_from}"
+        name = f"{results['data_config'].get('name')} test split of {args.split_from}"
     else:
         data, results, name = test_set(args.data or "digits", args.root), None, f"{args.data or 'digits'} test set"
     started = time.perf_counter()
@@ -96,10 +99,10 @@ def _run(args) -> None:
     print(f"{args.bundle}: top-1 {100 * correct / seen:.2f}% ({correct}/{seen}) on the {name} "
           f"(hard model, eps = 0); {seen / elapsed:.1f} images/s ({args.backend} backend)")
     printed = (results or {}).get("hard_test_acc")
-    if printed is not None:
-        same = round(printed * seen) == correct
-        print(f"the run printed {100 * printed:.2f}% ({round(printed * seen)}/{seen}): "
-              + ("reproduced to the image" if same else f"{correct - round(printed * seen):+d} images"))
+    if isinstance(printed, (int, float)):
+        expected = round(printed * seen)
+        print(f"the run printed {100 * printed:.2f}% ({expected}/{seen}): "
+              + ("reproduced to the image" if expected == correct else f"{correct - expected:+d} images"))
 
 
 def _codegen(args) -> None:

@@ -31,7 +31,6 @@ from ..quant import functional as QF
 from .bundle import read_bundle, unpack_codes
 from .ints import FLOAT, INT_TYPES, holds
 from .pixels import PixelInput, pixel_dtype, pixels_to_float
-from .verify import verify
 
 MAX_NAME = 256  # characters of a node name
 MAX_CODE_BITS = 16  # bits of a packed code (docs/bundle.md)
@@ -201,6 +200,8 @@ class Runtime:
                     raise BundleError(f"{self.source}: output {o!r} is not computed")
             if self.strict:
                 self._check_float_ops(seen)
+            from .verify import verify  # verify reads the runtime's kernels and checks: imported here
+
             self.facts = verify(self, declared=self.strict)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise BundleError(f"{self.source}: malformed manifest ({type(exc).__name__}: {str(exc)[:200]})") from None
@@ -261,9 +262,10 @@ class Runtime:
         if any(abs(v / res - round(v / res)) > 0 for v in levels):
             self._fail(node, "quantizer levels must be multiples of its resolution")
 
-    def _check_produced_levels(self, node: dict, q: dict) -> None:
+    def _check_produced_levels(self, node: dict, iq: dict) -> None:
         """An activation quantizer computes its codes (from ``kind``, ``bits``, ...): every code it can
         produce, the extremes included, must be one of the declared ``levels``, which the proof reads."""
+        q = iq["quantizer"]
         top = MAX_SHIFT_BITS if q["kind"] == "shift" else MAX_UNIFORM_BITS
         if not 0 <= q["bits"] <= top:
             self._fail(node, f"{q['kind']} input quantizer bits must be 0 to {top}")
@@ -274,12 +276,12 @@ class Runtime:
         except Exception as exc:  # a layout the quantizer itself refuses
             self._fail(node, f"input quantizer cannot run ({type(exc).__name__}: {str(exc)[:100]})")
         produced = set(torch.round(hard.double() / q["resolution"]).long().tolist())
-        if not produced <= set(np.round(np.asarray(q["levels"], np.float64) / q["resolution"]).astype(np.int64).tolist()):
+        if not produced <= set(self.level_ints(iq).tolist()):
             self._fail(node, "input quantizer levels are not the levels it produces")
 
     def _check_act_quantizer(self, node: dict, iq: dict) -> None:
         self._check_quantizer(node, iq.get("quantizer"))
-        self._check_produced_levels(node, iq["quantizer"])
+        self._check_produced_levels(node, iq)
         if iq.get("channel_dim") not in (1, -1):
             self._fail(node, "input channel_dim must be 1 or -1")
         if iq.get("policy") == "learned_pot":

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import BundleError
 from .ints import FLOAT
+from .runtime import _MOVES, constant_divisor, float_kernel, pair
 
 MAX_ELEMENTS = 1 << 24  # values per example of any one node (a 224 px ResNet-18 needs 802,816)
 MAX_RANK = 8
@@ -84,19 +85,12 @@ def verify(rt, declared: bool = True) -> dict[str, Fact]:
 
 
 # ---------------------------------------------------------------------------------------------- shapes
-def _pair(v) -> tuple[int, int]:
-    from .runtime import pair
-    return pair(v)
-
-
 def _meta(shape, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=dtype, device="meta")
 
 
 def _shapes(rt, batch: int) -> dict[str, tuple[int, ...]]:
     """Every node's output shape at ``batch``, by running the graph on meta tensors."""
-    from .runtime import float_kernel
-
     def tensor(key: str) -> torch.Tensor:
         t = rt._tensor(key)
         return _meta(t.shape, torch.from_numpy(t[:0].reshape(0)).dtype)
@@ -132,7 +126,7 @@ def _shift_layer_shape(rt, node: dict, x: torch.Tensor) -> torch.Tensor:
         rt._fail(node, f"input {list(x.shape)} is not a batch of (C, H, W) images")
     out = F.conv2d(x, _meta(shape), None, node["stride"], node["padding"], node["dilation"], node["groups"])
     # The reference convolves through the padded input and its receptive fields (im2col): bounded too.
-    (ph, pw), (kh, kw) = _pair(node["padding"]), shape[2:]
+    (ph, pw), (kh, kw) = pair(node["padding"]), shape[2:]
     padded = x.shape[1] * (x.shape[2] + 2 * ph) * (x.shape[3] + 2 * pw)
     fields = x.shape[1] * kh * kw * out.shape[2] * out.shape[3]
     if max(padded, fields) > MAX_ELEMENTS:
@@ -202,8 +196,6 @@ def non_negative_output(node: dict, inputs_non_negative: list[bool]) -> bool:
 
 def _integer_op(rt, node: dict, args: list[Fact], shape) -> Fact | None:
     """Mirror of :meth:`.Runtime._int_op`: the fact of ``node`` on integers, None when it runs in float."""
-    from .runtime import _MOVES, constant_divisor
-
     op = node["op"]
     if not args or not all(a.is_int for a in args):
         return None
@@ -218,7 +210,7 @@ def _integer_op(rt, node: dict, args: list[Fact], shape) -> Fact | None:
     if op == "relu":
         return here.with_range(max(x.lo, 0), max(x.hi, 0))
     if op == "max_pool2d":
-        _every_window_reads_the_input(rt, node, x.shape)
+        _every_window_reads_the_input(rt, node, x.shape, shape)
         return here
     if op == "add" and node.get("shifts") is not None:
         if len(args) != 2 or any(a.kind != "grid" for a in args):
@@ -253,26 +245,15 @@ def _integer_op(rt, node: dict, args: list[Fact], shape) -> Fact | None:
     return None
 
 
-def _every_window_reads_the_input(rt, node: dict, in_shape) -> None:
+def _every_window_reads_the_input(rt, node: dict, in_shape, out_shape) -> None:
     """An integer max pool takes the largest input in each window: every window must hold one (a
     window of padding only would have no value; PyTorch allows it when the dilation is large)."""
-    from .runtime import pair
-
     for n, k, s, p, d, o in zip(in_shape[-2:], pair(node["kernel_size"]), pair(node["stride"] or node["kernel_size"]),
-                                pair(node["padding"]), pair(node["dilation"]), _out_extent(node, in_shape)):
+                                pair(node["padding"]), pair(node["dilation"]), out_shape[-2:]):
         start = np.arange(o, dtype=np.int64) * s - p
         first = np.where(start < 0, -(start // d), 0)  # the first tap at or after 0
         if not ((first < k) & (start + first * d < n)).all():
             rt._fail(node, "a pooling window lies entirely in the padding")
-
-
-def _out_extent(node: dict, in_shape) -> tuple[int, int]:
-    from .runtime import pair
-
-    out = F.max_pool2d(_meta((1, 1, *in_shape[-2:])), pair(node["kernel_size"]),
-                       pair(node["stride"] or node["kernel_size"]), pair(node["padding"]), pair(node["dilation"]),
-                       bool(node["ceil_mode"]))
-    return tuple(out.shape[-2:])
 
 
 def _shift_layer(rt, node: dict, x: Fact, shape) -> Fact:

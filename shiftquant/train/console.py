@@ -30,8 +30,7 @@ def route_lightning_logs() -> None:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
-        if not any(isinstance(f, _DropNoise) for f in logger.filters):
-            logger.addFilter(_DropNoise())
+    # A logger's filters see only its own records: the advertisement comes from this one.
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropNoise) for f in rank_zero.filters):
         rank_zero.addFilter(_DropNoise())

@@ -20,13 +20,13 @@ from shiftquant.export.bundle import pack_codes, read_bundle, unpack_codes, writ
 from shiftquant.export.c import CRuntime, codegen, emit
 from tests.export.isolation import run_forked
 from tests.export.models import quantized_pixels
+from tests.export.test_codegen import STRICT
 from tests.export.mutations import PAYLOADS, mutate, rename
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 
 REFERENCE_MUTATIONS = 2000
 C_MUTATIONS = 300
-STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 SANITIZE = ["-std=c99", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer"]
 

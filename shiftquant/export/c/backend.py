@@ -291,18 +291,21 @@ def build(name: str, header: str, source: str) -> Path:
         found = _verified(place / f"{stem}.so")
         if found:
             return found
+    library = _in_cache_or_private(directory, lambda where: _compile(cc, flags, name, header, source, host, where))
+    return _in_cache_or_private(directory, lambda where: _store(where, stem, library))
+
+
+def _in_cache_or_private(directory: Path, action):
+    """``action(directory)``; where that directory cannot be written, with a warning, ``action`` in
+    this process's private directory instead."""
     try:
-        library = _compile(cc, flags, name, header, source, host, directory)
-    except OSError as err:  # the cache cannot be written after all: build in the private directory
-        library = _compile(cc, flags, name, header, source, host, _fallback(directory, f"it cannot be written ({err})"))
-    try:
-        return _store(directory, stem, library)
+        return action(directory)
     except OSError as err:
         if directory in _PRIVATE:
             raise CodegenError(f"cannot write the compiled library to {directory}: {err}") from err
         private = _fallback(directory, f"it cannot be written ({err})")
     try:
-        return _store(private, stem, library)
+        return action(private)
     except OSError as err:
         raise CodegenError(f"cannot write the compiled library to {private}: {err}") from err
 

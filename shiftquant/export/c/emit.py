@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import CodegenError
-
 from ..pixels import describe_input
 from .lower import (CHUNK, CTYPES, Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, Relu, ShiftLayer, Split, Tensor,
                     Thresholds, WindowSum)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import CodegenError, ConfigError
+from ..reasons import float_reasons
 from ..runtime import pair
 from ..verify import MAX_ELEMENTS
 
@@ -353,8 +354,6 @@ _COMMENT_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
 
 def _float(node: dict, what: str, manifest: dict | None = None) -> str:
     """The refusal of a node that is not an integer kernel: which, why it is float, and what to do."""
-    from ..reasons import float_reasons
-
     why = next((r for r in float_reasons(manifest) if r.node == node["name"]), None) if manifest else None
     because = f": {why.reason}; how: {why.how}" if why else ""
     return (f"node {node['name']!r} ({node['op']}) {what}{because}. The C backend runs integer ops only "
@@ -592,6 +591,8 @@ class _Lowering:
         ints = [int(round(v / spec["resolution"])) for v in spec["levels"]]
         shape = node["weight_shape"]
         codes = self.codes_of(node, int(np.prod(shape)))
+        if codes.size and int(codes.max()) >= len(ints):  # the load refused it already; the C reads a table by it
+            raise CodegenError(f"node {node['name']!r}: weight code {int(codes.max())} has no level")
         w = np.asarray(ints, dtype=np.int64)[codes].reshape(shape)
         conv = node["op"] == "shift_conv2d"
         if conv:
@@ -617,8 +618,6 @@ class _Lowering:
             raise CodegenError(f"node {node['name']!r}: weights are not powers of two")
         used = sorted({s for s in (shifts[i] for i in np.unique(codes)) if s >= 0},
                       reverse=True)
-        if codes.size and int(codes.max()) >= len(ints):  # the load refused it already; the C reads a table by it
-            raise CodegenError(f"node {node['name']!r}: weight code {int(codes.max())} has no level")
         # The decoder reads 2 bytes per code (3 beyond 9 bits): zero bytes past the end.
         packed = np.concatenate([np.asarray(self.t[node["weight_codes"]], dtype=np.uint8), np.zeros(3, np.uint8)])
         # Accumulator width from the weights and the input range (bias included with integer logits).
