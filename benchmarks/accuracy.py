@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-PROTOCOLS = ("fmnist-r20-v2",)
+PROTOCOLS = ("fmnist-r20-v2", "fmnist-r20-v3")
 # Budgets. "full" is estimated from measured per-epoch times to fit about 3 hours on the 2-core
 # reference machine (BENCHMARKS.md, "protocol v2"): the float artifact as in protocol v1 (10,000
 # training images, 8 epochs, batch 128); every fine-tuning run on 4,000 training images (seed K draws
@@ -115,7 +115,7 @@ def _ptq(w: int, a: int | None, **kw) -> Config:
 
 def _brevitas(bits: int, **kw) -> Config:
     from peers import brevitas_peer
-    return Config([*brevitas_peer.overrides(bits, bits), *QAT_LR], peer="brevitas", **kw)
+    return Config([*brevitas_peer.overrides(bits, bits), *QAT_LR], peer="brevitas_peer", **kw)
 
 
 def configurations() -> dict[str, Config]:
@@ -180,13 +180,31 @@ def model_bytes(checkpoint: str) -> dict:
     return {"model_bytes": s["total_bytes"], "float_bytes": s["float_bytes"]}
 
 
+def repo_relative(value):
+    """``value`` (a result: dicts, lists, strings) with every path inside the repository written
+    relative to it: result files do not carry the machine that made them."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repo_relative(v) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(ROOT) + "/", "")
+    return value
+
+
+def resolve(path: str) -> str:
+    """A path from a result file (relative to the repository, or absolute in older files)."""
+    return str(ROOT / path)
+
+
 def result_path(results_dir: Path, name: str, seed: int) -> Path:
     return results_dir / name / f"seed{seed}.json"
 
 
 def run_one(name: str, overrides: list[str], results_dir: Path, runs_dir: Path, seed: int = 0,
-            peer: str | None = None, need_checkpoint: bool = False) -> dict:
+            peer=None, need_checkpoint: bool = False) -> dict:
     """One (configuration, seed): cached when finished, resumed from its last epoch when interrupted.
+    ``peer``: the peer's module (benchmarks/peers/), whose ``model_bytes`` sizes the model.
     ``need_checkpoint``: a later run starts from this one's model (a teacher, a progressive
     initialization); a cached result whose checkpoint is gone (a fresh clone: ``runs/`` is not
     committed) is run again."""
@@ -196,7 +214,7 @@ def run_one(name: str, overrides: list[str], results_dir: Path, runs_dir: Path, 
     target = result_path(results_dir, name, seed)
     if target.exists():
         cached = json.loads(target.read_text())
-        if not (need_checkpoint and cached.get("checkpoint") and not Path(cached["checkpoint"]).is_file()):
+        if not (need_checkpoint and cached.get("checkpoint") and not Path(resolve(cached["checkpoint"])).is_file()):
             print(f"[cached] {name} seed {seed}")
             return cached
         print(f"[rerun] {name} seed {seed}: a later run starts from its checkpoint, which is gone")
@@ -220,17 +238,19 @@ def run_one(name: str, overrides: list[str], results_dir: Path, runs_dir: Path, 
     results.update(name=name, overrides=overrides, wall_time_s=round(time.time() - started, 1), resumed=bool(resume))
     results["wall_time_per_epoch_s"] = round(results["wall_time_s"] / max(results["epochs"], 1), 1)
     if results.get("checkpoint"):
-        if peer == "brevitas":
-            from peers import brevitas_peer
+        if peer is not None:
             from shiftquant.models import build_model
             model_name = next(o.split("=", 1)[1] for o in overrides if o.startswith("model.name="))
-            results.update(brevitas_peer.model_bytes(build_model(model_name, 10, 1)))
+            results.update(peer.model_bytes(build_model(model_name, 10, 1)))
         else:
             results.update(model_bytes(results["checkpoint"]))
     results["command"] = command
+    results = repo_relative(results)
     target.write_text(json.dumps(results, indent=2))
     hard = results.get("hard_test_acc", results.get("fp_test_acc"))
-    print(f"[done] {name} seed {seed}: hard (eps = 0) test acc {100 * hard:.2f}% in {results['wall_time_s']:.0f} s")
+    val = results.get("hard_val_acc", results.get("val_acc"))
+    print(f"[done] {name} seed {seed}: hard (eps = 0) " + (f"test acc {100 * hard:.2f}%" if hard is not None else
+          f"validation acc {100 * val:.2f}% (no test read)") + f" in {results['wall_time_s']:.0f} s")
     return results
 
 
@@ -284,6 +304,8 @@ def protocol(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=PROTOCOLS, required=True)
     p.add_argument("--quick", action="store_true", help="a few steps per run: a smoke test")
+    p.add_argument("--stage", choices=("tune", "final"), help="protocol fmnist-r20-v3: tune on validation "
+                                                                "(no test read), or the chosen rows, tested once")
     p.add_argument("--only", nargs="*", help="configuration names to run (float and float_control always run; "
                                              "runs they start from are added; no name: only those two)")
     p.add_argument("--extra", action="store_true", help="also the configurations outside the default protocol")
@@ -294,6 +316,12 @@ def protocol(argv=None) -> None:
                    help="extra Hydra overrides for every run, e.g. trainer=gpu trainer.precision=32-true "
                         "data.num_workers=8 (results then differ from the 2-core CPU reference)")
     args = p.parse_args(argv)
+    if args.protocol == "fmnist-r20-v3":
+        import protocol_v3
+        if args.stage is None:
+            p.error("--stage: tune or final for protocol fmnist-r20-v3")
+        protocol_v3.run(args, sys.modules[__name__])
+        return
     configs = configurations()
     unknown = sorted(set(args.only or []) - set(configs))
     if unknown:
@@ -317,7 +345,7 @@ def protocol(argv=None) -> None:
             from shiftquant.errors import ConfigError
             raise ConfigError("--only", [n for n in names if configs[n].peer],
                               'configurations without a peer, or install the peers: pip install -e ".[peers]"')
-        brevitas_peer.register(artifact)
+        brevitas_peer.register_v2(artifact)
 
     def data(seed: int, subset) -> list[str]:
         return ["model=resnet20", "data=fashion_mnist", "trainer=cpu", "data.num_workers=0",
@@ -343,7 +371,7 @@ def protocol(argv=None) -> None:
 
         from shiftquant.models import read_state_dict
         artifact.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in read_state_dict(float_run["checkpoint"]).items()}, str(artifact))
+        save_file({k: v.contiguous() for k, v in read_state_dict(resolve(float_run["checkpoint"])).items()}, str(artifact))
 
     def start(seed: int, long: bool = False) -> list[str]:
         epochs = budget["long_qat_epochs"] if long else budget["qat_epochs"]
@@ -371,23 +399,27 @@ def protocol(argv=None) -> None:
         cfg = configs[name]
         overrides = start(seed, cfg.long) + cfg.overrides
         if cfg.teacher and controls[seed].get("checkpoint"):
-            overrides.append(f"distill.teacher_weights={controls[seed]['checkpoint']}")
+            overrides.append(f"distill.teacher_weights={resolve(controls[seed]['checkpoint'])}")
         if cfg.init_from and not result_path(results_dir, name, seed).exists():
             src = json.loads(result_path(results_dir, cfg.init_from, seed).read_text())
-            if src.get("checkpoint") and not Path(src["checkpoint"]).is_file():  # a fresh clone: run it again
+            if src.get("checkpoint") and not Path(resolve(src["checkpoint"])).is_file():  # a fresh clone: run it again
                 result_path(results_dir, cfg.init_from, seed).unlink()
                 source = configs[cfg.init_from]
                 src_overrides = start(seed, source.long) + source.overrides + (
-                    [f"distill.teacher_weights={controls[seed]['checkpoint']}"] if source.teacher else [])
+                    [f"distill.teacher_weights={resolve(controls[seed]['checkpoint'])}"] if source.teacher else [])
                 src = run_one(cfg.init_from, src_overrides, results_dir, runs_dir, seed=seed)
             if "failed" in src:
                 print(f"[skipped] {name} seed {seed}: {cfg.init_from} failed")
                 continue
-            init = float_part(src["checkpoint"], runs_dir / cfg.init_from / f"seed{seed}" / "float_part.safetensors")
+            init = float_part(resolve(src["checkpoint"]), runs_dir / cfg.init_from / f"seed{seed}" / "float_part.safetensors")
             overrides = [o for o in overrides if not o.startswith("model.weights=")] + [f"model.weights={init}"]
         if cfg.peer:  # the peer's builder loads the artifact itself, then swaps in its layers
             overrides = [o for o in overrides if not o.startswith(("model=", "model.weights="))]
-        run_one(name, overrides, results_dir, runs_dir, seed=seed, peer=cfg.peer)
+        peer = None
+        if cfg.peer:
+            import importlib
+            peer = importlib.import_module(f"peers.{cfg.peer}")
+        run_one(name, overrides, results_dir, runs_dir, seed=seed, peer=peer)
 
 
 if __name__ == "__main__":

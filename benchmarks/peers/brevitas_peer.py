@@ -10,6 +10,12 @@ The layers ours quantizes (the 3x3 convolutions of the residual blocks) become B
   power-of-two scale (``Uint8ActPerTensorFixedPoint``; its scale is initialized from runtime
   statistics during the first training steps, Brevitas's default).
 
+That is protocol v2's setup. Protocol v3 (``mse=True``) uses Brevitas's MSE-based fixed-point
+quantizers instead (``Int8WeightPerChannelFixedPointMSE``, ``Uint8ActPerTensorFixedPointMSE``: the
+power-of-two scale that minimizes the quantization error, not the max-based one, which zeroed 96 %
+of the weights at 2 bits), calibrated with Brevitas's ``calibration_mode`` on the run's calibration
+batches; whether BatchNorm re-estimation helps it is decided on validation.
+
 The stem, the 1x1 downsample convolutions, the classifier and the BatchNorms stay float, as in ours.
 The model starts from the protocol's float artifact and is trained by the same ``train(cfg)``
 pipeline (same data, subset, budget, optimizer and learning-rate schedule); for the pipeline it is a
@@ -22,14 +28,9 @@ imports it.
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 from torch import nn
 
-# The model names this module registers with the model factory: brevitas_w{bits}a{bits}.
-NAME = re.compile(r"brevitas_w(\d+)a(\d+)")
-BLOCK_CONV = re.compile(r"layer\d+\.\d+\.conv\d+")
+from . import block_convs, register, replace
 
 
 def available() -> bool:
@@ -40,7 +41,12 @@ def available() -> bool:
     return True
 
 
-def _quantizers():
+def _quantizers(mse: bool):
+    """Protocol v2's defaults (max-based weight scales, runtime-statistics input scales), or
+    Brevitas's MSE-based fixed-point quantizers (protocol v3)."""
+    if mse:
+        from brevitas.quant import Int8WeightPerChannelFixedPointMSE, Uint8ActPerTensorFixedPointMSE
+        return Int8WeightPerChannelFixedPointMSE, Uint8ActPerTensorFixedPointMSE
     from brevitas.quant import Int8WeightPerTensorFixedPoint, Uint8ActPerTensorFixedPoint
 
     class WeightPerChannelPot(Int8WeightPerTensorFixedPoint):
@@ -50,48 +56,46 @@ def _quantizers():
     return WeightPerChannelPot, Uint8ActPerTensorFixedPoint
 
 
-def convert(model: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
+def convert(model: nn.Module, weight_bits: int, act_bits: int | None, calibration: list | None = None,
+            mse: bool = False) -> nn.Module:
     """Swap the residual blocks' 3x3 convolutions of ``model`` for Brevitas ``QuantConv2d`` layers
-    (the float weights copied), in place; returns ``model``."""
+    (the float weights copied), in place; with ``calibration`` (input batches), run Brevitas's
+    calibration mode on them (input scales from their statistics). Returns ``model``."""
+    import torch
     from brevitas.nn import QuantConv2d
 
-    weight_quant, act_quant = _quantizers()
-    for name, conv in list(model.named_modules()):
-        if not (isinstance(conv, nn.Conv2d) and BLOCK_CONV.fullmatch(name) and conv.kernel_size == (3, 3)):
-            continue
+    weight_quant, act_quant = _quantizers(mse)
+    for name, conv in block_convs(model):
         q = QuantConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                         padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                         weight_quant=weight_quant, weight_bit_width=weight_bits,
-                        input_quant=act_quant, input_bit_width=act_bits, return_quant_tensor=False)
-        q.weight.data.copy_(conv.weight.data)
-        if conv.bias is not None:
-            q.bias.data.copy_(conv.bias.data)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, q)
+                        input_quant=act_quant if act_bits is not None else None,
+                        input_bit_width=act_bits, return_quant_tensor=False)
+        with torch.no_grad():
+            q.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                q.bias.copy_(conv.bias)
+        replace(model, name, q)
+    if calibration and act_bits is not None:
+        from brevitas.graph.calibrate import calibration_mode
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), calibration_mode(model):
+            for x in calibration:
+                model(x)
+        model.train(was_training)
     return model
 
 
-def register(artifact: str | Path | None) -> None:
-    """Make ``model.name=brevitas_wXaY`` buildable by the model factory in this process: a float
-    ResNet-20 with the artifact's weights (when given), converted to Brevitas layers."""
-    from shiftquant.models import factory
-
-    if getattr(factory, "_brevitas_registered", None) == str(artifact):
-        return
-    for w, a in ((3, 3), (2, 2)):
-        factory.LOCAL_MODELS[f"brevitas_w{w}a{a}"] = _builder(w, a, artifact)
-    factory._brevitas_registered = str(artifact)
+def convert_mse(model, weight_bits, act_bits, calibration):
+    return convert(model, weight_bits, act_bits, calibration, mse=True)
 
 
-def _builder(weight_bits: int, act_bits: int, artifact):
-    def build(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
-        from shiftquant.models import read_state_dict, resnet20
-
-        model = resnet20(num_classes=num_classes, in_chans=in_chans)
-        if artifact is not None and Path(artifact).exists():
-            model.load_state_dict(read_state_dict(str(artifact)))
-        return convert(model, weight_bits, act_bits)
-    return build
+def register_v2(artifact) -> None:
+    """Protocol v2's rows: ``brevitas_w{b}a{b}``, default quantizers, no calibration."""
+    for bits in (3, 2):
+        register("brevitas", convert, bits, bits, artifact, None)
 
 
 def model_bytes(model: nn.Module) -> dict:

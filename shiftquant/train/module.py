@@ -16,6 +16,7 @@ from torch import nn
 
 from ..convert import bound_scales, get_slope, quantizers, set_slope
 from ..errors import ShiftQuantError
+from .optimizers import make_optimizer
 from .schedules import Schedule
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -131,11 +132,7 @@ class ClassifierModule(L.LightningModule):
         name = self.optim.get("name", "sgd")
         decay = self.optim.get("weight_decay", 0.0 if name == "sgd" else 0.01)
         groups = parameter_groups(self.model, base, decay, self.optim.get("scale_lr_mult", 1.0))
-        if name == "sgd":
-            opt = torch.optim.SGD(groups, lr=base, momentum=self.optim.get("momentum", 0.9),
-                                  nesterov=self.optim.get("nesterov", False))
-        else:
-            opt = torch.optim.AdamW(groups, lr=base)
+        opt = make_optimizer(groups, base, self.optim)
         steps = max(int(self.trainer.estimated_stepping_batches) // total, 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_schedule(step / steps, total) / base)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -147,8 +144,9 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, scale_lr_
     towards 2^0), and everything else at ``lr`` with ``weight_decay``.
 
     A log2 scale's LSQ/TQT gradient is ``s ln 2`` times the gradient of the scale itself, so at the
-    weights' learning rate a power-of-two exponent hardly moves (BENCHMARKS.md measures it);
-    ``scale_lr_mult`` lets it learn. A learning-rate schedule scales both groups alike.
+    weights' learning rate a power-of-two exponent hardly moves under SGD (BENCHMARKS.md measures
+    it); ``scale_lr_mult`` and ``optim.scale_optimizer=adam`` (:mod:`.optimizers`) let it learn. A
+    learning-rate schedule scales both groups alike.
     """
     scales, rest = [], []
     for name, p in model.named_parameters():

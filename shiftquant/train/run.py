@@ -3,13 +3,14 @@
 1. :func:`prepare` validates every part of the config and builds what needs no data (recipe,
    schedules, data module, model name). A bad value raises here, before any data is read.
 2. Optional float stage (``float_stage.epochs > 0``): train the float model first.
-3. With a recipe: measure the float model (``fp_test_acc``), keep a frozen teacher when
+3. With a recipe: measure the float model (``fp_test_acc``, with ``test=all``), keep a frozen teacher when
    distilling, convert, calibrate learned activation scales, validate the starting point.
 4. Main stage: ``trainer.max_epochs`` epochs with the slope and learning-rate schedules.
-5. Test at the final slope (``relaxed_test_acc``); then at eps = 0 re-estimate the BatchNorm
+5. Test at the final slope (``relaxed_test_acc``, with ``test=all``); then at eps = 0 re-estimate the BatchNorm
    statistics (``bn_reestimate.batches`` training batches, no gradient; the final checkpoint is
    rewritten with them), validate the hard model (``hard_val_acc``) and test it (``hard_test_acc``)
-   on the test set, once, at the end; write ``results.json`` in the run directory.
+   on the test set, once, at the end (unless ``test=none``); write ``results.json`` in the run
+   directory. ``test=final`` reads the test set exactly once: the reported model.
 
 Validation (the monitors, the best checkpoint, the per-epoch history) reads the validation split,
 carved out of the training images; the test set is read only by the final evaluations. The
@@ -44,12 +45,16 @@ from ..models.hub import check_pretrained_available
 from ..recipe import QuantRecipe
 from .callbacks import AtomicCheckpointIO, LastCheckpoint, MetricHistory, RankAgreement, state_checksum
 from .module import OPTIMIZERS, ClassifierModule, frozen_copy
+from .optimizers import SCALE_OPTIMIZERS
 from .schedules import Schedule, build_schedule
 from .threads import check_threads, choose_threads
 
 
 log = logging.getLogger(__name__)
 GPU_ACCELERATORS = ("gpu", "cuda")
+# Which models a run tests: every one it makes (the float start, the relaxed and the hard model, the
+# best epoch), only the reported one, or none (tuning decides on validation, before test numbers exist).
+TEST_READS = ("all", "final", "none")
 
 
 @dataclass
@@ -170,6 +175,13 @@ def prepare(cfg: DictConfig) -> Plan:
     if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
         raise ConfigError("optim.scale_lr_mult", mult, "a positive number (the learned log2 scales' learning "
                           "rate over the weights')")
+    if optim.get("scale_optimizer") not in SCALE_OPTIMIZERS:
+        raise ConfigError("optim.scale_optimizer", optim.get("scale_optimizer"),
+                          "null (the weights' optimizer steps the scales too) or adam (an Adam step for "
+                          "the learned log2 scales alone)")
+    if cfg.get("test", "all") not in TEST_READS:
+        raise ConfigError("test", cfg.get("test"), "one of " + ", ".join(TEST_READS) + " (all: every model the run "
+                          "makes; final: only the reported one; none: no test read, for tuning on validation)")
     model = _plain(cfg.model)
     source, bare = _resolve(model.get("name"))
     if recipe is not None:  # the layer patterns must select layers of this architecture
@@ -211,17 +223,21 @@ def prepare(cfg: DictConfig) -> Plan:
     return Plan(recipe, eps, lr, float_lr, dm, epochs, float_epochs, mixed)
 
 
-def bn_reestimate_batches(cfg: DictConfig) -> int:
-    """``bn_reestimate.batches`` (0 when the group is null or the value is null/0)."""
+def bn_reestimate_batches(cfg: DictConfig, quantized: bool = True) -> int:
+    """``bn_reestimate.batches`` (0 when the group is null or the value is null/0) for a run with a
+    recipe (``quantized``); for a ``quant=none`` run only with ``bn_reestimate.float_runs=true``."""
     node = cfg.get("bn_reestimate")
     if node is None:
         return 0
     node = _plain(node)
     for key in node:
-        if key != "batches":
-            raise ConfigError(f"bn_reestimate.{key}", node[key], "the field batches (or bn_reestimate=null)")
+        if key not in ("batches", "float_runs"):
+            raise ConfigError(f"bn_reestimate.{key}", node[key], "the fields batches, float_runs (or bn_reestimate=null)")
+    if not isinstance(node.get("float_runs", False), bool):
+        raise ConfigError("bn_reestimate.float_runs", node["float_runs"], "true or false")
     value = node.get("batches")
-    return 0 if value is None else _positive_int("bn_reestimate.batches", value, allow_zero=True)
+    value = 0 if value is None else _positive_int("bn_reestimate.batches", value, allow_zero=True)
+    return value if quantized or node.get("float_runs", False) else 0
 
 
 def reestimation_batches(dm: ImageDataModule, n_batches: int, seed: int) -> list[torch.Tensor]:
@@ -302,8 +318,8 @@ def _check_saved(path: Path, model) -> None:
         raise CheckpointError(f"{path} does not hold the final model the run tested")
 
 
-def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: bool) -> dict | None:
-    """The best epoch by the monitored validation metric, with its own test accuracy."""
+def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: bool, test: bool) -> dict | None:
+    """The best epoch by the monitored validation metric, with its own test accuracy (``test``)."""
     cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
     if cb is None:
         return None
@@ -319,6 +335,8 @@ def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: boo
             "epoch": int(saved["epoch"]) + 1}
     if path == final:
         best["same_as_checkpoint"] = True
+        return best
+    if not test:
         return best
     other = copy.deepcopy(module)
     other.model.load_state_dict(_model_weights(saved))
@@ -347,7 +365,8 @@ def train(cfg: DictConfig) -> dict:
     meta = {"model": model_cfg, "num_classes": dm.num_classes, "in_chans": dm.channels,
             "input_shape": list(dm.val_set[0][0].shape),
             "recipe": plan.recipe.to_dict() if plan.recipe else None, "data": dm.name}
-    results: dict = {"recipe": meta["recipe"], "model": model_cfg["name"], "data": dm.name,
+    reads = cfg.get("test", "all")
+    results: dict = {"recipe": meta["recipe"], "model": model_cfg["name"], "data": dm.name, "test_reads": reads,
                      "seed": int(cfg.seed), "epochs": plan.epochs, "split_sizes": dm.split_sizes,
                      # what rebuilds these splits image for image (`shiftquant run --split-from RUN_DIR`)
                      "data_config": _plain(cfg.data)}
@@ -368,7 +387,7 @@ def train(cfg: DictConfig) -> dict:
     teacher = None
     if plan.recipe is not None:
         eval_trainer = make_trainer(cfg, out / "float_eval", 1, MetricHistory(), main=False)
-        if not resuming:
+        if not resuming and reads == "all":
             results["fp_test_acc"] = _test_acc(eval_trainer, ClassifierModule(model, plan.lr, meta=meta), dm)
         if distill.get("enabled"):
             teacher = frozen_copy(model) if distill.get("teacher_weights") is None else frozen_copy(
@@ -402,7 +421,8 @@ def train(cfg: DictConfig) -> dict:
         eps_final = plan.eps(plan.epochs - 1 / steps, plan.epochs)
         set_slope(model, eps_final)
         results["eps_final"] = eps_final
-        results["relaxed_test_acc"] = _test_acc(trainer, module, dm)
+        if reads == "all":
+            results["relaxed_test_acc"] = _test_acc(trainer, module, dm)
     if plan.recipe is not None:
         if not plan.epochs:  # PTQ: nothing trained, the calibrated hard model is the result
             results["ptq"] = True
@@ -418,23 +438,33 @@ def train(cfg: DictConfig) -> dict:
         else:
             results["hard_val_acc"] = _hard_val_acc(trainer, module, dm)
             results["bn_reestimate"] = None
-        results["hard_test_acc"] = _test_acc(trainer, module, dm)
+        if reads != "none":
+            results["hard_test_acc"] = _test_acc(trainer, module, dm)
         # Did the learned power-of-two scales learn? (Unknown for a resumed run: its start is gone.)
         results["exponents_moved"] = exponents_moved(start_exponents, scale_exponents(model)) \
             if start_exponents is not None else None
         if bn_batches or not plan.epochs:  # the reported model: new statistics, or no training at all
             trainer.save_checkpoint(str(last_checkpoint_path(out)), weights_only=False)
-        if not plan.epochs:
+        if not plan.epochs and "hard_test_acc" in results:
             results["relaxed_test_acc"] = results["hard_test_acc"]
     else:
-        results["fp_test_acc"] = _test_acc(trainer, module, dm)
+        bn_batches = bn_reestimate_batches(cfg, quantized=False) if plan.epochs else 0
+        if bn_batches:  # a peer's own quantized layers, which the pipeline sees as a float model
+            before = _hard_val_acc(trainer, module, dm)
+            used = reestimate_batchnorm(model, reestimation_batches(dm, bn_batches, int(cfg.seed)))
+            results["bn_reestimate"] = {"batches": used, "val_acc_before": before}
+            trainer.save_checkpoint(str(last_checkpoint_path(out)), weights_only=False)
+        results["val_acc"] = _hard_val_acc(trainer, module, dm)
+        if reads != "none":
+            results["fp_test_acc"] = _test_acc(trainer, module, dm)
         if not plan.epochs:  # nothing trained: the loaded model is the result
             results["evaluated_only"] = True
             trainer.save_checkpoint(str(last_checkpoint_path(out)), weights_only=False)
     final = last_checkpoint_path(out).resolve()
     _check_saved(final, model)
     results["checkpoint"] = str(final)
-    results["best_checkpoint"] = _best_checkpoint(trainer, module, dm, final, plan.recipe is not None)
+    results["best_checkpoint"] = _best_checkpoint(trainer, module, dm, final, plan.recipe is not None,
+                                                  test=reads == "all")
     results["history"] = history.epochs
     results["float_stage_history"] = float_history.epochs
     results["wall_time_s"] = round(time.time() - started, 1)
@@ -452,6 +482,9 @@ def report(results: dict) -> str:
     elif results.get("recipe"):
         rows += [(f"relaxed (eps = {results['eps_final']:g})", results.get("relaxed_test_acc"), results["eps_final"]),
                  ("hard (eps = 0, deployed)", results.get("hard_test_acc"), 0.0)]
+    if results.get("test_reads") not in (None, "all"):
+        val = results.get("hard_val_acc", results.get("val_acc"))
+        rows.append((f"validation, deployed (test={results['test_reads']})", val, "-"))
     width = max(len(name) for name, _, _ in rows)
     lines = [f"{'model':<{width}} {'test acc':>9}", "-" * (width + 10)]
     for name, acc, _ in rows:
@@ -469,8 +502,9 @@ def report(results: dict) -> str:
         lines.append(f"best checkpoint {best['path']}: gone (the run was killed before it was written)")
     elif best and not best.get("same_as_checkpoint"):
         acc = best.get("hard_test_acc", best.get("fp_test_acc"))
-        lines.append(f"best epoch {best['epoch']} by {best['monitor']} = {best['score']:.4f}: {best['path']} "
-                     f"(test acc {100 * acc:.2f}%{', hard' if 'hard_test_acc' in best else ''})")
+        tested = "not tested" if acc is None else \
+            f"test acc {100 * acc:.2f}%{', hard' if 'hard_test_acc' in best else ''}"
+        lines.append(f"best epoch {best['epoch']} by {best['monitor']} = {best['score']:.4f}: {best['path']} ({tested})")
     sizes = results.get("split_sizes")
     if sizes:
         lines.append(f"images: {describe_splits(sizes)}")

@@ -8,7 +8,10 @@ run of ``total`` epochs. Kinds:
   ``e`` takes entry ``round(e * (L - 1) / (T - 1))`` (the first epoch the first entry, the last
   epoch the last entry; one epoch takes the last entry). The seed's 15-entry tables on 3 epochs are
   eps ``(1, 1/8, 1/128)`` and lr ``(1e-3, 1e-3, 1e-3)``; on 5 epochs eps ``(1, 1/4, 1/8, 1/16,
-  1/128)`` with lr ``1e-2`` in the second. Otherwise its length must be the number of epochs.
+  1/128)`` with lr ``1e-2`` in the second. With ``per_step=true`` the table is read per step
+  instead: the run's steps are split into ``L`` equal stretches, one per entry, so a 15-entry
+  table on 3 epochs keeps every entry (the seed's lr ``1e-2`` over entries 2-7, 40 % of the run).
+  Otherwise its length must be the number of epochs.
 * ``exponential``: ``start * (end / start) ** (t / total)``, per step (``end > 0``).
 * ``cosine``: from ``start`` to ``end`` along half a cosine, per step.
 * ``constant``: ``value``.
@@ -40,12 +43,16 @@ class Schedule:
     end: float = 0.0
     value: float = 1.0
     zero_tail: float = 0.0
+    per_step: bool = False
 
     def __call__(self, t: float, total: int) -> float:
         if self.zero_tail:
             if t >= total * (1.0 - self.zero_tail):
                 return 0.0
             t = t / (1.0 - self.zero_tail)
+        if self.kind == "table" and self.compress and self.per_step:
+            position = min(max(t / total, 0.0), 1.0)
+            return float(self.values[min(int(position * len(self.values)), len(self.values) - 1)])
         if self.kind == "table":
             epoch = min(int(t), total - 1)
             if self.compress:
@@ -83,7 +90,7 @@ def build_schedule(cfg: dict, name: str, total: int, *, unit_interval: bool, non
     kind = cfg.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{name}.kind", kind, "one of " + ", ".join(KINDS))
-    known = {"kind", "values", "compress", "start", "end", "value", "zero_tail"}
+    known = {"kind", "values", "compress", "per_step", "start", "end", "value", "zero_tail"}
     for key in cfg:
         if key not in known:
             raise ConfigError(f"{name}.{key}", cfg[key], "one of the fields " + ", ".join(sorted(known)))
@@ -91,7 +98,12 @@ def build_schedule(cfg: dict, name: str, total: int, *, unit_interval: bool, non
                      start=_number(f"{name}.start", cfg.get("start", 1.0)),
                      end=_number(f"{name}.end", cfg.get("end", 0.0)),
                      value=_number(f"{name}.value", cfg.get("value", 1.0)),
-                     zero_tail=_number(f"{name}.zero_tail", cfg.get("zero_tail", 0.0)))
+                     zero_tail=_number(f"{name}.zero_tail", cfg.get("zero_tail", 0.0)),
+                     per_step=cfg.get("per_step", False))
+    if not isinstance(sched.per_step, bool):
+        raise ConfigError(f"{name}.per_step", sched.per_step, "true or false")
+    if sched.per_step and not (kind == "table" and sched.compress):
+        raise ConfigError(f"{name}.per_step", True, f"false unless {name}.kind=table with compress=true")
     if not 0.0 <= sched.zero_tail < 1.0:
         raise ConfigError(f"{name}.zero_tail", sched.zero_tail, "a fraction in [0, 1)")
     if kind == "table":

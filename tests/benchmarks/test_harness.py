@@ -71,7 +71,7 @@ def test_every_protocol_configuration_is_a_valid_config(tmp_path):
     peers = {n for n, c in configs.items() if c.peer}
     from peers import brevitas_peer
     if brevitas_peer.available():
-        brevitas_peer.register(None)
+        brevitas_peer.register_v2(None)
     else:
         configs = {n: c for n, c in configs.items() if n not in peers}
     base = ["model=resnet20", "data=fashion_mnist", "trainer=cpu", f"model.weights={weights}",
