@@ -52,7 +52,8 @@ class Schedule:
             t = t / (1.0 - self.zero_tail)
         if self.kind == "table" and self.compress and self.per_step:
             position = min(max(t / total, 0.0), 1.0)
-            return float(self.values[min(int(position * len(self.values)), len(self.values) - 1)])
+            # (a step at an entry's boundary takes that entry despite float rounding of t)
+            return float(self.values[min(int(position * len(self.values) + 1e-9), len(self.values) - 1)])
         if self.kind == "table":
             epoch = min(int(t), total - 1)
             if self.compress:

@@ -86,13 +86,33 @@ def test_strict_c99_without_multiplies_in_the_shift_kernels(resnet20, weights, l
     assert not re.search(r"\b(float|double|malloc|calloc|free)\b", code)  # integer-only, static
     assert f"#define NET_ARENA_BYTES ({program.arena_bytes})" in header and "int net_run(" in header
     assert program.flash_bytes > 0 and 0 < program.arena_bytes <= program.ram_bytes
-    shift_layers = sum(1 for n in rt.nodes if n["op"].startswith("shift_"))
     for flags in levels:
-        functions = kernels_of(compile_object(tmp_path, "net", flags))
-        kernels = {f: ops for f, ops in functions.items() if "_shift_" in f}
-        assert len({f.split(".")[0] for f in kernels}) == shift_layers, sorted(kernels)
-        found = {f: sorted({op for op in ops if MULTIPLY.match(op)}) for f, ops in kernels.items()}
-        assert not any(found.values()), (flags, {f: ops for f, ops in found.items() if ops})
+        assert_no_multiply_in_shift_kernels(rt, tmp_path, flags)
+
+
+def assert_no_multiply_in_shift_kernels(rt, tmp_path, flags):
+    """objdump of ``tmp_path/net.c`` compiled with ``flags``: one function per shift layer, and no
+    multiply instruction in any of them."""
+    shift_layers = sum(1 for n in rt.nodes if n["op"].startswith("shift_"))
+    functions = kernels_of(compile_object(tmp_path, "net", flags))
+    kernels = {f: ops for f, ops in functions.items() if "_shift_" in f}
+    assert len({f.split(".")[0] for f in kernels}) == shift_layers, sorted(kernels)
+    found = {f: sorted({op for op in ops if MULTIPLY.match(op)}) for f, ops in kernels.items()}
+    assert not any(found.values()), (flags, {f: ops for f, ops in found.items() if ops})
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
+@pytest.mark.parametrize("name", ["resnet20", "plain"])
+def test_power_of_two_weights_times_uniform_inputs_are_exact_and_multiplier_free(name, tmp_path):
+    """Shift x integer: power-of-two weights, uniform unsigned 3-bit input codes (protocol v3's
+    candidate). C == reference == PyTorch, atol 0, and no multiply in the shift kernels."""
+    model, batches, px = quantized_pixels(name, 3, weight_shift_bits=2, act_shift_bits=None, act_uniform_bits=3)
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / f"{name}.sqb", px.to_float(batches["calibration"][:1]), px)
+    assert rt.manifest["exact"]
+    assert_three_way(model, batches, px, rt, f"{name} uniform inputs")
+    sq.codegen(rt, tmp_path, "net")
+    assert_no_multiply_in_shift_kernels(rt, tmp_path, ["-O3", "-march=native"])
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
