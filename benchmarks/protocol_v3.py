@@ -8,10 +8,9 @@
 candidate configurations at W3A3 and three at W2A2, each trained on the two tuning seeds (100 and
 101; the final rows use seeds 0-4, so a choice is never scored on the runs that made it). The
 candidates are ours' levers for ours, and a learning-rate grid for each peer. The choice per method
-and setting is the candidate with the best mean hard validation accuracy (5,000 images, carved
-from the training images); a method's W3 row takes its W3A3 choice without the input quantizer.
-Whether BatchNorm re-estimation at the end helps a peer is read from the same runs (every run
-validates before and after it). The two peers with the best validation accuracy at each setting get
+and setting is the candidate, with or without BatchNorm re-estimation at the end (every run
+validates before and after it), with the best mean hard validation accuracy (5,000 images, carved
+from the training images); a method's W3 row takes its W3A3 choice without the input quantizer. The two peers with the best validation accuracy at each setting get
 5 seeds in stage 2, the rest 3.
 
 **Stage 2, final** (``test=final``: the test set is read once per run, for the reported model). The
@@ -157,8 +156,8 @@ def tuning_rows() -> dict[str, Row]:
 def final_rows(choice: dict) -> dict[str, Row]:
     """The chosen rows (``choice["methods"][method][setting] = candidate``), W3 from W3A3, the
     long-budget rows (``choice["long"]``: methods), 5 seeds for ours and the two best peers per
-    setting (``choice["five_seeds"]``: row names), BatchNorm re-estimation off for a peer whose
-    validation it did not help (``choice["bn_reestimate"][method] = false``)."""
+    setting (``choice["five_seeds"]``: row names), BatchNorm re-estimation off where validation was
+    better without it (``choice["bn_reestimate"]["METHOD_SETTING"] = false``; W3 follows W3A3)."""
     cands = candidates()
     rows: dict[str, Row] = {}
     for method, picks in choice["methods"].items():
@@ -168,7 +167,8 @@ def final_rows(choice: dict) -> dict[str, Row]:
             r = at(cands[method][cand], w, a)
             if method == "ours" and setting == "w2a2":
                 r = replace(r, init_from="ours_w3a3")
-            if choice.get("bn_reestimate", {}).get(method) is False:  # it did not help this peer on validation
+            bn_key = f"{method}_{'w3a3' if setting == 'w3' else setting}"
+            if choice.get("bn_reestimate", {}).get(bn_key) is False:  # off: better on validation without it
                 r = replace(r, overrides=[o for o in r.overrides if not o.startswith("bn_reestimate.")]
                             + ["bn_reestimate.batches=0"])
             seeds = HEADLINE_SEEDS if f"{method}_{setting}" in choice["five_seeds"] else FINAL_SEEDS

@@ -4,9 +4,9 @@
     python benchmarks/report_v3.py --stage final [--out BENCHMARKS.md]
 
 Stage ``tune`` reads ``RESULTS/tune/NAME/seedK.json`` (validation only: no test number exists) and
-picks, per method and setting, the candidate with the best mean hard validation accuracy; for
-every method but the seed recipe (which has none), BatchNorm re-estimation stays on when it raised
-the mean validation accuracy of its chosen candidates (every run validates before and after it). The two peers with the best chosen
+picks, per method and setting, the candidate with the best mean hard validation accuracy, with or
+without BatchNorm re-estimation at the end (every run validates before and after it: two options
+per candidate for every method but the seed recipe, which has none). The two peers with the best chosen
 validation accuracy at each setting get five seeds in stage 2, and so do ours and the float control.
 ``--write-choice`` writes ``choice.json`` (commit it before stage 2 runs).
 
@@ -71,7 +71,9 @@ def _split(name: str) -> tuple[str, str, str]:
 
 
 def tuning(results: dict[str, list[dict]]) -> tuple[str, dict]:
-    """The tuning table (markdown) and the choice it makes."""
+    """The tuning table (markdown) and the choice it makes: per method and setting, the candidate
+    and BatchNorm re-estimation (on, or off: the validation before it) with the best mean hard
+    validation accuracy. The seed recipe has no re-estimation (METHOD.md)."""
     rows, best = [], {}
     for name in sorted(n for n in results if "__" in n):
         method, setting, cand = _split(name)
@@ -79,28 +81,29 @@ def tuning(results: dict[str, list[dict]]) -> tuple[str, dict]:
         val = stat([_val(r) for r in runs])
         before = stat([_val_before_bn(r) for r in runs])
         moved = [r.get("exponents_moved") for r in runs if r.get("exponents_moved")]
-        moved_txt = ", ".join(f"{m['input'][0]}/{m['input'][1]}" for m in moved) or "-"
+        moved_txt = ", ".join(f"{m['input'][0]}/{m['input'][1]}" for m in moved if m["input"][1]) or "-"
         failed = any("failed" in r for r in runs)
         rows.append((method, setting, cand, val, before, moved_txt, len(runs), failed))
-        if val is not None and not failed:
-            key = (method, setting)
-            if key not in best or val.mean > best[key][1].mean:
-                best[key] = (cand, val, before)
+        if failed:
+            continue
+        for bn, v in ((True, val), (False, before)):
+            if v is not None and v.n == len(runs) and (
+                    (method, setting) not in best or v.mean > best[(method, setting)][1].mean):
+                best[(method, setting)] = (cand, v, bn)
     lines = ["| method | setting | candidate | seeds | hard val acc | before BN re-estimation | input exponents moved |",
              "|---|---|---|---|---|---|---|"]
     for method, setting, cand, val, before, moved, n, failed in rows:
-        mark = " **(chosen)**" if best.get((method, setting), (None,))[0] == cand else ""
-        lines.append(f"| {method} | {setting} | {cand}{mark} | {n} | {'failed' if failed else val or '-'} | "
-                     f"{before or '-'} | {moved} |")
+        chosen_cand, _, bn = best.get((method, setting), (None, None, None))
+        mark = " **(chosen)**" if chosen_cand == cand else ""
+        val_txt = "failed" if failed else f"**{val}**" if mark and bn else f"{val or '-'}"
+        before_txt = f"**{before}**" if mark and not bn else f"{before or '-'}"
+        lines.append(f"| {method} | {setting} | {cand}{mark} | {n} | {val_txt} | {before_txt} | {moved} |")
     methods = sorted({m for m, _ in best})
     choice = {"methods": {m: {s: best[(m, s)][0] for s in ("w3a3", "w2a2") if (m, s) in best} for m in methods},
               "validation": {f"{m}_{s}": round(v.mean, 3) for (m, s), (_, v, _) in best.items()},
-              "bn_reestimate": {}, "five_seeds": [], "long": []}
+              "bn_reestimate": {f"{m}_{s}": bn for (m, s), (_, _, bn) in best.items() if m != "seed"},
+              "five_seeds": [], "long": []}
     peers = [m for m in methods if m not in ("ours", "seed")]
-    for m in [m for m in methods if m != "seed"]:  # on when it raised the chosen candidates' mean validation
-        gains = [v.mean - b.mean for s in ("w3a3", "w2a2") if (m, s) in best
-                 for _, v, b in [best[(m, s)]] if b is not None]
-        choice["bn_reestimate"][m] = bool(gains) and sum(gains) / len(gains) > 0
     # Five seeds: ours and the two best peers of each setting by validation (W3, not tuned, takes
     # W3A3's two); the long-budget rows: ours, the best peer at W3A3, the seed recipe.
     for s in ("w3a3", "w2a2"):
@@ -137,7 +140,7 @@ def final(results: dict[str, list[dict]], choice: dict) -> str:
             vs = f"{d:+.2f} (p = {p:.3f})" if p is not None else f"{d:+.2f}"
         val = stat([_val(r) for r in runs])
         moved = [r.get("exponents_moved") for r in runs if r.get("exponents_moved")]
-        moved_txt = ", ".join(f"{m['input'][0]}/{m['input'][1]}" for m in moved) or "-"
+        moved_txt = ", ".join(f"{m['input'][0]}/{m['input'][1]}" for m in moved if m["input"][1]) or "-"
         wall = [r.get("wall_time_s") for r in runs if r.get("wall_time_s")]
         lines.append(f"| {name} | {len(values)} | {s or '-'} | {vs} | {val or '-'} | {moved_txt} | "
                      f"{sum(wall) / len(wall):.0f} |" if wall else f"| {name} | {len(values)} | {s or '-'} | {vs} | "
