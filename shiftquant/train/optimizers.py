@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import CheckpointError
+
 SCALE_OPTIMIZERS = (None, "adam")
 
 
@@ -49,7 +51,8 @@ class SplitOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         if set(state_dict) != set(self.parts):
-            raise ValueError(f"optimizer state for {sorted(state_dict)}, expected {sorted(self.parts)}")
+            raise CheckpointError(f"the checkpoint's optimizer state is for {sorted(state_dict)}, this run's optimizer "
+                                  f"has {sorted(self.parts)} (optim.scale_optimizer differs from the run that saved it)")
         for name, opt in self.parts.items():
             opt.load_state_dict(state_dict[name])
         self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]

@@ -318,7 +318,7 @@ def _check_saved(path: Path, model) -> None:
         raise CheckpointError(f"{path} does not hold the final model the run tested")
 
 
-def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: bool, test: bool) -> dict | None:
+def _best_checkpoint(trainer: L.Trainer, module, dm, final: Path, quantized: bool, test: bool = True) -> dict | None:
     """The best epoch by the monitored validation metric, with its own test accuracy (``test``)."""
     cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path), None)
     if cb is None:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import shiftquant as sq
+from shiftquant.errors import CheckpointError
 from shiftquant.train.module import parameter_groups
 from shiftquant.train.optimizers import SplitOptimizer, make_optimizer
 from tests.quant.test_scales import Block
@@ -63,7 +64,7 @@ def test_one_scheduler_scales_both_and_state_round_trips():
     for a, b in zip(other.parts["scales"].state.values(), opt.parts["scales"].state.values()):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
     assert other.param_groups[0]["lr"] == pytest.approx(0.05)
-    with pytest.raises(ValueError, match="expected"):
+    with pytest.raises(CheckpointError, match="scale_optimizer differs"):
         other.load_state_dict({"weights": state["weights"]})
 
 
