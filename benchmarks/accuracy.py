@@ -270,6 +270,16 @@ def float_part(checkpoint: str, path: Path) -> Path:
     return path
 
 
+def start_overrides(budget: dict, data, artifact: Path, seed: int, long: bool = False) -> list[str]:
+    """The overrides of a fine-tuning run from the float artifact: ``data(seed, subset)`` (a
+    protocol's data overrides) with the budget's (or the long budget's) subset, batch and epochs."""
+    epochs = budget["long_qat_epochs"] if long else budget["qat_epochs"]
+    subset = budget["long_train_subset"] if long else budget["train_subset"]
+    batch = budget["long_batch_size"] if long else budget["batch_size"]
+    return data(seed, subset) + [f"data.batch_size={batch}", f"model.weights={artifact}",
+                                 "float_stage.epochs=0", f"trainer.max_epochs={epochs}"]
+
+
 def main(argv=None) -> None:
     from shiftquant.errors import ShiftQuantError
 
@@ -374,11 +384,7 @@ def protocol(argv=None) -> None:
         save_file({k: v.contiguous() for k, v in read_state_dict(resolve(float_run["checkpoint"])).items()}, str(artifact))
 
     def start(seed: int, long: bool = False) -> list[str]:
-        epochs = budget["long_qat_epochs"] if long else budget["qat_epochs"]
-        subset = budget["long_train_subset"] if long else budget["train_subset"]
-        batch = budget["long_batch_size"] if long else budget["batch_size"]
-        return data(seed, subset) + [f"data.batch_size={batch}", f"model.weights={artifact}",
-                                     "float_stage.epochs=0", f"trainer.max_epochs={epochs}"]
+        return start_overrides(budget, data, artifact, seed, long)
 
     seeds = range(budget["seeds"])
     def pending(seed: int, names_: list[str]) -> bool:

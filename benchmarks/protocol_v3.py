@@ -20,7 +20,7 @@ it). Welch's t-test decides every comparison in ``benchmarks/report.py``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,8 @@ class Row:
     peer: tuple[str, str] | None = None  # (module in benchmarks/peers, converter function)
     bits: tuple[int, int | None] | None = None  # a peer's (weight bits, input bits)
     long: bool = False
-    tags: list[str] = field(default_factory=list)
+    seeds: int | None = None             # final stage: how many seeds (None: the stage's default)
+    candidate: str | None = None         # final stage: the tuning candidate it is
 
 
 def _codes(method: str, w: int, a: int | None) -> list[str]:
@@ -172,10 +173,10 @@ def final_rows(choice: dict) -> dict[str, Row]:
                 r = replace(r, overrides=[o for o in r.overrides if not o.startswith("bn_reestimate.")]
                             + ["bn_reestimate.batches=0"])
             seeds = HEADLINE_SEEDS if f"{method}_{setting}" in choice["five_seeds"] else FINAL_SEEDS
-            rows[f"{method}_{setting}"] = replace(r, tags=[f"seeds={seeds}", f"candidate={cand}"])
+            rows[f"{method}_{setting}"] = replace(r, seeds=seeds, candidate=cand)
     for method in choice["long"]:
         cand = choice["methods"][method]["w3a3"]
-        rows[f"{method}_w3a3_long"] = replace(at(cands[method][cand], 3, 3), long=True, tags=["seeds=1"])
+        rows[f"{method}_w3a3_long"] = replace(at(cands[method][cand], 3, 3), long=True, seeds=1, candidate=cand)
     return rows
 
 
@@ -185,11 +186,6 @@ def read_choice() -> dict:
         raise ConfigError("--stage", "final", f"tune first: {CHOICE.relative_to(ROOT)} (the choice made on "
                           "validation, committed before any test number) does not exist")
     return json.loads(CHOICE.read_text())
-
-
-def _seeds(row: Row, default: int) -> int:
-    tag = next((t for t in row.tags if t.startswith("seeds=")), None)
-    return int(tag.split("=")[1]) if tag else default
 
 
 def run(args, accuracy) -> None:
@@ -209,12 +205,13 @@ def run(args, accuracy) -> None:
         raise ConfigError("--artifact", str(artifact), "the float model every run starts from (run protocol "
                           "fmnist-r20-v2 once to train it, or pass --artifact)")
     if args.stage == "tune":
-        rows, seeds, reads = tuning_rows(), {r: len(TUNE_SEEDS) for r in tuning_rows()}, "none"
+        rows, reads = tuning_rows(), "none"
+        seeds = {n: len(TUNE_SEEDS) for n in rows}
         seed_list = list(TUNE_SEEDS)
     else:
         choice = read_choice() if not args.quick else quick_choice()
         rows, reads = final_rows(choice), "final"
-        seeds = {n: _seeds(r, FINAL_SEEDS) for n, r in rows.items()}
+        seeds = {n: r.seeds or FINAL_SEEDS for n, r in rows.items()}
         seed_list = list(range(HEADLINE_SEEDS))
     if args.only:
         unknown = sorted(set(args.only) - set(rows))
@@ -240,11 +237,7 @@ def run(args, accuracy) -> None:
                 *accuracy.COMMON, *args.set]
 
     def start(seed: int, long: bool = False) -> list[str]:
-        epochs = budget["long_qat_epochs"] if long else budget["qat_epochs"]
-        subset = budget["long_train_subset"] if long else budget["train_subset"]
-        batch = budget["long_batch_size"] if long else budget["batch_size"]
-        return data(seed, subset) + [f"data.batch_size={batch}", f"model.weights={artifact}",
-                                     "float_stage.epochs=0", f"trainer.max_epochs={epochs}"]
+        return accuracy.start_overrides(budget, data, artifact, seed, long)
 
     prepare(accuracy.compose(start(seed_list[0]) + ["quant=none", "schedule=float"], runs_dir / "check"))
     (results_dir / f"protocol-{args.stage}.json").write_text(json.dumps(

@@ -63,6 +63,12 @@ def _val_before_bn(r: dict) -> float | None:
     return bn.get("hard_val_acc_before", bn.get("val_acc_before"))
 
 
+def _moved(runs: list[dict]) -> str:
+    """Input exponents moved of the learned input scales, per seed (a resumed run cannot count them)."""
+    moved = [r["exponents_moved"] for r in runs if r.get("exponents_moved")]
+    return ", ".join(f"{m['input'][0]}/{m['input'][1]}" for m in moved if m["input"][1]) or "-"
+
+
 def _split(name: str) -> tuple[str, str, str]:
     """``METHOD_SETTING__CANDIDATE`` -> its three parts."""
     head, _, cand = name.partition("__")
@@ -80,10 +86,8 @@ def tuning(results: dict[str, list[dict]]) -> tuple[str, dict]:
         runs = results[name]
         val = stat([_val(r) for r in runs])
         before = stat([_val_before_bn(r) for r in runs])
-        moved = [r.get("exponents_moved") for r in runs if r.get("exponents_moved")]
-        moved_txt = ", ".join(f"{m['input'][0]}/{m['input'][1]}" for m in moved if m["input"][1]) or "-"
         failed = any("failed" in r for r in runs)
-        rows.append((method, setting, cand, val, before, moved_txt, len(runs), failed))
+        rows.append((method, setting, cand, val, before, _moved(runs), len(runs), failed))
         if failed:
             continue
         for bn, v in ((True, val), (False, before)):
@@ -139,12 +143,9 @@ def final(results: dict[str, list[dict]], choice: dict) -> str:
             d, p = welch(values, control)
             vs = f"{d:+.2f} (p = {p:.3f})" if p is not None else f"{d:+.2f}"
         val = stat([_val(r) for r in runs])
-        moved = [r.get("exponents_moved") for r in runs if r.get("exponents_moved")]
-        moved_txt = ", ".join(f"{m['input'][0]}/{m['input'][1]}" for m in moved if m["input"][1]) or "-"
         wall = [r.get("wall_time_s") for r in runs if r.get("wall_time_s")]
-        lines.append(f"| {name} | {len(values)} | {s or '-'} | {vs} | {val or '-'} | {moved_txt} | "
-                     f"{sum(wall) / len(wall):.0f} |" if wall else f"| {name} | {len(values)} | {s or '-'} | {vs} | "
-                     f"{val or '-'} | {moved_txt} | - |")
+        wall_txt = f"{sum(wall) / len(wall):.0f}" if wall else "-"
+        lines.append(f"| {name} | {len(values)} | {s or '-'} | {vs} | {val or '-'} | {_moved(runs)} | {wall_txt} |")
     lines += ["", f"Targets and comparisons (Welch's t-test; a difference is called at p < {ALPHA}):", ""]
     for setting in SETTINGS:
         ours = acc.get(f"ours_{setting}", [])

@@ -28,6 +28,26 @@ def replace(model: nn.Module, name: str, layer: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, layer)
 
 
+def model_bytes(model: nn.Module, quantized) -> dict:
+    """Stored size: float32 for every parameter, but a quantized layer's weight, stored at its bit
+    width. ``quantized(module)`` gives a module's ``(weight bits, extra bytes)`` (the extra: scales
+    stored beside the codes), or None for a float module."""
+    total = float_bytes = 0.0
+    for m in model.modules():
+        own = list(m.parameters(recurse=False))
+        if not own:
+            continue
+        n = sum(p.numel() for p in own)
+        float_bytes += 4 * n
+        q = quantized(m)
+        if q is None:
+            total += 4 * n
+        else:
+            bits, extra = q
+            total += m.weight.numel() * bits / 8 + extra + 4 * (n - m.weight.numel())
+    return {"model_bytes": total, "float_bytes": float_bytes}
+
+
 def model_name(prefix: str, weight_bits: int, act_bits: int | None) -> str:
     return f"{prefix}_w{weight_bits}" + (f"a{act_bits}" if act_bits is not None else "")
 

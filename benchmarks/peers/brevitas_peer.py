@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import block_convs, register, replace
+from . import block_convs, register, replace, model_bytes as stored_bytes
 
 
 def available() -> bool:
@@ -103,19 +103,8 @@ def model_bytes(model: nn.Module) -> dict:
     other parameter float32."""
     from brevitas.nn import QuantConv2d
 
-    total = float_bytes = 0.0
-    for m in model.modules():
-        own = list(m.parameters(recurse=False))
-        if not own:
-            continue
-        n = sum(p.numel() for p in own)
-        float_bytes += 4 * n
-        if isinstance(m, QuantConv2d):
-            bits = int(m.quant_weight().bit_width)
-            total += m.weight.numel() * bits / 8 + m.weight.shape[0] * 4 + (n - m.weight.numel()) * 4
-        else:
-            total += 4 * n
-    return {"model_bytes": total, "float_bytes": float_bytes}
+    return stored_bytes(model, lambda m: (int(m.quant_weight().bit_width), 4 * m.weight.shape[0])
+                        if isinstance(m, QuantConv2d) else None)
 
 
 def overrides(weight_bits: int, act_bits: int) -> list[str]:

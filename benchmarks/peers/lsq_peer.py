@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from . import block_convs, replace
+from . import block_convs, replace, model_bytes as stored_bytes
 
 
 def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
@@ -114,18 +114,6 @@ def convert_pot(model, weight_bits, act_bits, calibration):
 
 
 def model_bytes(model: nn.Module) -> dict:
-    """Stored size: quantized weights at their bit width plus one float32 step size per channel
-    (and per quantized input); every other parameter float32."""
-    total = float_bytes = 0.0
-    for m in model.modules():
-        own = list(m.parameters(recurse=False))
-        if not own:
-            continue
-        n = sum(p.numel() for p in own)
-        float_bytes += 4 * n
-        if isinstance(m, LSQConv2d):
-            bits = int(math.log2(m.w_high + 1)) + 1
-            total += m.weight.numel() * bits / 8 + 4 * (n - m.weight.numel())
-        else:
-            total += 4 * n
-    return {"model_bytes": total, "float_bytes": float_bytes}
+    """Stored size: quantized weights at their bit width, the step sizes (parameters) and every other
+    parameter float32."""
+    return stored_bytes(model, lambda m: (int(math.log2(m.w_high + 1)) + 1, 0) if isinstance(m, LSQConv2d) else None)

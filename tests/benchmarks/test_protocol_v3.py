@@ -139,7 +139,7 @@ def test_choice_is_the_best_mean_validation_and_reads_no_test():
     assert not any(o.startswith("bn_reestimate") for o in rows["ours_w3a3"].overrides)  # on: the default
     assert "bn_reestimate.batches=0" in rows["lsq_w3"].overrides  # W3 follows W3A3
     assert rows["lsq_w3"].bits == (3, None) and "bn_reestimate.batches=0" in rows["lsq_w3a3"].overrides
-    assert "seeds=5" in rows["ours_w2a2"].tags and rows["ours_w2a2"].init_from == "ours_w3a3"
+    assert rows["ours_w2a2"].seeds == 5 and rows["ours_w2a2"].init_from == "ours_w3a3"
 
 
 def test_welch_matches_the_formula_and_decides_at_five_percent():
