@@ -176,6 +176,7 @@ def bundle_macs(manifest: dict, tensors: dict) -> dict:
     ``linear``) and products of activations (``matmul``, ``attention``) in float; ``integer``
     (integer multiplies) has no op in the bundle today. Shapes are the ones the load proved
     (``Runtime.facts``), at batch 1."""
+    from .export import ops
     from .export.runtime import Runtime
 
     rt = Runtime(manifest, tensors, "summary", strict=False)
@@ -187,20 +188,10 @@ def bundle_macs(manifest: dict, tensors: dict) -> dict:
         shapes[node["name"]] = shape
     macs = {"shift_add": 0, "integer": 0, "float": 0}
     for node in manifest["nodes"]:
-        if node["op"].startswith("shift_"):
-            kind, weight = "shift_add", node["weight_shape"]
-        elif node["op"] in ("conv2d", "linear"):
-            kind, weight = "float", tensors[node["weight"]].shape
-        elif node["op"] == "matmul":  # products of two activations (attention): float; the example has batch 1
-            macs["float"] += int(np.prod(shapes[node["name"]])) * int(shapes[node["inputs"][0]][-1])
-            continue
-        elif node["op"] == "attention":  # q k^T and softmax(.) v
-            q, k, v = (shapes[i] for i in node["inputs"])
-            macs["float"] += int(np.prod(q[:-1])) * int(k[-2]) * (int(q[-1]) + int(v[-1]))
-            continue
-        else:
-            continue
-        macs[kind] += int(np.prod(shapes[node["name"]][1:])) * int(np.prod(weight[1:]))
+        count = ops.get(node["op"]).macs
+        if count is not None:
+            kind, n = count(node, shapes, tensors)
+            macs[kind] += n
     macs["total"] = sum(macs.values())
     return macs
 

@@ -21,7 +21,6 @@ from ..nn.layers import QuantConv2d, QuantMixin
 from ..nn.residual import QuantBatchNorm2d
 from ..quant.quantizers import ShiftQuantizer
 from ..quant.scales import ActivationQuantizer, pot_scale
-from .graph import input_scale
 
 
 def level_boundaries(quantizer) -> tuple[list[float], list[float]]:
@@ -94,7 +93,7 @@ def _plain_layer(layer: QuantMixin) -> nn.Module:
     aq = layer.input_quantizer
     scale = None
     if aq is not None:
-        scale = input_scale(aq)
+        scale = aq.code_scale()
     if isinstance(layer, QuantConv2d):
         plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                           layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
@@ -113,7 +112,7 @@ class OnnxOutput(nn.Module):
     def __init__(self, aq: ActivationQuantizer):
         super().__init__()
         self.quantize = OnnxInput(aq)
-        self.register_buffer("scale", input_scale(aq))
+        self.register_buffer("scale", aq.code_scale())
 
     def forward(self, x):
         return self.quantize(x) * self.scale

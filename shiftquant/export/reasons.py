@@ -9,25 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NOT_YET = "not supported yet: no integer form of this op in the exporter (tracked by the integer-only work)"
-# Ops the requantization thresholds fold between a shift layer and the next quantized layer.
-CHAIN = ("batch_norm", "relu", "clamp", "hardsigmoid", "identity", "flatten")
-_OWN = {  # op -> (why it is float on its own, what to do)
-    "max_pool2d": ("max pooling runs on float values here: it is not between integers on one grid", NOT_YET),
-    "avg_pool2d": ("an average over windows stays float unless every window is whole and it feeds only shift "
-                   "layers", "pool over whole windows (no padding past the end) right before a quantized layer, "
-                   "or " + NOT_YET),
-    "adaptive_avg_pool2d": ("a global average pool is integer only when it feeds only quantized layers (through "
-                            "flattens)", "let it feed the quantized head directly, or " + NOT_YET),
-    "add": ("adds values that are not both on power-of-two integer grids",
-            "quantize the residual stream (recipe residual_bits, as the deploy preset sets it), or " + NOT_YET),
-    "conv2d": ("a convolution kept float (keep_float, or not selected by the recipe)",
-               "select it in the recipe (layers / types / names) and remove it from keep_float"),
-    "linear": ("a linear layer kept float (keep_float, or not selected by the recipe)",
-               "select it in the recipe (layers / types / names) and remove it from keep_float"),
-    "input": ("the bundle takes float input", "export with an input_spec (PixelInput) so it takes integer pixels"),
-}
-
+from . import ops
+from .ops.schema import NOT_YET
 
 @dataclass(frozen=True)
 class FloatReason:
@@ -58,10 +41,11 @@ def _why(node: dict, by_name: dict, readers: dict) -> tuple[str, str]:
     upstream = [by_name[i] for i in node["inputs"] if by_name[i].get("dtype") == "float32"]
     if op.startswith("shift_"):
         return _shift_layer(node, upstream, readers)
-    if upstream and op != "input" and not (op in CHAIN and upstream[0]["op"].startswith("shift_")):
+    in_chain = ops.get(op).chain is not None
+    if upstream and op != "input" and not (in_chain and upstream[0]["op"].startswith("shift_")):
         first = upstream[0]
         return (f"its input {first['name']!r} ({first['op']}) is float", f"make {first['name']!r} integer first")
-    if op in CHAIN:
+    if in_chain:
         end, at = _chain_end(node, readers)
         if end == "breaks":
             return (f"between a shift layer and the next quantized layer, {at[0]['name']!r} ({at[0]['op']}) "
@@ -71,7 +55,7 @@ def _why(node: dict, by_name: dict, readers: dict) -> tuple[str, str]:
             return (f"{_names(at)} read its output: a requantization folds a chain with one reader",
                     f"give that stream its own power-of-two grid ({FAN_OUT})")
         return ("no quantized layer reads its output, so no requantization folds it", NOT_YET)
-    return _OWN.get(op, (f"{op} has no integer form", NOT_YET))
+    return ops.get(op).float_reason or (f"{op} has no integer form", NOT_YET)
 
 
 def _shift_layer(node: dict, upstream: list[dict], readers: dict) -> tuple[str, str]:
@@ -120,6 +104,6 @@ def _chain_end(node: dict, readers: dict) -> tuple[str, list[dict]]:
         nxt = after[0]
         if nxt["op"].startswith("shift_"):
             return "layer", []
-        if nxt["op"] not in CHAIN:
+        if ops.get(nxt["op"]).chain is None:
             return "breaks", [nxt]
         cur = nxt

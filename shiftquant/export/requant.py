@@ -27,7 +27,6 @@ in float: the exporter records it in ``float_ops`` (:mod:`shiftquant.export.grap
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -36,14 +35,18 @@ import torch
 from ..errors import ExportError
 from .ints import FLOAT, narrowest
 from .pixels import pixels_to_float
-from .runtime import Runtime, constant_divisor, pair
+from . import ops
+from .ops.quantizers import input_unit, level_ints
+from .loader import Graph
+from .values import Fact
 
 EXACT = 1 << 24
-# Ops that map each element to one element of the same channel, monotonically.
-CHAIN_OPS = {"batch_norm", "relu", "clamp", "hardsigmoid", "identity", "flatten"}
-# Ops in a chain that move values (they stay in the graph, on the integers): flatten, and padding
-# that copies values or pads zeros where the quantizer after it has a zero level.
-MOVES = ("flatten", "pad")
+
+
+def _role(node: dict) -> str | None:
+    """The node's part in a chain (:attr:`.ops.OpDef.chain`): ``fold``, ``move`` or None. Padding
+    moves values only where it copies them or pads zeros the quantizer after it has (checked below)."""
+    return ops.get(node["op"]).chain
 
 
 def _consumers(nodes: list[dict]) -> dict[str, list[dict]]:
@@ -70,7 +73,7 @@ def find_chains(manifest: dict) -> list[tuple[dict, list[dict], dict]]:
             if nxt["op"].startswith("shift_"):
                 target = nxt
                 break
-            if nxt["op"] not in CHAIN_OPS and nxt["op"] != "pad":
+            if _role(nxt) is None:
                 break
             chain.append(nxt)
             if nxt.get("output_quantizer"):
@@ -80,7 +83,7 @@ def find_chains(manifest: dict) -> list[tuple[dict, list[dict], dict]]:
         if target is None:
             continue
         spec = _target_spec(target)
-        if any(n["op"] in MOVES for n in chain) and spec["policy"] != "learned_pot":
+        if any(_role(n) == "move" for n in chain) and spec["policy"] != "learned_pot":
             continue  # a per-feature standardization after a flatten is not per channel of S
         if any(n["op"] == "pad" and n["mode"] == "constant" and (n["value"] != 0 or n is not chain[-1] or t_bn
                                                                   or 0 not in spec["quantizer"]["levels"])
@@ -109,7 +112,7 @@ def _search(code_ints, levels: np.ndarray, low: int, high: int, columns: int, di
     return lo
 
 
-def thresholds(rt: Runtime, s: dict, chain: list[dict], target: dict) -> tuple[np.ndarray, np.ndarray]:
+def thresholds(rt: Graph, s: dict, chain: list[dict], target: dict) -> tuple[np.ndarray, np.ndarray]:
     """``(thresholds (L-1, C), direction (C,))`` reproducing the target quantizer's integers from
     ``S``'s accumulator over ``[-bound, bound]``; ``L`` is the number of the quantizer's levels."""
     spec = _target_spec(target)
@@ -131,7 +134,7 @@ def thresholds(rt: Runtime, s: dict, chain: list[dict], target: dict) -> tuple[n
 
     ends = code_ints(np.stack([np.full(channels, -bound), np.full(channels, bound)]).astype(np.int64))
     direction = np.where(ends[1] >= ends[0], 1, -1).astype(np.int64)
-    return _search(code_ints, Runtime.level_ints(spec), -bound, bound, channels, direction), direction
+    return _search(code_ints, level_ints(spec), -bound, bound, channels, direction), direction
 
 
 @contextlib.contextmanager
@@ -170,7 +173,7 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     chains = find_chains(manifest)
     if not chains:
         return
-    rt = Runtime(manifest, tensors, "export", strict=False)
+    rt = Graph(manifest, tensors, "export", strict=False)
     with _one_thread():
         found = [(s, chain, t, *thresholds(rt, s, chain, t)) for s, chain, t in chains]
     removed, renamed = set(), {}
@@ -178,10 +181,10 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
         spec = _target_spec(t)
         s["requant"] = {"thresholds": _add_thresholds(tensors, f"{s['name']}.requant.thresholds", thr),
                         "direction": _add(tensors, f"{s['name']}.requant.direction", direction),
-                        "levels": Runtime.level_ints(spec).tolist(), "unit": Runtime.input_unit(spec)}
+                        "levels": level_ints(spec).tolist(), "unit": input_unit(spec)}
         kept = s["name"]
         for node in chain:
-            if node["op"] in MOVES:
+            if _role(node) == "move":
                 node["inputs"] = [kept]
                 kept = node["name"]
             else:
@@ -215,57 +218,62 @@ class Ints:
 def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     """Mark the ops that run on integers, give adds their alignment shifts, shift layers fed by
     integers their input thresholds and the last shift layers integer outputs; prove every
-    integer's range and declare its type. In place, after :func:`fold`."""
+    integer's range and declare its type. In place, after :func:`fold`.
+
+    The exporter decides which layers read integers; each op decides, by its definition
+    (:attr:`.ops.OpDef.integerize`), whether it goes onto integers (an add aligning two grids, a
+    pool summing for readers that divide), and its range is its definition's
+    (:attr:`.ops.OpDef.prove`), the rule the loader proves it with."""
     nodes = manifest["nodes"]
     consumers = _consumers(nodes)
+    rt = Graph(manifest, tensors, "export", strict=False)  # shapes proven; the float kernels
     ints: dict[str, Ints] = {}
-    rt = None
     for node in nodes:
         op, inputs, name = node["op"], node["inputs"], node["name"]
         src = ints.get(inputs[0]) if inputs else None
         if op == "input":
             if node.get("pixels"):
                 ints[name] = Ints("pixels", 0, node["pixels"]["scale"])
-        elif op.startswith("shift_"):
+            continue
+        if op.startswith("shift_"):
             if src is not None and not node.get("input_codes") and node["input_quantizer"]["policy"] == "learned_pot":
-                rt = rt or Runtime(manifest, tensors, "export", strict=False)
                 with _one_thread():
                     thr = _stream_thresholds(rt, node, src)
                 node["input_thresholds"] = _add_thresholds(tensors, f"{name}.input_thresholds", thr)
             out = _requant_ints(node, tensors) if node.get("requant") else _int_output(node, tensors)
             if out is not None:
                 ints[name] = out
-        elif op == "batch_norm" and node.get("output_quantizer"):
-            levels = Runtime.level_ints(node["output_quantizer"])
-            ints[name] = Ints("grid", int(levels.min()), int(levels.max()), Runtime.input_unit(node["output_quantizer"]))
-        elif op == "add" and all(i in ints and ints[i].kind == "grid" for i in inputs):
-            a, b = ints[inputs[0]], ints[inputs[1]]
-            unit = min(a.unit, b.unit)
-            shifts = [round(math.log2(a.unit / unit)), round(math.log2(b.unit / unit))]
-            if any(2.0 ** sh * unit != u for sh, u in zip(shifts, (a.unit, b.unit))):
-                continue  # not both powers of two apart: a float add
-            node["shifts"] = shifts
-            ints[name] = Ints("grid", (a.lo << shifts[0]) + (b.lo << shifts[1]), (a.hi << shifts[0]) + (b.hi << shifts[1]), unit)
-        elif op in ("reshape", "expand", "permute", "index") and src is not None and src.kind == "grid":
-            ints[name] = src  # integers on a grid, moved
-        elif op == "pad" and src is not None and src.kind == "grid" and (node["mode"] != "constant" or node["value"] == 0):
-            ints[name] = replace(src, lo=min(src.lo, 0), hi=max(src.hi, 0))  # copies of its values, or zeros
-        elif op in ("identity", "flatten") and src is not None:
-            ints[name] = _flattened(node, src, nodes) if op == "flatten" and src.kind == "pixels" else src
-        elif op in ("relu", "max_pool2d") and src is not None and src.kind != "pixels":
-            ints[name] = replace(src, lo=max(src.lo, 0), hi=max(src.hi, 0)) if op == "relu" else src
-        elif op == "adaptive_avg_pool2d" and src is not None and src.kind == "grid" \
-                and node["output_size"] in (1, [1, 1], (1, 1)) and _feeds_only_shift_layers(node, consumers):
-            _, h, w = node["input_shape"]
-            node["integer"] = True
-            ints[name] = Ints("sum", src.lo * h * w, src.hi * h * w, src.unit, pool=node)
-        elif op == "avg_pool2d" and src is not None and src.kind == "grid" and constant_divisor(node) \
-                and _feeds_only_shift_layers(node, consumers):
-            kh, kw = pair(node["kernel_size"])
-            node["integer"] = True  # a sum of kh x kw integers (zeros where padded), divided by a constant
-            ints[name] = Ints("sum", src.lo * kh * kw, src.hi * kh * kw, src.unit, pool=node)
+            continue
+        spec = node.get("output_quantizer") if ops.get(op).quantizes_output else None
+        if spec:
+            levels = level_ints(spec)
+            ints[name] = Ints("grid", int(levels.min()), int(levels.max()), input_unit(spec))
+            continue
+        if not inputs or not all(i in ints for i in inputs):
+            continue
+        decide = ops.get(op).integerize
+        if decide is not None:
+            decide(node, [ints[i] for i in inputs], lambda: _feeds_only_shift_layers(node, consumers))
+        out = _proven(rt, node, [ints[i] for i in inputs])
+        if out is not None:
+            ints[name] = _flattened(node, out, nodes) if op == "flatten" and src.kind == "pixels" else out
     for node in nodes:
         _declare_type(node, ints.get(node["name"]), manifest["exact"])
+
+
+def _proven(shapes, node: dict, args: list[Ints]) -> Ints | None:
+    """The node's output integers by its op's range rule, None when it runs in float; a sum keeps
+    the grid it sums and the pool that made it (its readers' thresholds evaluate that pool)."""
+    prove = ops.get(node["op"]).prove
+    if prove is None:
+        return None
+    facts = [Fact(shapes.facts[i].shape, a.kind, a.lo, a.hi, a.unit) for i, a in zip(node["inputs"], args)]
+    out = prove(shapes, node, facts, shapes.facts[node["name"]].shape)
+    if out is None:
+        return None
+    if out.kind == "sum" and args[0].kind != "sum":  # this node sums its input's grid
+        return Ints("sum", out.lo, out.hi, args[0].unit, pool=node)
+    return replace(args[0], kind=out.kind, lo=out.lo, hi=out.hi, unit=out.unit)
 
 
 def _declare_type(node: dict, out: Ints | None, exact: bool) -> None:
@@ -308,7 +316,7 @@ def _int_output(node: dict, tensors: dict[str, np.ndarray]) -> Ints | None:
     if not node["exact"] or node.get("weight_offset") or node["input_quantizer"]["policy"] != "learned_pot":
         return None
     scale = tensors[node["weight_scale"]].astype(np.float64)
-    grid = scale * node["weight_quantizer"]["resolution"] * Runtime.input_unit(node["input_quantizer"])
+    grid = scale * node["weight_quantizer"]["resolution"] * input_unit(node["input_quantizer"])
     if not (np.frexp(grid)[0] == 0.5).all():
         return None
     unit = float(grid.min())
@@ -338,16 +346,16 @@ def _feeds_only_shift_layers(node: dict, consumers: dict) -> bool:
     return bool(consumers[node["name"]])
 
 
-def _stream_thresholds(rt: Runtime, t: dict, src: Ints) -> np.ndarray:
+def _stream_thresholds(rt: Graph, t: dict, src: Ints) -> np.ndarray:
     """Thresholds ``(L-1, K)`` from a layer's integer input to its input integers. Pixels go through
     the normalization (a column per channel, or per feature after a flatten; one when they agree);
     a pooled sum (global, or of whole windows) through the pooling op itself: the sum at one
     position, zeros elsewhere, read at the output of the window that holds it."""
     spec = t["input_quantizer"]
-    levels = Runtime.level_ints(spec)
+    levels = level_ints(spec)
     ones = np.ones(1, dtype=np.int64)
     if src.kind == "pixels":
-        px = rt._pixels
+        px = rt.pixels
         channels = len(px["mean"])
 
         def code_ints(p: np.ndarray) -> np.ndarray:

@@ -185,6 +185,12 @@ class ActivationQuantizer(nn.Module):
                                        norm.training or norm.running_mean is None, momentum or 0.0, norm.eps)
         return out.reshape(moved.shape).movedim(1, self.channel_dim)
 
+    def code_scale(self) -> torch.Tensor:
+        """The scalar its codes are worth in the deployed (hard) model, as ``quantize`` returns it."""
+        if self.policy == "learned_pot":
+            return pot_scale(self.log2_scale).detach()
+        return torch.tensor(self.clip_sigma)
+
     def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z, scale)`` with ``forward(x) = quantizer(z) * scale``."""
         if self.policy == "standardize":

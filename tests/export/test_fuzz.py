@@ -8,7 +8,8 @@ import pytest
 import shiftquant as sq
 from shiftquant.errors import BundleError
 from shiftquant.export.bundle import parse_bundle, read_bundle, write_bundle
-from shiftquant.export.runtime import Runtime, _shift_add
+from shiftquant.export.ops.shift_kernels import shift_add as _shift_add
+from shiftquant.export.runtime import Runtime
 from tests.export.models import quantized, quantized_pixels
 
 RAW_MUTATIONS = 8000
@@ -111,7 +112,7 @@ def test_accumulators_at_the_extremes_match_a_wide_integer_reference(name, bits,
     for node in rt.nodes:
         if not node["op"].startswith("shift_"):
             continue
-        w = rt._weights[node["name"]].reshape(node["weight_shape"][0], -1)
+        w = rt.weights[node["name"]].reshape(node["weight_shape"][0], -1)
         lo, hi = node["input_range"]  # the codes this layer's input can take, proven by the exporter
         for a in (np.where(w > 0, hi, lo), np.where(w > 0, lo, hi), np.full_like(w, hi), np.full_like(w, lo)):
             # Column c of the patch matrix is channel c's adversarial input: the diagonal is its sum.

@@ -50,26 +50,32 @@ def test_runtime_equals_pytorch_exactly(name, bits, acts, tmp_path):
 @contextlib.contextmanager
 def float_made_impossible(monkeypatch):
     """Every float kernel the runtime could reach raises (integer max pooling is let through)."""
-    from shiftquant.export import runtime
+    from shiftquant.export import ops, runtime
 
     def refuse(what):
         def kernel(*args, **kwargs):
             raise AssertionError(f"{what} ran in an integer-only bundle")
         return kernel
 
-    int_max_pool = runtime.F.max_pool2d
+    int_max_pool = ops.pool.F.max_pool2d
 
     def max_pool(x, *args, **kwargs):
         assert not x.is_floating_point(), "float max pooling ran in an integer-only bundle"
         return int_max_pool(x, *args, **kwargs)
 
+    refused = types.SimpleNamespace(max_pool2d=max_pool, **{
+        k: refuse(k) for k in ("batch_norm", "relu", "conv2d", "linear", "avg_pool2d", "adaptive_avg_pool2d", "pad",
+                               "layer_norm", "gelu", "hardswish", "hardsigmoid", "silu")})
     with monkeypatch.context() as m:
-        m.setattr(runtime, "F", types.SimpleNamespace(max_pool2d=max_pool, **{
-            k: refuse(k) for k in ("batch_norm", "relu", "conv2d", "linear", "avg_pool2d", "adaptive_avg_pool2d")}))
-        m.setattr(runtime, "QF", types.SimpleNamespace(ROUNDINGS=runtime.QF.ROUNDINGS, shift_quantize=refuse("shift_quantize"),
-                                                        uniform_quantize=refuse("uniform_quantize")))
+        for family in (ops.pool, ops.norm, ops.conv, ops.elementwise, ops.movement, ops.quantizers, ops.shift):
+            if hasattr(family, "F"):
+                m.setattr(family, "F", refused)
+        qf = ops.quantizers.QF
+        m.setattr(ops.quantizers, "QF", types.SimpleNamespace(ROUNDINGS=qf.ROUNDINGS,
+                                                              shift_quantize=refuse("shift_quantize"),
+                                                              uniform_quantize=refuse("uniform_quantize")))
         m.setattr(runtime, "pixels_to_float", refuse("pixels_to_float"))
-        m.setattr(runtime.Runtime, "_float", lambda self, node, *a: pytest.fail(f"{node['name']} computed in float"))
+        m.setattr(runtime.Runtime, "in_float", lambda self, node, *a: pytest.fail(f"{node['name']} computed in float"))
         yield
 
 
@@ -150,7 +156,8 @@ def test_requantization_equals_the_float_chain_on_every_accumulator(tmp_path):
     """Thresholds against the float chain they replace, over a layer's whole accumulator range."""
     from shiftquant.export.graph import Exporter
     from shiftquant.export.requant import find_chains, thresholds
-    from shiftquant.export.runtime import Runtime, level_index
+    from shiftquant.export.ops.shift_kernels import level_index
+    from shiftquant.export.runtime import Runtime
 
     model, x = quantized("mlp", 3, weight_shift_bits=2, act_shift_bits=2)
     exporter = Exporter(model)
@@ -181,7 +188,7 @@ def test_every_quantized_layer_runs_as_shift_add(tmp_path):
 
 
 def test_shift_add_conv_matches_integer_convolution():
-    from shiftquant.export.runtime import shift_add_conv
+    from shiftquant.export.ops.shift_kernels import shift_add_conv
     rng = np.random.default_rng(0)
     a = rng.integers(-128, 128, (2, 4, 7, 9))
     w = rng.choice([0, 1, -1, 2, -2, 8, -64], size=(6, 2, 3, 3))

@@ -1,0 +1,42 @@
+"""Small helpers that print C text: constant arrays, the narrowest type for values, accumulator types."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import CodegenError
+from .program import CTYPES
+
+
+def generated_text(text: str) -> str:
+    """Text the generator wrote from checked numbers, for a comment: refused if it could end one."""
+    if "*/" in text or "/*" in text or "??" in text or not all(" " <= ch <= "~" for ch in text):
+        raise CodegenError(f"generated comment text is not plain: {text[:80]!r}")
+    return text
+
+
+def array(ctype: str, name: str, values, per_line: int = 24) -> str:
+    vals = [str(int(v)) for v in np.asarray(values).reshape(-1)]
+    if not vals:
+        vals = ["0"]
+    lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
+    body = ",\n    ".join(lines)
+    return f"static const {ctype} {name}[{len(vals)}] = {{\n    {body}\n}};\n"
+
+
+def smallest(values, signed: bool = True) -> str:
+    vals = np.asarray(values).reshape(-1)
+    lo, hi = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
+    for name in (("int8", "int16", "int32") if signed or lo < 0 else ("uint8", "uint16", "int32")):
+        _, _, tlo, thi = CTYPES[name]
+        if tlo <= lo and hi <= thi:
+            return CTYPES[name][0]
+    return "int32_t"
+
+
+class Width:
+    """The C types of an accumulator width: unsigned (wrap-around) and signed views."""
+
+    def __init__(self, bits: int):
+        self.acc, self.sacc = ("uint16_t", "int16_t") if bits == 16 else ("uint32_t", "int32_t")
+        self.signed = "SQ_S16" if bits == 16 else "SQ_S32"
+        self.shift = "unsigned" if bits == 16 else "uint32_t"  # shifted without promotion to int

@@ -1,0 +1,311 @@
+"""The C program a bundle lowers to: integer tensors, the kernels between them, and their sizes.
+
+Plain data, as CMSIS-NN's parameter structs: :mod:`.lower` fills it from the proven graph,
+:mod:`.layout` and :mod:`.arena` place it in memory, :mod:`.emit` prints it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...errors import CodegenError
+
+# Types of values between kernels, narrowest first (the bundle's declared integer types).
+CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
+          "uint16": ("uint16_t", 2, 0, 65535), "int16": ("int16_t", 2, -32768, 32767),
+          "int32": ("int32_t", 4, -2**31, 2**31 - 1)}
+ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
+CHUNK = 64  # output positions per vector block of a shift layer
+WINDOW = 24  # beyond this many thresholds, a block counts only those between its extremes
+LOOKUP_SPAN = 4096  # tables mode: many levels become a lookup table over at most this many values
+
+
+def dtype_for(lo: int, hi: int) -> str:
+    for name, (_, _, tlo, thi) in CTYPES.items():
+        if tlo <= lo and hi <= thi:
+            return name
+    raise CodegenError(f"integer range [{lo}, {hi}] does not fit 32 bits")
+
+
+@dataclass
+class Tensor:
+    """A (C, H, W) integer tensor stored as C planes of (H + 2B) x (W + 2B), zero border B."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, int, int]
+    lo: int
+    hi: int
+    border: int = 0
+    offset: int = -1  # bytes into the arena; -1: the caller's output buffer (the logits)
+    alias_of: Tensor | None = None
+    slack: int = 0  # elements readable past the end (vector blocks that overrun)
+
+    @property
+    def ctype(self) -> str:
+        return CTYPES[self.dtype][0]
+
+    @property
+    def itemsize(self) -> int:
+        return CTYPES[self.dtype][1]
+
+    @property
+    def row(self) -> int:
+        return self.shape[2] + 2 * self.border
+
+    @property
+    def plane(self) -> int:
+        return (self.shape[1] + 2 * self.border) * self.row
+
+    @property
+    def elems(self) -> int:
+        return self.shape[0] * self.plane
+
+    @property
+    def nbytes(self) -> int:
+        return (self.elems + self.slack) * self.itemsize
+
+    @property
+    def root(self) -> Tensor:
+        return self.alias_of.root if self.alias_of is not None else self
+
+
+@dataclass
+class Thresholds:
+    """``levels[sum_k [v >= t_k,c]]``, computed as ``levels[0] + sum_k [v >= t_k,c] * step_k``.
+    ``table``: (channels, K) integers (one row for every channel when it has one row)."""
+
+    table: np.ndarray
+    levels: list[int]
+    negate: list[bool] | None = None  # per channel: compare -v (a decreasing channel)
+
+    @property
+    def count(self) -> int:
+        return self.table.shape[1]
+
+    @property
+    def window(self) -> bool:
+        return self.count > WINDOW
+
+    @property
+    def steps(self) -> list[int]:
+        return [b - a for a, b in zip(self.levels, self.levels[1:])]
+
+    def lookup(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(table (channels, span), base (channels,))``: the level of every value ``base_c + i``
+        for ``i`` in ``[0, span)``, from one below the first threshold to the last (values beyond
+        either end clamp to it); None when the span exceeds ``LOOKUP_SPAN``."""
+        base = self.table[:, 0] - 1
+        span = int((self.table[:, -1] - base).max()) + 1
+        if span > LOOKUP_SPAN:
+            return None
+        levels = np.asarray(self.levels)
+        rows = [levels[np.searchsorted(t, b + np.arange(span), side="right")] for t, b in zip(self.table, base)]
+        return np.stack(rows), base
+
+
+@dataclass
+class Kernel:
+    name: str  # C identifier
+    node: str  # the manifest node it computes
+    inputs: list[Tensor]
+    output: Tensor
+
+    @property
+    def label(self) -> str:
+        """The node's name as it may appear in a C comment (:func:`comment`)."""
+        return comment(self.node)
+
+
+@dataclass
+class ShiftLayer(Kernel):
+    """Shift-add convolution (a linear layer is a 1x1 convolution of a 1x1 image)."""
+
+    cout: int = 0
+    groups: int = 1
+    cin_g: int = 0
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    out_hw: tuple[int, int] = (1, 1)
+    codes: np.ndarray = None  # uint8, bit-packed as in the bundle, plus a zero byte
+    code_bits: int = 1
+    code_shift: list[int] = field(default_factory=list)  # per code: t of ±2^t, or -1 for a zero weight
+    code_negative: list[bool] = field(default_factory=list)
+    exponents: list[int] = field(default_factory=list)  # distinct t, descending
+    acc_bits: int = 16
+    bound: int = 0
+    requant: Thresholds | None = None
+    logit_bias: list[int] | None = None  # integer logits: (acc + bias_c) << shift_c
+    logit_shift: list[int] | None = None
+    # Segments of consecutive output positions: NSEG segments of LEN positions; the input of the
+    # first position of segment s is at in0 + s * in_step, its output at out0 + s * out_step.
+    segments: tuple[int, int, int, int, int] = (1, 0, 0, 0, 0)  # nseg, len, out0, out_step, in0
+    in_step: int = 0
+    x_step: int = 1
+    chunk: int = 1
+    tap_offsets: list[int] = field(default_factory=list)  # per (ci, kh, kw) of one output channel
+    weight_codes: np.ndarray = None  # (cout, taps): each weight's code
+    narrow_run: int = 0  # taps summed in 8-bit lanes before widening (0: sum in the accumulator width)
+
+    @property
+    def taps(self) -> int:
+        return self.cin_g * self.kernel[0] * self.kernel[1]
+
+    @property
+    def groups_count(self) -> int:
+        return 2 * len(self.exponents)
+
+    def group_of_code(self) -> list[int]:
+        """Per code: its group, ``2 e`` (+2^t) or ``2 e + 1`` (-2^t) for ``t = exponents[e]``, or
+        ``groups_count`` for a zero weight."""
+        ng = self.groups_count
+        return [ng if t < 0 or t not in self.exponents else 2 * self.exponents.index(t) + int(neg)
+                for t, neg in zip(self.code_shift, self.code_negative)]
+
+    def grouped_taps(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, starts)``: every output channel's input offsets, grouped by exponent and sign,
+        concatenated, and per channel where each group starts (``(cout, groups + 1)``, absolute)."""
+        group = np.asarray(self.group_of_code())[self.weight_codes]  # (cout, taps)
+        ng = self.groups_count
+        offsets, starts, pos = [], [], 0
+        taps = np.asarray(self.tap_offsets)
+        for co in range(self.cout):
+            row = [pos]
+            for g in range(ng):
+                sel = taps[group[co] == g]
+                offsets.append(sel)
+                pos += sel.size
+                row.append(pos)
+            starts.append(row)
+        return (np.concatenate(offsets) if offsets else np.zeros(0, np.int64)), np.asarray(starts, np.int64)
+
+
+@dataclass
+class Map(Kernel):
+    """A shift layer's input stage on integers: thresholds per element (pixels, the residual
+    stream, a global sum) to the layer's input level integers."""
+
+    thresholds: Thresholds = None
+
+
+@dataclass
+class Unary(Kernel):
+    """An elementwise map of integers, ``out[i] = expr(x)`` with ``x = a[i]`` (an op's C lowering
+    writes ``expr`` from checked integers only: ``x > 0 ? x : 0`` for ReLU)."""
+
+    expr: str = "x"
+
+
+@dataclass
+class Add(Kernel):
+    shifts: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class MaxPool(Kernel):
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+
+@dataclass
+class GlobalSum(Kernel):
+    pass
+
+
+@dataclass
+class WindowSum(Kernel):
+    """An integer average pool over whole windows: the sum of each window (its readers'
+    thresholds divide)."""
+
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+
+
+@dataclass
+class Split(Kernel):
+    """A stride-2 convolution's input as parity phases: output plane ``p * C + c`` holds, at row
+    ``u`` and column ``v`` (the convolution output's grid, border ``out_border`` included), input
+    pixel ``(2 (u - out_border) + py - padding, 2 (v - out_border) + px - padding)`` of channel
+    ``c``, with ``(py, px) = phases[p]``; zero outside the image."""
+
+    phases: list[tuple[int, int]] = field(default_factory=list)
+    padding: tuple[int, int] = (0, 0)
+    out_border: int = 0
+
+
+@dataclass
+class Copy(Kernel):
+    """Data movement that changes the layout (a flatten of a bordered tensor)."""
+
+
+@dataclass
+class Program:
+    name: str
+    kernels: list[Kernel]
+    tensors: list[Tensor]
+    input: Tensor  # as the caller passes it (no border)
+    input_kind: str  # "pixels" or "codes" (the first shift layer's input integers, host-quantized)
+    input_node: dict  # the manifest's input node (host side: shape, pixels)
+    input_layer: dict | None  # with "codes": the shift layer whose input quantizer the host applies
+    output: Tensor
+    output_kind: str  # "logits" (integers on one grid) or "accumulators" (host dequantizes)
+    output_node: dict
+    logit_unit: float | None
+    weights: str = "packed"  # "packed": the bundle's codes; "tables": precomputed grouped offsets
+    arena_bytes: int = 0
+    stack_bytes: int = 0
+
+    @property
+    def flash_bytes(self) -> int:
+        """Bytes of constant data: packed codes, tap tables, thresholds, per-channel constants."""
+        total = 0
+        for k in self.kernels:
+            if isinstance(k, ShiftLayer):
+                if self.weights == "packed":
+                    total += k.codes.size + len(k.code_shift) + int_bytes(k.tap_offsets) * len(k.tap_offsets)
+                else:
+                    nonzero = int((np.asarray(k.group_of_code())[k.weight_codes] < k.groups_count).sum())
+                    total += int_bytes(k.tap_offsets) * nonzero + 4 * k.cout * (k.groups_count + 1)
+                total += 4 * 4 * k.cout  # per-channel bases: output plane, input group, weights, thresholds
+                lookup = k.requant.lookup() if k.requant is not None and k.requant.window \
+                    and self.weights == "tables" else None
+                if lookup is not None:
+                    total += lookup[0].size * (1 if max(map(abs, k.requant.levels)) < 128 else 2) + 4 * k.cout
+                elif k.requant is not None:
+                    total += _threshold_bytes(k.requant, k.acc_bits)
+                if k.logit_bias is not None:
+                    total += 5 * k.cout
+            elif isinstance(k, Map):
+                total += _threshold_bytes(k.thresholds, 32)
+        return total
+
+    @property
+    def ram_bytes(self) -> int:
+        """Peak RAM: the arena plus the largest kernel's stack scratch (the caller's input and
+        logits buffers are not counted)."""
+        return self.arena_bytes + self.stack_bytes
+
+
+def int_bytes(values) -> int:
+    top = max((abs(int(v)) for v in values), default=0)
+    return 2 if top < 1 << 16 else 4
+
+
+def _threshold_bytes(t: Thresholds, bits: int) -> int:
+    return t.table.size * bits // 8 + 4 * len(t.levels) + t.table.shape[0]
+
+
+def comment(text: str, limit: int = 64) -> str:
+    """``text`` (a bundle's node name) as safe text inside a C comment: letters, digits and ``_ . -
+    : [ ] ( ) ,`` kept, everything else (``*/``, ``/*``, ``//``, newlines, ``\\``, ``#``, ``?``,
+    non-ASCII, control characters) becomes ``_``; at most ``limit`` characters."""
+    safe = "".join(ch if ch in _COMMENT_SAFE else "_" for ch in text[:limit])
+    return safe + ("..." if len(text) > limit else "")
+
+
+_COMMENT_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:[](), ")

@@ -1,0 +1,133 @@
+"""Elementwise ops: activations, clamps and arithmetic.
+
+On integers, ``relu`` keeps integers (``max(x, 0)``) and an ``add`` with ``shifts`` adds two grids
+aligned by shifts; every other elementwise op runs in float32 with PyTorch's kernel of its name.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import CodegenError
+from ..values import Fact, Value
+from .schema import FLOAT32_MAX, NOT_YET, CStep, Field, OpDef, keeps_sign, positive, register
+
+MAX_SHIFT = 30  # bits an integer add may shift its inputs by
+BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}  # as models write them
+
+
+def _unary(fn):
+    return lambda node, args, tensor, batch: fn(args[0])
+
+
+def _relu_int(rt, node, args):
+    x = args[0]
+    return None if x.kind == "pixels" else Value(np.maximum(x.data, 0), x.unit, x.kind)
+
+
+def _relu_prove(rt, node, args, shape):
+    x = args[0]
+    return None if x.kind == "pixels" else Fact(shape, x.kind, max(x.lo, 0), max(x.hi, 0), x.unit)
+
+
+def _clamp_check(rt, node):
+    bounds = [node.get("min"), node.get("max")]
+    if bounds == [None, None]:
+        rt.fail(node, "clamp needs a min or a max")
+    if None not in bounds and bounds[0] > bounds[1]:
+        rt.fail(node, "clamp min must not exceed max")
+
+
+def _binary_float(node, args, tensor, batch):
+    fn, x = BINARY[node["op"]], args[0]
+    if node.get("scalar") is None:
+        return fn(args[0], args[1])
+    return fn(node["scalar"], x) if node.get("reverse") else fn(x, node["scalar"])
+
+
+def _add_shifts(rt, node, args) -> tuple[float, tuple[int, int]]:
+    """The finer grid of an integer add and its two shifts, checked to align its inputs."""
+    if len(args) != 2 or any(a.kind != "grid" for a in args):
+        rt.fail(node, "adds integers off a power-of-two grid")
+    s0, s1 = rt.ints(node, node["shifts"], "shifts", 2)
+    if max(s0, s1) > MAX_SHIFT:
+        rt.fail(node, f"shifts must be 0 to {MAX_SHIFT}")
+    unit = min(args[0].unit, args[1].unit)
+    if any(a.unit != unit * 2.0 ** k for a, k in zip(args, (s0, s1))):
+        rt.fail(node, "shifts do not align its inputs' grids")
+    return unit, (s0, s1)
+
+
+def _add_int(rt, node, args):
+    if args[0].kind == "pixels" or node.get("shifts") is None:
+        return None
+    unit, (s0, s1) = _add_shifts(rt, node, args)
+    return Value((args[0].data.astype(np.int64) << s0) + (args[1].data.astype(np.int64) << s1), unit)
+
+
+def _add_prove(rt, node, args, shape):
+    if args[0].kind == "pixels" or node.get("shifts") is None:
+        return None
+    unit, (s0, s1) = _add_shifts(rt, node, args)
+    a, b = args
+    return Fact(shape, "grid", (a.lo << s0) + (b.lo << s1), (a.hi << s0) + (b.hi << s1), unit)
+
+
+def _add_integerize(node, args, readers_divide) -> None:
+    """Two grids a power of two apart: aligned by shifts onto the finer one."""
+    if len(args) != 2 or any(a.kind != "grid" for a in args):
+        return
+    unit = min(a.unit for a in args)
+    shifts = [round(math.log2(a.unit / unit)) for a in args]
+    if all(2.0 ** sh * unit == a.unit for sh, a in zip(shifts, args)):
+        node["shifts"] = shifts
+
+
+def _add_c(node, args):
+    if node.get("shifts") is None or len(args) != 2:
+        return None
+    if args[0].shape != args[1].shape:
+        raise CodegenError(f"node {node['name']!r} (add): shapes {args[0].shape} and {args[1].shape} differ")
+    return CStep("add", {"shifts": tuple(int(v) for v in node["shifts"])}, in_place=True)
+
+
+def _binary(name: str, sign, doc: str, **extra) -> OpDef:
+    fields = (Field("scalar", "number", "the number operand, when one operand is a number", low=-FLOAT32_MAX,
+                    optional=True),
+              Field("reverse", "flag", "the number comes first (`2 - x`)", optional=True))
+    return OpDef(name, doc, fields + extra.pop("fields", ()),
+                 inputs=lambda node: 1 if node.get("scalar") is not None else 2, float=_binary_float, sign=sign,
+                 onnx=name.capitalize(), **extra)
+
+
+register(
+    OpDef("relu", "`max(x, 0)`, on integers too", float=_unary(F.relu), integer=_relu_int, prove=_relu_prove,
+          sign=positive, c=lambda node, args: CStep("unary", {"expr": "x > 0 ? x : 0"}, in_place=True), chain="fold",
+          onnx="Relu"),
+    OpDef("clamp", "`torch.clamp` (ReLU6 is `clamp` 0..6, Hardtanh and `F.relu6` too)",
+          (Field("min", "number", "lower bound, or null", low=-1e30, optional=True),
+           Field("max", "number", "upper bound, or null", low=-1e30, optional=True)),
+          float=lambda node, args, tensor, batch: torch.clamp(args[0], node["min"], node["max"]), check=_clamp_check, chain="fold",
+          sign=lambda node, non_negative: node.get("min") is not None and node["min"] >= 0, onnx="Clip"),
+    OpDef("hardswish", "`F.hardswish`", float=_unary(F.hardswish), onnx="HardSwish"),
+    OpDef("hardsigmoid", "`F.hardsigmoid`", float=_unary(F.hardsigmoid), sign=positive, chain="fold",
+          onnx="HardSigmoid"),
+    OpDef("silu", "`F.silu`", float=_unary(F.silu), onnx="Sigmoid, Mul"),
+    OpDef("sigmoid", "`torch.sigmoid`", float=_unary(torch.sigmoid), sign=positive, onnx="Sigmoid"),
+    OpDef("gelu", "`F.gelu`", (Field("approximate", "choice", "PyTorch's approximation", choices=("none", "tanh")),),
+          float=lambda node, args, tensor, batch: F.gelu(args[0], approximate=node["approximate"]), onnx="Gelu"),
+    _binary("add", keeps_sign, "`+`; with `shifts: [a, b]`, `(x << a) + (y << b)` on integers: both inputs on "
+            "power-of-two grids, aligned to the finer one",
+            fields=(Field("shifts", "ints", "integer add: the left shift of each input", count=2, optional=True),),
+            integer=_add_int, prove=_add_prove, c=_add_c, integerize=_add_integerize,
+            float_reason=("adds values that are not both on power-of-two integer grids",
+                          "quantize the residual stream (recipe residual_bits, as the deploy preset sets it), or "
+                          + NOT_YET)),
+    _binary("sub", lambda node, non_negative: False, "`-`"),
+    _binary("mul", keeps_sign, "`*` (broadcast: the squeeze-excite gate `x * gate`)"),
+    _binary("div", keeps_sign, "`/`"),
+)

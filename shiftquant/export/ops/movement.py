@@ -1,0 +1,129 @@
+"""Data movement: ``identity``, ``flatten``, ``reshape``, ``expand``, ``permute``, ``index``, ``pad``, ``cat``.
+
+Integers stay integers: ``identity`` and ``flatten`` move any integers (pixels too), the others
+move integers on a grid, and ``pad`` stays on the grid when it copies values or pads zeros.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import CodegenError
+from ..values import Fact, Value
+from .schema import FLOAT32_MAX, CStep, Field, OpDef, keeps_sign, register
+
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # numpy's names
+MOVES = ("reshape", "expand", "permute", "index")  # pure data movement: integers on a grid stay on it
+
+
+def move(node: dict, x, batch: int):
+    """A reshape, expand, permute or index of a tensor or an integer array (data movement only)."""
+    op = node["op"]
+    if op in ("reshape", "expand"):
+        shape = [batch if v == -1 else v for v in node["shape"]]
+        if op == "reshape":
+            return x.reshape(shape)
+        return x.expand(*shape) if isinstance(x, torch.Tensor) else np.broadcast_to(x, shape)
+    if op == "permute":
+        return x.permute(*node["dims"]) if isinstance(x, torch.Tensor) else x.transpose(node["dims"])
+    return x[tuple(slice(*i) if isinstance(i, list) else Ellipsis if i == "..." else i for i in node["index"])]
+
+
+def _same(x: Fact, shape) -> Fact:
+    return Fact(shape, x.kind, x.lo, x.hi, x.unit)
+
+
+def _any_int(rt, node, args):
+    return args[0]
+
+
+def _any_prove(rt, node, args, shape):
+    return _same(args[0], shape)
+
+
+def _flatten_int(rt, node, args):
+    x = args[0]
+    dims = list(x.data.shape)
+    start, end = node["start_dim"] % len(dims), node["end_dim"] % len(dims)
+    shape = dims[:start] + [int(np.prod(dims[start:end + 1]))] + dims[end + 1:]
+    return Value(x.data.reshape(shape), x.unit, x.kind)
+
+
+def _move_int(rt, node, args):
+    x = args[0]
+    return Value(np.ascontiguousarray(move(node, x.data, rt.batch)), x.unit) if x.kind == "grid" else None
+
+
+def _move_prove(rt, node, args, shape):
+    return _same(args[0], shape) if args[0].kind == "grid" else None
+
+
+def _pads_integers(node: dict, x) -> bool:
+    return x.kind == "grid" and (node["mode"] != "constant" or node["value"] == 0)
+
+
+def _pad_int(rt, node, args):
+    x = args[0]
+    if not _pads_integers(node, x):
+        return None
+    p = node["pads"]
+    widths = [(0, 0)] * (x.data.ndim - len(p) // 2) + [(p[i], p[i + 1]) for i in range(len(p) - 2, -1, -2)]
+    return Value(np.pad(x.data, widths, PAD_MODES[node["mode"]]), x.unit, x.kind)
+
+
+def _pad_prove(rt, node, args, shape):
+    x = args[0]
+    if not _pads_integers(node, x):
+        return None
+    return Fact(shape, x.kind, min(x.lo, 0), max(x.hi, 0), x.unit) if node["mode"] == "constant" else _same(x, shape)
+
+
+def _pad_float(node, args, tensor, batch):
+    return F.pad(args[0], node["pads"], node["mode"], node["value"] if node["mode"] == "constant" else None)
+
+
+def _pad_sign(node, non_negative):
+    return not (node["mode"] == "constant" and node["value"] < 0) and keeps_sign(node, non_negative)
+
+
+def _move_float(node, args, tensor, batch):
+    return move(node, args[0], batch)
+
+
+def _flatten_c(node, args):
+    if node["start_dim"] not in (1, -3) or node["end_dim"] != -1:
+        raise CodegenError(f"node {node['name']!r} (flatten): only flatten(1) is supported")
+    return CStep("copy")
+
+
+_BATCH_SHAPE = Field("shape", "shape", "the output shape, -1 where the batch goes")
+
+register(
+    OpDef("identity", "its input (dropout and stochastic depth in eval, `contiguous`, `clone`)",
+          float=lambda node, args, tensor, batch: args[0], integer=_any_int, prove=_any_prove, sign=keeps_sign,
+          c=lambda node, args: CStep("alias"), chain="fold", onnx="Identity"),
+    OpDef("flatten", "`torch.flatten`: data movement, on any integers",
+          (Field("start_dim", "dim", "first dimension flattened"), Field("end_dim", "dim", "last dimension flattened")),
+          float=lambda node, args, tensor, batch: torch.flatten(args[0], node["start_dim"], node["end_dim"]),
+          integer=_flatten_int, prove=_any_prove, sign=keeps_sign, c=_flatten_c, chain="move",
+          onnx="Flatten"),
+    OpDef("reshape", "`reshape` / `view`", (_BATCH_SHAPE,), float=_move_float, integer=_move_int,
+          prove=_move_prove, sign=keeps_sign, onnx="Reshape"),
+    OpDef("expand", "`expand`", (_BATCH_SHAPE,), float=_move_float, integer=_move_int, prove=_move_prove,
+          sign=keeps_sign, onnx="Expand"),
+    OpDef("permute", "`permute` / `transpose`", (Field("dims", "perm", "the permutation"),), float=_move_float,
+          integer=_move_int, prove=_move_prove, sign=keeps_sign, onnx="Transpose"),
+    OpDef("index", "`x[...]` and `unbind`",
+          (Field("index", "index", "one item per indexed dimension: an integer, `[start, stop, step]` (null bounds "
+                                   "allowed), null (a new axis) or `\"...\"`"),),
+          float=_move_float, integer=_move_int, prove=_move_prove, sign=keeps_sign, onnx="Slice, Gather"),
+    OpDef("pad", "`F.pad`; on the integer stream when it copies values or pads zeros onto a grid (a convolution's "
+          "`padding_mode`, timm's `Conv2dSame`)",
+          (Field("pads", "pads", "widths, last dimension first, as `F.pad`"),
+           Field("mode", "choice", "padding mode", choices=tuple(PAD_MODES)),
+           Field("value", "number", "the constant padded", low=-FLOAT32_MAX)),
+          float=_pad_float, integer=_pad_int, prove=_pad_prove, sign=_pad_sign, chain="move", onnx="Pad"),
+    OpDef("cat", "`torch.cat`", (Field("dim", "dim", "the dimension joined, not the batch", low=1),), inputs=None,
+          float=lambda node, args, tensor, batch: torch.cat(args, node["dim"]), sign=keeps_sign, onnx="Concat"),
+)

@@ -1,0 +1,72 @@
+"""Normalization and reduction: ``batch_norm``, ``layer_norm``, ``mean``.
+
+All run in float32 with PyTorch's kernels. A ``batch_norm`` with an ``output_quantizer`` (a
+residual BatchNorm) quantizes its output onto the residual grid: integers out.
+"""
+from __future__ import annotations
+
+
+
+import torch
+import torch.nn.functional as F
+
+from .schema import Field, OpDef, keeps_sign, register
+
+
+def _tensor_or_none(tensor, node: dict, key: str):
+    return None if node.get(key) is None else tensor(node[key])
+
+
+def _batch_norm(node, args, tensor, batch):
+    t = lambda k: _tensor_or_none(tensor, node, k)
+    return F.batch_norm(args[0], t("mean"), t("var"), t("weight"), t("bias"), False, 0.0, node["eps"])
+
+
+def _batch_norm_check(rt, node) -> None:
+    mean = rt.tensor(node["mean"])
+    if mean.ndim != 1:
+        rt.fail(node, "mean must be 1-D")
+    for k in ("var", "weight", "bias"):
+        if node.get(k) is not None:
+            rt.tensor(node[k], mean.shape)
+    if node.get("output_quantizer") is not None:
+        if not isinstance(node["output_quantizer"], dict) or node["output_quantizer"].get("policy") != "learned_pot":
+            rt.fail(node, "an output quantizer must have a learned power-of-two scale")
+        rt.check_act_quantizer(node, node["output_quantizer"])
+
+
+def _layer_norm(node, args, tensor, batch):
+    t = lambda k: _tensor_or_none(tensor, node, k)
+    return F.layer_norm(args[0], node["normalized_shape"], t("weight"), t("bias"), node["eps"])
+
+
+def _layer_norm_check(rt, node) -> None:
+    for k in ("weight", "bias"):
+        if node.get(k) is not None:
+            rt.tensor(node[k], node["normalized_shape"])
+
+
+def _affine(what: str) -> tuple[Field, ...]:
+    return (Field("weight", "tensor", f"{what} scale (gamma), or null", optional=True),
+            Field("bias", "tensor", f"{what} shift (beta), or null", optional=True),
+            Field("eps", "number", "added to the variance"))
+
+
+register(
+    OpDef("batch_norm", "`F.batch_norm` in eval; with `output_quantizer` (a residual grid) it outputs integers",
+          (Field("mean", "tensor", "running mean (C,)"), Field("var", "tensor", "running variance (C,)", optional=True))
+          + _affine("per-channel")
+          + (Field("output_quantizer", "act_quantizer", "the residual grid its output is quantized onto",
+                   optional=True),),
+          float=_batch_norm, check=_batch_norm_check, onnx="BatchNormalization", quantizes_output=True,
+          chain="fold"),
+    OpDef("layer_norm", "`F.layer_norm`",
+          (Field("normalized_shape", "sizes", "the trailing shape normalized"),) + _affine("elementwise"),
+          float=_layer_norm, check=_layer_norm_check, onnx="LayerNormalization"),
+    OpDef("mean", "`torch.mean`",
+          (Field("dim", "dims", "the dimensions averaged (never the batch)"),
+           Field("keepdim", "flag", "keep them as size 1")),
+          float=lambda node, args, tensor, batch: torch.mean(args[0], node["dim"], keepdim=node["keepdim"]),
+          sign=keeps_sign, onnx="ReduceMean"),
+)
+
