@@ -3,13 +3,30 @@
 The public API, re-exported here; nothing is defined in this file.
 """
 from .checkpoint import load_model as load_checkpoint
-from .convert import (bound_scales, calibrate, get_slope, load_float_weights, quantize_model,
-                      quantized_layers, quantizers, reestimate_batchnorm, set_slope)
-from .errors import (BundleError, CheckpointError, CodegenError, CompilerNotFoundError, ConfigError, DataError,
-                     ExportError, ShiftQuantError)
+from .convert import (
+                      bound_scales,
+                      calibrate,
+                      get_slope,
+                      load_float_weights,
+                      quantize_model,
+                      quantized_layers,
+                      quantizers,
+                      reestimate_batchnorm,
+                      set_slope,
+)
+from .errors import (
+                      BundleError,
+                      CheckpointError,
+                      CodegenError,
+                      CompilerNotFoundError,
+                      ConfigError,
+                      DataError,
+                      ExportError,
+                      ShiftQuantError,
+)
 from .export import PixelInput, check_exportable, export, load_bundle
 from .export.c import codegen
-from .export.onnx import export_onnx
+from .export.onnx.qdq import export_onnx
 from .mixed import assign_bits, sensitivity
 from .nn.layers import QuantConv2d, QuantLinear
 from .nn.residual import QuantBatchNorm2d

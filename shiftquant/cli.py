@@ -16,7 +16,7 @@ from .errors import ShiftQuantError
 def _export(args) -> None:
     from .checkpoint import checkpoint_meta, load_model
     from .export import export
-    from .export.onnx import export_onnx
+    from .export.onnx.qdq import export_onnx
 
     meta = checkpoint_meta(args.checkpoint)
     shape = [int(v) for v in args.input_shape.split(",")] if args.input_shape else meta.get("input_shape")
@@ -142,8 +142,8 @@ def bundle_summary(path: str) -> dict:
     """Sizes, op counts and integer types of a bundle; ``float32_bytes`` is what its parameters take
     as float32. ``float_ops`` and ``integer_only`` are observed by running the bundle once."""
     from .export import load_bundle
-    from .export.graph import observed_float_ops
-    from .export.pixels import describe_input
+    from .export.format.pixels import describe_input
+    from .export.trace.exporter import observed_float_ops
 
     rt = load_bundle(path)
     manifest, tensors = rt.manifest, rt.tensors
@@ -177,7 +177,7 @@ def bundle_macs(manifest: dict, tensors: dict) -> dict:
     (integer multiplies) has no op in the bundle today. Shapes are the ones the load proved
     (``Runtime.facts``), at batch 1."""
     from .export import ops
-    from .export.runtime import Runtime
+    from .export.reference.runtime import Runtime
 
     rt = Runtime(manifest, tensors, "summary", strict=False)
     shapes = {}

@@ -38,7 +38,7 @@ class ExportError(ShiftQuantError):
 
 class ExportRefused(ExportError):
     """The exporter refuses some nodes of a model; ``refusals`` lists every one of them
-    (:class:`shiftquant.export.check.Refusal`: module, type, source op, reason, a way around)."""
+    (:class:`shiftquant.export.trace.check.Refusal`: module, type, source op, reason, a way around)."""
 
     def __init__(self, message: str, refusals: list):
         self.refusals = list(refusals)

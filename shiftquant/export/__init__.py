@@ -6,12 +6,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bundle import FORMAT_VERSION, read_bundle, write_bundle
-from .check import ExportReport, check_exportable
-from .graph import Exporter
-from .pixels import PixelInput
-from .runtime import Runtime
-from .runtime import load_bundle as load_reference
+from .format.bundle import FORMAT_VERSION, read_bundle, write_bundle
+from .format.pixels import PixelInput
+from .reference.runtime import Runtime
+from .reference.runtime import load_bundle as load_reference
+from .trace.check import ExportReport, check_exportable
+from .trace.exporter import Exporter
 
 
 def export(model: nn.Module, path: str | Path, example_input: torch.Tensor,

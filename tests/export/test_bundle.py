@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import shiftquant as sq
 from shiftquant.cli import bundle_summary, main
 from shiftquant.errors import BundleError
-from shiftquant.export.bundle import (
+from shiftquant.export.format.bundle import (
     FORMAT_VERSION,
     MAGIC,
     pack_codes,
@@ -74,7 +74,7 @@ def test_wrong_magic_and_version_are_named(small_bundle):
 
 def test_resealed_tampering_is_caught_by_the_manifest_checks(small_bundle, tmp_path):
     """A file rewritten with a valid checksum but inconsistent content is refused at load."""
-    from shiftquant.export.bundle import read_bundle, write_bundle
+    from shiftquant.export.format.bundle import read_bundle, write_bundle
     manifest, tensors = read_bundle(small_bundle[0])
     node = next(n for n in manifest["nodes"] if n["op"] == "shift_conv2d")
     t = dict(tensors)
@@ -164,7 +164,7 @@ def test_onnx_matches_pytorch(tmp_path):
 
 
 def test_threshold_form_equals_functional_quantizer():
-    from shiftquant.export.onnx import ThresholdQuantizer
+    from shiftquant.export.onnx.qdq import ThresholdQuantizer
     x = torch.cat([torch.randn(20000), torch.tensor([0.0, -0.0, 0.125, 0.5, 1.0, 2.0, -0.0625])])
     for cls, bits in ((sq.ShiftQuantizer, 1), (sq.ShiftQuantizer, 3), (sq.UniformQuantizer, 4)):
         for rounding in ("ceil", "nearest"):

@@ -7,9 +7,9 @@ import pytest
 
 import shiftquant as sq
 from shiftquant.errors import BundleError
-from shiftquant.export.bundle import parse_bundle, read_bundle, write_bundle
+from shiftquant.export.format.bundle import parse_bundle, read_bundle, write_bundle
 from shiftquant.export.ops.shift_kernels import shift_add as _shift_add
-from shiftquant.export.runtime import Runtime
+from shiftquant.export.reference.runtime import Runtime
 from tests.export.models import quantized, quantized_pixels
 
 RAW_MUTATIONS = 8000

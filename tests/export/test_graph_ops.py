@@ -10,7 +10,7 @@ from torch import nn
 
 import shiftquant as sq
 from shiftquant.errors import BundleError, ShiftQuantError
-from shiftquant.export.runtime import Runtime
+from shiftquant.export.reference.runtime import Runtime
 
 PIXELS = sq.PixelInput((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

@@ -5,9 +5,9 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-import shiftquant.export as export
 from shiftquant.export import ops
 
+export = importlib.import_module("shiftquant.export")  # the package (``shiftquant.export`` is also a function)
 ROOT = Path(export.__file__).parent
 # Each layer may import the layers listed after it (and itself), never one before it.
 LAYERS = ["trace", "passes", "c", "onnx", "reference", "graph", "ops", "format"]

@@ -115,7 +115,7 @@ def test_new_op_fields_are_validated_at_load(tmp_path):
     import copy
 
     from shiftquant.errors import BundleError
-    from shiftquant.export.runtime import Runtime
+    from shiftquant.export.reference.runtime import Runtime
 
     _, rt, _, _ = exported("functional cnn", tmp_path, images=1)
     first = lambda m, op: next(n for n in m["nodes"] if n["op"] == op)

@@ -14,7 +14,7 @@ from shiftquant.errors import BundleError
 from shiftquant.export import ops
 from shiftquant.export.ops import docs
 from shiftquant.export.ops.schema import KINDS
-from shiftquant.export.runtime import Runtime
+from shiftquant.export.reference.runtime import Runtime
 
 PIXELS = sq.PixelInput((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

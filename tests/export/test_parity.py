@@ -50,7 +50,8 @@ def test_runtime_equals_pytorch_exactly(name, bits, acts, tmp_path):
 @contextlib.contextmanager
 def float_made_impossible(monkeypatch):
     """Every float kernel the runtime could reach raises (integer max pooling is let through)."""
-    from shiftquant.export import ops, runtime
+    from shiftquant.export import ops
+    from shiftquant.export.reference import runtime
 
     def refuse(what):
         def kernel(*args, **kwargs):
@@ -154,10 +155,10 @@ def test_trained_models_are_exact_on_held_out_digits(name, tmp_path):
 
 def test_requantization_equals_the_float_chain_on_every_accumulator(tmp_path):
     """Thresholds against the float chain they replace, over a layer's whole accumulator range."""
-    from shiftquant.export.graph import Exporter
-    from shiftquant.export.requant import find_chains, thresholds
     from shiftquant.export.ops.shift_kernels import level_index
-    from shiftquant.export.runtime import Runtime
+    from shiftquant.export.passes.requant import find_chains, thresholds
+    from shiftquant.export.reference.runtime import Runtime
+    from shiftquant.export.trace.exporter import Exporter
 
     model, x = quantized("mlp", 3, weight_shift_bits=2, act_shift_bits=2)
     exporter = Exporter(model)

@@ -16,12 +16,12 @@ from torch import nn
 
 import shiftquant as sq
 from shiftquant.errors import BundleError, ConfigError
-from shiftquant.export.bundle import pack_codes, read_bundle, unpack_codes, write_bundle
 from shiftquant.export.c import CRuntime, codegen, emit
+from shiftquant.export.format.bundle import pack_codes, read_bundle, unpack_codes, write_bundle
 from tests.export.isolation import run_forked
 from tests.export.models import quantized_pixels
-from tests.export.test_codegen import STRICT
 from tests.export.mutations import PAYLOADS, mutate, rename
+from tests.export.test_codegen import STRICT
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 
@@ -418,7 +418,7 @@ def test_add_shifts_beyond_30_are_refused(resnet, tmp_path):
 
 
 def test_a_small_bundle_cannot_ask_for_unbounded_memory(bundles, tmp_path, monkeypatch):
-    from shiftquant.export import bundle as bundle_format
+    from shiftquant.export.format import bundle as bundle_format
 
     manifest, tensors = read_bundle(bundles["plain"][0])
     conv = next(n for n in manifest["nodes"] if n["op"] == "shift_conv2d")

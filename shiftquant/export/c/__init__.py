@@ -19,7 +19,7 @@ def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "pac
     returns the lowered program (``flash_bytes``, ``ram_bytes``, ...). ``weights``: ``"packed"``
     (the bundle's bit-packed codes, least flash) or ``"tables"`` (precomputed offset tables,
     fastest; see :func:`.lower.lower`)."""
-    from ..runtime import load_bundle
+    from ..reference.runtime import load_bundle
 
     check_identifier(name)  # before anything is read or written
     rt = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle

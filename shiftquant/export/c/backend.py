@@ -21,8 +21,8 @@ What the cache guarantees (a library is native code run in this process):
 """
 from __future__ import annotations
 
-import hashlib
 import atexit
+import hashlib
 import os
 import platform
 import shutil

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pixels import describe_input
+from ..format.pixels import describe_input
 from .ctext import generated_text
 from .emit_shift import ShiftLayerPrinter
 from .program import Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, ShiftLayer, Split, Tensor, Unary, WindowSum

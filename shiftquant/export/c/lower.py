@@ -17,17 +17,32 @@ from __future__ import annotations
 
 import math
 import re
+
 import numpy as np
 
 from ...errors import CodegenError, ConfigError
 from .. import ops
+from ..format.values import pair
+from ..graph.reasons import float_reasons
 from ..ops.schema import MAX_ELEMENTS
-from ..reasons import float_reasons
-from ..values import pair
 from .arena import plan_arena
 from .layout import resolve_layouts
-from .program import (Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, ShiftLayer, Tensor, Thresholds, Unary,
-                      WindowSum, dtype_for, int_bytes)
+from .program import (
+    Add,
+    Copy,
+    GlobalSum,
+    Kernel,
+    Map,
+    MaxPool,
+    Program,
+    ShiftLayer,
+    Tensor,
+    Thresholds,
+    Unary,
+    WindowSum,
+    dtype_for,
+    int_bytes,
+)
 
 # The C kernels an op's lowering names (:class:`.ops.schema.CStep`), with their identifiers' prefix.
 _KERNELS = {"unary": (Unary, None), "add": (Add, "add"), "maxpool": (MaxPool, "maxpool"),
@@ -331,7 +346,7 @@ class _Lowering:
         return np.cumsum(np.asarray(self.t[key], dtype=np.int64), axis=0)
 
     def codes_of(self, node: dict, count: int) -> np.ndarray:
-        from ..bundle import unpack_codes
+        from ..format.bundle import unpack_codes
         return unpack_codes(np.asarray(self.t[node["weight_codes"]]), int(node["weight_quantizer"]["code_bits"]),
                             count)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CodegenError
-from ..values import Fact, Value
+from ..format.values import Fact, Value
 from .schema import FLOAT32_MAX, NOT_YET, CStep, Field, OpDef, keeps_sign, positive, register
 
 MAX_SHIFT = 30  # bits an integer add may shift its inputs by

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..values import Fact
+from ..format.values import Fact
 from .schema import Field, OpDef, register
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CodegenError
-from ..values import Fact, Value
+from ..format.values import Fact, Value
 from .schema import FLOAT32_MAX, CStep, Field, OpDef, keeps_sign, register
 
 PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # numpy's names

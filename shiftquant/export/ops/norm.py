@@ -5,8 +5,6 @@ residual BatchNorm) quantizes its output onto the residual grid: integers out.
 """
 from __future__ import annotations
 
-
-
 import torch
 import torch.nn.functional as F
 

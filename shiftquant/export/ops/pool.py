@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CodegenError
-from ..values import Fact, Value, constant_divisor, pair
+from ..format.values import Fact, Value, constant_divisor, pair
 from .schema import MAX_ELEMENTS, NOT_YET, CStep, Field, OpDef, keeps_sign, register
 
 _WINDOW = (Field("kernel_size", "ints", "window height and width", count=2, low=1),

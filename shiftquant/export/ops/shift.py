@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import BundleError
-from ..bundle import unpack_codes
-from ..ints import INT_TYPES, holds
-from ..values import Fact, Value, pair
+from ..format.bundle import unpack_codes
+from ..format.ints import INT_TYPES, holds
+from ..format.values import Fact, Value, pair
 from .conv import GEOMETRY, weight_macs
 from .quantizers import check_act_quantizer, check_quantizer, input_unit, level_ints, quantize_input
 from .schema import MAX_ELEMENTS, Field, OpDef, register

@@ -74,7 +74,7 @@ def log2_pow2(v: np.ndarray) -> np.ndarray:
 def level_index(x: np.ndarray, thr: np.ndarray, direction: np.ndarray | None, channel_dim: int) -> np.ndarray:
     """Requantization: ``sum_k [d_c * x >= t_kc]``, a level index, by comparisons and additions.
     ``thr`` is ``(L - 1, K)``, ``K`` = 1 or the size of ``x``'s ``channel_dim``; ``direction``
-    (``(K,)`` of ±1) None for +1 (thresholds from :mod:`shiftquant.export.requant`)."""
+    (``(K,)`` of ±1) None for +1 (thresholds from :mod:`shiftquant.export.passes.requant`)."""
     x = x.astype(np.int64)
     shape = [1] * x.ndim
     shape[channel_dim] = -1

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BundleError
-from . import ops
-from .bundle import read_bundle
-from .ints import FLOAT, INT_TYPES
-from .loader import Graph
-from .ops.quantizers import input_unit
-from .pixels import PixelInput, pixel_dtype, pixels_to_float
-from .values import Value
+from ...errors import BundleError
+from .. import ops
+from ..format.bundle import read_bundle
+from ..format.ints import FLOAT, INT_TYPES
+from ..format.pixels import PixelInput, pixel_dtype, pixels_to_float
+from ..format.values import Value
+from ..graph.loader import Graph
+from ..ops.quantizers import input_unit
 
 
 class Runtime(Graph):

@@ -16,8 +16,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ExportError, ExportRefused
-from .reasons import float_reasons
+from ...errors import ExportError, ExportRefused
+from ..graph.reasons import float_reasons
 
 SUPPORTED = ("quantized Conv2d / Linear (shift weights and quantized inputs), BatchNorm1d/2d (timm's BatchNormAct2d "
              "too), ReLU, ReLU6 / Hardtanh / clamp, Hardswish, Hardsigmoid, SiLU, Sigmoid, GELU, MaxPool2d, AvgPool2d, "
@@ -93,7 +93,7 @@ def _owner(model: nn.Module, node: fx.Node) -> tuple[str, str]:
 
 def _how(model: nn.Module, node: fx.Node, reason: str) -> str:
     """What a user can do about a refused node."""
-    from ..nn.layers import QuantMixin
+    from ...nn.layers import QuantMixin
 
     if node.op == "call_module":
         m = model.get_submodule(node.target)
@@ -157,7 +157,7 @@ class ExportReport:
 
 def check_exportable(model: nn.Module, example_input: torch.Tensor, input_spec=None) -> ExportReport:
     """Whether ``model`` exports, and how, without writing a file: the exporter's own verdict."""
-    from .graph import Exporter
+    from .exporter import Exporter
 
     exporter = Exporter(model)
     try:

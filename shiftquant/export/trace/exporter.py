@@ -18,20 +18,20 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..convert import quantizers, set_slope
-from ..errors import ExportError, ExportRefused
-from ..nn.layers import QuantConv2d, QuantMixin
-from ..quant.quantizers import ShiftQuantizer, UniformQuantizer
-from ..quant.scales import ActivationQuantizer
+from ...convert import quantizers, set_slope
+from ...errors import ExportError, ExportRefused
+from ...nn.layers import QuantConv2d, QuantMixin
+from ...quant.quantizers import ShiftQuantizer, UniformQuantizer
+from ...quant.scales import ActivationQuantizer
+from ..format.bundle import pack_codes
+from ..format.ints import FLOAT, signed_type
+from ..format.pixels import PixelInput
+from ..graph.verify import non_negative_output
+from ..passes.requant import fold, integerize
+from ..reference.runtime import Runtime
 from . import calls, modules
-from .bundle import pack_codes
 from .check import refusal, refused_message
-from .ints import FLOAT, signed_type
-from .pixels import PixelInput
-from .requant import fold, integerize
-from .runtime import Runtime
-from .trace import trace
-from .verify import non_negative_output
+from .tracer import trace
 
 # float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
 # float computation of PyTorch and the integer one of the runtime agree bit for bit.

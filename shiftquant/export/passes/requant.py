@@ -22,7 +22,7 @@ below 2^24 units, so the PyTorch model's float32 values are exact and equal the 
 
 What remains float (chains with a fan-out into float ops, adds whose inputs are not both on the
 grid, pooling that is not global, layers kept float) is whatever the runtime observes computing
-in float: the exporter records it in ``float_ops`` (:mod:`shiftquant.export.graph`).
+in float: the exporter records it in ``float_ops`` (:mod:`shiftquant.export.trace.exporter`).
 """
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..errors import ExportError
-from .ints import FLOAT, narrowest
-from .pixels import pixels_to_float
-from . import ops
-from .ops.quantizers import input_unit, level_ints
-from .loader import Graph
-from .values import Fact
+from ...errors import ExportError
+from .. import ops
+from ..format.ints import FLOAT, narrowest
+from ..format.pixels import pixels_to_float
+from ..format.values import Fact
+from ..graph.loader import Graph
+from ..ops.quantizers import input_unit, level_ints
 
 EXACT = 1 << 24
 

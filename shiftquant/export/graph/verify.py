@@ -26,12 +26,12 @@ import math
 
 import torch
 
-from ..errors import BundleError
-from . import ops
-from .ints import FLOAT
-from .ops.quantizers import input_unit, level_ints
-from .ops.schema import MAX_ELEMENTS, MAX_RANK
-from .values import Fact
+from ...errors import BundleError
+from .. import ops
+from ..format.ints import FLOAT
+from ..format.values import Fact
+from ..ops.quantizers import input_unit, level_ints
+from ..ops.schema import MAX_ELEMENTS, MAX_RANK
 
 PROBE_BATCHES = (2, 3)  # the batch sizes the shapes are proven at
 

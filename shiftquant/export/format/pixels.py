@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ExportError
+from ...errors import ExportError
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..convert import set_slope
-from ..errors import ExportError
-from ..nn.layers import QuantConv2d, QuantMixin
-from ..nn.residual import QuantBatchNorm2d
-from ..quant.quantizers import ShiftQuantizer
-from ..quant.scales import ActivationQuantizer, pot_scale
+from ...convert import set_slope
+from ...errors import ExportError
+from ...nn.layers import QuantConv2d, QuantMixin
+from ...nn.residual import QuantBatchNorm2d
+from ...quant.quantizers import ShiftQuantizer
+from ...quant.scales import ActivationQuantizer, pot_scale
 
 
 def level_boundaries(quantizer) -> tuple[list[float], list[float]]:

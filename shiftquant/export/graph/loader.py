@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import BundleError
-from . import ops
-from .ints import FLOAT, INT_TYPES, holds
-from .ops.quantizers import check_act_quantizer, quantize_input
-from .ops.shift import dequantize
-from .ops.schema import MAX_RANK, is_int
+from ...errors import BundleError
+from .. import ops
+from ..format.ints import FLOAT, INT_TYPES, holds
+from ..ops.quantizers import check_act_quantizer, quantize_input
+from ..ops.schema import MAX_RANK, is_int
+from ..ops.shift import dequantize
 
 MAX_NAME = 256  # characters of a node name
 

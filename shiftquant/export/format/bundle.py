@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError
+from ...errors import BundleError
 
 MAGIC = b"SQBUNDLE"
 FORMAT_VERSION = 3  # 2: requantization thresholds; 3: declared integer types, pixels, integer logits

@@ -17,8 +17,8 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import ExportError
-from ..nn.residual import Tracer
+from ...errors import ExportError
+from ...nn.residual import Tracer
 
 BATCHES = (2, 3)  # the two batch sizes the graph is run at
 

@@ -13,9 +13,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..errors import ExportError
-from ..nn.residual import ADDS
-from .values import pair
+from ...errors import ExportError
+from ...nn.residual import ADDS
+from ..format.values import pair
 
 # Positional arguments of functional layers that are the layer's parameters (read with get_attr).
 PARAMETER_ARGS = {F.linear: (1, 2), F.conv2d: (1, 2), F.layer_norm: (2, 3)}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ops
-from .ops.schema import NOT_YET
+from .. import ops
+from ..ops.schema import NOT_YET
+
 
 @dataclass(frozen=True)
 class FloatReason:

@@ -1,0 +1,1 @@
+"""The ONNX backend: the hard model as a QDQ ONNX graph (onnxruntime runs it)."""

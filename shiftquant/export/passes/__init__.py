@@ -1,0 +1,1 @@
+"""Passes over the graph: requantization folding and integer lowering."""

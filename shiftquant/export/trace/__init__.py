@@ -1,0 +1,1 @@
+"""PyTorch to graph: the tracer, the exporter, and how calls and modules become op entries."""
