@@ -41,9 +41,12 @@ class Tracer(fx.Tracer):
 
 
 ADDS = (operator.add, operator.iadd, torch.add)
-# Ops that keep a value on its grid: walking back from an add passes through them.
-_GRID_KEEPING_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Dropout)
-_GRID_KEEPING_FUNCTIONS = (torch.relu, nn.functional.relu)
+# Ops that keep a value on its grid: walking back from an add passes through them. A clamp (ReLU6,
+# Hardtanh) keeps it when its bounds are on the grid; the exporter checks that (off the grid it runs
+# in float, as any op that leaves the grid).
+_GRID_KEEPING_MODULES = (nn.ReLU, nn.Hardtanh, nn.MaxPool2d, nn.Identity, nn.Dropout)
+_GRID_KEEPING_FUNCTIONS = (torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardtanh, torch.clamp,
+                           torch.clip)
 
 
 def residual_batchnorms(model: nn.Module) -> list[str]:

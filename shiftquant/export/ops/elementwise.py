@@ -34,10 +34,67 @@ def _relu_prove(rt, node, args, shape):
     return None if x.kind == "pixels" else Fact(shape, x.kind, max(x.lo, 0), max(x.hi, 0), x.unit)
 
 
+def _grid_bounds(node: dict, unit: float) -> list | None:
+    """``min`` and ``max`` (null stays null) as integers of a grid worth ``unit`` each; None unless
+    every bound given is on the grid."""
+    out = []
+    for b in (node.get("min"), node.get("max")):
+        v = None if b is None else b / unit
+        if v is not None and (v != round(v) or abs(v) >= 1 << 24):  # below 2^24: exact in float32 too
+            return None
+        out.append(None if v is None else int(round(v)))
+    return out
+
+
+def _int_bounds(rt, node, x):
+    """The checked ``int_bounds`` of an integer clamp on its grid input; None when it runs in float.
+    They must be ``min`` and ``max`` on the input's grid: the integer clamp is the float one, exactly."""
+    if node.get("int_bounds") is None or x.kind != "grid":
+        return None
+    if node["int_bounds"] != _grid_bounds(node, x.unit):
+        rt.fail(node, f"int_bounds {node['int_bounds']} are not min and max on its input's grid (unit {x.unit})")
+    return node["int_bounds"]
+
+
+def _clip(v: int, lo: int | None, hi: int | None) -> int:
+    v = v if lo is None else max(v, lo)
+    return v if hi is None else min(v, hi)
+
+
+def _clamp_int(rt, node, args):
+    x = args[0]
+    bounds = _int_bounds(rt, node, x)
+    return None if bounds is None else Value(np.clip(x.data, *bounds), x.unit)
+
+
+def _clamp_prove(rt, node, args, shape):
+    x = args[0]
+    bounds = _int_bounds(rt, node, x)
+    return None if bounds is None else Fact(shape, "grid", _clip(x.lo, *bounds), _clip(x.hi, *bounds), x.unit)
+
+
+def _clamp_integerize(node, args, readers_divide) -> None:
+    """On a grid whose integers hold both bounds (ReLU6 on a residual stream), it clips integers."""
+    bounds = _grid_bounds(node, args[0].unit) if args[0].kind == "grid" else None
+    if bounds is not None:
+        node["int_bounds"] = bounds
+
+
+def _clamp_c(node, args):
+    if node.get("int_bounds") is None:
+        return None
+    lo, hi = node["int_bounds"]  # checked integers: the expression holds nothing else
+    expr = "x" if lo is None else f"(x < {int(lo)} ? {int(lo)} : x)"
+    expr = expr if hi is None else f"({expr} > {int(hi)} ? {int(hi)} : {expr})"
+    return CStep("unary", {"expr": expr}, in_place=True)
+
+
 def _clamp_check(rt, node):
     bounds = [node.get("min"), node.get("max")]
     if bounds == [None, None]:
         rt.fail(node, "clamp needs a min or a max")
+    if node.get("int_bounds") is not None and [b is None for b in node["int_bounds"]] != [b is None for b in bounds]:
+        rt.fail(node, "int_bounds must give an integer for each bound given, null for each absent")
     if None not in bounds and bounds[0] > bounds[1]:
         rt.fail(node, "clamp min must not exceed max")
 
@@ -108,10 +165,13 @@ register(
     OpDef("relu", "`max(x, 0)`, on integers too", float=_unary(F.relu), integer=_relu_int, prove=_relu_prove,
           sign=positive, c=lambda node, args: CStep("unary", {"expr": "x > 0 ? x : 0"}, in_place=True), chain="fold",
           onnx="Relu"),
-    OpDef("clamp", "`torch.clamp` (ReLU6 is `clamp` 0..6, Hardtanh and `F.relu6` too)",
+    OpDef("clamp", "`torch.clamp` (ReLU6 is `clamp` 0..6, Hardtanh and `F.relu6` too); with `int_bounds`, "
+          "`clip(x, lo, hi)` on the integers of its input's grid",
           (Field("min", "number", "lower bound, or null", low=-1e30, optional=True),
-           Field("max", "number", "upper bound, or null", low=-1e30, optional=True)),
-          float=lambda node, args, tensor, batch: torch.clamp(args[0], node["min"], node["max"]), check=_clamp_check, chain="fold",
+           Field("max", "number", "upper bound, or null", low=-1e30, optional=True),
+           Field("int_bounds", "int_pair", "integer clamp: min and max in units of the input's grid", optional=True)),
+          float=lambda node, args, tensor, batch: torch.clamp(args[0], node["min"], node["max"]), check=_clamp_check,
+          integer=_clamp_int, prove=_clamp_prove, c=_clamp_c, integerize=_clamp_integerize, chain="fold",
           sign=lambda node, non_negative: node.get("min") is not None and node["min"] >= 0, onnx="Clip"),
     OpDef("hardswish", "`F.hardswish`", float=_unary(F.hardswish), onnx="HardSwish"),
     OpDef("hardsigmoid", "`F.hardsigmoid`", float=_unary(F.hardsigmoid), sign=positive, chain="fold",

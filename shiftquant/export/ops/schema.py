@@ -65,7 +65,8 @@ class Field:
                 "pads": "2, 4 or 6 widths", "sizes": "list of integers >= 1", "quantizer": "quantizer",
                 "act_quantizer": "activation quantizer", "pixels": "pixels", "requant": "requant table",
                 "int_output": "int_output table", "table": "threshold table name",
-                "batch_dim": "dimension or null", "bound": "integer >= 0"}[self.kind]
+                "batch_dim": "dimension or null", "bound": "integer >= 0",
+                "int_pair": "[lo, hi], integers or null"}[self.kind]
         return text + (", optional" if self.optional else "")
 
 
@@ -137,6 +138,12 @@ def _batch_dim(rt, node, f: Field, v) -> None:
         rt.fail(node, f"{f.name} must be a dimension 0..7 or null")
 
 
+def _int_pair(rt, node, f: Field, v) -> None:
+    if not isinstance(v, list) or len(v) != 2 or not all(i is None or is_int(i) and abs(i) < 1 << 31 for i in v) \
+            or None not in v and v[0] > v[1]:
+        rt.fail(node, f"{f.name} must be [lo, hi], integers (or null) below 2^31 in magnitude, lo <= hi")
+
+
 def _bound(rt, node, f: Field, v) -> None:
     if not is_int(v) or v < 0:
         rt.fail(node, f"{f.name} must be a non-negative integer")
@@ -148,7 +155,7 @@ def _checked_elsewhere(rt, node, f: Field, v) -> None:
 
 KINDS: dict[str, Callable] = {"ints": _ints, "number": _number, "flag": _flag, "choice": _choice, "dim": _dim,
                               "dims": _dims, "tensor": _tensor, "shape": _shape, "perm": _perm, "index": _index,
-                              "pads": _pads, "sizes": _sizes, "batch_dim": _batch_dim, "bound": _bound,
+                              "pads": _pads, "sizes": _sizes, "batch_dim": _batch_dim, "bound": _bound, "int_pair": _int_pair,
                               **{k: _checked_elsewhere for k in ("quantizer", "act_quantizer", "pixels", "requant",
                                                                  "int_output", "table")}}
 
