@@ -139,7 +139,7 @@ def final(results: dict[str, list[dict]], choice: dict) -> str:
         runs, values = results[name], acc.get(name, [])
         s = stat(values)
         vs = "-"
-        if name != "float_control" and control and values:
+        if name != "float_control" and control and values and not name.endswith("_long"):  # long: another budget
             d, p = welch(values, control)
             vs = f"{d:+.2f} (p = {p:.3f})" if p is not None else f"{d:+.2f}"
         val = stat([_val(r) for r in runs])

@@ -166,3 +166,15 @@ def test_result_files_hold_repository_relative_paths():
     assert here not in json.dumps(rel) and rel["other"] == "/elsewhere/c" and rel["n"] == 3
     assert accuracy.resolve(rel["checkpoint"]) == result["checkpoint"]
     assert accuracy.resolve("/abs/old.ckpt") == "/abs/old.ckpt"  # v2 files keep working
+
+
+def test_final_table_compares_short_rows_with_the_control_and_not_the_long_ones():
+    """A long row (another budget: all training images, 5 epochs) has no control of its budget: its
+    difference from the short float control would mean nothing, so the table gives none."""
+    runs = lambda *accs: [{"hard_test_acc": a, "hard_val_acc": a} for a in accs]
+    results = {"float_control": runs(0.870, 0.871, 0.869), "ours_w3a3": runs(0.860, 0.862, 0.861),
+               "ours_w3a3_long": runs(0.875)}
+    text = report_v3.final(results, {"methods": {"ours": {}}})
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "(p = " in rows["ours_w3a3"] and rows["ours_w3a3"].split(" | ")[3] == "-0.90 (p = 0.000)"
+    assert rows["ours_w3a3_long"].split(" | ")[3] == "-"
