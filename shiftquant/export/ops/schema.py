@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from shiftquant.errors import ExportError
+
 MAX_RANK = 8  # dimensions of any value
 MAX_ELEMENTS = 1 << 24  # values per example of any one node (a 224 px ResNet-18 needs 802,816)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -260,7 +262,7 @@ REGISTRY: dict[str, OpDef] = {}
 def register(*defs: OpDef) -> None:
     for d in defs:
         if d.name in REGISTRY:
-            raise ValueError(f"op {d.name!r} is defined twice")
+            raise ExportError(f"op {d.name!r} is defined twice")
         REGISTRY[d.name] = d
 
 
