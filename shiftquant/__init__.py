@@ -24,9 +24,8 @@ from .errors import (
                       ExportError,
                       ShiftQuantError,
 )
-from .export import PixelInput, check_exportable, export, load_bundle
+from .export import PixelInput, check_exportable, export, export_onnx, load_bundle
 from .export.c import codegen
-from .export.onnx.qdq import export_onnx
 from .mixed import assign_bits, sensitivity
 from .nn.layers import QuantConv2d, QuantLinear
 from .nn.residual import QuantBatchNorm2d

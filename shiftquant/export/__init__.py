@@ -1,13 +1,18 @@
 """Export: the hard model as a shift-only bundle, its reference runtime, and ONNX."""
 from __future__ import annotations
 
+import copy
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import nn
 
 from .format.bundle import FORMAT_VERSION, read_bundle, write_bundle
 from .format.pixels import PixelInput
+from .onnx.lower import run_onnx, write_onnx
 from .reference.runtime import Runtime
 from .reference.runtime import load_bundle as load_reference
 from .trace.check import ExportReport, check_exportable
@@ -27,6 +32,28 @@ def export(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     return load_bundle(path)
 
 
+def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, check: bool = True,
+                input_spec: PixelInput | None = None) -> float | None:
+    """Write the hard ``model`` as an ONNX graph at ``path``: the bundle :func:`export` builds,
+    lowered op by op (``shiftquant.export.onnx``), so onnxruntime computes what the reference
+    runtime computes (integers exactly; float ops up to rounding). With ``check``, run it in
+    onnxruntime on ``example_input`` and return the largest absolute difference from the PyTorch
+    hard model's output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rt = export(model, Path(tmp) / "model.sqb", example_input, input_spec)
+    write_onnx(rt, path)
+    if not check:
+        return None
+    got = run_onnx(path, rt.input_from_float(example_input.numpy()))
+    from ..convert import set_slope
+
+    hard = copy.deepcopy(model).eval()
+    set_slope(hard, 0.0)
+    with torch.no_grad():
+        ref = hard(example_input).numpy()
+    return float(np.abs(got - ref).max())
+
+
 def load_bundle(path: str | Path, backend: str = "reference", threads: int | None = None):
     """Read and verify a bundle; ``run(x)`` on what comes back executes it.
 
@@ -44,4 +71,4 @@ def load_bundle(path: str | Path, backend: str = "reference", threads: int | Non
     raise ConfigError("backend", backend, "'reference' or 'c'")
 
 
-__all__ = ["PixelInput", "Runtime", "export", "load_bundle", "load_reference", "read_bundle"]
+__all__ = ["PixelInput", "Runtime", "export", "export_onnx", "load_bundle", "load_reference", "read_bundle"]

@@ -163,17 +163,6 @@ def test_onnx_matches_pytorch(tmp_path):
     assert sq.export_onnx(model, tmp_path / "d.onnx", x) < 1e-4
 
 
-def test_threshold_form_equals_functional_quantizer():
-    from shiftquant.export.onnx.qdq import ThresholdQuantizer
-    x = torch.cat([torch.randn(20000), torch.tensor([0.0, -0.0, 0.125, 0.5, 1.0, 2.0, -0.0625])])
-    for cls, bits in ((sq.ShiftQuantizer, 1), (sq.ShiftQuantizer, 3), (sq.UniformQuantizer, 4)):
-        for rounding in ("ceil", "nearest"):
-            for zero in (False, True):
-                for signed in (False, True):
-                    q = cls(bits, rounding, zero, signed)
-                    assert torch.equal(ThresholdQuantizer(q)(x), q.hard(x)), (cls, bits, rounding, zero, signed)
-
-
 def test_mean_preserving_weights_export_with_agreement(tmp_path):
     """weight_keep_mean adds a per-channel term: the runtime adds offset x window sum (grouped too)."""
     model, x = quantized("cnn", 3, "all", weight_keep_mean=True, act_shift_bits=3)

@@ -30,7 +30,7 @@ def _row(d: OpDef) -> str:
     fields = "<br>".join(f"`{f.name}` ({f.limits}): {f.doc}" for f in d.fields) or "-"
     integer = "yes" if d.integer is not None or d.run is not None else "-"
     family = d.float.__module__ if d.float is not None else d.run.__module__
-    return (f"| `{d.name}` | {d.doc} | {fields} | {_inputs(d)} | {integer} | {_c(d)} | {d.onnx} | "
+    return (f"| `{d.name}` | {d.doc} | {fields} | {_inputs(d)} | {integer} | {_c(d)} | {d.onnx.label} | "
             f"`{family.rsplit('.', 1)[-1]}` |")
 
 

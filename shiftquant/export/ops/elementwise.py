@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ...errors import CodegenError
 from ..format.values import Fact, Value
-from .schema import FLOAT32_MAX, NOT_YET, CStep, Field, OpDef, keeps_sign, positive, register
+from .schema import FLOAT32_MAX, NOT_YET, CStep, Field, OnnxMap, OpDef, keeps_sign, onnx_op, positive, register
 
 MAX_SHIFT = 30  # bits an integer add may shift its inputs by
 BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}  # as models write them
@@ -152,19 +152,35 @@ def _add_c(node, args):
     return CStep("add", {"shifts": tuple(int(v) for v in node["shifts"])}, in_place=True)
 
 
+def _clamp_onnx(b, node, args):
+    lo, hi = node["int_bounds"] if b.integer(node) else (node.get("min"), node.get("max"))
+    return b.op("Clip", args[0], *("" if v is None else b.const(float(v)) for v in (lo, hi)))
+
+
+def _binary_onnx(b, node, args):
+    """Integers: ``(x << a) + (y << b)`` as products with powers of two (exact); else the float op."""
+    if b.integer(node):
+        s0, s1 = node["shifts"]
+        return b.op("Add", b.op("Mul", args[0], b.const(2.0 ** s0)), b.op("Mul", args[1], b.const(2.0 ** s1)))
+    if node.get("scalar") is not None:
+        number = b.const(np.float32(node["scalar"]))
+        args = [number, args[0]] if node.get("reverse") else [args[0], number]
+    return b.op(node["op"].capitalize(), *args)
+
+
 def _binary(name: str, sign, doc: str, **extra) -> OpDef:
     fields = (Field("scalar", "number", "the number operand, when one operand is a number", low=-FLOAT32_MAX,
                     optional=True),
               Field("reverse", "flag", "the number comes first (`2 - x`)", optional=True))
     return OpDef(name, doc, fields + extra.pop("fields", ()),
                  inputs=lambda node: 1 if node.get("scalar") is not None else 2, float=_binary_float, sign=sign,
-                 onnx=name.capitalize(), **extra)
+                 onnx=OnnxMap(name.capitalize(), _binary_onnx), **extra)
 
 
 register(
     OpDef("relu", "`max(x, 0)`, on integers too", float=_unary(F.relu), integer=_relu_int, prove=_relu_prove,
           sign=positive, c=lambda node, args: CStep("unary", {"expr": "x > 0 ? x : 0"}, in_place=True), chain="fold",
-          onnx="Relu"),
+          onnx=onnx_op("Relu")),
     OpDef("clamp", "`torch.clamp` (ReLU6 is `clamp` 0..6, Hardtanh and `F.relu6` too); with `int_bounds`, "
           "`clip(x, lo, hi)` on the integers of its input's grid",
           (Field("min", "number", "lower bound, or null", low=-1e30, optional=True),
@@ -172,14 +188,17 @@ register(
            Field("int_bounds", "int_pair", "integer clamp: min and max in units of the input's grid", optional=True)),
           float=lambda node, args, tensor, batch: torch.clamp(args[0], node["min"], node["max"]), check=_clamp_check,
           integer=_clamp_int, prove=_clamp_prove, c=_clamp_c, integerize=_clamp_integerize, chain="fold",
-          sign=lambda node, non_negative: node.get("min") is not None and node["min"] >= 0, onnx="Clip"),
-    OpDef("hardswish", "`F.hardswish`", float=_unary(F.hardswish), onnx="HardSwish"),
+          sign=lambda node, non_negative: node.get("min") is not None and node["min"] >= 0,
+          onnx=OnnxMap("Clip", _clamp_onnx)),
+    OpDef("hardswish", "`F.hardswish`", float=_unary(F.hardswish), onnx=onnx_op("HardSwish")),
     OpDef("hardsigmoid", "`F.hardsigmoid`", float=_unary(F.hardsigmoid), sign=positive, chain="fold",
-          onnx="HardSigmoid"),
-    OpDef("silu", "`F.silu`", float=_unary(F.silu), onnx="Sigmoid, Mul"),
-    OpDef("sigmoid", "`torch.sigmoid`", float=_unary(torch.sigmoid), sign=positive, onnx="Sigmoid"),
+          onnx=onnx_op("HardSigmoid", lambda node: {"alpha": 1.0 / 6, "beta": 0.5})),
+    OpDef("silu", "`F.silu`", float=_unary(F.silu),
+          onnx=OnnxMap("Sigmoid, Mul", lambda b, node, args: b.op("Mul", args[0], b.op("Sigmoid", args[0])))),
+    OpDef("sigmoid", "`torch.sigmoid`", float=_unary(torch.sigmoid), sign=positive, onnx=onnx_op("Sigmoid")),
     OpDef("gelu", "`F.gelu`", (Field("approximate", "choice", "PyTorch's approximation", choices=("none", "tanh")),),
-          float=lambda node, args, tensor, batch: F.gelu(args[0], approximate=node["approximate"]), onnx="Gelu"),
+          float=lambda node, args, tensor, batch: F.gelu(args[0], approximate=node["approximate"]),
+          onnx=onnx_op("Gelu", lambda node: {"approximate": node["approximate"]})),
     _binary("add", keeps_sign, "`+`; with `shifts: [a, b]`, `(x << a) + (y << b)` on integers: both inputs on "
             "power-of-two grids, aligned to the finer one",
             fields=(Field("shifts", "ints", "integer add: the left shift of each input", count=2, optional=True),),

@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..format.values import Fact
-from .schema import Field, OpDef, register
+import numpy as np
+
+from .schema import Field, OnnxMap, OpDef, register
 
 
 def _input_shape(rt, node, args, batch):
@@ -27,10 +29,10 @@ register(
            Field("pixels", "pixels", "`{scale, mean, std}`: integer pixels 0..scale and their normalization",
                  optional=True)),
           inputs=0, check=lambda rt, node: rt.check_pixels(node, node.get("pixels")),
-          run=lambda rt, node, args: rt.take_input(node), shape=_input_shape, prove=_input_prove, onnx="(graph input)",
+          run=lambda rt, node, args: rt.take_input(node), shape=_input_shape, prove=_input_prove, onnx=OnnxMap("(graph input), Cast", lambda b, node, args: b.op("Cast", b.input(), to=1)),
           float_reason=("the bundle takes float input",
                         "export with an input_spec (PixelInput) so it takes integer pixels")),
     OpDef("constant", "a tensor without a batch (a ViT's class token or position embedding)",
           (Field("value", "tensor", "the tensor"),), inputs=0,
-          float=lambda node, args, tensor, batch: tensor(node["value"]), check=_constant_check, onnx="Constant"),
+          float=lambda node, args, tensor, batch: tensor(node["value"]), check=_constant_check, onnx=OnnxMap("(initializer)", lambda b, node, args: b.const(b.tensor(node["value"]).astype(np.float32)))),
 )

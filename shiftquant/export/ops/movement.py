@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ...errors import CodegenError
 from ..format.values import Fact, Value
-from .schema import FLOAT32_MAX, CStep, Field, OpDef, keeps_sign, register
+from .schema import FLOAT32_MAX, CStep, Field, OnnxMap, OpDef, keeps_sign, onnx_op, register
 
 PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # numpy's names
 MOVES = ("reshape", "expand", "permute", "index")  # pure data movement: integers on a grid stay on it
@@ -97,33 +97,82 @@ def _flatten_c(node, args):
     return CStep("copy")
 
 
+# ---------------------------------------------------------------------------------------------- ONNX
+def _reshape_onnx(b, node, args):
+    """Flatten and reshape: to the proven output shape, -1 where the batch goes."""
+    return b.op("Reshape", args[0], b.ints(b.shape_of(node)))
+
+
+def _expand_onnx(b, node, args):
+    """To ``shape`` with the run's batch (read off the input) where it holds -1."""
+    return b.op("Expand", args[0], b.with_batch(node["shape"]))
+
+
+def _permute_onnx(b, node, args):
+    rank = b.rank(node["inputs"][0])
+    return b.op("Transpose", args[0], perm=[d % rank for d in node["dims"]])
+
+
+def _index_onnx(b, node, args):
+    """Items left to right: an integer is a ``Gather`` (the dimension goes), a slice a ``Slice``,
+    null an ``Unsqueeze``, ``...`` skips the dimensions no item names."""
+    x, items, axis = args[0], node["index"], 0
+    skipped = b.rank(node["inputs"][0]) - sum(1 for i in items if i is not None and i != "...")
+    for item in items:
+        if item == "...":
+            axis += skipped
+        elif item is None:
+            x = b.op("Unsqueeze", x, b.ints([axis]))
+            axis += 1
+        elif isinstance(item, list):
+            start, stop, step = (list(item) + [None] * 3)[:3]
+            x = b.op("Slice", x, b.ints([0 if start is None else start]), b.ints([2 ** 62 if stop is None else stop]),
+                     b.ints([axis]), b.ints([1 if step is None else step]))
+            axis += 1
+        else:
+            x = b.op("Gather", x, b.const(np.int64(item), np.int64), axis=axis)
+    return x
+
+
+def _pad_onnx(b, node, args):
+    rank, p = b.rank(node["inputs"][0]), node["pads"]
+    begin, end = [0] * rank, [0] * rank
+    for i in range(len(p) // 2):
+        begin[rank - 1 - i], end[rank - 1 - i] = p[2 * i], p[2 * i + 1]
+    value = [b.const(np.float32(node["value"]))] if node["mode"] == "constant" else []
+    return b.op("Pad", args[0], b.ints(begin + end), *value, mode=PAD_MODES[node["mode"]])  # ONNX's names are numpy's
+
+
 _BATCH_SHAPE = Field("shape", "shape", "the output shape, -1 where the batch goes")
 
 register(
     OpDef("identity", "its input (dropout and stochastic depth in eval, `contiguous`, `clone`)",
           float=lambda node, args, tensor, batch: args[0], integer=_any_int, prove=_any_prove, sign=keeps_sign,
-          c=lambda node, args: CStep("alias"), chain="fold", onnx="Identity"),
+          c=lambda node, args: CStep("alias"), chain="fold", onnx=onnx_op("Identity")),
     OpDef("flatten", "`torch.flatten`: data movement, on any integers",
           (Field("start_dim", "dim", "first dimension flattened"), Field("end_dim", "dim", "last dimension flattened")),
           float=lambda node, args, tensor, batch: torch.flatten(args[0], node["start_dim"], node["end_dim"]),
           integer=_flatten_int, prove=_any_prove, sign=keeps_sign, c=_flatten_c, chain="move",
-          onnx="Flatten"),
+          onnx=OnnxMap("Reshape", _reshape_onnx)),
     OpDef("reshape", "`reshape` / `view`", (_BATCH_SHAPE,), float=_move_float, integer=_move_int,
-          prove=_move_prove, sign=keeps_sign, onnx="Reshape"),
+          prove=_move_prove, sign=keeps_sign, onnx=OnnxMap("Reshape", _reshape_onnx)),
     OpDef("expand", "`expand`", (_BATCH_SHAPE,), float=_move_float, integer=_move_int, prove=_move_prove,
-          sign=keeps_sign, onnx="Expand"),
+          sign=keeps_sign, onnx=OnnxMap("Expand", _expand_onnx)),
     OpDef("permute", "`permute` / `transpose`", (Field("dims", "perm", "the permutation"),), float=_move_float,
-          integer=_move_int, prove=_move_prove, sign=keeps_sign, onnx="Transpose"),
+          integer=_move_int, prove=_move_prove, sign=keeps_sign, onnx=OnnxMap("Transpose", _permute_onnx)),
     OpDef("index", "`x[...]` and `unbind`",
           (Field("index", "index", "one item per indexed dimension: an integer, `[start, stop, step]` (null bounds "
                                    "allowed), null (a new axis) or `\"...\"`"),),
-          float=_move_float, integer=_move_int, prove=_move_prove, sign=keeps_sign, onnx="Slice, Gather"),
+          float=_move_float, integer=_move_int, prove=_move_prove, sign=keeps_sign,
+          onnx=OnnxMap("Slice, Gather, Unsqueeze", _index_onnx)),
     OpDef("pad", "`F.pad`; on the integer stream when it copies values or pads zeros onto a grid (a convolution's "
           "`padding_mode`, timm's `Conv2dSame`)",
           (Field("pads", "pads", "widths, last dimension first, as `F.pad`"),
            Field("mode", "choice", "padding mode", choices=tuple(PAD_MODES)),
            Field("value", "number", "the constant padded", low=-FLOAT32_MAX)),
-          float=_pad_float, integer=_pad_int, prove=_pad_prove, sign=_pad_sign, chain="move", onnx="Pad"),
+          float=_pad_float, integer=_pad_int, prove=_pad_prove, sign=_pad_sign, chain="move",
+          onnx=OnnxMap("Pad", _pad_onnx)),
     OpDef("cat", "`torch.cat`", (Field("dim", "dim", "the dimension joined, not the batch", low=1),), inputs=None,
-          float=lambda node, args, tensor, batch: torch.cat(args, node["dim"]), sign=keeps_sign, onnx="Concat"),
+          float=lambda node, args, tensor, batch: torch.cat(args, node["dim"]), sign=keeps_sign,
+          onnx=onnx_op("Concat", lambda node: {"axis": node["dim"]})),
 )

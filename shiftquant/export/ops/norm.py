@@ -5,10 +5,12 @@ residual BatchNorm) quantizes its output onto the residual grid: integers out.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .schema import Field, OpDef, keeps_sign, register
+from ...errors import ExportError
+from .schema import Field, OnnxMap, OpDef, keeps_sign, register
 
 
 def _tensor_or_none(tensor, node: dict, key: str):
@@ -44,6 +46,27 @@ def _layer_norm_check(rt, node) -> None:
             rt.tensor(node[k], node["normalized_shape"])
 
 
+def _onnx_affine(b, node: dict, shape) -> list[str]:
+    """``weight`` and ``bias`` as constants (ones and zeros where null)."""
+    return [b.const(np.ones(shape, np.float32) if node.get("weight") is None else b.tensor(node["weight"])),
+            b.const(np.zeros(shape, np.float32) if node.get("bias") is None else b.tensor(node["bias"]))]
+
+
+def _batch_norm_onnx(b, node, args):
+    mean = b.tensor(node["mean"])
+    if node.get("var") is None:
+        raise ExportError(f"node {node['name']!r} (batch_norm): a BatchNorm in eval needs its running variance")
+    var = b.tensor(node["var"])
+    return b.op("BatchNormalization", args[0], *_onnx_affine(b, node, mean.shape), b.const(mean), b.const(var),
+                epsilon=float(node["eps"]))
+
+
+def _layer_norm_onnx(b, node, args):
+    shape = node["normalized_shape"]
+    return b.op("LayerNormalization", args[0], *_onnx_affine(b, node, shape), axis=-len(shape),
+                epsilon=float(node["eps"]))
+
+
 def _affine(what: str) -> tuple[Field, ...]:
     return (Field("weight", "tensor", f"{what} scale (gamma), or null", optional=True),
             Field("bias", "tensor", f"{what} shift (beta), or null", optional=True),
@@ -56,15 +79,16 @@ register(
           + _affine("per-channel")
           + (Field("output_quantizer", "act_quantizer", "the residual grid its output is quantized onto",
                    optional=True),),
-          float=_batch_norm, check=_batch_norm_check, onnx="BatchNormalization", quantizes_output=True,
+          float=_batch_norm, check=_batch_norm_check, onnx=OnnxMap("BatchNormalization", _batch_norm_onnx), quantizes_output=True,
           chain="fold"),
     OpDef("layer_norm", "`F.layer_norm`",
           (Field("normalized_shape", "sizes", "the trailing shape normalized"),) + _affine("elementwise"),
-          float=_layer_norm, check=_layer_norm_check, onnx="LayerNormalization"),
+          float=_layer_norm, check=_layer_norm_check, onnx=OnnxMap("LayerNormalization", _layer_norm_onnx)),
     OpDef("mean", "`torch.mean`",
           (Field("dim", "dims", "the dimensions averaged (never the batch)"),
            Field("keepdim", "flag", "keep them as size 1")),
           float=lambda node, args, tensor, batch: torch.mean(args[0], node["dim"], keepdim=node["keepdim"]),
-          sign=keeps_sign, onnx="ReduceMean"),
+          sign=keeps_sign, onnx=OnnxMap("ReduceMean", lambda b, node, args: b.op(
+              "ReduceMean", args[0], b.ints(node["dim"]), keepdims=int(node["keepdim"])))),
 )
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import CodegenError
+from ...errors import CodegenError, ExportError
 from ..format.values import Fact, Value, constant_divisor, pair
-from .schema import MAX_ELEMENTS, NOT_YET, CStep, Field, OpDef, keeps_sign, register
+from .schema import MAX_ELEMENTS, NOT_YET, CStep, Field, OnnxMap, OpDef, keeps_sign, register
 
 _WINDOW = (Field("kernel_size", "ints", "window height and width", count=2, low=1),
            Field("stride", "ints", "window steps", count=2, low=1),
@@ -152,6 +152,42 @@ def _avg_c(node, args):
                                 "stride": pair(node["stride"] or node["kernel_size"])})
 
 
+# ---------------------------------------------------------------------------------------------- ONNX
+def _window_attrs(node: dict) -> dict:
+    (ph, pw) = pair(node["padding"])
+    return {"kernel_shape": list(pair(node["kernel_size"])), "strides": list(pair(node["stride"])),
+            "pads": [ph, pw, ph, pw], "ceil_mode": int(node["ceil_mode"])}
+
+
+def _max_onnx(b, node, args):
+    return b.op("MaxPool", args[0], dilations=list(pair(node["dilation"])), **_window_attrs(node))
+
+
+def _avg_onnx(b, node, args):
+    """The mean, or on integers the window sum: a depthwise convolution with ones (exact)."""
+    if not b.integer(node):
+        return b.op("AveragePool", args[0], count_include_pad=int(node["count_include_pad"]), **_window_attrs(node))
+    attrs = _window_attrs(node)
+    channels = node["input_shape"][0]
+    ones = b.const(np.ones((channels, 1, *attrs["kernel_shape"]), np.float32))
+    return b.op("Conv", args[0], ones, group=channels, strides=attrs["strides"], pads=attrs["pads"])
+
+
+def _adaptive_onnx(b, node, args):
+    """The global sum on integers; the mean over equal windows (the only adaptive pool ONNX has)."""
+    if b.integer(node):
+        return b.op("ReduceSum", args[0], b.ints([-2, -1]), keepdims=1)
+    size = b.graph.facts[node["inputs"][0]].shape[-2:]
+    out = pair(node["output_size"])
+    if list(out) == [1, 1]:
+        return b.op("GlobalAveragePool", args[0])
+    if any(n % o for n, o in zip(size, out)):
+        raise ExportError(f"node {node['name']!r} (adaptive_avg_pool2d): windows of unequal size ({list(size)} to "
+                          f"{list(out)}) have no ONNX operator")
+    kernel = [n // o for n, o in zip(size, out)]
+    return b.op("AveragePool", args[0], kernel_shape=kernel, strides=kernel)
+
+
 register(
     OpDef("max_pool2d", "the maximum over each window; on integers, padding is never selected",
           _WINDOW + (Field("dilation", "ints", "window dilation", count=2, low=1),
@@ -159,7 +195,7 @@ register(
                      Field("integer", "flag", "never set (a max pool is integer when its input is)", optional=True)),
           float=lambda node, args, tensor, batch: F.max_pool2d(args[0], node["kernel_size"], node["stride"],
                                                                node["padding"], node["dilation"], node["ceil_mode"]),
-          check=_max_check, integer=_max_int, prove=_max_prove, sign=keeps_sign, c=_max_c, onnx="MaxPool",
+          check=_max_check, integer=_max_int, prove=_max_prove, sign=keeps_sign, c=_max_c, onnx=OnnxMap("MaxPool", _max_onnx),
           float_reason=("max pooling runs on float values here: it is not between integers on one grid", NOT_YET)),
     OpDef("avg_pool2d", "the mean of each window; with `integer: true` the *sum* of each window (zeros where padded), "
           "only where every window divides by the same `kh x kw`",
@@ -168,7 +204,8 @@ register(
           float=lambda node, args, tensor, batch: F.avg_pool2d(args[0], node["kernel_size"], node["stride"],
                                                                node["padding"], node["ceil_mode"],
                                                                node["count_include_pad"]),
-          check=_avg_check, integer=_avg_int, prove=_avg_prove, sign=keeps_sign, c=_avg_c, onnx="AveragePool",
+          check=_avg_check, integer=_avg_int, prove=_avg_prove, sign=keeps_sign, c=_avg_c,
+          onnx=OnnxMap("AveragePool; on integers Conv with ones (a window sum)", _avg_onnx),
           integerize=_avg_integerize,
           float_reason=("an average over windows stays float unless every window is whole and it feeds only shift "
                         "layers", "pool over whole windows (no padding past the end) right before a quantized layer, "
@@ -178,7 +215,7 @@ register(
           (Field("output_size", "ints", "output height and width", count=2, low=1),) + _INTEGER,
           float=lambda node, args, tensor, batch: F.adaptive_avg_pool2d(args[0], node["output_size"]),
           check=_needs_input_shape, integer=_global_int, prove=_global_prove, sign=keeps_sign,
-          c=lambda node, args: CStep("global_sum") if node.get("integer") else None, onnx="GlobalAveragePool",
+          c=lambda node, args: CStep("global_sum") if node.get("integer") else None, onnx=OnnxMap("GlobalAveragePool / AveragePool; on integers ReduceSum", _adaptive_onnx),
           integerize=_global_integerize,
           float_reason=("a global average pool is integer only when it feeds only quantized layers (through "
                         "flattens)", "let it feed the quantized head directly, or " + NOT_YET)),

@@ -104,3 +104,17 @@ def level_ints(spec: dict) -> np.ndarray:
     """An activation quantizer's levels as integers on its grid."""
     q = spec["quantizer"]
     return np.round(np.asarray(q["levels"], dtype=np.float64) / q["resolution"]).astype(np.int64)
+
+
+def boundaries(q: dict) -> tuple[list[float], list[float]]:
+    """A quantizer's magnitudes and the thresholds between them, as comparisons read them: a
+    magnitude ``a`` maps to ``magnitudes[i]``, ``i`` the count of thresholds it reaches (``a > t``
+    for ceil, ``a >= t`` for nearest: the log-domain midpoint ``m * sqrt 2`` of shift levels, in
+    float32 as the quantizer's bit-pattern rounding has it, or the midpoint of uniform ones)."""
+    mags = sorted({abs(v) for v in q["levels"] if v != 0})
+    if q["rounding"] == "ceil":
+        return mags, mags[:-1]
+    if q["kind"] == "shift":
+        sqrt2 = float(np.float32(np.sqrt(2.0)))
+        return mags, [m * sqrt2 for m in mags[:-1]]
+    return mags, [m + mags[0] / 2 for m in mags[:-1]]

@@ -218,7 +218,7 @@ class OpDef:
       ``fold`` (monotone per element and channel: folded into the thresholds, it leaves the
       graph), ``move`` (moves integers: it stays, after the thresholds), None (ends the chain).
     * ``float_reason``: why a node of it stays float, and what to do (``check_exportable``).
-    * ``onnx``: the ONNX operator it maps to; ``macs(node, shapes, tensors)``: its
+    * ``onnx``: its ONNX mapping (:class:`OnnxMap`); ``macs(node, shapes, tensors)``: its
       multiply-accumulates per example as ``(kind, count)``, kind ``shift_add``, ``integer`` or
       ``float`` (``None``: it has none).
     """
@@ -232,7 +232,7 @@ class OpDef:
     integer: Callable | None = None
     prove: Callable | None = None
     sign: Callable = never
-    onnx: str = ""
+    onnx: OnnxMap | None = None
     macs: Callable | None = None
     quantizes_output: bool = False
     run: Callable | None = None
@@ -254,6 +254,22 @@ class OpDef:
             rt.fail(node, "wrong number of inputs")
         if self.check is not None:
             self.check(rt, node)
+
+
+@dataclass(frozen=True)
+class OnnxMap:
+    """An op's ONNX mapping: ``label`` names the ONNX operators (the docs' table), and
+    ``lower(b, node, args)`` emits them with the ONNX backend's builder ``b`` (:mod:`..onnx.lower`)
+    on the ONNX values ``args`` (integers where the node computes on integers, else float
+    values) and returns its output value."""
+
+    label: str
+    lower: Callable
+
+
+def onnx_op(op_type: str, attrs: Callable[[dict], dict] | None = None) -> OnnxMap:
+    """The mapping to one ONNX node of ``op_type`` on the node's inputs, attributes from the node."""
+    return OnnxMap(op_type, lambda b, node, args: b.op(op_type, *args, **(attrs(node) if attrs else {})))
 
 
 REGISTRY: dict[str, OpDef] = {}

@@ -18,9 +18,9 @@ from ...errors import BundleError
 from ..format.bundle import unpack_codes
 from ..format.ints import INT_TYPES, holds
 from ..format.values import Fact, Value, pair
-from .conv import GEOMETRY, weight_macs
+from .conv import GEOMETRY, onnx_conv, onnx_linear, weight_macs
 from .quantizers import check_act_quantizer, check_quantizer, input_unit, level_ints, quantize_input
-from .schema import MAX_ELEMENTS, Field, OpDef, register
+from .schema import MAX_ELEMENTS, Field, OnnxMap, OpDef, register
 from .shift_kernels import accumulator_range, level_index, shift_add, shift_add_conv
 
 MAX_WEIGHTS = 1 << 28  # weights of one shift layer
@@ -267,6 +267,53 @@ def _prove(rt, node: dict, args: list[Fact], shape) -> Fact:
     return Fact(shape)
 
 
+# ---------------------------------------------------------------------------------------------- ONNX
+def _onnx(b, node: dict, args: list[str]) -> str:
+    """The runtime's three stages in ONNX: input integers, the product with the integer weights
+    (a ``Conv`` or ``MatMul``, exact below 2^24), and integers or float values out."""
+    conv, source = node["op"] == "shift_conv2d", node["inputs"][0]
+    rank = b.rank(source)
+    channel = 1 if conv else rank - 1
+    if node.get("input_codes"):
+        a = args[0]
+    elif node.get("input_thresholds") is not None:
+        idx = b.level_index(args[0], rank, b.graph.thresholds[node["input_thresholds"]], channel)
+        a = b.lookup(idx, level_ints(node["input_quantizer"]))
+    else:
+        a = b.quantize(b.float_of(source), rank, node["input_quantizer"])
+    w = b.graph.weights[node["name"]].astype(np.float32)
+    acc = onnx_conv(b, a, node, w) if conv else onnx_linear(b, a, w)
+    if node.get("requant"):
+        r = node["requant"]
+        idx = b.level_index(acc, rank, b.graph.thresholds[r["thresholds"]], channel, b.tensor(r["direction"]))
+        return b.lookup(idx, r["levels"])
+    per_channel = b.channel_shape(rank, channel)
+    if node.get("int_output"):
+        o = node["int_output"]
+        if o.get("bias") is not None:
+            acc = b.op("Add", acc, b.const(b.tensor(o["bias"]).reshape(per_channel)))
+        return b.op("Mul", acc, b.const(np.exp2(b.tensor(o["shift"]).astype(np.float64)).reshape(per_channel)))
+    return _onnx_dequantize(b, node, a, acc, w, per_channel)
+
+
+def _onnx_dequantize(b, node: dict, a: str, acc: str, w: np.ndarray, per_channel: list[int]) -> str:
+    """:func:`dequantize` in float64, as the runtime computes it (the same operations in the same
+    order: the same float32 result)."""
+    a_unit = input_unit(node["input_quantizer"])
+    w_unit = b.tensor(node["weight_scale"]).astype(np.float64) * node["weight_quantizer"]["resolution"]
+    as_double = lambda v: b.op("Cast", v, to=11)
+    out = b.op("Mul", as_double(acc), b.const((w_unit * a_unit).reshape(per_channel), np.float64))
+    if node.get("weight_offset"):
+        ones = np.ones_like(w)
+        sums = onnx_conv(b, a, node, ones) if node["op"] == "shift_conv2d" else \
+            b.op("ReduceSum", a, b.ints([-1]), keepdims=1)
+        offset = b.const(b.tensor(node["weight_offset"]).astype(np.float64).reshape(per_channel), np.float64)
+        out = b.op("Add", out, b.op("Mul", b.op("Mul", offset, as_double(sums)), b.const(a_unit, np.float64)))
+    if node.get("bias"):
+        out = b.op("Add", out, b.const(b.tensor(node["bias"]).astype(np.float64).reshape(per_channel), np.float64))
+    return b.op("Cast", out, to=1)
+
+
 # ---------------------------------------------------------------------------------------------- definition
 _LAYER = (
     Field("weight_codes", "tensor", "uint8 tensor of bit-packed codes, `code_bits` each, row-major"),
@@ -291,9 +338,10 @@ def _shift_macs(node: dict, shapes: dict, tensors) -> tuple[str, int]:
 register(
     OpDef("shift_conv2d", "input integers -> shift-add convolution -> output integers",
           (Field("weight_shape", "ints", "(O, I / groups, kh, kw)", count=4, low=1),) + _LAYER + GEOMETRY, check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer",
-          onnx="Conv (DequantizeLinear weights)", macs=_shift_macs),
+          onnx=OnnxMap("thresholds (Greater, ReduceSum, Gather), Conv, thresholds", _onnx), macs=_shift_macs),
     OpDef("shift_linear", "input integers -> shift-add matrix product -> output integers",
           (Field("weight_shape", "ints", "(O, I)", count=2, low=1),) + _LAYER,
-          check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer", onnx="Gemm (DequantizeLinear weights)",
+          check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer",
+          onnx=OnnxMap("thresholds (Greater, ReduceSum, Gather), MatMul, thresholds", _onnx),
           macs=_shift_macs),
 )
