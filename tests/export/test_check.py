@@ -79,11 +79,12 @@ def test_a_recipe_that_selects_nothing_suggests_presets():
 
 
 class _LeNet(nn.Module):
-    """conv -> BatchNorm -> ReLU -> max pool -> conv -> ReLU -> Linear."""
+    """conv -> BatchNorm -> ReLU -> average pool -> conv -> ReLU -> Linear (with a max pool it is
+    integer-only: ``test_integer_max_pool.py``)."""
 
     def __init__(self):
         super().__init__()
-        self.conv1, self.bn1, self.pool = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.MaxPool2d(2)
+        self.conv1, self.bn1, self.pool = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.AvgPool2d(2)
         self.conv2, self.head = nn.Conv2d(6, 8, 3), nn.Linear(8 * 2 * 2, 10)
 
     def forward(self, x):
@@ -103,8 +104,8 @@ def test_every_float_node_says_why_and_what_would_make_it_integer(tmp_path):
     assert report.exportable and not report.integer_only
     assert len(report.float_reasons) == len(report.float_ops) > 0
     by_node = {r.node: r for r in report.float_reasons}
-    # The max pool between conv1's BatchNorm-ReLU and conv2 breaks the requantization chain.
-    assert "'pool' (max_pool2d) breaks the requantization chain" in by_node["bn1"].reason
+    # The average pool between conv1's BatchNorm-ReLU and conv2 breaks the requantization chain.
+    assert "'pool' (avg_pool2d) breaks the requantization chain" in by_node["bn1"].reason
     assert "move 'pool' after the next quantized layer" in by_node["bn1"].how
     assert "quantizes float input from 'pool'" in by_node["conv2"].reason
     assert all(r.reason and r.how for r in report.float_reasons)

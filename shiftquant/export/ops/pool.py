@@ -195,7 +195,7 @@ register(
                      Field("integer", "flag", "never set (a max pool is integer when its input is)", optional=True)),
           float=lambda node, args, tensor, batch: F.max_pool2d(args[0], node["kernel_size"], node["stride"],
                                                                node["padding"], node["dilation"], node["ceil_mode"]),
-          check=_max_check, integer=_max_int, prove=_max_prove, sign=keeps_sign, c=_max_c, onnx=OnnxMap("MaxPool", _max_onnx),
+          check=_max_check, integer=_max_int, prove=_max_prove, sign=keeps_sign, c=_max_c, chain="move", onnx=OnnxMap("MaxPool", _max_onnx),
           float_reason=("max pooling runs on float values here: it is not between integers on one grid", NOT_YET)),
     OpDef("avg_pool2d", "the mean of each window; with `integer: true` the *sum* of each window (zeros where padded), "
           "only where every window divides by the same `kh x kw`",

@@ -93,6 +93,25 @@ def find_chains(manifest: dict) -> list[tuple[dict, list[dict], dict]]:
     return found
 
 
+def _max_pools_commute(rt: Graph, s: dict, chain: list[dict], target: dict) -> bool:
+    """A max pool in a chain moves to after the thresholds (it takes the largest code of each
+    window) only where everything after it is non-decreasing per channel: ``q(max h) = max q(h)``
+    for a non-decreasing ``q``. The target quantizer is; each fold op after the pool is monotone
+    per channel (its ``chain`` role), so comparing it at two far apart points decides."""
+    pools = [i for i, n in enumerate(chain) if n["op"] == "max_pool2d"]
+    if not pools:
+        return True
+    channels, conv = s["weight_shape"][0], s["op"] == "shift_conv2d"
+    ends = torch.tensor([-1e20, 1e20]).repeat(channels, 1)  # (C, 2): each channel's two points
+    x = ends.reshape(1, channels, 2, 1) if conv else ends.T.contiguous()
+    for node in chain[pools[0] + 1:]:
+        if _role(node) == "fold":
+            y = rt.float_op(node, [x]).reshape(channels, 2) if conv else rt.float_op(node, [x]).T
+            if bool((y[:, 0] > y[:, 1]).any()):
+                return False
+    return True
+
+
 def _target_spec(target: dict) -> dict:
     return target["output_quantizer"] if target.get("output_quantizer") else target["input_quantizer"]
 
@@ -127,7 +146,7 @@ def thresholds(rt: Graph, s: dict, chain: list[dict], target: dict) -> tuple[np.
         rows = acc.shape[0]
         x = rt.dequantize(s, acc.T.reshape(1, channels, rows, 1) if conv else acc)
         for node in chain:
-            if node["op"] != "pad":  # it moves values; the thresholds map each one
+            if _role(node) != "move":  # a move (pad, flatten, max pool) moves values; the thresholds map each one
                 x = rt.float_op(node, [x])
         out = rt.quantize_input(x, spec)
         return out.reshape(channels, rows).T if conv else out.reshape(acc.shape)
@@ -174,6 +193,7 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     if not chains:
         return
     rt = Graph(manifest, tensors, "export", strict=False)
+    chains = [c for c in chains if _max_pools_commute(rt, *c)]
     with _one_thread():
         found = [(s, chain, t, *thresholds(rt, s, chain, t)) for s, chain, t in chains]
     removed, renamed = set(), {}

@@ -1,0 +1,77 @@
+"""Max pooling on codes: a conv-BN-ReLU-maxpool network (LeNet / VGG style) runs integer-only.
+
+The pool moves to after the requantization thresholds, ``maxpool(q(h)) = q(maxpool(h))`` for the
+non-decreasing quantizer ``q``; only where everything after the pool in the chain is non-decreasing
+per channel (a BatchNorm with a negative gain after the pool keeps it float)."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import shiftquant as sq
+from tests.export.models import pixel_batches
+
+PIXELS = sq.PixelInput((0.3,), (0.4,), 255)
+
+
+def lenet(pool_after_bn: bool = True) -> nn.Sequential:
+    """LeNet-5's shape (28 px, 6 and 16 channels, two 2x2 max pools, a linear head); with
+    ``pool_after_bn`` false the first block pools before its BatchNorm."""
+    first = [nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2)]
+    if not pool_after_bn:
+        first = [first[0], first[3], first[1], first[2]]
+    return nn.Sequential(*first, nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+                         nn.Flatten(), nn.Linear(16 * 5 * 5, 10))
+
+
+def _exported(model: nn.Module, tmp_path, signs=(1.0, -1.0)):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # gains of both signs: some channels decrease
+                m.weight.copy_(torch.rand_like(m.weight).add(0.5) * torch.tensor(signs).repeat(8)[:m.num_features])
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    batches = pixel_batches((6, 1, 28, 28), 0, PIXELS)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
+    sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 1, 28, 28), PIXELS)
+    return rt, np.concatenate(list(batches.values()))
+
+
+def test_a_lenet_with_max_pools_runs_integer_only_and_exact(tmp_path):
+    model = lenet().eval()
+    rt, pixels = _exported(model, tmp_path)
+    assert rt.manifest["integer_only"], rt.float_ops
+    pools = [n for n in rt.nodes if n["op"] == "max_pool2d"]
+    assert len(pools) == 2 and all(n["dtype"] != "float32" for n in pools)
+    with torch.no_grad():
+        assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_the_c_backend_pools_the_same_codes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path))
+    rt, pixels = _exported(lenet().eval(), tmp_path)
+    native = sq.load_bundle(rt.source, backend="c")
+    assert np.array_equal(native.run_int(pixels)[0], rt.run_int(pixels)[0])
+
+
+def test_a_pool_before_a_decreasing_batchnorm_stays_float_and_exact(tmp_path):
+    """conv -> maxpool -> BN (negative gains) -> ReLU: the max does not commute with the BN, so the
+    first block keeps its BatchNorm float (listed), and the logits stay exact."""
+    model = lenet(pool_after_bn=False).eval()
+    rt, pixels = _exported(model, tmp_path)
+    first_bn = next(n for n in rt.nodes if n["op"] == "batch_norm")
+    assert first_bn["name"] in rt.float_ops and not rt.manifest["integer_only"]
+    with torch.no_grad():
+        assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
+    # with non-negative gains everywhere, the same network pools codes
+    model = lenet(pool_after_bn=False).eval()
+    rt, pixels = _exported(model, tmp_path, signs=(1.0, 1.0))
+    assert rt.manifest["integer_only"], rt.float_ops
+    with torch.no_grad():
+        assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
