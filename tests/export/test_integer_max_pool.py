@@ -67,6 +67,8 @@ def test_a_pool_before_a_decreasing_batchnorm_stays_float_and_exact(tmp_path):
     rt, pixels = _exported(model, tmp_path)
     first_bn = next(n for n in rt.nodes if n["op"] == "batch_norm")
     assert first_bn["name"] in rt.float_ops and not rt.manifest["integer_only"]
+    reasons = {r.node: r for r in sq.check_exportable(model, torch.zeros(1, 1, 28, 28), PIXELS).float_reasons}
+    assert "a max pool before an op that decreases" in reasons[first_bn["name"]].reason
     with torch.no_grad():
         assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
     # with non-negative gains everywhere, the same network pools codes

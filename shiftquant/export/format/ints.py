@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 FLOAT = "float32"
+# float32 holds every integer of magnitude below this exactly: integers the float kernels (PyTorch's,
+# onnxruntime's) compute stay exact below it.
+FLOAT32_EXACT = 1 << 24
 # In the order they are tried: narrow first, unsigned before signed of the same width.
 INT_TYPES: dict[str, type] = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16,
                               "int32": np.int32}

@@ -55,6 +55,8 @@ def _why(node: dict, by_name: dict, readers: dict) -> tuple[str, str]:
         if end == "fans out":
             return (f"{_names(at)} read its output: a requantization folds a chain with one reader",
                     f"give that stream its own power-of-two grid ({FAN_OUT})")
+        if end == "layer":
+            return UNFOLDED
         return ("no quantized layer reads its output, so no requantization folds it", NOT_YET)
     return ops.get(op).float_reason or (f"{op} has no integer form", NOT_YET)
 
@@ -81,10 +83,18 @@ def _shift_layer(node: dict, upstream: list[dict], readers: dict) -> tuple[str, 
     if end == "fans out":
         return (f"its accumulators are dequantized in float: {_names(at)} read them",
                 f"give that stream its own power-of-two grid ({FAN_OUT})")
+    if end == "layer":
+        return UNFOLDED
     return ("its output is dequantized in float (the model's output, with logit shifts beyond 30)", NOT_YET)
 
 
 FAN_OUT = "recipe residual_bits, as the deploy preset sets it"
+# A chain of foldable ops reaching a quantized layer that the requantization pass still refused.
+UNFOLDED = ("a quantized layer reads it through foldable ops, but the requantization cannot fold them: a max pool "
+            "before an op that decreases on some channel (a BatchNorm with a negative gain), a standardizing "
+            "input quantizer after a flatten or pool, or padding other than the quantizer's zero",
+            "pool after the BatchNorm and its activation, use learned power-of-two input scales (the deploy "
+            "preset), or pad zeros")
 
 
 def _names(nodes: list[dict]) -> str:

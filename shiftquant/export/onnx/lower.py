@@ -18,17 +18,15 @@ computes on integers, else float values (integers times their unit, pixels norma
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ...errors import ExportError
 from .. import ops
+from ..format.ints import FLOAT32_EXACT
 from ..format.pixels import pixel_dtype
 from ..ops.quantizers import boundaries, level_ints
 
 OPSET = 20  # Gelu (approximate), LayerNormalization, ReduceMean's axes input, Pad's wrap mode
-EXACT = 1 << 24  # float32 holds every integer up to here
 INPUT = "input"
 
 
@@ -112,7 +110,7 @@ class Builder:
         if direction is not None:
             x = self.op("Mul", x, self.const(np.asarray(direction).reshape(self.channel_shape(rank, channel_dim))))
         # |x| < 2^24: clipping the table there changes no comparison and keeps it exact in float32
-        table = np.clip(thr.astype(np.float64), -EXACT, EXACT).reshape([thr.shape[0]] + self.channel_shape(rank, channel_dim, thr.shape[1]))
+        table = np.clip(thr.astype(np.float64), -FLOAT32_EXACT, FLOAT32_EXACT).reshape([thr.shape[0]] + self.channel_shape(rank, channel_dim, thr.shape[1]))
         reached = self.op("Cast", self.op("GreaterOrEqual", self.op("Unsqueeze", x, self.ints([0])), self.const(table)),
                           to=1)
         return self.op("Cast", self.op("ReduceSum", reached, self.ints([0]), keepdims=0), to=7)
@@ -178,7 +176,7 @@ def _check_exact(g, node: dict) -> None:
     if node["op"].startswith("shift_") and node["name"] in g.weights:
         worst = max(worst, int(np.abs(g.weights[node["name"]]).reshape(len(g.weights[node["name"]]), -1).sum(1).max())
                     * _input_magnitude(g, node))
-    if worst >= EXACT:
+    if worst >= FLOAT32_EXACT:
         raise ExportError(f"node {node['name']!r} ({node['op']}): integers up to {worst} do not all fit float32 "
                           f"exactly (2^24), so an ONNX graph would round them")
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CodegenError
+from ..format.ints import FLOAT32_EXACT
 from ..format.values import Fact, Value
 from .schema import FLOAT32_MAX, NOT_YET, CStep, Field, OnnxMap, OpDef, keeps_sign, onnx_op, positive, register
 
@@ -40,7 +41,7 @@ def _grid_bounds(node: dict, unit: float) -> list | None:
     out = []
     for b in (node.get("min"), node.get("max")):
         v = None if b is None else b / unit
-        if v is not None and (v != round(v) or abs(v) >= 1 << 24):  # below 2^24: exact in float32 too
+        if v is not None and (v != round(v) or abs(v) >= FLOAT32_EXACT):  # exact in float32 too
             return None
         out.append(None if v is None else int(round(v)))
     return out

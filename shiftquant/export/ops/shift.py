@@ -133,16 +133,24 @@ def dequantize(rt, node: dict, acc: np.ndarray, offset_sums: np.ndarray | None =
 
     With a weight offset (``w = code * scale + offset``) the offset multiplies ``offset_sums``,
     the sum of the input integers each output sees."""
-    a_unit = input_unit(node["input_quantizer"])
     channel_shape = (1, -1, 1, 1) if node["op"] == "shift_conv2d" else (1,) * (acc.ndim - 1) + (-1,)
-    w_unit = rt.tensor(node["weight_scale"]).astype(np.float64) * node["weight_quantizer"]["resolution"]
-    out = acc.astype(np.float64) * (w_unit * a_unit).reshape(channel_shape)
+    scale, offset, a_unit, bias = dequantize_terms(rt, node, channel_shape)
+    out = acc.astype(np.float64) * scale
     if offset_sums is not None:
-        offset = rt.tensor(node["weight_offset"]).astype(np.float64).reshape(channel_shape)
         out = out + offset * offset_sums.astype(np.float64) * a_unit
-    if node.get("bias"):
-        out = out + rt.tensor(node["bias"]).astype(np.float64).reshape(channel_shape)
+    if bias is not None:
+        out = out + bias
     return torch.from_numpy(out.astype(np.float32))
+
+
+def dequantize_terms(rt, node: dict, channel_shape) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray | None]:
+    """:func:`dequantize`'s float64 constants, per channel in ``channel_shape``: the accumulator's
+    worth ``weight grid x input grid``, the weight offset (None without), the input grid, the bias
+    (None without)."""
+    a_unit = input_unit(node["input_quantizer"])
+    w_unit = rt.tensor(node["weight_scale"]).astype(np.float64) * node["weight_quantizer"]["resolution"]
+    per_channel = lambda key: rt.tensor(node[key]).astype(np.float64).reshape(channel_shape) if node.get(key) else None
+    return (w_unit * a_unit).reshape(channel_shape), per_channel("weight_offset"), a_unit, per_channel("bias")
 
 
 def _window_sums(node: dict, a_int: np.ndarray, w_shape) -> np.ndarray:
@@ -299,18 +307,16 @@ def _onnx(b, node: dict, args: list[str]) -> str:
 def _onnx_dequantize(b, node: dict, a: str, acc: str, w: np.ndarray, per_channel: list[int]) -> str:
     """:func:`dequantize` in float64, as the runtime computes it (the same operations in the same
     order: the same float32 result)."""
-    a_unit = input_unit(node["input_quantizer"])
-    w_unit = b.tensor(node["weight_scale"]).astype(np.float64) * node["weight_quantizer"]["resolution"]
+    scale, offset, a_unit, bias = dequantize_terms(b.graph, node, per_channel)
     as_double = lambda v: b.op("Cast", v, to=11)
-    out = b.op("Mul", as_double(acc), b.const((w_unit * a_unit).reshape(per_channel), np.float64))
-    if node.get("weight_offset"):
-        ones = np.ones_like(w)
-        sums = onnx_conv(b, a, node, ones) if node["op"] == "shift_conv2d" else \
+    out = b.op("Mul", as_double(acc), b.const(scale, np.float64))
+    if offset is not None:
+        sums = onnx_conv(b, a, node, np.ones_like(w)) if node["op"] == "shift_conv2d" else \
             b.op("ReduceSum", a, b.ints([-1]), keepdims=1)
-        offset = b.const(b.tensor(node["weight_offset"]).astype(np.float64).reshape(per_channel), np.float64)
-        out = b.op("Add", out, b.op("Mul", b.op("Mul", offset, as_double(sums)), b.const(a_unit, np.float64)))
-    if node.get("bias"):
-        out = b.op("Add", out, b.const(b.tensor(node["bias"]).astype(np.float64).reshape(per_channel), np.float64))
+        out = b.op("Add", out, b.op("Mul", b.op("Mul", b.const(offset, np.float64), as_double(sums)),
+                                    b.const(a_unit, np.float64)))
+    if bias is not None:
+        out = b.op("Add", out, b.const(bias, np.float64))
     return b.op("Cast", out, to=1)
 
 
@@ -338,10 +344,10 @@ def _shift_macs(node: dict, shapes: dict, tensors) -> tuple[str, int]:
 register(
     OpDef("shift_conv2d", "input integers -> shift-add convolution -> output integers",
           (Field("weight_shape", "ints", "(O, I / groups, kh, kw)", count=4, low=1),) + _LAYER + GEOMETRY, check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer",
-          onnx=OnnxMap("thresholds (Greater, ReduceSum, Gather), Conv, thresholds", _onnx), macs=_shift_macs),
+          onnx=OnnxMap("thresholds (GreaterOrEqual, ReduceSum, Gather), Conv, thresholds", _onnx), macs=_shift_macs),
     OpDef("shift_linear", "input integers -> shift-add matrix product -> output integers",
           (Field("weight_shape", "ints", "(O, I)", count=2, low=1),) + _LAYER,
           check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer",
-          onnx=OnnxMap("thresholds (Greater, ReduceSum, Gather), MatMul, thresholds", _onnx),
+          onnx=OnnxMap("thresholds (GreaterOrEqual, ReduceSum, Gather), MatMul, thresholds", _onnx),
           macs=_shift_macs),
 )

@@ -34,13 +34,12 @@ import torch
 
 from ...errors import ExportError
 from .. import ops
-from ..format.ints import FLOAT, narrowest
+from ..format.ints import FLOAT, FLOAT32_EXACT, narrowest
 from ..format.pixels import pixels_to_float
 from ..format.values import Fact
 from ..graph.loader import Graph
 from ..ops.quantizers import input_unit, level_ints
 
-EXACT = 1 << 24
 
 
 def _role(node: dict) -> str | None:
@@ -303,7 +302,7 @@ def _declare_type(node: dict, out: Ints | None, exact: bool) -> None:
         node["dtype"] = FLOAT
         node.pop("range", None)
         return
-    if exact and out.kind != "pixels" and max(abs(out.lo), abs(out.hi)) >= EXACT:
+    if exact and out.kind != "pixels" and max(abs(out.lo), abs(out.hi)) >= FLOAT32_EXACT:
         raise ExportError(f"{node['name']}: integer bound {max(abs(out.lo), abs(out.hi))} reaches 2^24: exact "
                           "float32 parity cannot be guaranteed (use fewer residual bits)")
     dtype = narrowest(out.lo, out.hi)

@@ -24,7 +24,7 @@ from ...nn.layers import QuantConv2d, QuantMixin
 from ...quant.quantizers import ShiftQuantizer, UniformQuantizer
 from ...quant.scales import ActivationQuantizer
 from ..format.bundle import pack_codes
-from ..format.ints import FLOAT, signed_type
+from ..format.ints import FLOAT, FLOAT32_EXACT, signed_type
 from ..format.pixels import PixelInput
 from ..graph.verify import non_negative_output
 from ..passes.requant import fold, integerize
@@ -33,9 +33,6 @@ from . import calls, modules
 from .check import refusal, refused_message
 from .tracer import trace
 
-# float32 represents every integer below 2^24 exactly: an accumulator bounded by it makes the
-# float computation of PyTorch and the integer one of the runtime agree bit for bit.
-EXACT_ACCUMULATOR = 1 << 24
 
 
 def _quantizer_spec(q) -> dict:
@@ -136,7 +133,7 @@ class Exporter:
             grid = layer.accumulator_grid(scale).detach().double()
             bound = bound + (layer.quantized_bias(scale).detach().double() / grid).abs()
         worst = int(bound.max().item())
-        if exact and worst >= EXACT_ACCUMULATOR:
+        if exact and worst >= FLOAT32_EXACT:  # PyTorch's float sums then equal the runtime's integer ones
             raise ExportError(f"{name}: worst-case accumulator {worst} reaches 2^24: exact float32 parity cannot be "
                               "guaranteed (use fewer shift bits or smaller inputs)")
         bits = worst.bit_length() + 1  # plus sign
