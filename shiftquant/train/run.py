@@ -43,7 +43,7 @@ from ..errors import CheckpointError, ConfigError, ShiftQuantError
 from ..models.factory import _resolve, build_model
 from ..models.hub import check_pretrained_available
 from ..recipe import QuantRecipe
-from .callbacks import AtomicCheckpointIO, LastCheckpoint, MetricHistory, RankAgreement, state_checksum
+from .callbacks import AtomicCheckpointIO, LastCheckpoint, MetricHistory, RankAgreement, ReleaseProcessGroup, state_checksum
 from .module import OPTIMIZERS, ClassifierModule, frozen_copy
 from .optimizers import SCALE_OPTIMIZERS
 from .schedules import Schedule, build_schedule
@@ -282,7 +282,7 @@ def last_checkpoint_path(out_dir: Path) -> Path:
 def make_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int, history: MetricHistory, main: bool) -> L.Trainer:
     trainer_cfg = _plain(cfg.trainer)
     trainer_cfg["max_epochs"] = max_epochs
-    callbacks = [history, RankAgreement(str(out_dir))]
+    callbacks = [history, RankAgreement(str(out_dir)), ReleaseProcessGroup()]
     if main:
         callbacks += [LastCheckpoint(str(last_checkpoint_path(out_dir)))] + _instantiate_all(cfg.get("callbacks"))
     if not trainer_cfg.get("enable_progress_bar", True):
