@@ -25,11 +25,14 @@ def _export(args) -> None:
     model = load_model(args.checkpoint)
     example = torch.zeros(1, *shape)
     pixels = _pixel_input(meta)
-    rt = export(model, args.output, example, pixels)
+    rt = export(model, args.output, example, pixels, allow_approximate=args.allow_approximate)
+    a = rt.manifest["agreement"]
     print(f"wrote {args.output} ({Path(args.output).stat().st_size:,} bytes): "
           f"{sum(1 for n in rt.nodes if n['op'].startswith('shift_'))} shift layers, "
           f"input {'uint8 pixels' if pixels else 'float32'}, {len(rt.float_ops)} float ops "
-          f"(integer-only: {rt.manifest['integer_only']}), exact={rt.manifest['exact']}")
+          f"(integer-only: {rt.manifest['integer_only']}), exact={rt.manifest['exact']}; against the PyTorch hard "
+          f"model on {a['images']} check inputs: top-1 agreement {100 * a['top1']:.1f} %, largest logit difference "
+          f"{a['max_abs_diff']:.3g} (tolerance {a['tolerance']:.3g})")
     if args.onnx:
         write_onnx(rt, args.onnx)
         x = rt.input_from_float(torch.randn(8, *shape).numpy())
@@ -167,6 +170,7 @@ def bundle_summary(path: str) -> dict:
             "compression": float_bytes / size, "float_ops": observed, "exact": manifest.get("exact", False),
             "requantized": sum(1 for n in manifest["nodes"] if n.get("requant")),
             "integer_only": not observed, "claims_integer_only": manifest["integer_only"], "c": c_sizes(rt),
+            "agreement": manifest.get("agreement"),
             "macs": bundle_macs(manifest, tensors),
             "input": next(n["dtype"] for n in manifest["nodes"] if n["op"] == "input"),
             "input_description": describe_input(next(n for n in manifest["nodes"] if n["op"] == "input")),
@@ -209,6 +213,11 @@ def _summary(args) -> None:
     print(f"shift layers {len(s['rows'])} ({s['requantized']} hand on codes through integer thresholds), "
           f"input {s['input']}, float ops observed {len(s['float_ops'])} {s['float_ops'][:4]}, "
           f"integer-only (observed): {s['integer_only']}, exact parity: {s['exact']}")
+    a = s["agreement"]
+    print("agreement with the PyTorch hard model at export: " + (
+        "not recorded (a bundle from before shiftquant measured it)" if a is None else
+        f"top-1 {100 * a['top1']:.1f} % of {a['images']} check inputs, largest logit difference "
+        f"{a['max_abs_diff']:.3g} (tolerance {a['tolerance']:.3g})"))
     print("node types: " + ", ".join(f"{t} {c}" for t, c in s["types"].items()))
     m = s["macs"]
     if m["total"]:
@@ -289,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("output")
     e.add_argument("--onnx", help="also write this ONNX file and check it in onnxruntime")
     e.add_argument("--input-shape", help="C,H,W when the checkpoint does not record it")
+    e.add_argument("--allow-approximate", action="store_true",
+                   help="write the bundle even when it disagrees with the PyTorch hard model (docs/export.md)")
     e.set_defaults(fn=_export)
     r = sub.add_parser("run", help="accuracy of a bundle on a test set")
     r.add_argument("bundle")

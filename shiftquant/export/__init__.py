@@ -15,18 +15,33 @@ from .format.pixels import PixelInput
 from .onnx.lower import run_onnx, write_onnx
 from .reference.runtime import Runtime
 from .reference.runtime import load_bundle as load_reference
+from ..errors import ExportError
+from .trace import agreement
 from .trace.check import ExportReport, check_exportable
 from .trace.exporter import Exporter
 
 
 def export(model: nn.Module, path: str | Path, example_input: torch.Tensor,
-           input_spec: PixelInput | None = None) -> Runtime:
+           input_spec: PixelInput | None = None, check_input: torch.Tensor | None = None,
+           allow_approximate: bool = False) -> Runtime:
     """Write the hard (eps = 0) ``model`` as a bundle at ``path``; returns its runtime.
 
     ``example_input`` fixes the input shape (its batch size does not matter). With ``input_spec``
     (how the model's input comes from integer pixels) the bundle takes the pixels themselves.
+
+    Before writing, the bundle runs beside the PyTorch hard model on ``check_input`` (default: the
+    example input and a few seeded random inputs; :mod:`.trace.agreement`): top-1 agreement and
+    the largest logit difference go into the manifest (``agreement``). A bundle that disagrees
+    (any difference for an exact bundle) raises :class:`ExportError` naming the first node that
+    diverges, and writes nothing, unless ``allow_approximate``.
     """
-    manifest, tensors = Exporter(model).build(example_input, input_spec)
+    exporter = Exporter(model)
+    manifest, tensors = exporter.build(example_input, input_spec)
+    x = check_input if check_input is not None else agreement.check_inputs(example_input, input_spec)
+    found = agreement.measure(exporter.model, manifest, tensors, x)
+    if not found.ok and not allow_approximate:
+        raise ExportError(found.failure(bool(manifest["exact"])))
+    manifest["agreement"] = found.record()
     manifest["format_version"] = FORMAT_VERSION
     write_bundle(path, manifest, tensors)
     return load_bundle(path)

@@ -52,7 +52,9 @@ _GRID_KEEPING_FUNCTIONS = (torch.relu, nn.functional.relu, nn.functional.relu6, 
 def residual_batchnorms(model: nn.Module) -> list[str]:
     """Names of the ``BatchNorm2d`` modules whose output reaches a residual add only through
     grid-keeping ops (ReLU, max pooling), for every add whose inputs all come from such a
-    BatchNorm or from another such add. Other adds are left alone (they stay float)."""
+    BatchNorm or from another such add (other adds are left alone: they stay float), and of those
+    whose output reaches an average pool that way: a pool of grid integers is an integer window
+    sum, which the next quantized layer's input thresholds read (a LeNet's pools between blocks)."""
     try:
         graph = Tracer().trace(model)
     except Exception:  # noqa: BLE001 - an untraceable model has no residual grid
@@ -60,13 +62,26 @@ def residual_batchnorms(model: nn.Module) -> list[str]:
     on_grid: set[fx.Node] = set()
     names: list[str] = []
     for node in graph.nodes:
-        if node.op != "call_function" or node.target not in ADDS:
-            continue
-        sources = [_grid_source(model, arg, on_grid) for arg in node.args]
-        if all(sources):
-            on_grid.add(node)
-            names += [s for s in sources if isinstance(s, str) and s not in names]
+        if node.op == "call_function" and node.target in ADDS:
+            sources = [_grid_source(model, arg, on_grid) for arg in node.args]
+            if all(sources):
+                on_grid.add(node)
+                names += [s for s in sources if isinstance(s, str) and s not in names]
+        elif _averages(model, node) and node.args:
+            source = _grid_source(model, node.args[0], on_grid)
+            if isinstance(source, str) and source not in names:
+                names.append(source)
     return names
+
+
+_AVERAGING_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_AVERAGING_FUNCTIONS = (nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d)
+
+
+def _averages(model: nn.Module, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(model.get_submodule(node.target), _AVERAGING_MODULES)
+    return node.op == "call_function" and node.target in _AVERAGING_FUNCTIONS
 
 
 def _grid_source(model: nn.Module, cur, on_grid: set) -> str | bool:

@@ -126,6 +126,9 @@ def test_cli_export_run_summary_on_a_trained_checkpoint(trained_digits, tmp_path
 
     assert main(["export", trained_digits["checkpoint"], str(bundle), "--onnx", str(onnx_path)]) == 0
     assert bundle.exists() and onnx_path.exists()
+    assert "against the PyTorch hard model on 4 check inputs: top-1 agreement 100.0 %" in capsys.readouterr().out
+    assert main(["summary", str(bundle)]) == 0
+    assert "agreement with the PyTorch hard model at export: top-1 100.0 % of 4" in capsys.readouterr().out
     # The data module's normalization makes a pixel bundle: digits' 0..16 values go in untouched.
     pixels = sq.PixelInput.of(DigitsDataModule)
     assert sq.load_bundle(bundle).nodes[0].get("pixels") == (pixels.spec() if pixels else None)

@@ -79,8 +79,8 @@ def test_a_recipe_that_selects_nothing_suggests_presets():
 
 
 class _LeNet(nn.Module):
-    """conv -> BatchNorm -> ReLU -> average pool -> conv -> ReLU -> Linear (with a max pool it is
-    integer-only: ``test_integer_max_pool.py``)."""
+    """conv -> BatchNorm -> ReLU -> average pool -> conv -> ReLU -> Linear (with a max pool, or with
+    the BatchNorm on a grid, it is integer-only: ``test_integer_pools.py``)."""
 
     def __init__(self):
         super().__init__()
@@ -98,7 +98,7 @@ def test_every_float_node_says_why_and_what_would_make_it_integer(tmp_path):
 
     torch.manual_seed(0)
     model, x = _LeNet().eval(), torch.randn(4, 1, 8, 8)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2))
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", act_shift_bits=2, residual_bits=None))
     sq.calibrate(model, [x])
     report = sq.check_exportable(model, x, sq.PixelInput((0.3,), (0.4,), 255))
     assert report.exportable and not report.integer_only
@@ -106,12 +106,12 @@ def test_every_float_node_says_why_and_what_would_make_it_integer(tmp_path):
     by_node = {r.node: r for r in report.float_reasons}
     # The average pool between conv1's BatchNorm-ReLU and conv2 breaks the requantization chain.
     assert "'pool' (avg_pool2d) breaks the requantization chain" in by_node["bn1"].reason
-    assert "move 'pool' after the next quantized layer" in by_node["bn1"].how
+    assert "put the BatchNorm before 'pool' on a power-of-two grid (set the recipe's residual_bits)" in by_node["bn1"].how
     assert "quantizes float input from 'pool'" in by_node["conv2"].reason
     assert all(r.reason and r.how for r in report.float_reasons)
     text = str(report)
     assert all(f"float: {r.node} ({r.op}): " in text for r in report.float_reasons)
     rt = sq.export(model, tmp_path / "lenet.sqb", x, sq.PixelInput((0.3,), (0.4,), 255))
-    with pytest.raises(CodegenError, match=r"'bn1' .*breaks the requantization chain; how: move 'pool'") as err:
+    with pytest.raises(CodegenError, match=r"'bn1' .*breaks the requantization chain; how: put the BatchNorm") as err:
         sq.load_bundle(rt.source, backend="c")
     assert "deploy preset" not in str(err.value)

@@ -62,3 +62,12 @@ def test_residual_bits_is_validated():
         sq.QuantRecipe.preset("deploy", residual_bits=1)
     assert sq.QuantRecipe.preset("deploy").residual_bits == 8
     assert sq.QuantRecipe.preset("shiftquant").residual_bits is None
+
+
+def test_the_batchnorms_feeding_average_pools_are_found():
+    """A BatchNorm that reaches an average pool through ReLU goes on the grid (the pool then sums
+    integers); one that reaches a max pool only, or a conv, does not."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2),
+                          nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU6(), nn.AdaptiveAvgPool2d(1))
+    assert residual_batchnorms(model) == ["1", "9"]

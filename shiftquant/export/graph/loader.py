@@ -9,6 +9,8 @@ proves the shapes, kinds and ranges of the whole graph. Any failure is a
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -123,6 +125,7 @@ class Graph:
             seen.add(node["name"])
         if not isinstance(self.manifest.get("exact", False), bool):
             raise BundleError(f"{self.source}: exact must be true or false")
+        self._check_agreement(self.manifest.get("agreement"))
         for o in self.manifest["outputs"]:
             if o not in seen:
                 raise BundleError(f"{self.source}: output {o!r} is not computed")
@@ -148,6 +151,20 @@ class Graph:
             self.fail(node, f"batch_dim must be a dimension 0..{MAX_RANK - 1} or null")
         definition.validate(self, node)
         self._check_type(node)
+
+    def _check_agreement(self, found) -> None:
+        """``agreement`` (optional, what the exporter measured): ``images`` a positive count,
+        ``top1`` a share in [0, 1], ``max_abs_diff`` and ``tolerance`` finite and non-negative."""
+        if found is None:
+            return
+        keys = {"images", "top1", "max_abs_diff", "tolerance"}
+        if not isinstance(found, dict) or set(found) != keys or not is_int(found["images"]) \
+                or not 0 < found["images"] < 2 ** 31 \
+                or not all(isinstance(found[k], (int, float)) and not isinstance(found[k], bool)
+                           and math.isfinite(found[k]) and found[k] >= 0 for k in keys - {"images"}) \
+                or found["top1"] > 1:
+            raise BundleError(f"{self.source}: agreement must hold images (a positive count), top1 (0 to 1), "
+                              "max_abs_diff and tolerance (finite, >= 0)")
 
     def _check_float_ops(self, names: set) -> None:
         listed, claim = self.manifest.get("float_ops"), self.manifest.get("integer_only")

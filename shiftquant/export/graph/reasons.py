@@ -49,9 +49,12 @@ def _why(node: dict, by_name: dict, readers: dict) -> tuple[str, str]:
     if in_chain:
         end, at = _chain_end(node, readers)
         if end == "breaks":
-            return (f"between a shift layer and the next quantized layer, {at[0]['name']!r} ({at[0]['op']}) "
-                    "breaks the requantization chain", f"move {at[0]['name']!r} after the next quantized layer, "
-                    f"or {NOT_YET}")
+            why = (f"between a shift layer and the next quantized layer, {at[0]['name']!r} ({at[0]['op']}) "
+                   "breaks the requantization chain")
+            if at[0]["op"] in ("avg_pool2d", "adaptive_avg_pool2d"):
+                return why, (f"put the BatchNorm before {at[0]['name']!r} on a power-of-two grid (set the "
+                             "recipe's residual_bits): it then pools integers")
+            return why, f"move {at[0]['name']!r} after the next quantized layer, or {NOT_YET}"
         if end == "fans out":
             return (f"{_names(at)} read its output: a requantization folds a chain with one reader",
                     f"give that stream its own power-of-two grid ({FAN_OUT})")

@@ -119,10 +119,15 @@ class Runtime(Graph):
             raise BundleError(f"input pixels {int(x.min())}..{int(x.max())} outside 0..{top}")
         return Value(x.astype(pixel_dtype(top)), None, "pixels")
 
-    @torch.no_grad()
     def execute(self, x) -> list[Value]:
         """Every output's :class:`Value`. A bundle whose values leave their declared types fails
         here, naming the node."""
+        values = self.values(x)
+        return [values[o] for o in self.manifest["outputs"]]
+
+    @torch.no_grad()
+    def values(self, x) -> dict[str, Value]:
+        """Every node's :class:`Value` for the input ``x``, by node name."""
         values: dict[str, Value] = {}
         self._x, self.batch = x, int(np.shape(x)[0])
         try:
@@ -136,7 +141,7 @@ class Runtime(Graph):
                     self.fail(node, f"cannot execute: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             self._x = None
-        return [values[o] for o in self.manifest["outputs"]]
+        return values
 
     def run(self, x) -> np.ndarray | list[np.ndarray]:
         """Float32 outputs for ``x`` (pixels for a bundle with ``pixels``). Integer logits become

@@ -127,3 +127,13 @@ def _holds_tensor(value) -> bool:
     if isinstance(value, torch.Tensor):
         return True
     return isinstance(value, (tuple, list)) and any(_holds_tensor(v) for v in value)
+
+
+def node_values(model: nn.Module, x: torch.Tensor) -> dict[str, object]:
+    """The value of every node of ``model``'s traced graph on the input ``x``, by node name (the
+    names the exporter gives the bundle's nodes)."""
+    gm = fx.GraphModule(model, ExportTracer().trace(model))
+    capture = _Capture(gm)
+    with torch.no_grad():
+        capture.run(x)
+    return {n.name: v for n, v in capture.values.items()}

@@ -1,8 +1,10 @@
-"""Max pooling on codes: a conv-BN-ReLU-maxpool network (LeNet / VGG style) runs integer-only.
+"""Pooling on integers: conv-BN-ReLU-pool networks (LeNet / VGG style) run integer-only.
 
-The pool moves to after the requantization thresholds, ``maxpool(q(h)) = q(maxpool(h))`` for the
+A max pool moves to after the requantization thresholds, ``maxpool(q(h)) = q(maxpool(h))`` for the
 non-decreasing quantizer ``q``; only where everything after the pool in the chain is non-decreasing
-per channel (a BatchNorm with a negative gain after the pool keeps it float)."""
+per channel (a BatchNorm with a negative gain after the pool keeps it float). An average pool reads
+a BatchNorm's output on a power-of-two grid (the recipe's ``residual_bits``): it sums whole
+windows of integers, and the next layer's input thresholds divide."""
 import shutil
 
 import numpy as np
@@ -16,17 +18,26 @@ from tests.export.models import pixel_batches
 PIXELS = sq.PixelInput((0.3,), (0.4,), 255)
 
 
-def lenet(pool_after_bn: bool = True) -> nn.Sequential:
-    """LeNet-5's shape (28 px, 6 and 16 channels, two 2x2 max pools, a linear head); with
+def lenet(pool_after_bn: bool = True, pool=nn.MaxPool2d) -> nn.Sequential:
+    """LeNet-5's shape (28 px, 6 and 16 channels, two 2x2 pools, a linear head); with
     ``pool_after_bn`` false the first block pools before its BatchNorm."""
-    first = [nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2)]
+    first = [nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), pool(2)]
     if not pool_after_bn:
         first = [first[0], first[3], first[1], first[2]]
-    return nn.Sequential(*first, nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+    return nn.Sequential(*first, nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), pool(2, ceil_mode=True),
                          nn.Flatten(), nn.Linear(16 * 5 * 5, 10))
 
 
-def _exported(model: nn.Module, tmp_path, signs=(1.0, -1.0)):
+def vgg() -> nn.Sequential:
+    """A small VGG: two stages of two 3x3 conv-BN-ReLU and a max pool, then a global average pool
+    and a linear head."""
+    def stage(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*stage(1, 8), *stage(8, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def _exported(model: nn.Module, tmp_path, signs=(1.0, -1.0), residual_bits=8):
     torch.manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
@@ -35,7 +46,8 @@ def _exported(model: nn.Module, tmp_path, signs=(1.0, -1.0)):
                 m.bias.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     batches = pixel_batches((6, 1, 28, 28), 0, PIXELS)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3,
+                                                residual_bits=residual_bits))
     sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
     sq.set_slope(model, 0.0)
     rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 1, 28, 28), PIXELS)
@@ -52,12 +64,34 @@ def test_a_lenet_with_max_pools_runs_integer_only_and_exact(tmp_path):
         assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
 
 
+@pytest.mark.parametrize("residual_bits", [8, None])
+def test_a_lenet_with_average_pools_pools_integers_on_the_grid(tmp_path, residual_bits):
+    """With the grid, the BatchNorms before average pools quantize onto it and the pools sum
+    integers; without it the pools average floats, exactly."""
+    model = lenet(pool=nn.AvgPool2d).eval()
+    rt, pixels = _exported(model, tmp_path, residual_bits=residual_bits)
+    pools = [n for n in rt.nodes if n["op"] == "avg_pool2d"]
+    assert len(pools) == 2
+    if residual_bits:
+        assert rt.manifest["integer_only"], rt.float_ops
+        assert all(n["dtype"] != "float32" and n["integer"] for n in pools)
+    else:
+        assert {n["name"] for n in pools} <= set(rt.float_ops)
+    with torch.no_grad():
+        assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-def test_the_c_backend_pools_the_same_codes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("make", [lenet, lambda: lenet(pool=nn.AvgPool2d), vgg], ids=["lenet-max", "lenet-avg", "vgg"])
+def test_the_c_backend_pools_the_same_codes(tmp_path, monkeypatch, make):
     monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path))
-    rt, pixels = _exported(lenet().eval(), tmp_path)
+    model = make().eval()
+    rt, pixels = _exported(model, tmp_path)
+    assert rt.manifest["integer_only"], rt.float_ops
     native = sq.load_bundle(rt.source, backend="c")
     assert np.array_equal(native.run_int(pixels)[0], rt.run_int(pixels)[0])
+    with torch.no_grad():
+        assert np.array_equal(native.run(pixels), model(PIXELS.to_float(pixels)).numpy())
 
 
 def test_a_pool_before_a_decreasing_batchnorm_stays_float_and_exact(tmp_path):
