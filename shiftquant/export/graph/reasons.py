@@ -95,9 +95,10 @@ FAN_OUT = "recipe residual_bits, as the deploy preset sets it"
 # A chain of foldable ops reaching a quantized layer that the requantization pass still refused.
 UNFOLDED = ("a quantized layer reads it through foldable ops, but the requantization cannot fold them: a max pool "
             "before an op that decreases on some channel (a BatchNorm with a negative gain), a standardizing "
-            "input quantizer after a flatten or pool, or padding other than the quantizer's zero",
+            "input quantizer after a flatten or pool, padding other than the quantizer's zero, or a Hardswish "
+            "whose next quantizer tells its negative values apart (or that a fold op follows)",
             "pool after the BatchNorm and its activation, use learned power-of-two input scales (the deploy "
-            "preset), or pad zeros")
+            "preset), pad zeros, or quantize after a Hardswish with unsigned levels")
 
 
 def _names(nodes: list[dict]) -> str:

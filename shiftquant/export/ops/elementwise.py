@@ -191,7 +191,10 @@ register(
           integer=_clamp_int, prove=_clamp_prove, c=_clamp_c, integerize=_clamp_integerize, chain="fold",
           sign=lambda node, non_negative: node.get("min") is not None and node["min"] >= 0,
           onnx=OnnxMap("Clip", _clamp_onnx)),
-    OpDef("hardswish", "`F.hardswish`", float=_unary(F.hardswish), onnx=onnx_op("HardSwish")),
+    # x * relu6(x + 3) / 6: its least value is -0.375 (at -1.5); for x >= 0 a product of non-negative,
+    # non-decreasing, correctly rounded float32 terms, so non-decreasing: it folds (``dip``).
+    OpDef("hardswish", "`F.hardswish`", float=_unary(F.hardswish), chain="fold", dip=-0.38,
+          onnx=onnx_op("HardSwish")),
     OpDef("hardsigmoid", "`F.hardsigmoid`", float=_unary(F.hardsigmoid), sign=positive, chain="fold",
           onnx=onnx_op("HardSigmoid", lambda node: {"alpha": 1.0 / 6, "beta": 0.5})),
     OpDef("silu", "`F.silu`", float=_unary(F.silu),

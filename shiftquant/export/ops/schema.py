@@ -217,6 +217,11 @@ class OpDef:
     * ``chain``: its part in a requantization chain between a shift layer and the next quantizer:
       ``fold`` (monotone per element and channel: folded into the thresholds, it leaves the
       graph), ``move`` (moves integers: it stays, after the thresholds), None (ends the chain).
+    * ``dip``: for a ``fold`` op that is not monotone, a lower bound of its values below zero: it
+      falls to its least value and rises after it, is <= 0 for inputs <= 0 and increasing (in
+      float32, PyTorch's kernel) for inputs >= 0 (Hardswish). It folds only where the quantizer
+      after it gives one level to every value in ``[dip, 0]`` and no fold op follows it: then the
+      quantized chain is non-decreasing in its input.
     * ``float_reason``: why a node of it stays float, and what to do (``check_exportable``).
     * ``onnx``: its ONNX mapping (:class:`OnnxMap`); ``macs(node, shapes, tensors)``: its
       multiply-accumulates per example as ``(kind, count)``, kind ``shift_add``, ``integer`` or
@@ -240,6 +245,7 @@ class OpDef:
     c: Callable | str | None = None
     integerize: Callable | None = None
     chain: str | None = None
+    dip: float | None = None
     float_reason: tuple[str, str] | None = None
 
     def expected_inputs(self, node: dict) -> int | None:

@@ -111,6 +111,23 @@ def _max_pools_commute(rt: Graph, s: dict, chain: list[dict], target: dict) -> b
     return True
 
 
+def _dips_vanish(rt: Graph, s: dict, chain: list[dict], target: dict) -> bool:
+    """An op that dips below zero before rising (``OpDef.dip``: Hardswish) folds where the target
+    quantizer gives every value in ``[dip, 0]`` one level and only moves follow it: then the
+    quantized chain is constant for the op's inputs <= 0 and non-decreasing above."""
+    spec = _target_spec(target)
+    for i, node in enumerate(chain):
+        dip = ops.get(node["op"]).dip
+        if dip is None:
+            continue
+        if any(_role(n) == "fold" for n in chain[i + 1:]):
+            return False
+        ends = rt.quantize_input(torch.tensor([dip, 0.0]), spec)
+        if ends[0] != ends[1]:
+            return False
+    return True
+
+
 def _target_spec(target: dict) -> dict:
     return target["output_quantizer"] if target.get("output_quantizer") else target["input_quantizer"]
 
@@ -192,7 +209,7 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     if not chains:
         return
     rt = Graph(manifest, tensors, "export", strict=False)
-    chains = [c for c in chains if _max_pools_commute(rt, *c)]
+    chains = [c for c in chains if _max_pools_commute(rt, *c) and _dips_vanish(rt, *c)]
     with _one_thread():
         found = [(s, chain, t, *thresholds(rt, s, chain, t)) for s, chain, t in chains]
     removed, renamed = set(), {}
