@@ -17,8 +17,15 @@ from torch import fx, nn
 from .layers import QuantMixin
 
 
+def is_norm_act(m: nn.Module) -> bool:
+    """timm's ``BatchNormAct2d`` (a BatchNorm2d with ``act`` and ``drop`` submodules)."""
+    return isinstance(m, nn.BatchNorm2d) and isinstance(getattr(m, "act", None), nn.Module) \
+        and isinstance(getattr(m, "drop", None), nn.Module)
+
+
 class QuantBatchNorm2d(nn.BatchNorm2d):
-    """``output_quantizer(BatchNorm2d(x))``."""
+    """``output_quantizer(BatchNorm2d(x))``; taking over timm's ``BatchNormAct2d``, its dropout
+    and activation follow the quantizer: ``act(drop(output_quantizer(BatchNorm2d(x))))``."""
 
     output_quantizer: nn.Module
 
@@ -30,14 +37,16 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_quantizer(super().forward(x))
+        y = self.output_quantizer(super().forward(x))
+        return self.act(self.drop(y)) if is_norm_act(self) else y
 
 
 class Tracer(fx.Tracer):
-    """Traces a quantized model with its quantized layers and BatchNorms as leaves."""
+    """Traces a quantized model with its quantized layers and BatchNorms (timm's BatchNormAct2d
+    too) as leaves."""
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, (QuantMixin, QuantBatchNorm2d)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (QuantMixin, QuantBatchNorm2d)) or is_norm_act(m) or super().is_leaf_module(m, qualname)
 
 
 ADDS = (operator.add, operator.iadd, torch.add)
@@ -47,6 +56,11 @@ ADDS = (operator.add, operator.iadd, torch.add)
 _GRID_KEEPING_MODULES = (nn.ReLU, nn.Hardtanh, nn.MaxPool2d, nn.Identity, nn.Dropout)
 _GRID_KEEPING_FUNCTIONS = (torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardtanh, torch.clamp,
                            torch.clip)
+_GRID_KEEPING_NAMES = ("DropPath",)  # timm's stochastic depth: the identity in eval
+
+
+def _keeps_grid(m: nn.Module) -> bool:
+    return isinstance(m, _GRID_KEEPING_MODULES) or type(m).__name__ in _GRID_KEEPING_NAMES
 
 
 def residual_batchnorms(model: nn.Module) -> list[str]:
@@ -92,9 +106,9 @@ def _grid_source(model: nn.Module, cur, on_grid: set) -> str | bool:
             return cur in on_grid
         if cur.op == "call_module":
             m = model.get_submodule(cur.target)
-            if isinstance(m, nn.BatchNorm2d):
-                return cur.target
-            if not isinstance(m, _GRID_KEEPING_MODULES):
+            if isinstance(m, nn.BatchNorm2d):  # a BatchNormAct2d's own activation must keep the grid too
+                return cur.target if not is_norm_act(m) or _keeps_grid(m.act) and _keeps_grid(m.drop) else False
+            if not _keeps_grid(m):
                 return False
         elif not (cur.op == "call_function" and cur.target in _GRID_KEEPING_FUNCTIONS):
             return False

@@ -81,9 +81,30 @@ def test_integer_bounds_off_the_float_bounds_are_refused_at_load(clamped):
     _, _, rt = clamped
     index = next(i for i, n in enumerate(rt.nodes) if n["op"] == "clamp")
     lo, hi = rt.nodes[index]["int_bounds"]
-    for corrupt in ([lo, hi + 1], [lo + 1, hi], [None, hi], [hi, lo], [str(lo), hi], [lo, 1 << 40], [lo]):
+    for corrupt in ([lo, hi + 1], [lo + 1, hi], [None, hi], [lo, None], [hi, lo], [str(lo), hi], [lo, 1 << 40], [lo]):
         manifest = copy.deepcopy(rt.manifest)
         node = manifest["nodes"][index]
         node["int_bounds"] = corrupt
         with pytest.raises(BundleError, match=node["name"]):
             Runtime(manifest, rt.tensors)
+
+
+def test_a_bound_off_a_fine_grid_that_clips_nothing_is_dropped(tmp_path):
+    """ReLU6 on a grid so fine that 6 is beyond 2^24 units (and far above the grid's top): the
+    bound clips nothing the stream can hold, so the integer clamp keeps only its lower bound (and
+    the Hardtanh(-1, 2) after it neither)."""
+    torch.manual_seed(0)
+    model = ClampedResidual().eval()
+    batches = pixel_batches((6, 1, 8, 8), 0, PIXELS)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
+    with torch.no_grad():
+        for m in (model.stem[1], model.bn1, model.bn2):
+            m.output_quantizer.log2_scale.fill_(-26.0)
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 1, 8, 8), PIXELS)
+    clamps = {n["max"]: n["int_bounds"] for n in rt.nodes if n["op"] == "clamp"}
+    assert clamps == {6.0: [0, None], 2.0: [None, None]} and rt.manifest["integer_only"], rt.float_ops
+    p = np.concatenate(list(batches.values()))
+    with torch.no_grad():
+        assert np.array_equal(rt.run(p), model(PIXELS.to_float(p)).numpy())

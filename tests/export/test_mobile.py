@@ -72,7 +72,7 @@ HOLDS = {"functional cnn": {"hardswish", "hardsigmoid", "silu", "mul", "cat", "m
          "timm deit_tiny_patch16_224": {"layer_norm", "attention"}}
 # What runs on integers: every average pool and the pads of the padded CNN, all of ResNet-10t.
 INTEGER = {"padded cnn": {"same_pad", "replicate_pad", "pad", "avg_pool2d", "avg_pool2d_1", "add", "add_1"}}
-INTEGER_ONLY = {"timm resnet10t"}
+INTEGER_ONLY = {"timm resnet10t", "timm mobilenetv2_050"}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -35,48 +35,54 @@ def _relu_prove(rt, node, args, shape):
     return None if x.kind == "pixels" else Fact(shape, x.kind, max(x.lo, 0), max(x.hi, 0), x.unit)
 
 
-def _grid_bounds(node: dict, unit: float) -> list | None:
-    """``min`` and ``max`` (null stays null) as integers of a grid worth ``unit`` each; None unless
-    every bound given is on the grid."""
+def _grid_bounds(node: dict, unit: float, lo: int, hi: int) -> list | None:
+    """``min`` and ``max`` as integers of a grid worth ``unit`` each; a bound off the grid (or beyond
+    2^24 units) that clips nothing of an input proven in ``[lo, hi]`` is null (ReLU6's 6 above a
+    fine grid's top); None when another bound is off the grid. (The exporter's range holds the
+    loader's proven one, so both decide alike.)"""
     out = []
-    for b in (node.get("min"), node.get("max")):
+    for b, clips_nothing in ((node.get("min"), lambda v: v <= lo), (node.get("max"), lambda v: v >= hi)):
         v = None if b is None else b / unit
         if v is not None and (v != round(v) or abs(v) >= FLOAT32_EXACT):  # exact in float32 too
-            return None
+            if not clips_nothing(v):
+                return None
+            v = None
         out.append(None if v is None else int(round(v)))
     return out
 
 
-def _int_bounds(rt, node, x):
-    """The checked ``int_bounds`` of an integer clamp on its grid input; None when it runs in float.
-    They must be ``min`` and ``max`` on the input's grid: the integer clamp is the float one, exactly."""
+def _int_bounds(rt, node, x, lo: int, hi: int):
+    """The checked ``int_bounds`` of an integer clamp on its grid input proven in ``[lo, hi]``; None
+    when it runs in float. They must be ``min`` and ``max`` on the input's grid (or null where they
+    clip nothing): the integer clamp is the float one, exactly."""
     if node.get("int_bounds") is None or x.kind != "grid":
         return None
-    if node["int_bounds"] != _grid_bounds(node, x.unit):
+    if node["int_bounds"] != _grid_bounds(node, x.unit, lo, hi):
         rt.fail(node, f"int_bounds {node['int_bounds']} are not min and max on its input's grid (unit {x.unit})")
     return node["int_bounds"]
 
 
-def _clip(v: int, lo: int | None, hi: int | None) -> int:
-    v = v if lo is None else max(v, lo)
-    return v if hi is None else min(v, hi)
+def _clip(v, lo: int | None, hi: int | None):
+    v = v if lo is None else np.maximum(v, lo)
+    return v if hi is None else np.minimum(v, hi)
 
 
 def _clamp_int(rt, node, args):
-    x = args[0]
-    bounds = _int_bounds(rt, node, x)
-    return None if bounds is None else Value(np.clip(x.data, *bounds), x.unit)
+    x, proven = args[0], rt.facts[node["inputs"][0]]
+    bounds = _int_bounds(rt, node, x, proven.lo, proven.hi)
+    return None if bounds is None else Value(_clip(x.data.astype(np.int64), *bounds), x.unit)
 
 
 def _clamp_prove(rt, node, args, shape):
     x = args[0]
-    bounds = _int_bounds(rt, node, x)
-    return None if bounds is None else Fact(shape, "grid", _clip(x.lo, *bounds), _clip(x.hi, *bounds), x.unit)
+    bounds = _int_bounds(rt, node, x, x.lo, x.hi)
+    return None if bounds is None else Fact(shape, "grid", int(_clip(x.lo, *bounds)), int(_clip(x.hi, *bounds)), x.unit)
 
 
 def _clamp_integerize(node, args, readers_divide) -> None:
     """On a grid whose integers hold both bounds (ReLU6 on a residual stream), it clips integers."""
-    bounds = _grid_bounds(node, args[0].unit) if args[0].kind == "grid" else None
+    x = args[0]
+    bounds = _grid_bounds(node, x.unit, x.lo, x.hi) if x.kind == "grid" else None
     if bounds is not None:
         node["int_bounds"] = bounds
 
@@ -94,8 +100,8 @@ def _clamp_check(rt, node):
     bounds = [node.get("min"), node.get("max")]
     if bounds == [None, None]:
         rt.fail(node, "clamp needs a min or a max")
-    if node.get("int_bounds") is not None and [b is None for b in node["int_bounds"]] != [b is None for b in bounds]:
-        rt.fail(node, "int_bounds must give an integer for each bound given, null for each absent")
+    if node.get("int_bounds") is not None and any(b is None and i is not None for b, i in zip(bounds, node["int_bounds"])):
+        rt.fail(node, "int_bounds must be null for each absent bound")
     if None not in bounds and bounds[0] > bounds[1]:
         rt.fail(node, "clamp min must not exceed max")
 
@@ -186,7 +192,8 @@ register(
           "`clip(x, lo, hi)` on the integers of its input's grid",
           (Field("min", "number", "lower bound, or null", low=-1e30, optional=True),
            Field("max", "number", "upper bound, or null", low=-1e30, optional=True),
-           Field("int_bounds", "int_pair", "integer clamp: min and max in units of the input's grid", optional=True)),
+           Field("int_bounds", "int_pair", "integer clamp: min and max in units of the input's grid (null for a "
+                 "bound off the grid that clips nothing the input can hold)", optional=True)),
           float=lambda node, args, tensor, batch: torch.clamp(args[0], node["min"], node["max"]), check=_clamp_check,
           integer=_clamp_int, prove=_clamp_prove, c=_clamp_c, integerize=_clamp_integerize, chain="fold",
           sign=lambda node, non_negative: node.get("min") is not None and node["min"] >= 0,

@@ -41,9 +41,7 @@ def _norm_act(exporter, name: str, m: nn.Module) -> list[dict]:
     """timm's ``BatchNormAct2d``: the BatchNorm (``<node>_bn``), then the activation."""
     if not isinstance(m.drop, (nn.Identity, nn.Dropout)):
         raise ExportError(f"{name}: {type(m.drop).__name__} after the BatchNorm is not supported")
-    bn = nn.BatchNorm2d(m.num_features, m.eps, affine=m.affine)
-    bn.load_state_dict({k: v for k, v in m.state_dict().items() if k in bn.state_dict()})
-    return [entry(exporter, name, bn), entry(exporter, f"{name}.act", m.act)]
+    return [_batch_norm(exporter, name, m), entry(exporter, f"{name}.act", m.act)]  # on the grid: integers out
 
 
 @_on(nn.BatchNorm1d, nn.BatchNorm2d)

@@ -18,15 +18,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ...errors import ExportError
-from ...nn.residual import Tracer
+from ...nn.residual import Tracer, is_norm_act
 
 BATCHES = (2, 3)  # the two batch sizes the graph is run at
-
-
-def is_norm_act(m: nn.Module) -> bool:
-    """timm's ``BatchNormAct2d`` (a BatchNorm2d with ``act`` and ``drop`` submodules)."""
-    return isinstance(m, nn.BatchNorm2d) and isinstance(getattr(m, "act", None), nn.Module) \
-        and isinstance(getattr(m, "drop", None), nn.Module)
 
 
 class ExportTracer(Tracer):

@@ -1,0 +1,61 @@
+"""Inverted-residual networks integer-only: MobileNetV2 (timm and torchvision) and EfficientNet-Lite.
+
+With the deploy preset the inverted-residual stream goes on the residual grid as a ResNet's does
+(timm's ``BatchNormAct2d`` too: its dropout and activation follow the grid quantizer), ReLU6 clips
+integers (a bound above a fine grid's top clips nothing and is dropped), and the last BatchNorm,
+which reaches the global average pool, goes on the grid as well. The bundles are integer-only, and
+PyTorch == reference == C bit for bit, with no multiply in the shift kernels and 0 float MACs.
+"""
+import shutil
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+import shiftquant as sq
+from shiftquant.cli import bundle_summary
+from tests.export.models import pixel_batches
+from tests.export.test_codegen import assert_no_multiply_in_shift_kernels
+
+PIXELS = sq.PixelInput((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 255)
+MODELS = {
+    "timm mobilenetv2_050": lambda: timm.create_model("mobilenetv2_050", num_classes=10),
+    "timm efficientnet_lite0": lambda: timm.create_model("efficientnet_lite0", num_classes=10),
+    "torchvision mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5),
+}
+
+
+def _exported(name: str, tmp_path):
+    torch.manual_seed(1)
+    model = MODELS[name]().eval()
+    batches = pixel_batches((8, 3, 32, 32), 0, PIXELS)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
+    sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 3, 32, 32), PIXELS)
+    pixels = np.concatenate(list(batches.values()))
+    with torch.no_grad():
+        ref = model(PIXELS.to_float(pixels)).numpy()
+    return rt, pixels, ref
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_inverted_residual_networks_run_integer_only_and_exact(name, tmp_path):
+    rt, pixels, ref = _exported(name, tmp_path)
+    assert rt.manifest["integer_only"], rt.float_ops
+    assert rt.manifest["agreement"]["max_abs_diff"] == 0.0
+    assert np.array_equal(rt.run(pixels), ref)
+    macs = bundle_summary(str(rt.source))["macs"]
+    assert macs["float"] == 0 and macs["shift_add"] == macs["total"] > 0
+
+
+@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("objdump") is None, reason="no C compiler or objdump")
+def test_mobilenetv2_runs_in_c_bit_for_bit_without_multiplies(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path))
+    rt, pixels, ref = _exported("timm mobilenetv2_050", tmp_path)
+    native = sq.load_bundle(rt.source, backend="c")
+    assert np.array_equal(native.run(pixels), ref)
+    sq.codegen(rt, tmp_path, "net")
+    assert_no_multiply_in_shift_kernels(rt, tmp_path, ["-O2"])
