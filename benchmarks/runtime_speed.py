@@ -1,13 +1,16 @@
 """Images/s of float32 PyTorch, the reference runtime and the C backend, side by side in one run.
 
-ResNet-20 (Fashion-MNIST: 1x28x28 uint8 pixels in, the normalization folded into the first
+A model on Fashion-MNIST's shape (1x28x28 uint8 pixels in, the normalization folded into the first
 layer's thresholds), every Conv/Linear quantized with the ``deploy`` recipe (W3A3: 2 shift bits,
 8 levels, for weights and activations; the 8-bit integer residual grid), batch 1 and 64, on 1 and
-2 threads (PyTorch and the C backend use the same count). Ratios are against float PyTorch
-measured in the same run, at the same batch size and thread count. Targets (BENCHMARKS.md): the C
-backend at least 3x float at batch 1 and at least 1x at batch 64.
+2 threads (PyTorch and the C backend use the same count). ``--model``: ``resnet20`` (default), or
+the integer-only families ``lenet5``, ``lenet5_avg``, ``vgg_small``, ``timm:mobilenetv2_050``,
+``timm:efficientnet_lite0`` (any name ``build_model`` knows whose deploy bundle is integer-only).
+Ratios are against float PyTorch measured in the same run, at the same batch size and thread
+count. Targets (BENCHMARKS.md): the C backend at least 3x float at batch 1 and at least 1x at
+batch 64.
 
-    python benchmarks/runtime_speed.py [--repeats 5] [--threads 1 2] [--skip-reference] [--json out.json]
+    python benchmarks/runtime_speed.py [--model NAME] [--repeats 5] [--threads 1 2] [--skip-reference] [--json out.json]
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 
 import shiftquant as sq
 from shiftquant.data.fashion_mnist import MEAN, STD
-from shiftquant.models import resnet20
+from shiftquant.models import build_model
 
 
 def images_per_second(fn, batch: int, repeats: int, min_seconds: float = 0.2) -> float:
@@ -41,22 +44,23 @@ def images_per_second(fn, batch: int, repeats: int, min_seconds: float = 0.2) ->
     return batch / statistics.median(times)
 
 
-def models(tmp: Path):
+def models(tmp: Path, name: str = "resnet20"):
     """The float model, and the bundle of its W3A3 deploy twin (pixel input)."""
     torch.manual_seed(0)
-    float_model = resnet20(num_classes=10, in_chans=1).eval()
-    qmodel = resnet20(num_classes=10, in_chans=1)
+    float_model = build_model(name, 10, 1).eval()
+    qmodel = build_model(name, 10, 1)
     qmodel.load_state_dict(float_model.state_dict())
     sq.quantize_model(qmodel, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
     pixels = sq.PixelInput((MEAN,), (STD,))
     calib = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
     sq.calibrate(qmodel, [pixels.to_float(calib.numpy())])
-    sq.export(qmodel.eval(), tmp / "r20.sqb", pixels.to_float(calib[:1].numpy()), pixels)
-    return float_model, tmp / "r20.sqb", calib.numpy()
+    sq.export(qmodel.eval(), tmp / "model.sqb", pixels.to_float(calib[:1].numpy()), pixels)
+    return float_model, tmp / "model.sqb", calib.numpy()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet20", help="a build_model name (default: resnet20)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
@@ -65,7 +69,7 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        float_model, bundle, calib = models(Path(tmp))
+        float_model, bundle, calib = models(Path(tmp), args.model)
         reference = sq.load_bundle(bundle)
         native = sq.load_bundle(bundle, backend="c")
         assert np.array_equal(native.run(calib[:8]), reference.run(calib[:8]))  # bit for bit, before timing
@@ -89,7 +93,7 @@ def main() -> None:
         print(f"C: flash {program.flash_bytes:,} bytes, RAM {program.ram_bytes:,} bytes; "
               f"bundle {bundle.stat().st_size:,} bytes; torch {torch.__version__}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"resnet20_w3a3": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({f"{args.model}_w3a3": rows}, indent=2))
 
 
 if __name__ == "__main__":

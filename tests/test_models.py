@@ -74,3 +74,13 @@ def test_garbage_and_missing_files(tmp_path):
         read_state_dict(bad)
     with pytest.raises(CheckpointError, match="not found"):
         read_state_dict(tmp_path / "none.pt")
+
+
+def test_the_plain_cnns_build_by_name_and_classify_28_px():
+    from shiftquant.models.plain_cnn import lenet5
+
+    for name in ("lenet5", "lenet5_avg", "vgg_small"):
+        model = build_model(name, 10, 1).eval()
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="pool.*max or avg"):
+        lenet5(pool="lp")

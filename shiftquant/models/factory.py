@@ -1,6 +1,7 @@
 """Build classifiers by name and load local weights without executing code.
 
-Names: ``resnet20`` / ``resnet_tiny`` (CIFAR-style, :mod:`resnet_cifar`), ``torchvision:NAME``,
+Names: ``resnet20`` / ``resnet_tiny`` (CIFAR-style, :mod:`resnet_cifar`), ``lenet5`` / ``lenet5_avg`` /
+``vgg_small`` (:mod:`plain_cnn`), ``torchvision:NAME``,
 ``timm:NAME``, or a bare torchvision or timm name (torchvision first).
 """
 from __future__ import annotations
@@ -13,9 +14,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .plain_cnn import lenet5, lenet5_avg, vgg_small
 from .resnet_cifar import resnet20, resnet_tiny
 
-LOCAL_MODELS = {"resnet20": resnet20, "resnet_tiny": resnet_tiny}
+LOCAL_MODELS = {"resnet20": resnet20, "resnet_tiny": resnet_tiny, "lenet5": lenet5, "lenet5_avg": lenet5_avg,
+                "vgg_small": vgg_small}
 # Containers in which trainers nest a state_dict, and the prefixes they add to its keys.
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("model.", "module.", "_orig_mod.")
@@ -29,13 +32,13 @@ def _resolve(name: str) -> tuple[str, str]:
         return "local", name
     source, _, bare = name.rpartition(":")
     if source not in ("", "torchvision", "timm"):
-        raise ConfigError("model.name", name, "resnet20, resnet_tiny, torchvision:NAME, timm:NAME or a bare name")
+        raise ConfigError("model.name", name, f"{', '.join(LOCAL_MODELS)}, torchvision:NAME, timm:NAME or a bare name")
     if source in ("", "torchvision") and bare in torchvision.models.list_models(torchvision.models):
         return "torchvision", bare
     if source in ("", "timm") and timm.is_model(bare):
         return "timm", bare
     raise ConfigError("model.name", name,
-                      "resnet20, resnet_tiny, or a torchvision classification / timm model name")
+                      f"{', '.join(LOCAL_MODELS)}, or a torchvision classification / timm model name")
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:

@@ -17,9 +17,9 @@ from torch import nn
 import shiftquant as sq
 from shiftquant.export.ops.shift import _input_interval
 from shiftquant.export.ops.shift_kernels import accumulator_range
+from shiftquant.models import lenet5_avg, vgg_small
 from shiftquant.nn.layers import QuantMixin
 from tests.export.models import pixel_batches, quantized_pixels
-from tests.export.test_integer_pools import lenet, vgg
 
 STEPS = 30
 
@@ -58,8 +58,8 @@ MODELS = {
     "plain": lambda: quantized_pixels("plain", 0, weight_shift_bits=2, act_shift_bits=2),
     "cnn": lambda: quantized_pixels("cnn", 0, weight_shift_bits=3, act_shift_bits=3),
     "resnet20": lambda: quantized_pixels("resnet20", 0, weight_shift_bits=2, act_shift_bits=2),
-    "lenet-avg": lambda: _quantized(lenet(pool=nn.AvgPool2d), (4, 1, 28, 28)),
-    "vgg": lambda: _quantized(vgg(), (4, 1, 16, 16)),
+    "lenet-avg": lambda: _quantized(lenet5_avg(), (4, 1, 28, 28)),
+    "vgg": lambda: _quantized(vgg_small(), (4, 1, 16, 16)),
     "pad+1-bias+": lambda: _quantized(Constants(1.0, 1.0), (4, 1, 12, 12)),
     "pad-1-bias-": lambda: _quantized(Constants(-1.0, -1.0), (4, 1, 12, 12)),
 }

@@ -13,28 +13,20 @@ import torch
 from torch import nn
 
 import shiftquant as sq
+from shiftquant.models import lenet5, vgg_small
 from tests.export.models import pixel_batches
 
 PIXELS = sq.PixelInput((0.3,), (0.4,), 255)
 
 
-def lenet(pool_after_bn: bool = True, pool=nn.MaxPool2d) -> nn.Sequential:
-    """LeNet-5's shape (28 px, 6 and 16 channels, two 2x2 pools, a linear head); with
+def lenet(pool_after_bn: bool = True, pool: str = "max") -> nn.Sequential:
+    """LeNet-5 (``shiftquant.models.lenet5``: 28 px, two 2x2 pools, the second in ceil mode); with
     ``pool_after_bn`` false the first block pools before its BatchNorm."""
-    first = [nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), pool(2)]
+    model = lenet5(pool=pool)
     if not pool_after_bn:
-        first = [first[0], first[3], first[1], first[2]]
-    return nn.Sequential(*first, nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), pool(2, ceil_mode=True),
-                         nn.Flatten(), nn.Linear(16 * 5 * 5, 10))
-
-
-def vgg() -> nn.Sequential:
-    """A small VGG: two stages of two 3x3 conv-BN-ReLU and a max pool, then a global average pool
-    and a linear head."""
-    def stage(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
-    return nn.Sequential(*stage(1, 8), *stage(8, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+        conv, bn, relu, first_pool = list(model)[:4]
+        model = nn.Sequential(conv, first_pool, bn, relu, *list(model)[4:])
+    return model
 
 
 def _exported(model: nn.Module, tmp_path, signs=(1.0, -1.0), residual_bits=8):
@@ -68,7 +60,7 @@ def test_a_lenet_with_max_pools_runs_integer_only_and_exact(tmp_path):
 def test_a_lenet_with_average_pools_pools_integers_on_the_grid(tmp_path, residual_bits):
     """With the grid, the BatchNorms before average pools quantize onto it and the pools sum
     integers; without it the pools average floats, exactly."""
-    model = lenet(pool=nn.AvgPool2d).eval()
+    model = lenet(pool="avg").eval()
     rt, pixels = _exported(model, tmp_path, residual_bits=residual_bits)
     pools = [n for n in rt.nodes if n["op"] == "avg_pool2d"]
     assert len(pools) == 2
@@ -82,7 +74,7 @@ def test_a_lenet_with_average_pools_pools_integers_on_the_grid(tmp_path, residua
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-@pytest.mark.parametrize("make", [lenet, lambda: lenet(pool=nn.AvgPool2d), vgg], ids=["lenet-max", "lenet-avg", "vgg"])
+@pytest.mark.parametrize("make", [lenet, lambda: lenet(pool="avg"), vgg_small], ids=["lenet-max", "lenet-avg", "vgg"])
 def test_the_c_backend_pools_the_same_codes(tmp_path, monkeypatch, make):
     monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path))
     model = make().eval()
