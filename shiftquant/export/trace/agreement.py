@@ -18,7 +18,7 @@ approximate bundle; the measurement goes into the manifest either way (``agreeme
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -95,8 +95,7 @@ def measure(model: nn.Module, manifest: dict, tensors: dict[str, np.ndarray], x:
     found = Agreement(len(x), float(agree.mean()), diff, tol)
     if found.ok:
         return found
-    return Agreement(found.images, found.top1, found.max_abs_diff, tol,
-                     _first_divergence(rt, model, bundle_in, x_ref, bool(manifest.get("exact"))))
+    return replace(found, divergence=_first_divergence(rt, model, bundle_in, x_ref, bool(manifest.get("exact"))))
 
 
 def _outputs(out) -> list[np.ndarray]:

@@ -11,9 +11,8 @@ from typing import Callable
 from torch import nn
 
 from ...errors import ExportError
-from ...nn.residual import QuantBatchNorm2d
+from ...nn.residual import QuantBatchNorm2d, is_norm_act
 from .calls import layer_norm
-from .tracer import is_norm_act
 
 MODULES: dict[type, Callable] = {}
 _BY_NAME: dict[str, Callable] = {}  # classes of optional packages, by name (timm's DropPath)

@@ -18,16 +18,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ...errors import ExportError
-from ...nn.residual import Tracer, is_norm_act
+from ...nn.residual import Tracer  # quantized layers and BatchNorms (timm's BatchNormAct2d too) as leaves
 
 BATCHES = (2, 3)  # the two batch sizes the graph is run at
-
-
-class ExportTracer(Tracer):
-    """The training tracer, with timm's BatchNorm + activation modules as leaves."""
-
-    def is_leaf_module(self, m, qualname):
-        return is_norm_act(m) or super().is_leaf_module(m, qualname)
 
 
 class _Capture(fx.Interpreter):
@@ -94,7 +87,7 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> Traced:
     """The graph of ``model`` (quantized layers and timm's BatchNormAct2d as leaves), run on the
     example (``tensor_meta``) and at two batch sizes."""
     try:
-        graph = ExportTracer().trace(model)
+        graph = Tracer().trace(model)
         gm = fx.GraphModule(model, graph)
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input)
@@ -126,7 +119,7 @@ def _holds_tensor(value) -> bool:
 def node_values(model: nn.Module, x: torch.Tensor) -> dict[str, object]:
     """The value of every node of ``model``'s traced graph on the input ``x``, by node name (the
     names the exporter gives the bundle's nodes)."""
-    gm = fx.GraphModule(model, ExportTracer().trace(model))
+    gm = fx.GraphModule(model, Tracer().trace(model))
     capture = _Capture(gm)
     with torch.no_grad():
         capture.run(x)
