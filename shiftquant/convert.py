@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .nn.layers import QuantConv2d, QuantMixin, quant_class_for
+from .nn.grid_activation import grid_activations, needs_input_quantizer
+from .nn.layers import QuantActivation, QuantConv2d, QuantMixin, quant_class_for
 from .nn.residual import QuantBatchNorm2d, residual_batchnorms
 from .quant.functional import LOG2_SCALE_MAX, LOG2_SCALE_MIN, pot_exponent
 from .quant.quantizers import Quantizer, check_eps
@@ -79,15 +80,23 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
     """Swap, in place, exactly the layers ``recipe`` selects; returns ``model``.
 
     Refuses (changing nothing) a recipe that selects nothing, or whose ``keep_float`` patterns
-    match no layer.
+    match no layer. With ``residual_bits``, the residual BatchNorms and the small-domain
+    activations go onto the grid (:mod:`.nn.residual`, :mod:`.nn.grid_activation`).
     """
     for name, layer in select_layers(model, recipe):
         _set_submodule(model, name, quantize_layer(name, layer, recipe))
     if recipe.residual_bits is not None:
+        device = next(model.parameters()).device
+        grid = lambda core: ActivationQuantizer(core, 1, "learned_pot").to(device)
         for name in residual_batchnorms(model):
             bn = model.get_submodule(name)
-            q = ActivationQuantizer(recipe.residual_quantizer_core(), bn.num_features, "learned_pot")
-            _set_submodule(model, name, QuantBatchNorm2d.from_float(bn, q.to(bn.weight.device)).train(bn.training))
+            q = grid(recipe.residual_quantizer_core())
+            _set_submodule(model, name, QuantBatchNorm2d.from_float(bn, q).train(bn.training))
+        for name, role in grid_activations(model).items():
+            act = model.get_submodule(name)
+            out = recipe.gate_quantizer_core() if role == "gate" else recipe.residual_quantizer_core()
+            inp = grid(recipe.residual_quantizer_core()) if needs_input_quantizer(act) else None
+            _set_submodule(model, name, QuantActivation(act, grid(out), inp).train(act.training))
     return model
 
 
@@ -244,7 +253,8 @@ def calibrate(model: nn.Module, batches: Iterable) -> int:
     # A layer's input quantizer sees the layer's input; an output quantizer is called on its input.
     watched = [(m, m.input_quantizer) for _, m in quantized_layers(model)
                if isinstance(m.input_quantizer, ActivationQuantizer)]
-    watched += [(m.output_quantizer, m.output_quantizer) for m in model.modules() if isinstance(m, QuantBatchNorm2d)]
+    watched += [(q, q) for m in model.modules() if isinstance(m, (QuantBatchNorm2d, QuantActivation))
+                for q in (m.output_quantizer, getattr(m, "input_quantizer", None)) if q is not None]
     if not watched:
         return 0
     observers = [_Observer(q) for _, q in watched]

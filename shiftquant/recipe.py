@@ -78,6 +78,9 @@ class QuantRecipe:
     # BatchNorm2d whose output feeds a residual add quantizes it, so the adds are integer adds.
     # With deploy_exact it makes a ResNet run integer-only in the runtime. null: float residuals.
     residual_bits: int | None = None
+    # With residual_bits: a sigmoid or Hardsigmoid gate that only multiplies (squeeze-excite)
+    # quantizes to zero and powers of two with this many exponent bits, so the product is a shift.
+    gate_shift_bits: int = 3
     # Per-layer fields: {pattern: {field: value}}, e.g. {"layer3.*": {"weight_shift_bits": 1}}. A
     # layer takes the fields of every pattern its name matches, in order (later ones win).
     overrides: dict[str, dict] = field(default_factory=dict)
@@ -141,6 +144,7 @@ class QuantRecipe:
                 raise ConfigError("act_scale", self.act_scale, "'learned_pot' with deploy_exact")
         if self.residual_bits is not None:
             check_int_range("residual_bits", self.residual_bits, 2, MAX_UNIFORM_BITS)
+        check_int_range("gate_shift_bits", self.gate_shift_bits, 0, MAX_SHIFT_BITS)
         if isinstance(self.clip_sigma, bool) or not isinstance(self.clip_sigma, (int, float)) \
                 or not self.clip_sigma > 0:
             raise ConfigError("clip_sigma", self.clip_sigma, "a number > 0")
@@ -257,6 +261,10 @@ class QuantRecipe:
         if self.residual_bits is None:
             return None
         return UniformQuantizer(self.residual_bits, "nearest", True, True, self.grad)
+
+    def gate_quantizer_core(self) -> Quantizer:
+        """Zero and unsigned powers of two, ``gate_shift_bits`` exponent bits (nearest rounding)."""
+        return ShiftQuantizer(self.gate_shift_bits, "nearest", True, False, self.grad)
 
     @staticmethod
     def _make(shift_bits, uniform_bits, rounding, zero, signed, grad, full_codes=False) -> Quantizer | None:

@@ -6,6 +6,9 @@ re-initialization), so every argument of the original layer is kept and its para
 same objects. The class the layer came from is kept in ``float_class``: when that class has a
 forward of its own (timm's ``Conv2dSame`` pads dynamically, for example) it is that forward that
 runs, with the quantized weight in place of the float one.
+
+:class:`QuantActivation` holds an activation between an input and an output quantizer (an
+activation on the grid: :mod:`.grid_activation`).
 """
 from __future__ import annotations
 
@@ -88,6 +91,20 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def _forward_with_weight(self, x, w, b):
         return nn.functional.linear(x, w, b)
+
+
+class QuantActivation(nn.Module):
+    """``output_quantizer(act(input_quantizer(x)))``; ``input_quantizer`` may be None (a monotone
+    activation, which folds into the thresholds of the layer before it)."""
+
+    def __init__(self, act: nn.Module, output_quantizer: nn.Module, input_quantizer: nn.Module | None = None):
+        super().__init__()
+        self.act, self.output_quantizer, self.input_quantizer = act, output_quantizer, input_quantizer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return self.output_quantizer(self.act(x))
 
 
 QUANT_CLASSES: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

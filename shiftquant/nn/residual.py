@@ -14,7 +14,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from .layers import QuantMixin
+from .layers import QuantActivation, QuantMixin
 
 
 def is_norm_act(m: nn.Module) -> bool:
@@ -42,11 +42,11 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
 
 
 class Tracer(fx.Tracer):
-    """Traces a quantized model with its quantized layers and BatchNorms (timm's BatchNormAct2d
-    too) as leaves."""
+    """Traces a quantized model with its quantized layers, activations and BatchNorms (timm's
+    BatchNormAct2d too) as leaves."""
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, (QuantMixin, QuantBatchNorm2d)) or is_norm_act(m) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (QuantMixin, QuantBatchNorm2d, QuantActivation)) or is_norm_act(m) or super().is_leaf_module(m, qualname)
 
 
 ADDS = (operator.add, operator.iadd, torch.add)
@@ -68,7 +68,8 @@ def residual_batchnorms(model: nn.Module) -> list[str]:
     grid-keeping ops (ReLU, max pooling), for every add whose inputs all come from such a
     BatchNorm or from another such add (other adds are left alone: they stay float), and of those
     whose output reaches an average pool that way: a pool of grid integers is an integer window
-    sum, which the next quantized layer's input thresholds read (a LeNet's pools between blocks)."""
+    sum, which the next quantized layer's input thresholds read (a LeNet's pools between blocks,
+    a squeeze-excite block's squeeze)."""
     try:
         graph = Tracer().trace(model)
     except Exception:  # noqa: BLE001 - an untraceable model has no residual grid
@@ -93,8 +94,12 @@ _AVERAGING_FUNCTIONS = (nn.functional.avg_pool2d, nn.functional.adaptive_avg_poo
 
 
 def _averages(model: nn.Module, node: fx.Node) -> bool:
+    """An average pool, or a mean over height and width (a squeeze-excite block's squeeze)."""
     if node.op == "call_module":
         return isinstance(model.get_submodule(node.target), _AVERAGING_MODULES)
+    if node.op == "call_method" and node.target == "mean" or node.op == "call_function" and node.target is torch.mean:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
     return node.op == "call_function" and node.target in _AVERAGING_FUNCTIONS
 
 

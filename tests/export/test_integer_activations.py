@@ -4,7 +4,9 @@ Hardswish falls to -0.375 and rises after; for inputs >= 0 PyTorch's float32 ker
 non-decreasing (checked on every float32 in [0, 3]; above 3 it is the identity). Where the next
 quantizer gives every value in [-0.38, 0] one level (unsigned post-activation codes), the quantized
 chain is monotone in the accumulator, and thresholds reproduce it exactly; where it tells negative
-values apart (a signed quantizer), the Hardswish stays float, with its reason.
+values apart (a signed quantizer), the Hardswish stays float, with its reason. (With the recipe's
+``residual_bits`` a Hardswish module goes on the grid and becomes a table instead:
+``test_integer_tables.py``; these tests turn it off.)
 """
 import shutil
 
@@ -22,11 +24,11 @@ PIXELS = sq.PixelInput((0.3,), (0.4,), 255)
 
 def mobile_block() -> nn.Sequential:
     """MobileNetV3's stem and a depthwise-separable block: conv-BN-Hardswish, depthwise conv-BN-
-    Hardswish, pointwise conv-BN-ReLU, global average pool, a Linear head."""
+    Hardswish, pointwise conv-BN-ReLU, global max pool, a Linear head."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.Hardswish(),
                           nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Hardswish(),
-                          nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(8),
                           nn.Flatten(), nn.Linear(16, 10)).eval()
     with torch.no_grad():
         for m in model.modules():
@@ -40,7 +42,8 @@ def mobile_block() -> nn.Sequential:
 def _exported(tmp_path, signed: bool):
     model = mobile_block()
     batches = pixel_batches((6, 1, 16, 16), 0, PIXELS)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3, act_signed=signed))
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3, act_signed=signed,
+                                                   residual_bits=None))
     sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
     sq.set_slope(model, 0.0)
     rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 1, 16, 16), PIXELS)
@@ -83,7 +86,8 @@ def test_thresholds_equal_the_hardswish_chain_on_every_accumulator():
 
     model = mobile_block()
     batches = pixel_batches((6, 1, 16, 16), 0, PIXELS)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3, act_signed=False))
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3, act_signed=False,
+                                                   residual_bits=None))
     sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
     exporter = Exporter(model)
     exporter.build(torch.zeros(1, 1, 16, 16), PIXELS)

@@ -1,8 +1,9 @@
 """Model families (timm / torchvision MobileNets, EfficientNet, ResNet-10t, ViT and DeiT with fused
 and matmul attention, a functional-style CNN, a CNN with every kind of padding) export with the
 deploy preset at W3A3 and agree with the hard PyTorch model: top-1 agreement 1.0 on generated pixel
-images, bit for bit when the bundle says exact; their float ops (Hardswish, SiLU, the squeeze-excite
-gate and multiply, LayerNorm, attention, ...) are listed and the C backend refuses them by name."""
+images, bit for bit when the bundle says exact; the MobileNets and EfficientNets are integer-only
+(0 float MACs); the float ops of the others (LayerNorm, attention, activations called as functions,
+...) are listed and the C backend refuses them by name."""
 import numpy as np
 import pytest
 import timm
@@ -10,6 +11,7 @@ import torch
 import torchvision
 
 import shiftquant as sq
+from shiftquant.cli import bundle_summary
 from shiftquant.errors import ShiftQuantError
 from tests.export.models import FunctionalCNN, PaddedCNN
 
@@ -62,9 +64,9 @@ def exported(name, tmp_path, images: int = 16):
 # Ops each family's bundle must hold (its functional calls and activations became these).
 HOLDS = {"functional cnn": {"hardswish", "hardsigmoid", "silu", "mul", "cat", "mean", "max_pool2d", "avg_pool2d",
                             "adaptive_avg_pool2d"},
-         "timm mobilenetv3_small_050": {"hardswish", "hardsigmoid", "mul", "mean"},
+         "timm mobilenetv3_small_050": {"hardswish", "mul", "mean"},  # the Hardsigmoid gate folds
          "timm efficientnet_b0": {"silu", "sigmoid", "mul", "mean"},
-         "torchvision mobilenet_v3_small": {"hardswish", "hardsigmoid", "mul", "adaptive_avg_pool2d"},
+         "torchvision mobilenet_v3_small": {"hardswish", "mul", "adaptive_avg_pool2d"},
          "padded cnn": {"pad", "avg_pool2d", "flatten"},
          "timm vit_tiny_patch16_224": {"layer_norm", "attention", "gelu", "reshape", "permute", "index", "constant",
                                        "expand", "cat"},
@@ -72,12 +74,13 @@ HOLDS = {"functional cnn": {"hardswish", "hardsigmoid", "silu", "mul", "cat", "m
          "timm deit_tiny_patch16_224": {"layer_norm", "attention"}}
 # What runs on integers: every average pool and the pads of the padded CNN, all of ResNet-10t.
 INTEGER = {"padded cnn": {"same_pad", "replicate_pad", "pad", "avg_pool2d", "avg_pool2d_1", "add", "add_1"}}
-INTEGER_ONLY = {"timm resnet10t", "timm mobilenetv2_050"}
+INTEGER_ONLY = {"timm resnet10t", "timm mobilenetv2_050", "timm mobilenetv3_small_050", "timm efficientnet_b0",
+                "torchvision mobilenet_v3_small"}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_agrees_with_pytorch(name, tmp_path):
-    model, rt, _, images = exported(name, tmp_path)
+    model, rt, path, images = exported(name, tmp_path)
     with torch.no_grad():
         ref = model(PIXELS.to_float(images)).numpy()
     rt.observed_float_ops.clear()
@@ -99,6 +102,9 @@ def test_family_agrees_with_pytorch(name, tmp_path):
     by_name = {n["name"]: n for n in rt.nodes}
     assert all(by_name[n]["dtype"] != "float32" for n in INTEGER.get(name, ())), INTEGER[name]
     assert rt.manifest["integer_only"] == (name in INTEGER_ONLY)
+    if name in INTEGER_ONLY:
+        macs = bundle_summary(str(path))["macs"]
+        assert macs["float"] == 0 and macs["shift_add"] == macs["total"] > 0
 
 
 def test_c_backend_refuses_float_ops_by_name(tmp_path):

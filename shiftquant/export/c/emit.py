@@ -22,7 +22,8 @@ import numpy as np
 from ..format.pixels import describe_input
 from .ctext import generated_text
 from .emit_shift import ShiftLayerPrinter
-from .program import Add, Copy, GlobalSum, Kernel, Map, MaxPool, Program, ShiftLayer, Split, Tensor, Unary, WindowSum
+from .program import (Add, Copy, GateShift, GlobalSum, Kernel, Lookup, Map, MaxPool, Program, ShiftLayer, Split, Tensor,
+                      Unary, WindowSum)
 
 GENERATOR = "shiftquant C emitter 1"
 
@@ -222,6 +223,41 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 }}
 """
 
+    def image_map(self, k, note: str, value: str, setup: str = "", lets: str = "", image: int = 0) -> str:
+        """``out = value`` at each position of the image (``{x}``: input ``image`` there), channel
+        by channel (``setup`` first in each); the output's border is cleared."""
+        a, out = k.inputs[image], k.output
+        c, h, w = out.shape
+        return f"""\
+/* {note} {k.label} */
+{self.signature(k)}
+{{
+{lets}    unsigned c, y, x;
+    for (c = 0; c < {c}u; c++) {{
+        const {a.ctype} *ip = {"ab"[image]} + c * {a.plane}u + {a.border * a.row + a.border}u;
+        {out.ctype} *ob = out + c * {out.plane}u;
+        {out.ctype} *op = ob + {out.border * out.row + out.border}u;
+        {setup}
+        for (y = 0; y < {h}u; y++, ip += {a.row}u, op += {out.row}u)
+            for (x = 0; x < {w}u; x++) op[x] = ({out.ctype})({value.format(x="ip[x]")});
+        {self.clear_border(out)}
+    }}
+}}
+"""
+
+    def lookup(self, k: Lookup) -> str:
+        values = ", ".join(str(int(v)) for v in k.table)
+        lets = f"    static const {k.output.ctype} table[{k.table.size}] = {{{values}}};\n"
+        return self.image_map(k, "table", f"table[(int32_t){{x}} - ({int(k.start)})]", lets=lets)
+
+    def gate_shift(self, k: GateShift) -> str:
+        """The gate is proven 0 .. 2^30 - 1: ``s`` is floor(log2 g), -1 for 0 (no multiply)."""
+        g = k.inputs[k.gate]
+        at = f"c * {g.plane}u + {g.border * g.row + g.border}u"
+        setup = f"const int32_t g = {'ab'[k.gate]}[{at}]; int s = -1; int32_t v; for (v = g; v > 0; v >>= 1) s++;"
+        return self.image_map(k, "squeeze-excite gate (a shift per channel)",
+                              "s < 0 ? 0 : SQ_S32((uint32_t)(int32_t){x} << s)", setup=setup, image=1 - k.gate)
+
     def global_sum(self, k: GlobalSum) -> str:
         a, out = k.inputs[0], k.output
         c, h, w = a.shape
@@ -331,4 +367,4 @@ int {p.name}_run(const {p.name}_input_t *input, int32_t *output)
 # Each C kernel's printer (one per kernel class of :mod:`.lower`).
 _EMITTERS = {ShiftLayer: _Source.shift_layer, Map: _Source.map, Unary: _Source.unary, Add: _Source.add,
              MaxPool: _Source.maxpool, GlobalSum: _Source.global_sum, WindowSum: _Source.window_sum,
-             Copy: _Source.copy, Split: _Source.split}
+             Copy: _Source.copy, Split: _Source.split, Lookup: _Source.lookup, GateShift: _Source.gate_shift}

@@ -30,8 +30,10 @@ from .layout import resolve_layouts
 from .program import (
     Add,
     Copy,
+    GateShift,
     GlobalSum,
     Kernel,
+    Lookup,
     Map,
     MaxPool,
     Program,
@@ -46,7 +48,8 @@ from .program import (
 
 # The C kernels an op's lowering names (:class:`.ops.schema.CStep`), with their identifiers' prefix.
 _KERNELS = {"unary": (Unary, None), "add": (Add, "add"), "maxpool": (MaxPool, "maxpool"),
-            "global_sum": (GlobalSum, "sum"), "window_sum": (WindowSum, "winsum"), "copy": (Copy, "flatten")}
+            "global_sum": (GlobalSum, "sum"), "window_sum": (WindowSum, "winsum"), "copy": (Copy, "flatten"),
+            "lookup": (Lookup, "lookup"), "gate_shift": (GateShift, "gate")}
 
 # ---------------------------------------------------------------------------------------------
 WEIGHT_FORMATS = ("packed", "tables")
@@ -233,7 +236,8 @@ class _Lowering:
             for a in args:
                 self.join(a, out)
         kernel, prefix = _KERNELS[step.kernel]
-        self.emit(kernel(self.cname(prefix or node["op"], node), node["name"], args, out, **step.params))
+        params = {**step.params, **{k: self.t[key] for k, key in step.tensors.items()}}  # checked at load
+        self.emit(kernel(self.cname(prefix or node["op"], node), node["name"], args, out, **params))
 
     def emit(self, kernel: Kernel) -> None:
         self.kernels.append(kernel)

@@ -205,6 +205,23 @@ class Add(Kernel):
 
 
 @dataclass
+class Lookup(Kernel):
+    """A table per element: ``out = table[x - start]`` over the image (the border stays zero);
+    the proof holds every ``x`` in the table."""
+
+    table: np.ndarray = None
+    start: int = 0
+
+
+@dataclass
+class GateShift(Kernel):
+    """A per-channel gate of zeros and powers of two times an image: ``x << floor(log2 g)``, 0
+    where ``g`` is 0; ``gate``: which input is the gate (C, 1, 1)."""
+
+    gate: int = 1
+
+
+@dataclass
 class MaxPool(Kernel):
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
@@ -282,6 +299,8 @@ class Program:
                     total += 5 * k.cout
             elif isinstance(k, Map):
                 total += _threshold_bytes(k.thresholds, 32)
+            elif isinstance(k, Lookup):
+                total += k.table.size * k.output.itemsize
         return total
 
     @property

@@ -1,7 +1,10 @@
 """Elementwise ops: activations, clamps and arithmetic.
 
-On integers, ``relu`` keeps integers (``max(x, 0)``) and an ``add`` with ``shifts`` adds two grids
-aligned by shifts; every other elementwise op runs in float32 with PyTorch's kernel of its name.
+On integers, ``relu`` keeps integers (``max(x, 0)``), an ``add`` with ``shifts`` adds two grids
+aligned by shifts, a ``mul`` with a ``gate`` shifts one grid's integers by the exponent of the
+other's (powers of two: the squeeze-excite gate), and the small-domain activations look their
+output integers up in a table (:mod:`.tables`); ``quantize`` puts float values on a grid. Every
+other elementwise op runs in float32 with PyTorch's kernel of its name.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from ...errors import CodegenError
 from ..format.ints import FLOAT32_EXACT
 from ..format.values import Fact, Value
+from . import tables
 from .schema import FLOAT32_MAX, NOT_YET, CStep, Field, OnnxMap, OpDef, keeps_sign, onnx_op, positive, register
 
 MAX_SHIFT = 30  # bits an integer add may shift its inputs by
@@ -79,7 +83,7 @@ def _clamp_prove(rt, node, args, shape):
     return None if bounds is None else Fact(shape, "grid", int(_clip(x.lo, *bounds)), int(_clip(x.hi, *bounds)), x.unit)
 
 
-def _clamp_integerize(node, args, readers_divide) -> None:
+def _clamp_integerize(node, args, ctx) -> None:
     """On a grid whose integers hold both bounds (ReLU6 on a residual stream), it clips integers."""
     x = args[0]
     bounds = _grid_bounds(node, x.unit, x.lo, x.hi) if x.kind == "grid" else None
@@ -141,7 +145,7 @@ def _add_prove(rt, node, args, shape):
     return Fact(shape, "grid", (a.lo << s0) + (b.lo << s1), (a.hi << s0) + (b.hi << s1), unit)
 
 
-def _add_integerize(node, args, readers_divide) -> None:
+def _add_integerize(node, args, ctx) -> None:
     """Two grids a power of two apart: aligned by shifts onto the finer one."""
     if len(args) != 2 or any(a.kind != "grid" for a in args):
         return
@@ -159,6 +163,62 @@ def _add_c(node, args):
     return CStep("add", {"shifts": tuple(int(v) for v in node["shifts"])}, in_place=True)
 
 
+def _gate_operands(rt, node, args):
+    """``(x, gate)`` of an integer gate product, both on grids."""
+    if len(args) != 2 or any(a.kind != "grid" for a in args):
+        rt.fail(node, "multiplies integers off a power-of-two grid")
+    g = node["gate"]
+    return args[1 - g], args[g]
+
+
+def floor_log2(g: np.ndarray) -> np.ndarray:
+    """``floor(log2 g)`` of integers ``g >= 1`` (below 2^53), exactly."""
+    return np.frexp(g.astype(np.float64))[1].astype(np.int64) - 1
+
+
+def _mul_int(rt, node, args):
+    if node.get("gate") is None or args[0].kind == "pixels":
+        return None
+    x, g = _gate_operands(rt, node, args)
+    gate = g.data.astype(np.int64)
+    if gate.size and int(gate.min()) < 0:
+        rt.fail(node, "a gate integer is negative")
+    shifted = x.data.astype(np.int64) << floor_log2(np.maximum(gate, 1))
+    return Value(np.where(gate > 0, shifted, 0), x.unit * g.unit)
+
+
+def _mul_prove(rt, node, args, shape):
+    if node.get("gate") is None or args[0].kind == "pixels":
+        return None
+    x, g = _gate_operands(rt, node, args)
+    if len(x.shape) != 3 or tuple(g.shape) != (x.shape[0], 1, 1) or tuple(shape) != tuple(x.shape):
+        rt.fail(node, f"a gate is one integer per channel of an image: shapes {list(x.shape)} and {list(g.shape)}")
+    if g.lo < 0 or g.hi >= 1 << MAX_SHIFT:
+        rt.fail(node, f"gate integers [{g.lo}, {g.hi}] must be 0 to 2^{MAX_SHIFT} - 1")
+    top = 1 << int(floor_log2(np.array([max(g.hi, 1)]))[0])
+    ends = [x.lo, x.hi, x.lo * top, x.hi * top] + ([0] if g.lo == 0 else [])
+    return Fact(shape, "grid", min(ends), max(ends), x.unit * g.unit)
+
+
+def _mul_integerize(node, args, ctx) -> None:
+    """A grid times a grid of zeros and powers of two (a squeeze-excite gate, per channel): the
+    product shifts the first grid's integers."""
+    if len(args) != 2 or any(a.kind != "grid" for a in args):
+        return
+    shapes = [ctx.graph.facts[i].shape for i in node["inputs"]]
+    for g in (0, 1):
+        x_shape, g_shape = shapes[1 - g], shapes[g]
+        if args[g].powers_of_two and len(x_shape) == 3 and tuple(g_shape) == (x_shape[0], 1, 1):
+            node["gate"] = g
+            return
+
+
+def _mul_c(node, args):
+    if node.get("gate") is None:
+        return None
+    return CStep("gate_shift", {"gate": int(node["gate"])})
+
+
 def _clamp_onnx(b, node, args):
     lo, hi = node["int_bounds"] if b.integer(node) else (node.get("min"), node.get("max"))
     return b.op("Clip", args[0], *("" if v is None else b.const(float(v)) for v in (lo, hi)))
@@ -166,6 +226,8 @@ def _clamp_onnx(b, node, args):
 
 def _binary_onnx(b, node, args):
     """Integers: ``(x << a) + (y << b)`` as products with powers of two (exact); else the float op."""
+    if b.integer(node) and node.get("gate") is not None:  # a power of two times x: the shift, exactly
+        return b.op("Mul", *args)
     if b.integer(node):
         s0, s1 = node["shifts"]
         return b.op("Add", b.op("Mul", args[0], b.const(2.0 ** s0)), b.op("Mul", args[1], b.const(2.0 ** s1)))
@@ -173,6 +235,17 @@ def _binary_onnx(b, node, args):
         number = b.const(np.float32(node["scalar"]))
         args = [number, args[0]] if node.get("reverse") else [args[0], number]
     return b.op(node["op"].capitalize(), *args)
+
+
+def _table_op(name: str, fn, doc: str | None = None, fields: tuple = (), **extra) -> OpDef:
+    """A small-domain activation: PyTorch's kernel in float; with an output quantizer on a grid
+    input, a table (:mod:`.tables`)."""
+    return OpDef(name, doc or f"`F.{name}`; with `table`, a lookup of its integers", fields + tables.FIELDS,
+                 float=extra.pop("float", None) or _unary(fn), check=tables.check, integer=tables.integer,
+                 prove=tables.prove, integerize=tables.integerize, c=tables.c, quantizes_output=True,
+                 float_reason=(f"{name} runs in float unless its input is on a grid of at most {tables.MAX_TABLE} "
+                               "integers and its output is quantized", "put it on the grid (recipe residual_bits: "
+                               "an activation module, not a function call), or " + NOT_YET), **extra)
 
 
 def _binary(name: str, sign, doc: str, **extra) -> OpDef:
@@ -198,18 +271,23 @@ register(
           integer=_clamp_int, prove=_clamp_prove, c=_clamp_c, integerize=_clamp_integerize, chain="fold",
           sign=lambda node, non_negative: node.get("min") is not None and node["min"] >= 0,
           onnx=OnnxMap("Clip", _clamp_onnx)),
+    OpDef("quantize", "the identity, quantized onto a grid by `output_quantizer` (integers out): an activation's "
+          "input on the grid", tables.FIELDS[:1], float=_unary(lambda x: x), check=tables.check, quantizes_output=True,
+          sign=keeps_sign, chain="fold", onnx=onnx_op("Identity"),
+          float_reason=("quantizes float values: it folds into thresholds only at the end of a shift layer's "
+                        "chain of per-channel monotone ops", "let the activation follow a quantized layer (and its "
+                        "BatchNorm) directly, or " + NOT_YET)),
     # x * relu6(x + 3) / 6: its least value is -0.375 (at -1.5); for x >= 0 a product of non-negative,
     # non-decreasing, correctly rounded float32 terms, so non-decreasing: it folds (``dip``).
-    OpDef("hardswish", "`F.hardswish`", float=_unary(F.hardswish), chain="fold", dip=-0.38,
-          onnx=onnx_op("HardSwish")),
-    OpDef("hardsigmoid", "`F.hardsigmoid`", float=_unary(F.hardsigmoid), sign=positive, chain="fold",
-          onnx=onnx_op("HardSigmoid", lambda node: {"alpha": 1.0 / 6, "beta": 0.5})),
-    OpDef("silu", "`F.silu`", float=_unary(F.silu),
-          onnx=OnnxMap("Sigmoid, Mul", lambda b, node, args: b.op("Mul", args[0], b.op("Sigmoid", args[0])))),
-    OpDef("sigmoid", "`torch.sigmoid`", float=_unary(torch.sigmoid), sign=positive, onnx=onnx_op("Sigmoid")),
-    OpDef("gelu", "`F.gelu`", (Field("approximate", "choice", "PyTorch's approximation", choices=("none", "tanh")),),
-          float=lambda node, args, tensor, batch: F.gelu(args[0], approximate=node["approximate"]),
-          onnx=onnx_op("Gelu", lambda node: {"approximate": node["approximate"]})),
+    _table_op("hardswish", F.hardswish, chain="fold", dip=-0.38, onnx=onnx_op("HardSwish")),
+    _table_op("hardsigmoid", F.hardsigmoid, sign=positive, chain="fold",
+              onnx=onnx_op("HardSigmoid", lambda node: {"alpha": 1.0 / 6, "beta": 0.5})),
+    _table_op("silu", F.silu,
+              onnx=OnnxMap("Sigmoid, Mul", lambda b, node, args: b.op("Mul", args[0], b.op("Sigmoid", args[0])))),
+    _table_op("sigmoid", torch.sigmoid, sign=positive, onnx=onnx_op("Sigmoid"), doc="`torch.sigmoid`"),
+    _table_op("gelu", None, fields=(Field("approximate", "choice", "PyTorch's approximation", choices=("none", "tanh")),),
+              float=lambda node, args, tensor, batch: F.gelu(args[0], approximate=node["approximate"]),
+              onnx=onnx_op("Gelu", lambda node: {"approximate": node["approximate"]})),
     _binary("add", keeps_sign, "`+`; with `shifts: [a, b]`, `(x << a) + (y << b)` on integers: both inputs on "
             "power-of-two grids, aligned to the finer one",
             fields=(Field("shifts", "ints", "integer add: the left shift of each input", count=2, optional=True),),
@@ -218,6 +296,14 @@ register(
                           "quantize the residual stream (recipe residual_bits, as the deploy preset sets it), or "
                           + NOT_YET)),
     _binary("sub", lambda node, non_negative: False, "`-`"),
-    _binary("mul", keeps_sign, "`*` (broadcast: the squeeze-excite gate `x * gate`)"),
+    _binary("mul", keeps_sign, "`*` (broadcast: the squeeze-excite gate `x * gate`); with `gate` (the index of the "
+            "gate operand, one integer per channel), `x << floor(log2 g)` on integers, 0 where `g` is 0: `x * g` for "
+            "gates of zeros and powers of two",
+            fields=(Field("gate", "choice", "integer gate product: which input is the gate", choices=(0, 1),
+                          optional=True),),
+            integer=_mul_int, prove=_mul_prove, c=_mul_c, integerize=_mul_integerize,
+            float_reason=("multiplies values that are not a grid and a per-channel gate of powers of two",
+                          "put both on the grid (recipe residual_bits quantizes squeeze-excite gates to powers of two), "
+                          "or " + NOT_YET)),
     _binary("div", keeps_sign, "`/`"),
 )

@@ -1,4 +1,4 @@
-"""Normalization and reduction: ``batch_norm``, ``layer_norm``, ``mean``.
+"""Normalization: ``batch_norm``, ``layer_norm``.
 
 All run in float32 with PyTorch's kernels. A ``batch_norm`` with an ``output_quantizer`` (a
 residual BatchNorm) quantizes its output onto the residual grid: integers out.
@@ -6,11 +6,10 @@ residual BatchNorm) quantizes its output onto the residual grid: integers out.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from ...errors import ExportError
-from .schema import Field, OnnxMap, OpDef, keeps_sign, register
+from .schema import Field, OnnxMap, OpDef, register
 
 
 def _tensor_or_none(tensor, node: dict, key: str):
@@ -84,11 +83,5 @@ register(
     OpDef("layer_norm", "`F.layer_norm`",
           (Field("normalized_shape", "sizes", "the trailing shape normalized"),) + _affine("elementwise"),
           float=_layer_norm, check=_layer_norm_check, onnx=OnnxMap("LayerNormalization", _layer_norm_onnx)),
-    OpDef("mean", "`torch.mean`",
-          (Field("dim", "dims", "the dimensions averaged (never the batch)"),
-           Field("keepdim", "flag", "keep them as size 1")),
-          float=lambda node, args, tensor, batch: torch.mean(args[0], node["dim"], keepdim=node["keepdim"]),
-          sign=keeps_sign, onnx=OnnxMap("ReduceMean", lambda b, node, args: b.op(
-              "ReduceMean", args[0], b.ints(node["dim"]), keepdims=int(node["keepdim"])))),
-)
 
+)

@@ -1,8 +1,9 @@
-"""Pooling: ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``.
+"""Pooling and reduction: ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``, ``mean``.
 
 On integers, max pooling takes the largest integer of each window (padding is never selected);
 an average pool marked ``integer`` is the *sum* of each window (a global sum for the adaptive
-pool), and its readers' input thresholds account for the division.
+pool and for a ``mean`` over height and width), and its readers' input thresholds account for
+the division.
 """
 from __future__ import annotations
 
@@ -123,17 +124,33 @@ def _global_prove(rt, node, args, shape):
     return Fact(shape, "sum", count * x.lo, count * x.hi)
 
 
-def _sums_for(readers_divide, args, whole) -> bool:
-    return args[0].kind == "grid" and whole and readers_divide()
+def _sums_for(ctx, args, whole) -> bool:
+    return args[0].kind == "grid" and whole and ctx.readers_divide()
 
 
-def _avg_integerize(node, args, readers_divide) -> None:
-    if _sums_for(readers_divide, args, constant_divisor(node)):
+def _avg_integerize(node, args, ctx) -> None:
+    if _sums_for(ctx, args, constant_divisor(node)):
         node["integer"] = True  # a sum of kh x kw integers (zeros where padded); the readers divide
 
 
-def _global_integerize(node, args, readers_divide) -> None:
-    if _sums_for(readers_divide, args, node["output_size"] in (1, [1, 1], (1, 1))):
+def _global_integerize(node, args, ctx) -> None:
+    if _sums_for(ctx, args, node["output_size"] in (1, [1, 1], (1, 1))):
+        node["integer"] = True  # the global sum; the readers divide
+
+
+def _spatial(node: dict) -> bool:
+    """A ``mean`` over exactly the height and width of an image, kept as 1 x 1 (squeeze-excite)."""
+    return bool(node["keepdim"]) and sorted(d % 4 for d in node["dim"]) == [2, 3] and len(node["dim"]) == 2
+
+
+def _mean_check(rt, node) -> None:
+    _needs_input_shape(rt, node)
+    if node.get("integer") and not _spatial(node):
+        rt.fail(node, "an integer mean is a global sum over height and width (dim [2, 3], keepdim)")
+
+
+def _mean_integerize(node, args, ctx) -> None:
+    if len(ctx.graph.facts[node["inputs"][0]].shape) == 3 and _sums_for(ctx, args, _spatial(node)):
         node["integer"] = True  # the global sum; the readers divide
 
 
@@ -219,4 +236,16 @@ register(
           integerize=_global_integerize,
           float_reason=("a global average pool is integer only when it feeds only quantized layers (through "
                         "flattens)", "let it feed the quantized head directly, or " + NOT_YET)),
+    OpDef("mean", "`torch.mean`; with `integer: true` the global *sum* over height and width (`dim` [2, 3], "
+          "`keepdim`) of `input_shape`",
+          (Field("dim", "dims", "the dimensions averaged (never the batch)"),
+           Field("keepdim", "flag", "keep them as size 1")) + _INTEGER,
+          float=lambda node, args, tensor, batch: torch.mean(args[0], node["dim"], keepdim=node["keepdim"]),
+          check=_mean_check, integer=_global_int, prove=_global_prove, sign=keeps_sign, integerize=_mean_integerize,
+          c=lambda node, args: CStep("global_sum") if node.get("integer") else None,
+          onnx=OnnxMap("ReduceMean; on integers ReduceSum", lambda b, node, args: b.op(
+              "ReduceSum" if b.integer(node) else "ReduceMean", args[0], b.ints(node["dim"]),
+              keepdims=int(node["keepdim"]))),
+          float_reason=("a mean is integer only over height and width of grid integers, feeding only quantized "
+                        "layers", "put its input on the grid (recipe residual_bits), or " + NOT_YET)),
 )

@@ -181,13 +181,27 @@ def keeps_sign(node: dict, inputs_non_negative: list[bool]) -> bool:
 class CStep:
     """How the C backend runs a node on integers: one of its kernels by name (``unary``: an
     elementwise C expression of ``x``, written from checked integers only; ``add``, ``maxpool``,
-    ``global_sum``, ``window_sum``, ``copy``, ``alias``: the input itself), with its parameters;
-    ``in_place``: it maps elements one to one and may share its inputs' layout. The output's shape
-    and range are the proven ones (``Graph.facts``)."""
+    ``global_sum``, ``window_sum``, ``copy``, ``lookup``, ``gate_shift``, ``alias``: the input
+    itself), with its parameters; ``tensors``: parameters that are bundle tensors, by key (the
+    lowering reads them); ``in_place``: it maps elements one to one and may share its inputs'
+    layout. The output's shape and range are the proven ones (``Graph.facts``)."""
 
     kernel: str
     params: dict = field(default_factory=dict)
+    tensors: dict = field(default_factory=dict)
     in_place: bool = False
+
+
+@dataclass(frozen=True)
+class Integerizing:
+    """What an op's integer lowering (:attr:`OpDef.integerize`) may use: the ``graph`` being
+    lowered (its float kernels and quantizers: ``float_op``, ``quantize_input``),
+    ``readers_divide()`` (every reader is a shift layer whose input thresholds can divide) and
+    ``add(key, integers)``, which stores a tensor in the bundle and returns its key."""
+
+    graph: object
+    readers_divide: Callable[[], bool]
+    add: Callable[[str, np.ndarray], str]
 
 
 @dataclass(frozen=True)
@@ -211,9 +225,9 @@ class OpDef:
       a :class:`CStep`, or None when it runs in float on these inputs; ``None`` (the default):
       float, by name, so the C backend refuses the node. A string names a lowering of the backend's
       own (the shift layers').
-    * ``integerize(node, args, readers_divide)``: the exporter's integer lowering, where the op
-      decides to go onto integers by setting its fields (``args`` have ``kind`` and ``unit``;
-      ``readers_divide()``: every reader is a shift layer whose input thresholds can divide).
+    * ``integerize(node, args, ctx)``: the exporter's integer lowering, where the op decides to go
+      onto integers by setting its fields (``args`` have ``kind``, ``lo``, ``hi`` and ``unit``;
+      ``ctx``: :class:`Integerizing`).
     * ``chain``: its part in a requantization chain between a shift layer and the next quantizer:
       ``fold`` (monotone per element and channel: folded into the thresholds, it leaves the
       graph), ``move`` (moves integers: it stays, after the thresholds), None (ends the chain).

@@ -39,6 +39,7 @@ from ..format.pixels import pixels_to_float
 from ..format.values import Fact
 from ..graph.loader import Graph
 from ..ops.quantizers import input_unit, level_ints
+from ..ops.schema import Integerizing
 
 
 
@@ -240,8 +241,9 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
 class Ints:
     """What an integer node outputs: a ``kind`` (``grid``: worth ``unit`` each; ``sum``: a global
     sum of grid integers worth ``unit``, by the pooling node ``pool``; ``pixels``: the input), its
-    proven ``[lo, hi]``,
-    and for flattened pixels the positions per channel (``spread``, 0 while channels are on dim 1)."""
+    proven ``[lo, hi]``, for flattened pixels the positions per channel (``spread``, 0 while
+    channels are on dim 1), and whether the integers are all zeros and powers of two (the levels
+    of the quantizer that made them)."""
 
     kind: str
     lo: int
@@ -249,6 +251,7 @@ class Ints:
     unit: float | None = None
     pool: dict | None = None
     spread: int = 0
+    powers_of_two: bool = False  # every integer is 0 or a power of two (a gate's levels)
 
 
 def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
@@ -281,18 +284,21 @@ def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
                 ints[name] = out
             continue
         spec = node.get("output_quantizer") if ops.get(op).quantizes_output else None
-        if spec:
+        out = None
+        if inputs and all(i in ints for i in inputs):
+            decide = ops.get(op).integerize
+            if decide is not None:
+                decide(node, [ints[i] for i in inputs], Integerizing(
+                    rt, lambda: _feeds_only_shift_layers(node, consumers), lambda k, v: _add(tensors, k, v)))
+            out = _proven(rt, node, [ints[i] for i in inputs])
+            if out is not None and op == "flatten" and src.kind == "pixels":
+                out = _flattened(node, out, nodes)
+        if spec:  # quantized: integers on its grid (a table's, or all of its levels)
             levels = level_ints(spec)
-            ints[name] = Ints("grid", int(levels.min()), int(levels.max()), input_unit(spec))
-            continue
-        if not inputs or not all(i in ints for i in inputs):
-            continue
-        decide = ops.get(op).integerize
-        if decide is not None:
-            decide(node, [ints[i] for i in inputs], lambda: _feeds_only_shift_layers(node, consumers))
-        out = _proven(rt, node, [ints[i] for i in inputs])
+            out = out or Ints("grid", int(levels.min()), int(levels.max()), input_unit(spec))
+            out = replace(out, powers_of_two=_powers_of_two(levels))
         if out is not None:
-            ints[name] = _flattened(node, out, nodes) if op == "flatten" and src.kind == "pixels" else out
+            ints[name] = out
     for node in nodes:
         _declare_type(node, ints.get(node["name"]), manifest["exact"])
 
@@ -309,7 +315,11 @@ def _proven(shapes, node: dict, args: list[Ints]) -> Ints | None:
         return None
     if out.kind == "sum" and args[0].kind != "sum":  # this node sums its input's grid
         return Ints("sum", out.lo, out.hi, args[0].unit, pool=node)
-    return replace(args[0], kind=out.kind, lo=out.lo, hi=out.hi, unit=out.unit)
+    return replace(args[0], kind=out.kind, lo=out.lo, hi=out.hi, unit=out.unit, powers_of_two=False)
+
+
+def _powers_of_two(levels) -> bool:
+    return all(v == 0 or v > 0 and v & (v - 1) == 0 for v in map(int, levels))
 
 
 def _declare_type(node: dict, out: Ints | None, exact: bool) -> None:
@@ -343,7 +353,8 @@ def _requant_ints(node: dict, tensors: dict[str, np.ndarray]) -> Ints:
     bound = int(node["accumulator_bound"])
     levels = np.asarray(r["levels"], dtype=np.int64)
     lowest, highest = (thr <= -bound).sum(0), (thr <= bound).sum(0)
-    return Ints("grid", int(levels[lowest].min()), int(levels[highest].max()), r["unit"])
+    return Ints("grid", int(levels[lowest].min()), int(levels[highest].max()), r["unit"],
+                powers_of_two=_powers_of_two(levels))
 
 
 def _int_output(node: dict, tensors: dict[str, np.ndarray]) -> Ints | None:

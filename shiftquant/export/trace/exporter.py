@@ -226,8 +226,9 @@ class Exporter:
                              dtype=FLOAT)  # integerize declares the integer ones
                 if batch_dim != 0:  # not batch-first (attention's heads), or no batch (a constant)
                     entry["batch_dim"] = batch_dim
-                if entry["op"] in ("adaptive_avg_pool2d", "avg_pool2d"):
-                    entry["input_shape"] = list(node.args[0].meta["tensor_meta"].shape[1:])
+                shape = list(node.args[0].meta["tensor_meta"].shape[1:]) if entry["op"] in SUMMING else []
+                if len(shape) == 3:  # an image: the ops that may sum it record its shape
+                    entry["input_shape"] = shape
                 if non_negative_output(entry, [i in non_negative for i in entry["inputs"]]):
                     non_negative.add(entry["name"])
                 nodes.append(entry)
@@ -253,6 +254,7 @@ class Exporter:
         return manifest, self.tensors
 
 
+SUMMING = ("adaptive_avg_pool2d", "avg_pool2d", "mean")  # ops with an integer sum form (their readers divide)
 # Subclasses whose forward computes what their base's does (timm's Linear only adds a TorchScript path).
 _PLAIN_EQUIVALENTS = {"timm.layers.linear.Linear", "timm.models.layers.linear.Linear"}
 # timm's TensorFlow-style "same" convolution: pads from the input size, then a plain convolution.

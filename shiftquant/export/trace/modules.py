@@ -11,7 +11,9 @@ from typing import Callable
 from torch import nn
 
 from ...errors import ExportError
+from ...nn.layers import QuantActivation
 from ...nn.residual import QuantBatchNorm2d, is_norm_act
+from .. import ops
 from .calls import layer_norm
 
 MODULES: dict[type, Callable] = {}
@@ -40,7 +42,8 @@ def _norm_act(exporter, name: str, m: nn.Module) -> list[dict]:
     """timm's ``BatchNormAct2d``: the BatchNorm (``<node>_bn``), then the activation."""
     if not isinstance(m.drop, (nn.Identity, nn.Dropout)):
         raise ExportError(f"{name}: {type(m.drop).__name__} after the BatchNorm is not supported")
-    return [_batch_norm(exporter, name, m), entry(exporter, f"{name}.act", m.act)]  # on the grid: integers out
+    act = entry(exporter, f"{name}.act", m.act)
+    return [_batch_norm(exporter, name, m), *(act if isinstance(act, list) else [act])]
 
 
 @_on(nn.BatchNorm1d, nn.BatchNorm2d)
@@ -52,6 +55,19 @@ def _batch_norm(exporter, name: str, m: nn.Module) -> dict:
     if isinstance(m, QuantBatchNorm2d):  # the residual grid: integers out
         out["output_quantizer"] = exporter.input_quantizer(f"{name}.out", m.output_quantizer)
     return out
+
+
+@_on(QuantActivation)
+def _grid_activation(exporter, name: str, m: QuantActivation) -> list[dict]:
+    """An activation on the grid: its input quantizer (a ``quantize`` node), then the activation
+    with its output quantizer (integers out; a table on integers in)."""
+    act = entry(exporter, f"{name}.act", m.act)
+    if not isinstance(act, dict) or not ops.get(act["op"]).quantizes_output:
+        raise ExportError(f"{name}: {type(m.act).__name__} cannot quantize its output")
+    act["output_quantizer"] = exporter.input_quantizer(f"{name}.out", m.output_quantizer)
+    if m.input_quantizer is None:
+        return [act]
+    return [{"op": "quantize", "output_quantizer": exporter.input_quantizer(f"{name}.in", m.input_quantizer)}, act]
 
 
 @_on(nn.LayerNorm)
