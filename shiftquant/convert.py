@@ -88,11 +88,12 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
     if recipe.residual_bits is not None:
         device = next(model.parameters()).device
         grid = lambda core: ActivationQuantizer(core, 1, "learned_pot").to(device)
-        for name in residual_batchnorms(model):
+        activations = grid_activations(model)
+        for name in residual_batchnorms(model, frozenset(activations)):
             bn = model.get_submodule(name)
             q = grid(recipe.residual_quantizer_core())
             _set_submodule(model, name, QuantBatchNorm2d.from_float(bn, q).train(bn.training))
-        for name, role in grid_activations(model).items():
+        for name, role in activations.items():
             act = model.get_submodule(name)
             out = recipe.gate_quantizer_core() if role == "gate" else recipe.residual_quantizer_core()
             inp = grid(recipe.residual_quantizer_core()) if needs_input_quantizer(act) else None

@@ -63,13 +63,14 @@ def _keeps_grid(m: nn.Module) -> bool:
     return isinstance(m, _GRID_KEEPING_MODULES) or type(m).__name__ in _GRID_KEEPING_NAMES
 
 
-def residual_batchnorms(model: nn.Module) -> list[str]:
+def residual_batchnorms(model: nn.Module, grid_outputs: frozenset[str] = frozenset()) -> list[str]:
     """Names of the ``BatchNorm2d`` modules whose output reaches a residual add only through
     grid-keeping ops (ReLU, max pooling), for every add whose inputs all come from such a
     BatchNorm or from another such add (other adds are left alone: they stay float), and of those
     whose output reaches an average pool that way: a pool of grid integers is an integer window
     sum, which the next quantized layer's input thresholds read (a LeNet's pools between blocks,
-    a squeeze-excite block's squeeze)."""
+    a squeeze-excite block's squeeze). ``grid_outputs``: modules whose output is on the grid
+    already (activations on the grid, :mod:`.grid_activation`): an add may read them too."""
     try:
         graph = Tracer().trace(model)
     except Exception:  # noqa: BLE001 - an untraceable model has no residual grid
@@ -78,12 +79,12 @@ def residual_batchnorms(model: nn.Module) -> list[str]:
     names: list[str] = []
     for node in graph.nodes:
         if node.op == "call_function" and node.target in ADDS:
-            sources = [_grid_source(model, arg, on_grid) for arg in node.args]
+            sources = [_grid_source(model, arg, on_grid, grid_outputs) for arg in node.args]
             if all(sources):
                 on_grid.add(node)
                 names += [s for s in sources if isinstance(s, str) and s not in names]
         elif _averages(model, node) and node.args:
-            source = _grid_source(model, node.args[0], on_grid)
+            source = _grid_source(model, node.args[0], on_grid, grid_outputs)
             if isinstance(source, str) and source not in names:
                 names.append(source)
     return names
@@ -103,13 +104,15 @@ def _averages(model: nn.Module, node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _AVERAGING_FUNCTIONS
 
 
-def _grid_source(model: nn.Module, cur, on_grid: set) -> str | bool:
+def _grid_source(model: nn.Module, cur, on_grid: set, grid_outputs: frozenset[str]) -> str | bool:
     """Walk back from an add's input through grid-keeping ops: the BatchNorm2d reached (its name),
-    ``True`` for an add already on the grid, ``False`` for anything else."""
+    ``True`` for an add or a module already on the grid, ``False`` for anything else."""
     while isinstance(cur, fx.Node):
         if cur.op == "call_function" and cur.target in ADDS:
             return cur in on_grid
         if cur.op == "call_module":
+            if cur.target in grid_outputs or f"{cur.target}.act" in grid_outputs:
+                return True
             m = model.get_submodule(cur.target)
             if isinstance(m, nn.BatchNorm2d):  # a BatchNormAct2d's own activation must keep the grid too
                 return cur.target if not is_norm_act(m) or _keeps_grid(m.act) and _keeps_grid(m.drop) else False

@@ -46,8 +46,25 @@ def se_net() -> nn.Sequential:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
 
 
-def _exported(tmp_path, **export):
-    model = se_net()
+class Residual(nn.Module):
+    """MobileNetV3-Large's first block: ``x + BN(conv(x))``, ``x`` a Hardswish's output."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return x + self.bn(self.conv(x))
+
+
+def residual_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardswish(), Residual(8),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def _exported(tmp_path, make=None, **export):
+    model = (make or se_net)()
     batches = pixel_batches((6, 1, 12, 12), 0, PIXELS)
     sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
     sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
@@ -86,6 +103,15 @@ def test_tables_and_gate_shifts_make_the_network_integer_only_and_exact(tmp_path
     assert all(n.get("table") for op in ("silu", "gelu", "sigmoid", "hardswish") for n in by_op[op])
     assert "hardsigmoid" not in by_op  # folded into the expand layer's thresholds
     assert [n["gate"] for n in by_op["mul"]] == [1, 1] and all(n["integer"] for n in by_op["mean"])
+    with torch.no_grad():
+        assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
+
+
+def test_a_residual_add_reads_an_activation_on_the_grid(tmp_path):
+    """The add's other input is a BatchNorm: it goes on the grid, and the add is an integer add."""
+    model, rt, pixels = _exported(tmp_path, residual_net)
+    assert rt.manifest["integer_only"], rt.float_ops
+    assert next(n for n in rt.nodes if n["op"] == "add").get("shifts") is not None
     with torch.no_grad():
         assert np.array_equal(rt.run(pixels), model(PIXELS.to_float(pixels)).numpy())
 
