@@ -8,8 +8,9 @@ Every row is ``conf/experiment/fmnist_plain_w3a3.yaml`` (a float stage, then 3 e
   then the same epochs, optimizer and learning rates in float (without distillation, which
   needs a quantized student);
 - ``pools-float`` (where the integer form changes the model): the same recipe with
-  ``quant.residual_bits=null``, so average pools and residual adds stay float: the accuracy cost
-  of the integer ops themselves.
+  ``quant.residual_bits=null``, so average pools, residual adds, and (MobileNetV3) the
+  activation tables and squeeze-excite gates stay float: the accuracy cost of the integer ops
+  themselves.
 
 Runs are cached (a finished run is not rerun): ``benchmarks/results/fmnist-families-v2/`` keeps one
 trimmed result file per run (no paths). The recipe is the experiment's, fixed before any of these
@@ -33,7 +34,8 @@ RUNS = ROOT / "outputs" / "fmnist-families-v2"  # ignored: checkpoints and logs
 VARIANTS = {"integer": [], "float": ["quant=none", "float_stage.epochs=0", "distill.enabled=false"],
             "pools-float": ["quant.residual_bits=null"]}
 MODELS = {"lenet5": ["integer", "float"], "lenet5_avg": ["integer", "float", "pools-float"],
-          "vgg_small": ["integer", "float"], "timm:mobilenetv2_050": ["integer", "float", "pools-float"]}
+          "vgg_small": ["integer", "float"], "timm:mobilenetv2_050": ["integer", "float", "pools-float"],
+          "timm:mobilenetv3_small_050": ["integer", "float", "pools-float"]}
 KEPT = ("model", "seed", "epochs", "float_stage_epochs", "start_val_acc", "wall_time_s", "split_sizes")
 
 

@@ -6,7 +6,8 @@ The reference runtime checks every accumulator against its proven bound and ever
 against its declared range, so running it on those pixels tests every proof on the path; its
 logits must still be PyTorch's bit for bit. That the ascent has teeth is measured: on the first
 layer, where the worst case is reachable, it gets close to the bound, far beyond random pixels.
-Models: the parity models, the pooling LeNet / VGG, and pads, clamps and biases of both signs.
+Models: the parity models, the pooling LeNet / VGG, pads, clamps and biases of both signs, a
+network of squeeze-excite blocks (activation tables, gate shifts) and one of fire modules (cat).
 """
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from shiftquant.export.ops.shift_kernels import accumulator_range
 from shiftquant.models import lenet5_avg, vgg_small
 from shiftquant.nn.layers import QuantMixin
 from tests.export.models import pixel_batches, quantized_pixels
+from tests.export.test_integer_cat import fire_net
+from tests.export.test_integer_tables import se_net
 
 STEPS = 30
 
@@ -62,6 +65,8 @@ MODELS = {
     "vgg": lambda: _quantized(vgg_small(), (4, 1, 16, 16)),
     "pad+1-bias+": lambda: _quantized(Constants(1.0, 1.0), (4, 1, 12, 12)),
     "pad-1-bias-": lambda: _quantized(Constants(-1.0, -1.0), (4, 1, 12, 12)),
+    "squeeze-excite": lambda: _quantized(se_net(), (4, 1, 12, 12)),
+    "fire": lambda: _quantized(fire_net(), (4, 1, 12, 12)),
 }
 
 

@@ -22,10 +22,12 @@ import numpy as np
 from ..format.pixels import describe_input
 from .ctext import generated_text
 from .emit_shift import ShiftLayerPrinter
-from .program import (Add, Copy, GateShift, GlobalSum, Kernel, Lookup, Map, MaxPool, Program, ShiftLayer, Split, Tensor,
+from .program import (Add, Concat, Copy, GateShift, GlobalSum, Kernel, Lookup, Map, MaxPool, Program, ShiftLayer, Split, Tensor,
                       Unary, WindowSum)
 
 GENERATOR = "shiftquant C emitter 1"
+
+INPUT_NAMES = "abcdefghijklmnopqrstuvwxyz"  # a kernel's input pointers, in order
 
 _PRELUDE = """\
 #include <string.h>
@@ -159,7 +161,7 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
                                 "int32_t x = a[i]; int32_t y = b[i];")
 
     def signature(self, k: Kernel) -> str:
-        names = "ab"
+        names = INPUT_NAMES
         args = [f"const {t.ctype} *restrict {names[i]}" for i, t in enumerate(k.inputs)]
         return f"SQ_KERNEL void {k.name}({', '.join(args)}, {k.output.ctype} *restrict out)"
 
@@ -257,6 +259,28 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
         setup = f"const int32_t g = {'ab'[k.gate]}[{at}]; int s = -1; int32_t v; for (v = g; v > 0; v >>= 1) s++;"
         return self.image_map(k, "squeeze-excite gate (a shift per channel)",
                               "s < 0 ? 0 : SQ_S32((uint32_t)(int32_t){x} << s)", setup=setup, image=1 - k.gate)
+
+    def concat(self, k: Concat) -> str:
+        out = k.output
+        parts = []
+        for name, a, shift in zip(INPUT_NAMES, k.inputs, k.shifts):
+            parts.append(f"""\
+    for (c = 0; c < {a.shape[0]}u; c++, ob += {out.plane}u) {{
+        const {a.ctype} *ip = {name} + c * {a.plane}u + {a.border * a.row + a.border}u;
+        {out.ctype} *op = ob + {out.border * out.row + out.border}u;
+        for (y = 0; y < {out.shape[1]}u; y++, ip += {a.row}u, op += {out.row}u)
+            for (x = 0; x < {out.shape[2]}u; x++) op[x] = ({out.ctype})SQ_S32((uint32_t)(int32_t)ip[x] << {shift});
+        {self.clear_border(out)}
+    }}""")
+        return f"""\
+/* cat {k.label}: images joined along channels, each shifted onto the finest grid */
+{self.signature(k)}
+{{
+    unsigned c, y, x;
+    {out.ctype} *ob = out;
+{chr(10).join(parts)}
+}}
+"""
 
     def global_sum(self, k: GlobalSum) -> str:
         a, out = k.inputs[0], k.output
@@ -367,4 +391,5 @@ int {p.name}_run(const {p.name}_input_t *input, int32_t *output)
 # Each C kernel's printer (one per kernel class of :mod:`.lower`).
 _EMITTERS = {ShiftLayer: _Source.shift_layer, Map: _Source.map, Unary: _Source.unary, Add: _Source.add,
              MaxPool: _Source.maxpool, GlobalSum: _Source.global_sum, WindowSum: _Source.window_sum,
-             Copy: _Source.copy, Split: _Source.split, Lookup: _Source.lookup, GateShift: _Source.gate_shift}
+             Copy: _Source.copy, Split: _Source.split, Lookup: _Source.lookup, GateShift: _Source.gate_shift,
+             Concat: _Source.concat}

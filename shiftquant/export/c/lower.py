@@ -29,6 +29,7 @@ from .arena import plan_arena
 from .layout import resolve_layouts
 from .program import (
     Add,
+    Concat,
     Copy,
     GateShift,
     GlobalSum,
@@ -49,7 +50,7 @@ from .program import (
 # The C kernels an op's lowering names (:class:`.ops.schema.CStep`), with their identifiers' prefix.
 _KERNELS = {"unary": (Unary, None), "add": (Add, "add"), "maxpool": (MaxPool, "maxpool"),
             "global_sum": (GlobalSum, "sum"), "window_sum": (WindowSum, "winsum"), "copy": (Copy, "flatten"),
-            "lookup": (Lookup, "lookup"), "gate_shift": (GateShift, "gate")}
+            "lookup": (Lookup, "lookup"), "gate_shift": (GateShift, "gate"), "concat": (Concat, "cat")}
 
 # ---------------------------------------------------------------------------------------------
 WEIGHT_FORMATS = ("packed", "tables")

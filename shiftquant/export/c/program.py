@@ -222,6 +222,13 @@ class GateShift(Kernel):
 
 
 @dataclass
+class Concat(Kernel):
+    """Images joined along channels, input ``i``'s integers shifted left by ``shifts[i]``."""
+
+    shifts: tuple[int, ...] = ()
+
+
+@dataclass
 class MaxPool(Kernel):
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)

@@ -117,17 +117,24 @@ def _binary_float(node, args, tensor, batch):
     return fn(node["scalar"], x) if node.get("reverse") else fn(x, node["scalar"])
 
 
+def aligned_unit(rt, node, args, shifts) -> float:
+    """The finest grid of integers joined by shifts (an add, a cat), checked to align them."""
+    if any(a.kind != "grid" for a in args):
+        rt.fail(node, "joins integers off a power-of-two grid")
+    unit = min(a.unit for a in args)
+    if any(a.unit != unit * 2.0 ** k for a, k in zip(args, shifts)):
+        rt.fail(node, "shifts do not align its inputs' grids")
+    return unit
+
+
 def _add_shifts(rt, node, args) -> tuple[float, tuple[int, int]]:
     """The finer grid of an integer add and its two shifts, checked to align its inputs."""
-    if len(args) != 2 or any(a.kind != "grid" for a in args):
-        rt.fail(node, "adds integers off a power-of-two grid")
+    if len(args) != 2:
+        rt.fail(node, "adds two inputs")
     s0, s1 = rt.ints(node, node["shifts"], "shifts", 2)
     if max(s0, s1) > MAX_SHIFT:
         rt.fail(node, f"shifts must be 0 to {MAX_SHIFT}")
-    unit = min(args[0].unit, args[1].unit)
-    if any(a.unit != unit * 2.0 ** k for a, k in zip(args, (s0, s1))):
-        rt.fail(node, "shifts do not align its inputs' grids")
-    return unit, (s0, s1)
+    return aligned_unit(rt, node, args, (s0, s1)), (s0, s1)
 
 
 def _add_int(rt, node, args):
@@ -145,13 +152,21 @@ def _add_prove(rt, node, args, shape):
     return Fact(shape, "grid", (a.lo << s0) + (b.lo << s1), (a.hi << s0) + (b.hi << s1), unit)
 
 
-def _add_integerize(node, args, ctx) -> None:
-    """Two grids a power of two apart: aligned by shifts onto the finer one."""
-    if len(args) != 2 or any(a.kind != "grid" for a in args):
-        return
+def align(args) -> list[int] | None:
+    """Shifts aligning grids a power of two apart onto the finest (at most ``MAX_SHIFT``); None
+    when an input is not on a grid or the grids do not align."""
+    if any(a.kind != "grid" for a in args):
+        return None
     unit = min(a.unit for a in args)
     shifts = [round(math.log2(a.unit / unit)) for a in args]
-    if all(2.0 ** sh * unit == a.unit for sh, a in zip(shifts, args)):
+    ok = all(2.0 ** sh * unit == a.unit and sh <= MAX_SHIFT for sh, a in zip(shifts, args))
+    return shifts if ok else None
+
+
+def _add_integerize(node, args, ctx) -> None:
+    """Two grids a power of two apart: aligned by shifts onto the finer one."""
+    shifts = align(args) if len(args) == 2 else None
+    if shifts is not None:
         node["shifts"] = shifts
 
 

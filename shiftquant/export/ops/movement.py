@@ -1,7 +1,8 @@
 """Data movement: ``identity``, ``flatten``, ``reshape``, ``expand``, ``permute``, ``index``, ``pad``, ``cat``.
 
 Integers stay integers: ``identity`` and ``flatten`` move any integers (pixels too), the others
-move integers on a grid, and ``pad`` stays on the grid when it copies values or pads zeros.
+move integers on a grid, ``pad`` stays on the grid when it copies values or pads zeros, and
+``cat`` with ``shifts`` joins grids a power of two apart, aligned to the finest.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CodegenError
+from .elementwise import align, aligned_unit
 from ..format.values import Fact, Value
-from .schema import FLOAT32_MAX, CStep, Field, OnnxMap, OpDef, keeps_sign, onnx_op, register
+from .schema import FLOAT32_MAX, NOT_YET, CStep, Field, OnnxMap, OpDef, keeps_sign, onnx_op, register
 
 PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # numpy's names
 MOVES = ("reshape", "expand", "permute", "index")  # pure data movement: integers on a grid stay on it
@@ -145,6 +147,44 @@ def _pad_onnx(b, node, args):
 
 _BATCH_SHAPE = Field("shape", "shape", "the output shape, -1 where the batch goes")
 
+def _cat_int(rt, node, args):
+    if node.get("shifts") is None or args[0].kind == "pixels":
+        return None
+    shifts = node["shifts"]  # checked at load: one shift 0..30 per input
+    unit = aligned_unit(rt, node, args, shifts)
+    return Value(np.concatenate([a.data.astype(np.int64) << k for a, k in zip(args, shifts)], node["dim"]), unit)
+
+
+def _cat_prove(rt, node, args, shape):
+    if node.get("shifts") is None or args[0].kind == "pixels":
+        return None
+    shifts = node["shifts"]
+    unit = aligned_unit(rt, node, args, shifts)
+    return Fact(shape, "grid", min(a.lo << k for a, k in zip(args, shifts)),
+                max(a.hi << k for a, k in zip(args, shifts)), unit)
+
+
+def _cat_integerize(node, args, ctx) -> None:
+    shifts = align(args)
+    if shifts is not None:
+        node["shifts"] = shifts
+
+
+def _cat_c(node, args):
+    if node.get("shifts") is None:
+        return None
+    if node["dim"] % 4 != 1 or any(len(a.shape) != 3 for a in args) or len(args) > 26:
+        raise CodegenError(f"node {node['name']!r} (cat): the C backend joins up to 26 images along channels only: "
+                           "use backend='reference'")
+    return CStep("concat", {"shifts": tuple(int(v) for v in node["shifts"])})
+
+
+def _cat_onnx(b, node, args):
+    if b.integer(node):
+        args = [b.op("Mul", a, b.const(np.float32(2.0 ** k))) for a, k in zip(args, node["shifts"])]
+    return b.op("Concat", *args, axis=node["dim"])
+
+
 register(
     OpDef("identity", "its input (dropout and stochastic depth in eval, `contiguous`, `clone`)",
           float=lambda node, args, tensor, batch: args[0], integer=_any_int, prove=_any_prove, sign=keeps_sign,
@@ -172,7 +212,12 @@ register(
            Field("value", "number", "the constant padded", low=-FLOAT32_MAX)),
           float=_pad_float, integer=_pad_int, prove=_pad_prove, sign=_pad_sign, chain="move",
           onnx=OnnxMap("Pad", _pad_onnx)),
-    OpDef("cat", "`torch.cat`", (Field("dim", "dim", "the dimension joined, not the batch", low=1),), inputs=None,
+    OpDef("cat", "`torch.cat`; with `shifts`, of integers on power-of-two grids, each shifted onto the finest",
+          (Field("dim", "dim", "the dimension joined, not the batch", low=1),
+           Field("shifts", "shift_list", "integer cat: the left shift of each input", optional=True)), inputs=None,
           float=lambda node, args, tensor, batch: torch.cat(args, node["dim"]), sign=keeps_sign,
-          onnx=onnx_op("Concat", lambda node: {"axis": node["dim"]})),
+          integer=_cat_int, prove=_cat_prove, integerize=_cat_integerize, c=_cat_c, chain="move",
+          onnx=OnnxMap("Concat", _cat_onnx),
+          float_reason=("joins values that are not all on power-of-two integer grids",
+                        "quantize what it joins (a quantized layer's output, the residual grid), or " + NOT_YET)),
 )

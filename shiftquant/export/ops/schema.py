@@ -67,6 +67,7 @@ class Field:
                 "pads": "2, 4 or 6 widths", "sizes": "list of integers >= 1", "quantizer": "quantizer",
                 "act_quantizer": "activation quantizer", "pixels": "pixels", "requant": "requant table",
                 "int_output": "int_output table", "table": "threshold table name",
+                "shift_list": "one integer 0..30 per input",
                 "batch_dim": "dimension or null", "bound": "integer >= 0",
                 "int_pair": "[lo, hi], integers or null"}[self.kind]
         return text + (", optional" if self.optional else "")
@@ -151,6 +152,12 @@ def _bound(rt, node, f: Field, v) -> None:
         rt.fail(node, f"{f.name} must be a non-negative integer")
 
 
+def _shift_list(rt, node, f: Field, v) -> None:
+    if not isinstance(v, list) or len(v) != len(node.get("inputs") or ()) or not all(is_int(i) and 0 <= i <= 30
+                                                                                       for i in v):
+        rt.fail(node, f"{f.name} must be one integer 0 to 30 per input")
+
+
 def _checked_elsewhere(rt, node, f: Field, v) -> None:
     """Structured fields of shift layers: checked by their layer's own check, which reads them whole."""
 
@@ -158,6 +165,7 @@ def _checked_elsewhere(rt, node, f: Field, v) -> None:
 KINDS: dict[str, Callable] = {"ints": _ints, "number": _number, "flag": _flag, "choice": _choice, "dim": _dim,
                               "dims": _dims, "tensor": _tensor, "shape": _shape, "perm": _perm, "index": _index,
                               "pads": _pads, "sizes": _sizes, "batch_dim": _batch_dim, "bound": _bound, "int_pair": _int_pair,
+                              "shift_list": _shift_list,
                               **{k: _checked_elsewhere for k in ("quantizer", "act_quantizer", "pixels", "requant",
                                                                  "int_output", "table")}}
 

@@ -210,7 +210,7 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     if not chains:
         return
     rt = Graph(manifest, tensors, "export", strict=False)
-    chains = [c for c in chains if _max_pools_commute(rt, *c) and _dips_vanish(rt, *c)]
+    chains = _whole_joins([c for c in chains if _max_pools_commute(rt, *c) and _dips_vanish(rt, *c)])
     with _one_thread():
         found = [(s, chain, t, *thresholds(rt, s, chain, t)) for s, chain, t in chains]
     removed, renamed = set(), {}
@@ -219,13 +219,14 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
         s["requant"] = {"thresholds": _add_thresholds(tensors, f"{s['name']}.requant.thresholds", thr),
                         "direction": _add(tensors, f"{s['name']}.requant.direction", direction),
                         "levels": level_ints(spec).tolist(), "unit": input_unit(spec)}
-        kept = s["name"]
+        kept = prev = s["name"]
         for node in chain:
-            if _role(node) == "move":
-                node["inputs"] = [kept]
+            if _role(node) == "move":  # it reads what the chain kept (a cat: in place of the input on the chain)
+                node["inputs"] = [kept if i == prev else i for i in node["inputs"]]
                 kept = node["name"]
             else:
                 removed.add(node["name"])
+            prev = node["name"]
         if t.get("output_quantizer"):
             renamed[t["name"]] = kept
         else:
@@ -235,6 +236,23 @@ def fold(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
     for n in manifest["nodes"]:
         n["inputs"] = [renamed.get(i, i) for i in n["inputs"]]
     manifest["outputs"] = [renamed.get(o, o) for o in manifest["outputs"]]
+
+
+def _whole_joins(chains: list) -> list:
+    """The chains that pass through a move of several inputs (a ``cat``) fold only together: one
+    chain per input, all to one target; then every input of the join is the target's integers."""
+    while True:
+        through: dict[str, list] = {}
+        for c in chains:
+            for node in c[1]:
+                if len(node["inputs"]) > 1:
+                    through.setdefault(node["name"], []).append(c)
+        joins = {n["name"]: n for c in chains for n in c[1] if len(n["inputs"]) > 1}
+        broken = {name for name, cs in through.items() if len(cs) != len(joins[name]["inputs"])
+                  or len({id(c[2]) for c in cs}) != 1 or len({c[0]["name"] for c in cs}) != len(cs)}
+        if not broken:
+            return chains
+        chains = [c for c in chains if not any(n["name"] in broken for n in c[1])]
 
 
 @dataclass(frozen=True)
