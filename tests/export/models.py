@@ -122,6 +122,23 @@ def quantized_pixels(name: str, seed: int, preset: str = "deploy", **recipe):
     return model, batches, px
 
 
+def deploy_exported(model: nn.Module, shape, px, path, allow_approximate: bool = False, **recipe):
+    """``model`` at deploy W3A3 (``recipe`` overrides), calibrated on pixel batches of ``shape``,
+    hard, exported to ``path`` with pixel input: ``(bundle runtime, pixels, PyTorch's logits on
+    them)``, the pixels being every batch of :func:`pixel_batches`."""
+    import shiftquant as sq
+
+    batches = pixel_batches(shape, 0, px)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", **{"weight_shift_bits": 3, "act_shift_bits": 3, **recipe}))
+    sq.calibrate(model, [px.to_float(batches["calibration"])])
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, path, torch.zeros(1, *shape[1:]), px, allow_approximate=allow_approximate)
+    pixels = np.concatenate(list(batches.values()))
+    with torch.no_grad():
+        ref = model(px.to_float(pixels)).numpy()
+    return rt, pixels, ref
+
+
 class FunctionalCNN(nn.Module):
     """A model written in functional style: F.relu6 / F.hardswish / torch.clamp, functional pools,
     a squeeze-excite gate, a channel concat, x.mean and dropout in eval."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shiftquant as sq
-from tests.export.models import pixel_batches
+from tests.export.models import deploy_exported, pixel_batches
 
 PIXELS = sq.PixelInput((0.3,), (0.4,), 255)
 
@@ -41,13 +41,9 @@ def mobile_block() -> nn.Sequential:
 
 def _exported(tmp_path, signed: bool):
     model = mobile_block()
-    batches = pixel_batches((6, 1, 16, 16), 0, PIXELS)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3, act_signed=signed,
-                                                   residual_bits=None))
-    sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
-    sq.set_slope(model, 0.0)
-    rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 1, 16, 16), PIXELS)
-    return model, rt, np.concatenate(list(batches.values()))
+    rt, pixels, _ = deploy_exported(model, (6, 1, 16, 16), PIXELS, tmp_path / "m.sqb", act_signed=signed,
+                                    residual_bits=None)
+    return model, rt, pixels
 
 
 def test_hardswish_folds_into_thresholds_before_unsigned_codes(tmp_path):

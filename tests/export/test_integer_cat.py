@@ -15,7 +15,7 @@ from torch import nn
 import shiftquant as sq
 from shiftquant.errors import BundleError
 from shiftquant.export.format.bundle import read_bundle, write_bundle
-from tests.export.models import pixel_batches
+from tests.export.models import deploy_exported
 
 PIXELS = sq.PixelInput((0.3,), (0.4,), 255)
 
@@ -59,16 +59,7 @@ def twin_net() -> nn.Sequential:
 
 
 def _exported(make, tmp_path):
-    model = make()
-    batches = pixel_batches((6, 1, 12, 12), 0, PIXELS)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
-    sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
-    sq.set_slope(model, 0.0)
-    rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 1, 12, 12), PIXELS)
-    pixels = np.concatenate(list(batches.values()))
-    with torch.no_grad():
-        ref = model(PIXELS.to_float(pixels)).numpy()
-    return rt, pixels, ref
+    return deploy_exported(make(), (6, 1, 12, 12), PIXELS, tmp_path / "m.sqb")
 
 
 @pytest.mark.parametrize("make, cats", [(fire_net, 2), (twin_net, 1)])

@@ -20,7 +20,7 @@ import torchvision
 
 import shiftquant as sq
 from shiftquant.cli import bundle_summary
-from tests.export.models import pixel_batches
+from tests.export.models import deploy_exported
 from tests.export.test_codegen import (
     MULTIPLY,
     assert_no_multiply_in_shift_kernels,
@@ -40,15 +40,7 @@ SQUEEZE_EXCITE = {"timm mobilenetv3_small_050": lambda: timm.create_model("mobil
 def _exported(name: str, tmp_path):
     torch.manual_seed(1)
     model = {**MODELS, **SQUEEZE_EXCITE}[name]().eval()
-    batches = pixel_batches((8, 3, 32, 32), 0, PIXELS)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
-    sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
-    sq.set_slope(model, 0.0)
-    rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 3, 32, 32), PIXELS)
-    pixels = np.concatenate(list(batches.values()))
-    with torch.no_grad():
-        ref = model(PIXELS.to_float(pixels)).numpy()
-    return rt, pixels, ref
+    return deploy_exported(model, (8, 3, 32, 32), PIXELS, tmp_path / "m.sqb")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

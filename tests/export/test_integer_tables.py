@@ -23,7 +23,7 @@ from shiftquant.export.format.bundle import read_bundle, write_bundle
 from shiftquant.export.ops.quantizers import input_unit
 from shiftquant.nn.grid_activation import grid_activations
 from shiftquant.nn.layers import QuantActivation
-from tests.export.models import pixel_batches
+from tests.export.models import deploy_exported
 
 PIXELS = sq.PixelInput((0.3,), (0.4,), 255)
 
@@ -65,12 +65,8 @@ def residual_net() -> nn.Sequential:
 
 def _exported(tmp_path, make=None, **export):
     model = (make or se_net)()
-    batches = pixel_batches((6, 1, 12, 12), 0, PIXELS)
-    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
-    sq.calibrate(model, [PIXELS.to_float(batches["calibration"])])
-    sq.set_slope(model, 0.0)
-    rt = sq.export(model, tmp_path / "m.sqb", torch.zeros(1, 1, 12, 12), PIXELS, **export)
-    return model, rt, np.concatenate(list(batches.values()))
+    rt, pixels, _ = deploy_exported(model, (6, 1, 12, 12), PIXELS, tmp_path / "m.sqb", **export)
+    return model, rt, pixels
 
 
 def test_the_recipe_puts_activations_and_gates_on_the_grid():
