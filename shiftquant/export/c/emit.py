@@ -236,7 +236,7 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 {{
 {lets}    unsigned c, y, x;
     for (c = 0; c < {c}u; c++) {{
-        const {a.ctype} *ip = {"ab"[image]} + c * {a.plane}u + {a.border * a.row + a.border}u;
+        const {a.ctype} *ip = {INPUT_NAMES[image]} + c * {a.plane}u + {a.border * a.row + a.border}u;
         {out.ctype} *ob = out + c * {out.plane}u;
         {out.ctype} *op = ob + {out.border * out.row + out.border}u;
         {setup}
@@ -256,7 +256,7 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
         """The gate is proven 0 .. 2^30 - 1: ``s`` is floor(log2 g), -1 for 0 (no multiply)."""
         g = k.inputs[k.gate]
         at = f"c * {g.plane}u + {g.border * g.row + g.border}u"
-        setup = f"const int32_t g = {'ab'[k.gate]}[{at}]; int s = -1; int32_t v; for (v = g; v > 0; v >>= 1) s++;"
+        setup = f"const int32_t g = {INPUT_NAMES[k.gate]}[{at}]; int s = -1; int32_t v; for (v = g; v > 0; v >>= 1) s++;"
         return self.image_map(k, "squeeze-excite gate (a shift per channel)",
                               "s < 0 ? 0 : SQ_S32((uint32_t)(int32_t){x} << s)", setup=setup, image=1 - k.gate)
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from ...errors import ExportError
+from .quantizers import check_output_quantizer
 from .schema import Field, OnnxMap, OpDef, register
 
 
@@ -28,10 +29,7 @@ def _batch_norm_check(rt, node) -> None:
     for k in ("var", "weight", "bias"):
         if node.get(k) is not None:
             rt.tensor(node[k], mean.shape)
-    if node.get("output_quantizer") is not None:
-        if not isinstance(node["output_quantizer"], dict) or node["output_quantizer"].get("policy") != "learned_pot":
-            rt.fail(node, "an output quantizer must have a learned power-of-two scale")
-        rt.check_act_quantizer(node, node["output_quantizer"])
+    check_output_quantizer(rt, node)
 
 
 def _layer_norm(node, args, tensor, batch):
@@ -83,5 +81,4 @@ register(
     OpDef("layer_norm", "`F.layer_norm`",
           (Field("normalized_shape", "sizes", "the trailing shape normalized"),) + _affine("elementwise"),
           float=_layer_norm, check=_layer_norm_check, onnx=OnnxMap("LayerNormalization", _layer_norm_onnx)),
-
 )

@@ -76,6 +76,17 @@ def check_act_quantizer(rt, node: dict, iq: dict) -> None:
         rt.fail(node, "unknown input policy")
 
 
+def check_output_quantizer(rt, node: dict) -> None:
+    """A node's ``output_quantizer``, when it has one: an activation quantizer with a learned
+    power-of-two scale (its integers are on a power-of-two grid)."""
+    spec = node.get("output_quantizer")
+    if spec is None:
+        return
+    if not isinstance(spec, dict) or spec.get("policy") != "learned_pot":
+        rt.fail(node, "an output quantizer must have a learned power-of-two scale")
+    check_act_quantizer(rt, node, spec)
+
+
 def quantize_input(rt, x: torch.Tensor, spec: dict) -> np.ndarray:
     """An input quantizer on float values: the integers on its grid (see :func:`input_unit`)."""
     q = spec["quantizer"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..format.values import Fact, Value
-from .quantizers import input_unit, level_ints
+from .quantizers import check_output_quantizer, input_unit, level_ints
 from .schema import CStep, Field
 
 MAX_TABLE = 1 << 12  # entries of one table: input grids of up to 12 bits
@@ -32,10 +32,7 @@ FIELDS = (Field("output_quantizer", "act_quantizer", "the grid its output is qua
 def check(rt, node: dict) -> None:
     """A table needs an output quantizer, an integer start, and holds 1 to :data:`MAX_TABLE`
     levels of that quantizer."""
-    if node.get("output_quantizer") is not None:
-        if not isinstance(node["output_quantizer"], dict) or node["output_quantizer"].get("policy") != "learned_pot":
-            rt.fail(node, "an output quantizer must have a learned power-of-two scale")
-        rt.check_act_quantizer(node, node["output_quantizer"])
+    check_output_quantizer(rt, node)
     if node.get("table") is None:
         return
     if node.get("output_quantizer") is None:
