@@ -9,8 +9,8 @@ Every row is ``conf/experiment/fmnist_plain_w3a3.yaml`` (a float stage, then 3 e
   needs a quantized student);
 - ``pools-float`` (where the integer form changes the model): the same recipe with
   ``quant.residual_bits=null``, so average pools, residual adds, and (MobileNetV3) the
-  activation tables and squeeze-excite gates stay float: the accuracy cost of the integer ops
-  themselves.
+  activation tables and squeeze-excite gates, (ViT) LayerNorm, the softmax, the attention
+  products and the token embeddings stay float: the accuracy cost of the integer ops themselves.
 
 Runs are cached (a finished run is not rerun): ``benchmarks/results/fmnist-families-v2/`` keeps one
 trimmed result file per run (no paths). The recipe is the experiment's, fixed before any of these
@@ -35,7 +35,10 @@ VARIANTS = {"integer": [], "float": ["quant=none", "float_stage.epochs=0", "dist
             "pools-float": ["quant.residual_bits=null"]}
 MODELS = {"lenet5": ["integer", "float"], "lenet5_avg": ["integer", "float", "pools-float"],
           "vgg_small": ["integer", "float"], "timm:mobilenetv2_050": ["integer", "float", "pools-float"],
-          "timm:mobilenetv3_small_050": ["integer", "float", "pools-float"]}
+          "timm:mobilenetv3_small_050": ["integer", "float", "pools-float"],
+          "timm:vit_tiny_patch16_224": ["integer", "float", "pools-float"]}
+# Constructor options where the model needs them (conf/model/NAME.yaml).
+MODEL_CONFIGS = {"timm:vit_tiny_patch16_224": "model=timm_vit_tiny"}
 KEPT = ("model", "seed", "epochs", "float_stage_epochs", "start_val_acc", "wall_time_s", "split_sizes")
 
 
@@ -50,7 +53,8 @@ def run(model: str, variant: str, seed: int) -> dict:
     if variant == "float":  # the integer run's float stage, then float epochs
         start = RUNS / f"{model.replace(':', '_')}-integer-s{seed}" / "float_stage" / "checkpoints" / "float.ckpt"
         extra.append(f"model.weights={start.relative_to(ROOT)}")
-    cmd = [sys.executable, "train.py", "experiment=fmnist_plain_w3a3", f"model.name={model}", f"seed={seed}",
+    config = [MODEL_CONFIGS[model]] if model in MODEL_CONFIGS else []
+    cmd = [sys.executable, "train.py", "experiment=fmnist_plain_w3a3", *config, f"model.name={model}", f"seed={seed}",
            "test=final", f"hydra.run.dir={run_dir}", *extra]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     full = json.loads((run_dir / "results.json").read_text())

@@ -8,9 +8,12 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .nn.attention import QuantAttention, attentions
 from .nn.grid_activation import grid_activations, needs_input_quantizer
+from .nn.integer_norm import QuantLayerNorm, integer_layer_norms
 from .nn.layers import QuantActivation, QuantConv2d, QuantMixin, quant_class_for
 from .nn.residual import QuantBatchNorm2d, residual_batchnorms
+from .nn.vit_stream import has_token_embeddings, quantize_stream
 from .quant.functional import LOG2_SCALE_MAX, LOG2_SCALE_MIN, pot_exponent
 from .quant.quantizers import Quantizer, check_eps
 from .quant.scales import ActivationQuantizer, WeightQuantizer
@@ -81,9 +84,15 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
 
     Refuses (changing nothing) a recipe that selects nothing, or whose ``keep_float`` patterns
     match no layer. With ``residual_bits``, the residual BatchNorms and the small-domain
-    activations go onto the grid (:mod:`.nn.residual`, :mod:`.nn.grid_activation`).
+    activations go onto the grid (:mod:`.nn.residual`, :mod:`.nn.grid_activation`), and so do a
+    ViT's residual stream (:mod:`.nn.vit_stream`); LayerNorms compute on integers
+    (:mod:`.nn.integer_norm`) and timm's attention too (:mod:`.nn.attention`).
     """
-    for name, layer in select_layers(model, recipe):
+    selected = select_layers(model, recipe)
+    if recipe.residual_bits is not None:
+        for _, attn in attentions(model):
+            QuantAttention.check(attn, recipe.gate_shift_bits)
+    for name, layer in selected:
         _set_submodule(model, name, quantize_layer(name, layer, recipe))
     if recipe.residual_bits is not None:
         device = next(model.parameters()).device
@@ -98,6 +107,16 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe) -> nn.Module:
             out = recipe.gate_quantizer_core() if role == "gate" else recipe.residual_quantizer_core()
             inp = grid(recipe.residual_quantizer_core()) if needs_input_quantizer(act) else None
             _set_submodule(model, name, QuantActivation(act, grid(out), inp).train(act.training))
+        if has_token_embeddings(model):
+            quantize_stream(model, lambda: grid(recipe.residual_quantizer_core()))
+        for name in integer_layer_norms(model):
+            ln = model.get_submodule(name)
+            _set_submodule(model, name, QuantLayerNorm.from_float(ln).train(ln.training))
+        for name, attn in attentions(model):
+            core = recipe.act_quantizer_core(f"{name}.qkv")
+            if core is not None:
+                quant = QuantAttention.from_float(attn, grid(core), recipe.gate_shift_bits)
+                _set_submodule(model, name, quant.train(attn.training))
     return model
 
 

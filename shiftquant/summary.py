@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .nn.attention import QuantAttention
 from .nn.layers import QuantMixin
 from .quant.scales import ActivationQuantizer, WeightQuantizer
 
@@ -91,22 +92,31 @@ def mac_line(total: int, shift_add: int, integer: int, float_: int) -> str:
 
 class _MatmulMACs(TorchFunctionMode):
     """Counts the MACs of products between tensors that no layer owns (attention's matmuls,
-    ``F.scaled_dot_product_attention``): they run in float."""
+    ``F.scaled_dot_product_attention``): in float, or on integers inside a
+    :class:`~.nn.attention.QuantAttention` (``inside`` counts the ones running)."""
 
     MATMULS = {torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm}
 
     def __init__(self):
         super().__init__()
         self.macs = 0
+        self.integer_macs = 0
+        self.inside = 0
+
+    def count(self, macs: int) -> None:
+        if self.inside:
+            self.integer_macs += macs
+        else:
+            self.macs += macs
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in self.MATMULS and isinstance(out, torch.Tensor):
-            self.macs += out.numel() * args[0].shape[-1]
+            self.count(out.numel() * args[0].shape[-1])
         elif func is F.scaled_dot_product_attention:
             q, k, v = args[:3]
-            self.macs += q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+            self.count(q.numel() // q.shape[-1] * k.shape[-2] * (q.shape[-1] + v.shape[-1]))
         return out
 
 
@@ -125,6 +135,11 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Summ
     macs: dict[str, int] = {}
     if example_input is not None:
         hooks = []
+        counter = _MatmulMACs()
+        for m in model.modules():
+            if isinstance(m, QuantAttention):
+                hooks.append(m.register_forward_pre_hook(lambda mod, inp: setattr(counter, "inside", counter.inside + 1)))
+                hooks.append(m.register_forward_hook(lambda mod, inp, out: setattr(counter, "inside", counter.inside - 1)))
         for name, m in model.named_modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 hooks.append(m.register_forward_hook(
@@ -132,7 +147,7 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Summ
                         name, out[0].numel() * mod.weight[0].numel())))
         was_training = model.training
         model.eval()
-        with torch.no_grad(), _MatmulMACs() as counter:
+        with torch.no_grad(), counter:
             model(example_input[:1])
         model.train(was_training)
         for h in hooks:
@@ -164,4 +179,8 @@ def summary(model: nn.Module, example_input: torch.Tensor | None = None) -> Summ
     if example_input is not None and counter.macs:
         rows.append(LayerRow(name="(matmuls between activations)", kind="matmul", weight_bits=FLOAT_BITS,
                              act_bits=None, params=0, bytes=0.0, float_bytes=0, macs=counter.macs, shift_add=False))
+    if example_input is not None and counter.integer_macs:
+        rows.append(LayerRow(name="(matmuls between activations, on integers)", kind="matmul", weight_bits=FLOAT_BITS,
+                             act_bits=None, params=0, bytes=0.0, float_bytes=0, macs=counter.integer_macs,
+                             shift_add=False, mac_kind="integer"))
     return Summary(rows)

@@ -19,6 +19,15 @@ from torch.nn.utils.stateless import _reparametrize_module
 from ..quant.functional import round_ste
 
 
+def take_over(cls: type, module: nn.Module) -> nn.Module:
+    """A new ``cls`` (a static subclass of ``module``'s class) with ``module``'s attributes: own
+    copies of the registries (parameters, buffers, hooks), so the float module is left as it was;
+    the parameter objects themselves are shared (no copy, no re-initialization)."""
+    new = cls.__new__(cls)
+    new.__dict__.update({k: type(v)(v) if isinstance(v, (dict, set)) else v for k, v in module.__dict__.items()})
+    return new
+
+
 class QuantMixin:
     """Shared behaviour of the quantized layers. Either quantizer slot may be ``None``."""
 
@@ -29,11 +38,7 @@ class QuantMixin:
 
     @classmethod
     def from_float(cls, layer: nn.Module, weight_quantizer=None, input_quantizer=None):
-        new = cls.__new__(cls)
-        # Own copies of the registries (parameters, buffers, hooks), so the float layer is left as
-        # it was; the parameter objects themselves are shared.
-        new.__dict__.update({k: type(v)(v) if isinstance(v, (dict, set)) else v
-                             for k, v in layer.__dict__.items()})
+        new = take_over(cls, layer)
         new.float_class = type(layer)
         new.weight_quantizer = weight_quantizer
         new.input_quantizer = input_quantizer

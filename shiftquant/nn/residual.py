@@ -14,7 +14,10 @@ import operator
 import torch
 from torch import fx, nn
 
-from .layers import QuantActivation, QuantMixin
+from ..quant.scales import ActivationQuantizer
+from .integer_norm import QuantLayerNorm
+from .layers import QuantActivation, QuantMixin, take_over
+from .shiftmax import ShiftSoftmax
 
 
 def is_norm_act(m: nn.Module) -> bool:
@@ -31,8 +34,7 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
 
     @classmethod
     def from_float(cls, bn: nn.BatchNorm2d, output_quantizer: nn.Module) -> QuantBatchNorm2d:
-        new = cls.__new__(cls)
-        new.__dict__.update({k: type(v)(v) if isinstance(v, (dict, set)) else v for k, v in bn.__dict__.items()})
+        new = take_over(cls, bn)
         new.output_quantizer = output_quantizer
         return new
 
@@ -42,11 +44,13 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
 
 
 class Tracer(fx.Tracer):
-    """Traces a quantized model with its quantized layers, activations and BatchNorms (timm's
-    BatchNormAct2d too) as leaves."""
+    """Traces a quantized model with its quantized layers, activations, BatchNorms (timm's
+    BatchNormAct2d too), quantizers, shiftmaxes and integer LayerNorms as leaves."""
+
+    LEAVES = (QuantMixin, QuantBatchNorm2d, QuantActivation, ActivationQuantizer, ShiftSoftmax, QuantLayerNorm)
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, (QuantMixin, QuantBatchNorm2d, QuantActivation)) or is_norm_act(m) or super().is_leaf_module(m, qualname)
+        return isinstance(m, self.LEAVES) or is_norm_act(m) or super().is_leaf_module(m, qualname)
 
 
 ADDS = (operator.add, operator.iadd, torch.add)

@@ -7,10 +7,12 @@ against its declared range, so running it on those pixels tests every proof on t
 logits must still be PyTorch's bit for bit. That the ascent has teeth is measured: on the first
 layer, where the worst case is reachable, it gets close to the bound, far beyond random pixels.
 Models: the parity models, the pooling LeNet / VGG, pads, clamps and biases of both signs, a
-network of squeeze-excite blocks (activation tables, gate shifts) and one of fire modules (cat).
+network of squeeze-excite blocks (activation tables, gate shifts), one of fire modules (cat) and a
+ViT (integer LayerNorm, shiftmax, attention matmuls, token embeddings on the grid).
 """
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,6 +69,8 @@ MODELS = {
     "pad-1-bias-": lambda: _quantized(Constants(-1.0, -1.0), (4, 1, 12, 12)),
     "squeeze-excite": lambda: _quantized(se_net(), (4, 1, 12, 12)),
     "fire": lambda: _quantized(fire_net(), (4, 1, 12, 12)),
+    "vit": lambda: _quantized(timm.create_model("vit_tiny_patch16_224", img_size=12, patch_size=4, in_chans=1,
+                                                num_classes=10, depth=2, embed_dim=32, num_heads=2), (4, 1, 12, 12)),
 }
 
 
@@ -81,7 +85,8 @@ class _Accumulators:
         scale = layer.input_quantizer.quantize(inputs[0])[1]
         grid = layer.accumulator_grid(scale)
         bias = layer.quantized_bias(scale)
-        shape = (1, -1) + (1,) * (output.dim() - 2)
+        linear = isinstance(layer, torch.nn.Linear)  # channels last (a ViT's tokens are (B, N, C))
+        shape = (1,) * (output.dim() - 1) + (-1,) if linear else (1, -1) + (1,) * (output.dim() - 2)
         out = output if bias is None else output - bias.reshape(shape)
         self.value = out / grid.reshape(shape)
 

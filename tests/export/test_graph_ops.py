@@ -110,12 +110,11 @@ CORRUPTIONS = {
     "reshape": lambda n: n.update(shape=[-1, -1, 4]),
     "permute": lambda n: n.update(dims=[0, 0, 1, 2]),
     "index": lambda n: n.update(index=[[None, None, 0]]),
-    "layer_norm": lambda n: n.update(normalized_shape=[7]),
-    "softmax": lambda n: n.update(dim="last"),
+    "integer_layer_norm": lambda n: n.update(normalized_shape=[7]),
+    "shiftmax": lambda n: n.update(unit=0.0),
     "matmul": lambda n: n.update(inputs=n["inputs"][:1]),
     "expand": lambda n: n.update(shape="batch"),
     "constant": lambda n: n.update(batch_dim=0),
-    "mul": lambda n: n.update(scalar=float("nan")),
     "cat": lambda n: n.update(batch_dim=9),
 }
 
@@ -144,10 +143,10 @@ def test_a_corrupt_pad_is_refused_at_load(tmp_path):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_bundle_summary_counts_attention_macs_as_float_like_the_model_summary(tmp_path, fused):
+def test_bundle_summary_counts_attention_macs_like_the_model_summary(tmp_path, fused):
     """`shiftquant summary` of a ViT bundle and `sq.summary` of the model agree MAC for MAC: the
-    Linear layers are shift-adds, the attention products (matmul or scaled_dot_product_attention)
-    and the layers kept float are float."""
+    Linear layers are shift-adds, the attention products of QuantAttention (the deploy preset's,
+    whichever path the float model took) integer, and the layers kept float float."""
     from shiftquant.cli import bundle_macs
 
     torch.manual_seed(0)
@@ -161,5 +160,26 @@ def test_bundle_summary_counts_attention_macs_as_float_like_the_model_summary(tm
     rt = sq.export(model, tmp_path / "m.sqb", PIXELS.to_float(images[:1]), PIXELS)
     macs = bundle_macs(rt.manifest, rt.tensors)
     s = sq.summary(model, PIXELS.to_float(images[:1])).to_dict()
-    assert s["float_macs"] > 0 and s["shift_add_macs"] > 0
-    assert (macs["total"], macs["shift_add"], macs["float"]) == (s["total_macs"], s["shift_add_macs"], s["float_macs"])
+    assert s["float_macs"] > 0 and s["shift_add_macs"] > 0 and s["integer_macs"] > 0
+    assert (macs["total"], macs["shift_add"], macs["integer"], macs["float"]) \
+        == (s["total_macs"], s["shift_add_macs"], s["integer_macs"], s["float_macs"])
+
+
+def test_a_layer_whose_aligned_integer_output_would_pass_2_24_outputs_float_and_stays_exact(tmp_path):
+    """A last Linear whose output channels' grids are 2^4 apart (one channel's weights 16 times
+    smaller): its accumulators aligned to the finest channel would reach 2^24, so it hands on
+    float values (exact per channel) instead of refusing the export."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4)).eval()
+    with torch.no_grad():
+        model[1].weight[0] *= 1 / 16
+        model[1].bias[0] = 0.0  # on any grid
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (8, 3, 8, 8)).astype(np.uint8)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=3, act_shift_bits=3))
+    sq.calibrate(model, [PIXELS.to_float(images)])
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / "m.sqb", PIXELS.to_float(images[:1]), PIXELS)
+    assert rt.nodes[-1]["dtype"] == "float32" and rt.manifest["exact"]
+    with torch.no_grad():
+        assert np.array_equal(rt.run(images), model(PIXELS.to_float(images)).numpy())

@@ -25,7 +25,6 @@ FAMILIES = {
     "padded cnn": PaddedCNN,
     "timm resnet10t": lambda: timm.create_model("resnet10t", num_classes=10),
     "timm vit_tiny_patch16_224": lambda: vit("vit_tiny_patch16_224", fused=True),
-    "timm vit_tiny_patch16_224 (matmul attention)": lambda: vit("vit_tiny_patch16_224", fused=False),
     "timm deit_tiny_patch16_224": lambda: vit("deit_tiny_patch16_224", fused=True),
 }
 
@@ -68,14 +67,16 @@ HOLDS = {"functional cnn": {"hardswish", "hardsigmoid", "silu", "mul", "cat", "m
          "timm efficientnet_b0": {"silu", "sigmoid", "mul", "mean"},
          "torchvision mobilenet_v3_small": {"hardswish", "mul", "adaptive_avg_pool2d"},
          "padded cnn": {"pad", "avg_pool2d", "flatten"},
-         "timm vit_tiny_patch16_224": {"layer_norm", "attention", "gelu", "reshape", "permute", "index", "constant",
-                                       "expand", "cat"},
-         "timm vit_tiny_patch16_224 (matmul attention)": {"matmul", "softmax", "mul"},
-         "timm deit_tiny_patch16_224": {"layer_norm", "attention"}}
+         # QuantAttention: q @ k^T, the shiftmax and attention @ v on integers
+         "timm vit_tiny_patch16_224": {"integer_layer_norm", "shiftmax", "matmul", "gelu", "reshape", "permute",
+                                       "index", "constant", "expand", "cat"},
+         "timm deit_tiny_patch16_224": {"integer_layer_norm", "shiftmax", "matmul"}}
 # What runs on integers: every average pool and the pads of the padded CNN, all of ResNet-10t.
-INTEGER = {"padded cnn": {"same_pad", "replicate_pad", "pad", "avg_pool2d", "avg_pool2d_1", "add", "add_1"}}
+INTEGER = {"padded cnn": {"same_pad", "replicate_pad", "pad", "avg_pool2d", "avg_pool2d_1", "add", "add_1"},
+           "timm vit_tiny_patch16_224": {"matmul", "blocks_0_attn_shiftmax", "matmul_1", "reshape_1", "blocks_0_norm1",
+                                         "cat", "add"}}
 INTEGER_ONLY = {"timm resnet10t", "timm mobilenetv2_050", "timm mobilenetv3_small_050", "timm efficientnet_b0",
-                "torchvision mobilenet_v3_small"}
+                "torchvision mobilenet_v3_small", "timm vit_tiny_patch16_224", "timm deit_tiny_patch16_224"}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -104,7 +105,8 @@ def test_family_agrees_with_pytorch(name, tmp_path):
     assert rt.manifest["integer_only"] == (name in INTEGER_ONLY)
     if name in INTEGER_ONLY:
         macs = bundle_summary(str(path))["macs"]
-        assert macs["float"] == 0 and macs["shift_add"] == macs["total"] > 0
+        # shift-adds, and for attention the integer matmuls of q, k, v and its probabilities
+        assert macs["float"] == 0 and macs["shift_add"] + macs["integer"] == macs["total"] and macs["shift_add"] > 0
 
 
 def test_c_backend_refuses_float_ops_by_name(tmp_path):

@@ -3,12 +3,16 @@
 A :class:`Value` is what the reference runtime hands from node to node; a :class:`Fact` is what
 the load-time proof (:mod:`.verify`) knows of it without data. Both have a ``kind``: ``float``, or
 integers that are ``grid`` (worth a power-of-two ``unit`` each), ``sum`` (a global or window sum
-of grid integers, read only through input thresholds) or ``pixels`` (the bundle's input). The op
+of grid integers) or ``normalized`` (an integer LayerNorm's ``z``), both read only through input
+thresholds, or ``pixels`` (the bundle's input). The op
 definitions (:mod:`.ops`) compute the one from the other's kinds, so run and proof decide alike.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Integer kinds read only through a shift layer's input thresholds (which evaluate the op that made them).
+THROUGH_THRESHOLDS = ("sum", "normalized")
 
 
 class Value:

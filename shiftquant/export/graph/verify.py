@@ -29,7 +29,7 @@ import torch
 from ...errors import BundleError
 from .. import ops
 from ..format.ints import FLOAT
-from ..format.values import Fact
+from ..format.values import THROUGH_THRESHOLDS, Fact
 from ..ops.quantizers import input_unit, level_ints
 from ..ops.schema import MAX_ELEMENTS, MAX_RANK
 
@@ -106,13 +106,13 @@ def _kind(g, node: dict, args: list[Fact], shape: tuple[int, ...]) -> Fact:
     definition = ops.get(node["op"])
     if definition.run is not None:
         return definition.prove(g, node, args, shape)
-    if args and all(a.is_int for a in args) and definition.prove is not None:
+    if all(a.is_int for a in args) and definition.prove is not None:  # a constant: no args
         out = definition.prove(g, node, args, shape)
         if out is not None:
             return out
-    if any(a.kind == "sum" for a in args):
-        g.fail(node, "reads a global integer sum as float values: a sum can only feed a shift layer with "
-                     "input thresholds")
+    if any(a.kind in THROUGH_THRESHOLDS for a in args):
+        g.fail(node, "reads a global integer sum or an integer LayerNorm as float values: they can only feed a "
+                     "shift layer with input thresholds")
     spec = node.get("output_quantizer") if definition.quantizes_output else None
     if spec:
         levels = level_ints(spec)

@@ -24,6 +24,7 @@ from ...errors import ExportError
 from .. import ops
 from ..format.ints import FLOAT32_EXACT
 from ..format.pixels import pixel_dtype
+from ..format.values import THROUGH_THRESHOLDS
 from ..ops.quantizers import boundaries, level_ints
 
 OPSET = 20  # Gelu (approximate), LayerNormalization, ReduceMean's axes input, Pad's wrap mode
@@ -164,8 +165,9 @@ def _to_float(b: Builder, name: str) -> str:
         x = b.op("Div", value, b.const(float(px["scale"])))
         x = b.op("Sub", x, b.const(np.asarray(px["mean"], np.float32).reshape(shape)))
         return b.op("Div", x, b.const(np.asarray(px["std"], np.float32).reshape(shape)))
-    if fact.kind == "sum":
-        raise ExportError(f"node {name!r}: a global integer sum can only feed a shift layer with input thresholds")
+    if fact.kind in THROUGH_THRESHOLDS:
+        raise ExportError(f"node {name!r}: integers of kind {fact.kind!r} can only feed a shift layer with input "
+                          "thresholds")
     return b.op("Mul", value, b.const(np.float32(fact.unit)))
 
 

@@ -1,21 +1,112 @@
-"""Attention: ``softmax``, ``matmul`` (products of two activations) and fused ``attention``.
+"""Attention: ``softmax``, ``shiftmax``, ``matmul`` (products of two activations) and fused ``attention``.
 
-All float32 with PyTorch's kernels; ``matmul`` and ``attention`` multiply two activations, so
-their multiply-accumulates count as float.
+``softmax`` and ``attention`` run in float32 with PyTorch's kernels. ``matmul`` of two grids is
+an integer matmul (its multiply-accumulates count as integer: with the activation grid of a shift
+recipe both operands are zero or signed powers of two). ``shiftmax`` (:mod:`shiftquant.nn.shiftmax`)
+is the softmax of :class:`~shiftquant.nn.attention.QuantAttention`: integers in, zero and powers of
+two out, computed by the same function in the PyTorch model and here.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...errors import CodegenError, ExportError
+from ...nn import shiftmax as SM
+from ..format.values import Fact, Value
 from .schema import Field, OnnxMap, OpDef, onnx_op, positive, register
 
 
 def _matmul_macs(node: dict, shapes: dict, tensors) -> tuple[str, int]:
-    """Every output element sums over the first input's last dimension."""
-    return "float", math.prod(shapes[node["name"]]) * int(shapes[node["inputs"][0]][-1])
+    """Every output element sums over the first input's last dimension; on integers when both
+    operands are grids."""
+    kind = "float" if node.get("dtype", "float32") == "float32" else "integer"
+    return kind, math.prod(shapes[node["name"]]) * int(shapes[node["inputs"][0]][-1])
+
+
+def _grids(args) -> bool:
+    return all(a.kind == "grid" for a in args)
+
+
+def _matmul_int(rt, node, args):
+    if not _grids(args):
+        return None
+    a, b = args
+    return Value(np.matmul(a.data.astype(np.int64), b.data.astype(np.int64)), a.unit * b.unit)
+
+
+def _matmul_prove(rt, node, args, shape):
+    if not _grids(args):
+        return None
+    a, b = args
+    corners = [x * y for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
+    depth = int(a.shape[-1])
+    return Fact(shape, "grid", depth * min(corners), depth * max(corners), a.unit * b.unit)
+
+
+def _not_in_c(op: str):
+    def refuse(node, args):
+        raise CodegenError(f"node {node['name']!r} ({op}): the C backend does not implement {op} on integers yet; "
+                           "backend='reference' runs this bundle")
+    return refuse
+
+
+# ---------------------------------------------------------------------------------------------- shiftmax
+def _shiftmax_float(node, args, tensor, batch):
+    x = args[0]
+    if x.is_meta:
+        return torch.empty_like(x)
+    return SM.shiftmax(x, node["unit"], node["scale"], node["shift_bits"], node["dim"])
+
+
+def _multiplier(rt, node) -> tuple[int, int]:
+    try:
+        return SM.exponent_multiplier(node["scale"], node["unit"])
+    except ValueError as exc:
+        rt.fail(node, str(exc))
+
+
+def _shiftmax_check(rt, node) -> None:
+    if isinstance(node["shift_bits"], bool):
+        rt.fail(node, "shift_bits must be an integer")
+    _multiplier(rt, node)
+
+
+def _on_its_grid(node, x) -> bool:
+    return x.kind == "grid" and x.unit == node["unit"]
+
+
+def _length(rt, node, shape) -> None:
+    if int(shape[node["dim"]]) > SM.MAX_LENGTH:
+        rt.fail(node, f"normalizes over {int(shape[node['dim']])} values, more than {SM.MAX_LENGTH}")
+
+
+def _shiftmax_int(rt, node, args):
+    x = args[0]
+    if not _on_its_grid(node, x):
+        return None
+    _length(rt, node, x.data.shape)
+    k, f = _multiplier(rt, node)
+    codes = SM.shiftmax_codes(torch.from_numpy(x.data.astype(np.int64)), k, f, node["shift_bits"], node["dim"])
+    return Value(codes.numpy(), 2.0 ** -((1 << node["shift_bits"]) - 1))
+
+
+def _shiftmax_prove(rt, node, args, shape):
+    x = args[0]
+    if not _on_its_grid(node, x):
+        return None
+    _length(rt, node, (0,) + tuple(shape) if node["dim"] >= 0 else shape)
+    top = (1 << node["shift_bits"]) - 1
+    if max(abs(x.lo), abs(x.hi)) >= 1 << 25:  # differences of scores below 2^26: d * k fits int64
+        rt.fail(node, "scores beyond 2^25 units")
+    return Fact(shape, "grid", 0, 1 << top, 2.0 ** -top)
+
+
+def _shiftmax_onnx(b, node, args):
+    raise ExportError(f"node {node['name']!r} (shiftmax): no ONNX mapping yet (ONNX shifts are unsigned only)")
 
 
 def _attention_macs(node: dict, shapes: dict, tensors) -> tuple[str, int]:
@@ -38,8 +129,21 @@ register(
     OpDef("softmax", "`torch.softmax`", (Field("dim", "dim", "the dimension normalized"),),
           float=lambda node, args, tensor, batch: torch.softmax(args[0], node["dim"]), sign=positive,
           onnx=onnx_op("Softmax", lambda node: {"axis": node["dim"]})),
-    OpDef("matmul", "`torch.matmul` of two activations (attention's `q @ k^T`, `attn @ v`)", inputs=2,
-          float=lambda node, args, tensor, batch: torch.matmul(args[0], args[1]), onnx=onnx_op("MatMul"), macs=_matmul_macs),
+    OpDef("shiftmax", "the softmax of `QuantAttention` (`shiftquant.nn.shiftmax`): scores on the grid `unit` in, "
+          "zero and powers of two out, worth `2^-(2^shift_bits - 1)` each, by shifts and integer comparisons",
+          (Field("dim", "dim", "the dimension normalized"),
+           Field("scale", "number", "the logits' scale (the scores times `unit` times it are the logits)", low=1e-30),
+           Field("unit", "number", "what one integer of the scores is worth", low=1e-30),
+           Field("shift_bits", "choice", "exponent bits of the probabilities", choices=(1, 2, 3, 4))),
+          float=_shiftmax_float, check=_shiftmax_check, integer=_shiftmax_int, prove=_shiftmax_prove,
+          sign=positive, c=_not_in_c("shiftmax"), onnx=OnnxMap("(none)", _shiftmax_onnx),
+          float_reason=("its scores are not integers on its grid", "let a QuantAttention make them")),
+    OpDef("matmul", "`torch.matmul` of two activations (attention's `q @ k^T`, `attn @ v`); of two grids, an "
+          "integer matmul", inputs=2,
+          float=lambda node, args, tensor, batch: torch.matmul(args[0], args[1]), integer=_matmul_int,
+          prove=_matmul_prove, c=_not_in_c("matmul"), onnx=onnx_op("MatMul"), macs=_matmul_macs,
+          float_reason=("multiplies values that are not both on power-of-two integer grids",
+                        "quantize both (QuantAttention puts q, k and v on the grid)")),
     OpDef("attention", "`F.scaled_dot_product_attention` of q, k, v without a mask or dropout",
           (Field("scale", "number", "the logits' scale (null: PyTorch's, 1/sqrt(d))", low=1e-30, optional=True),),
           inputs=3, float=lambda node, args, tensor, batch: F.scaled_dot_product_attention(*args,

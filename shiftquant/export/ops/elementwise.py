@@ -152,21 +152,28 @@ def _add_prove(rt, node, args, shape):
     return Fact(shape, "grid", (a.lo << s0) + (b.lo << s1), (a.hi << s0) + (b.hi << s1), unit)
 
 
+def _magnitude(a) -> int:
+    return max(abs(a.lo), abs(a.hi))
+
+
 def align(args) -> list[int] | None:
     """Shifts aligning grids a power of two apart onto the finest (at most ``MAX_SHIFT``); None
-    when an input is not on a grid or the grids do not align."""
+    when an input is not on a grid, the grids do not align, or an aligned value could reach 2^24
+    (beyond float32's exact integers: the values stay float)."""
     if any(a.kind != "grid" for a in args):
         return None
     unit = min(a.unit for a in args)
     shifts = [round(math.log2(a.unit / unit)) for a in args]
-    ok = all(2.0 ** sh * unit == a.unit and sh <= MAX_SHIFT for sh, a in zip(shifts, args))
+    ok = all(2.0 ** sh * unit == a.unit and sh <= MAX_SHIFT and _magnitude(a) << sh < FLOAT32_EXACT
+             for sh, a in zip(shifts, args))
     return shifts if ok else None
 
 
 def _add_integerize(node, args, ctx) -> None:
-    """Two grids a power of two apart: aligned by shifts onto the finer one."""
+    """Two grids a power of two apart: aligned by shifts onto the finer one (when the sum stays
+    below 2^24)."""
     shifts = align(args) if len(args) == 2 else None
-    if shifts is not None:
+    if shifts is not None and sum(_magnitude(a) << sh for a, sh in zip(args, shifts)) < FLOAT32_EXACT:
         node["shifts"] = shifts
 
 

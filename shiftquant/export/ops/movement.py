@@ -52,13 +52,27 @@ def _flatten_int(rt, node, args):
     return Value(x.data.reshape(shape), x.unit, x.kind)
 
 
+def _moves(node: dict, kind: str, rank: int) -> bool:
+    """A grid moves anywhere; an integer LayerNorm's ``z`` (its readers' thresholds are per
+    channel) only through a pick that keeps the last dimension (``x[:, 0]``; ``rank`` counts the
+    batch)."""
+    if kind == "grid":
+        return True
+    items = node.get("index") or []
+    return kind == "normalized" and node["op"] == "index" and len(items) < rank \
+        and not any(i is None or i == "..." for i in items)
+
+
 def _move_int(rt, node, args):
     x = args[0]
-    return Value(np.ascontiguousarray(move(node, x.data, rt.batch)), x.unit) if x.kind == "grid" else None
+    if not _moves(node, x.kind, x.data.ndim):
+        return None
+    return Value(np.ascontiguousarray(move(node, x.data, rt.batch)), x.unit, x.kind)
 
 
 def _move_prove(rt, node, args, shape):
-    return _same(args[0], shape) if args[0].kind == "grid" else None
+    x = args[0]
+    return _same(x, shape) if _moves(node, x.kind, len(x.shape) + 1) else None
 
 
 def _pads_integers(node: dict, x) -> bool:

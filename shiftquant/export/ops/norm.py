@@ -1,14 +1,23 @@
-"""Normalization: ``batch_norm``, ``layer_norm``.
+"""Normalization: ``batch_norm``, ``layer_norm``, ``integer_layer_norm``.
 
-All run in float32 with PyTorch's kernels. A ``batch_norm`` with an ``output_quantizer`` (a
-residual BatchNorm) quantizes its output onto the residual grid: integers out.
+``batch_norm`` and ``layer_norm`` run in float32 with PyTorch's kernels. A ``batch_norm`` with an
+``output_quantizer`` (a residual BatchNorm) quantizes its output onto the residual grid: integers
+out. ``integer_layer_norm`` is :class:`~shiftquant.nn.integer_norm.QuantLayerNorm`: on a grid
+whose readers are shift layers, its output is ``z``'s integers (kind ``normalized``, each channel
+times its ``signs`` entry, so that every reader's value rises with them), and the affine and the
+readers' input quantizers become their input thresholds.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 import torch.nn.functional as F
 
-from ...errors import ExportError
+from ...errors import CodegenError, ExportError
+from ...nn import integer_norm as IN
+from ..format.values import Fact, Value
 from .quantizers import check_output_quantizer
 from .schema import Field, OnnxMap, OpDef, register
 
@@ -39,8 +48,64 @@ def _layer_norm(node, args, tensor, batch):
 
 def _layer_norm_check(rt, node) -> None:
     for k in ("weight", "bias"):
-        if node.get(k) is not None:
-            rt.tensor(node[k], node["normalized_shape"])
+        if node.get(k) is not None and tuple(rt.tensor(node[k]).shape) != tuple(node["normalized_shape"]):
+            rt.fail(node, f"{k} must have the normalized shape {node['normalized_shape']}")
+
+
+def _int_ln_float(node, args, tensor, batch):
+    x = args[0]
+    if x.is_meta:
+        return torch.empty_like(x)
+    t = lambda k: _tensor_or_none(tensor, node, k)
+    return IN.integer_layer_norm(x, node["normalized_shape"], t("weight"), t("bias"))
+
+
+def _int_ln_check(rt, node) -> None:
+    _layer_norm_check(rt, node)
+    shape = node["normalized_shape"]
+    if len(shape) != 1 or not 1 <= shape[0] <= IN.MAX_ROW:
+        rt.fail(node, f"an integer LayerNorm normalizes one dimension of 1 to {IN.MAX_ROW} values")
+    if node.get("signs") is not None:
+        signs = rt.tensor(node["signs"])
+        if signs.shape != tuple(shape) or signs.dtype != np.int8 or not np.isin(signs, (-1, 1)).all():
+            rt.fail(node, "signs must be int8 values -1 or 1, one per channel")
+
+
+def _on_integers(node: dict, x) -> bool:
+    return x.kind == "grid" and node.get("signs") is not None
+
+
+def _int_ln_int(rt, node, args):
+    x = args[0]
+    if not _on_integers(node, x):
+        return None
+    z = IN.normalized_ints(torch.from_numpy(x.data.astype(np.int64))).numpy()
+    return Value(z * rt.tensor(node["signs"]).astype(np.int64), None, "normalized")
+
+
+def _int_ln_prove(rt, node, args, shape):
+    if not _on_integers(node, args[0]):
+        return None
+    bound = (math.isqrt(node["normalized_shape"][0]) + 1) << IN.FRACTION_BITS  # |z| <= 2^F sqrt(N - 1) + 1
+    return Fact(shape, "normalized", -bound, bound)
+
+
+def _int_ln_integerize(node, args, ctx) -> None:
+    """On integers when its input is a grid and its readers are shift layers (through picks that
+    keep the last dimension): they read it through thresholds."""
+    if args[0].kind == "grid" and ctx.readers_divide(through=("index",)):
+        weight = None if node.get("weight") is None else ctx.graph.tensor(node["weight"])
+        signs = np.ones(node["normalized_shape"], np.int8) if weight is None else np.where(weight < 0, -1, 1)
+        node["signs"] = ctx.add(f"{node['name']}.signs", signs.astype(np.int8))
+
+
+def _int_ln_c(node, args):
+    raise CodegenError(f"node {node['name']!r} (integer_layer_norm): the C backend does not implement it yet; "
+                       "backend='reference' runs this bundle")
+
+
+def _int_ln_onnx(b, node, args):
+    raise ExportError(f"node {node['name']!r} (integer_layer_norm): no ONNX mapping yet")
 
 
 def _onnx_affine(b, node: dict, shape) -> list[str]:
@@ -81,4 +146,16 @@ register(
     OpDef("layer_norm", "`F.layer_norm`",
           (Field("normalized_shape", "sizes", "the trailing shape normalized"),) + _affine("elementwise"),
           float=_layer_norm, check=_layer_norm_check, onnx=OnnxMap("LayerNormalization", _layer_norm_onnx)),
+    OpDef("integer_layer_norm", "`QuantLayerNorm` (`shiftquant.nn.integer_norm`): integer mean, variance and "
+          "square root, `z` with `fraction_bits`, then the affine; with `signs`, `z * signs` on integers out, read "
+          "through its readers' input thresholds",
+          (Field("normalized_shape", "sizes", "the last dimension normalized"),)
+          + _affine("elementwise")[:2]
+          + (Field("fraction_bits", "choice", "fraction bits of z", choices=(IN.FRACTION_BITS,)),
+             Field("signs", "tensor", "int8 -1 / 1 per channel: the sign of its weight (integers out)",
+                   optional=True)),
+          float=_int_ln_float, check=_int_ln_check, integer=_int_ln_int, prove=_int_ln_prove,
+          integerize=_int_ln_integerize, c=_int_ln_c, onnx=OnnxMap("(none)", _int_ln_onnx),
+          float_reason=("its input is not on a grid, or a reader is not a shift layer",
+                        "let it read the residual stream on its grid and feed Linear layers")),
 )

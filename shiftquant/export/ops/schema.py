@@ -204,11 +204,12 @@ class CStep:
 class Integerizing:
     """What an op's integer lowering (:attr:`OpDef.integerize`) may use: the ``graph`` being
     lowered (its float kernels and quantizers: ``float_op``, ``quantize_input``),
-    ``readers_divide()`` (every reader is a shift layer whose input thresholds can divide) and
+    ``readers_divide(through=())`` (every reader is a shift layer whose input thresholds can divide,
+    through flattens, identities and the ops named) and
     ``add(key, integers)``, which stores a tensor in the bundle and returns its key."""
 
     graph: object
-    readers_divide: Callable[[], bool]
+    readers_divide: Callable[..., bool]
     add: Callable[[str, np.ndarray], str]
 
 

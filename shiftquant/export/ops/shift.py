@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ...errors import BundleError
 from ..format.bundle import unpack_codes
 from ..format.ints import INT_TYPES, holds
-from ..format.values import Fact, Value, pair
+from ..format.values import THROUGH_THRESHOLDS, Fact, Value, pair
 from .conv import GEOMETRY, onnx_conv, onnx_linear, weight_macs
 from .quantizers import check_act_quantizer, check_quantizer, input_unit, level_ints, quantize_input
 from .schema import MAX_ELEMENTS, Field, OnnxMap, OpDef, register
@@ -240,8 +240,8 @@ def _input_interval(rt, node: dict, x: Fact) -> tuple[int, int]:
         thr = rt.thresholds[node["input_thresholds"]]
         return int(levels[(thr <= x.lo).sum(0).min()]), int(levels[(thr <= x.hi).sum(0).max()])
     # quantized in float: any level, or with inputs >= 0 and a scale that keeps the sign, any from 0's
-    if x.kind == "sum":
-        rt.fail(node, "reads a global integer sum without input thresholds")
+    if x.kind in THROUGH_THRESHOLDS:
+        rt.fail(node, "reads a global integer sum or an integer LayerNorm without input thresholds")
     lo, hi = int(levels.min()), int(levels.max())
     if x.signless and node["input_quantizer"]["policy"] == "learned_pot":
         lo = int(quantize_input(rt, torch.zeros(1), node["input_quantizer"])[0])

@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from ...errors import ExportError
+from ...nn import integer_norm
 from .. import ops
 from ..format.ints import FLOAT, FLOAT32_EXACT, narrowest
 from ..format.pixels import pixels_to_float
-from ..format.values import Fact
+from ..format.values import THROUGH_THRESHOLDS, Fact
 from ..graph.loader import Graph
 from ..ops.quantizers import input_unit, level_ints
 from ..ops.schema import Integerizing
@@ -267,7 +268,7 @@ class Ints:
     lo: int
     hi: int
     unit: float | None = None
-    pool: dict | None = None
+    pool: dict | None = None  # for a sum or an integer LayerNorm's z, the node that made it
     spread: int = 0
     powers_of_two: bool = False  # every integer is 0 or a power of two (a gate's levels)
 
@@ -303,11 +304,12 @@ def integerize(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
             continue
         spec = node.get("output_quantizer") if ops.get(op).quantizes_output else None
         out = None
-        if inputs and all(i in ints for i in inputs):
+        if all(i in ints for i in inputs):  # a constant: no inputs
             decide = ops.get(op).integerize
             if decide is not None:
                 decide(node, [ints[i] for i in inputs], Integerizing(
-                    rt, lambda: _feeds_only_shift_layers(node, consumers), lambda k, v: _add(tensors, k, v)))
+                    rt, lambda through=(): _feeds_only_shift_layers(node, consumers, through),
+                    lambda k, v: _add(tensors, k, v)))
             out = _proven(rt, node, [ints[i] for i in inputs])
             if out is not None and op == "flatten" and src.kind == "pixels":
                 out = _flattened(node, out, nodes)
@@ -331,8 +333,10 @@ def _proven(shapes, node: dict, args: list[Ints]) -> Ints | None:
     out = prove(shapes, node, facts, shapes.facts[node["name"]].shape)
     if out is None:
         return None
-    if out.kind == "sum" and args[0].kind != "sum":  # this node sums its input's grid
-        return Ints("sum", out.lo, out.hi, args[0].unit, pool=node)
+    if not args:  # a constant
+        return Ints(out.kind, out.lo, out.hi, out.unit)
+    if out.kind in THROUGH_THRESHOLDS and args[0].kind != out.kind:  # made here: its readers evaluate this node
+        return Ints(out.kind, out.lo, out.hi, args[0].unit, pool=node)
     return replace(args[0], kind=out.kind, lo=out.lo, hi=out.hi, unit=out.unit, powers_of_two=False)
 
 
@@ -393,18 +397,20 @@ def _int_output(node: dict, tensors: dict[str, np.ndarray]) -> Ints | None:
             return None
         bias = np.round(b).astype(np.int64)
     top = int(node["accumulator_bound"]) << int(shift.max())
-    if narrowest(-top, top) is None or shift.max() > 30:
-        return None
+    if narrowest(-top, top) is None or shift.max() > 30 or top >= FLOAT32_EXACT:
+        return None  # aligned to the finest channel, beyond float32's exact integers: float values out
     name = node["name"]
     node["int_output"] = {"bias": None if bias is None else _add(tensors, f"{name}.int_output.bias", bias),
                           "shift": _add(tensors, f"{name}.int_output.shift", shift), "unit": unit}
     return Ints("grid", -top, top, unit)
 
 
-def _feeds_only_shift_layers(node: dict, consumers: dict) -> bool:
+def _feeds_only_shift_layers(node: dict, consumers: dict, through: tuple[str, ...] = ()) -> bool:
+    """Every reader is a shift layer with a learned power-of-two input scale, through flattens,
+    identities and the ops named in ``through``."""
     for c in consumers[node["name"]]:
-        if c["op"] in ("flatten", "identity"):
-            if not _feeds_only_shift_layers(c, consumers):
+        if c["op"] in ("flatten", "identity") + through:
+            if not _feeds_only_shift_layers(c, consumers, through):
                 return False
         elif not (c["op"].startswith("shift_") and c["input_quantizer"]["policy"] == "learned_pot"):
             return False
@@ -430,6 +436,16 @@ def _stream_thresholds(rt: Graph, t: dict, src: Ints) -> np.ndarray:
         if (thr == thr[:, :1]).all():
             return thr[:, :1]
         return np.repeat(thr, src.spread, axis=1) if src.spread else thr
+    if src.kind == "normalized":
+        ln = src.pool
+        signs = rt.tensor(ln["signs"]).astype(np.int64)
+        weight, bias = (None if ln.get(k) is None else torch.from_numpy(rt.tensor(ln[k])) for k in ("weight", "bias"))
+
+        def code_ints(c: np.ndarray) -> np.ndarray:
+            return rt.quantize_input(integer_norm.affine(torch.from_numpy((c * signs).astype(np.float32)), weight,
+                                                         bias), spec)
+
+        return _search(code_ints, levels, src.lo, src.hi, len(signs), np.ones(len(signs), dtype=np.int64))
     if src.kind == "sum":
         pool, unit = src.pool, src.unit
         _, h, w = pool["input_shape"]

@@ -24,7 +24,7 @@ from .. import ops
 from ..format.bundle import read_bundle
 from ..format.ints import FLOAT, INT_TYPES
 from ..format.pixels import PixelInput, pixel_dtype, pixels_to_float
-from ..format.values import Value
+from ..format.values import THROUGH_THRESHOLDS, Value
 from ..graph.loader import Graph
 from ..ops.quantizers import input_unit
 
@@ -61,8 +61,9 @@ class Runtime(Graph):
             return x.data
         if x.kind == "pixels":
             return pixels_to_float(x.data, self.pixels)
-        if x.kind == "sum":
-            raise BundleError(f"{self.source}: a global integer sum can only feed a shift layer with input thresholds")
+        if x.kind in THROUGH_THRESHOLDS:
+            raise BundleError(f"{self.source}: integers of kind {x.kind!r} can only feed a shift layer with input "
+                              "thresholds")
         return torch.from_numpy((x.data.astype(np.float64) * x.unit).astype(np.float32))
 
     # ------------------------------------------------------------------ execution
@@ -73,7 +74,7 @@ class Runtime(Graph):
             out = definition.run(self, node, args)
         else:
             out = None
-            if args and all(a.is_int for a in args) and definition.integer is not None:
+            if all(a.is_int for a in args) and definition.integer is not None:  # a constant: no args
                 out = definition.integer(self, node, args)
             if out is None:
                 out = self.in_float(node, self._float_node, node, definition, args)

@@ -27,6 +27,7 @@ from torch import nn
 from ...errors import ExportError
 from .. import ops
 from ..format.pixels import PixelInput, pixels_to_float
+from ..format.values import THROUGH_THRESHOLDS
 from ..reference.runtime import Runtime
 from .tracer import node_values
 
@@ -118,7 +119,7 @@ def _first_divergence(rt: Runtime, model: nn.Module, bundle_in: np.ndarray, x_re
             codes.add(node["name"])
             continue
         v, t = values.get(node["name"]), torch_values.get(node["name"])
-        if v is None or not isinstance(t, torch.Tensor) or v.kind in ("sum", "pixels"):
+        if v is None or not isinstance(t, torch.Tensor) or v.kind in THROUGH_THRESHOLDS + ("pixels",):
             continue
         a, b = rt.to_float(v).numpy().astype(np.float64), t.detach().numpy().astype(np.float64)
         if a.shape != b.shape or not a.size:

@@ -27,6 +27,7 @@ from ..format.bundle import pack_codes
 from ..format.ints import FLOAT, FLOAT32_EXACT, signed_type
 from ..format.pixels import PixelInput
 from ..graph.verify import non_negative_output
+from ..ops.quantizers import input_unit
 from ..passes.requant import fold, integerize
 from ..reference.runtime import Runtime
 from . import calls, modules
@@ -176,10 +177,24 @@ class Exporter:
                 return layer if pad is None else [pad, layer]
             if isinstance(m, QuantMixin):
                 return self.shift_layer(node.target, m, non_negative_input)
+            if isinstance(m, ActivationQuantizer) and isinstance(node.args[0], fx.Node) and node.args[0].op == "get_attr":
+                return self.quantized_constant(node, m)
             return modules.entry(self, node.target, m)
         if node.op == "get_attr":
             return {"op": "constant", "value": self.add(f"{node.target}", self.traced.runs[0][node])}
         return calls.entry(self, node)
+
+    def quantized_constant(self, node: fx.Node, q: ActivationQuantizer) -> dict:
+        """A parameter read through a quantizer (a ViT's class token, its position embedding): an
+        integer constant on the quantizer's grid, folded here."""
+        if q.policy != "learned_pot":
+            raise ExportError(f"{node.target}: a quantized parameter needs a learned power-of-two scale")
+        unit = input_unit(self.input_quantizer(node.target, q))
+        value = self.traced.runs[0][node].detach().double().numpy() / unit
+        ints = np.round(value)
+        if not (ints == value).all() or np.abs(ints).max() >= FLOAT32_EXACT:
+            raise ExportError(f"{node.target}: its quantized values are not integers on its grid below 2^24")
+        return {"op": "constant", "value": self.add(str(node.target), ints.astype(np.int32)), "unit": unit}
 
     # ------------------------------------------------------------------ graph
     def build(self, example_input: torch.Tensor, pixels: PixelInput | None = None) -> tuple[dict, dict[str, np.ndarray]]:
@@ -221,7 +236,7 @@ class Exporter:
             for k, entry in enumerate(entries):  # a module that is several ops: a chain, named after the node
                 last = k == len(entries) - 1
                 entry.update(name=node.name if last else f"{node.name}_{entry['op']}",
-                             inputs=inputs if k == 0 else [nodes[-1]["name"]],
+                             inputs=[] if entry["op"] == "constant" else inputs if k == 0 else [nodes[-1]["name"]],
                              module=str(node.target) if node.op == "call_module" else None,
                              dtype=FLOAT)  # integerize declares the integer ones
                 if batch_dim != 0:  # not batch-first (attention's heads), or no batch (a constant)

@@ -12,7 +12,10 @@ from torch import nn
 
 from ...errors import ExportError
 from ...nn.layers import QuantActivation
+from ...nn.integer_norm import FRACTION_BITS, QuantLayerNorm
 from ...nn.residual import QuantBatchNorm2d, is_norm_act
+from ...nn.shiftmax import ShiftSoftmax
+from ...quant.scales import ActivationQuantizer
 from .. import ops
 from .calls import layer_norm
 
@@ -70,11 +73,31 @@ def _grid_activation(exporter, name: str, m: QuantActivation) -> list[dict]:
     return [{"op": "quantize", "output_quantizer": exporter.input_quantizer(f"{name}.in", m.input_quantizer)}, act]
 
 
+@_on(ActivationQuantizer)
+def _quantize(exporter, name: str, m: ActivationQuantizer) -> dict:
+    """A quantizer on its own (``QuantAttention``'s q, k, v): the identity onto its grid."""
+    if m.policy != "learned_pot":
+        raise ExportError(f"{name}: a quantizer on its own needs a learned power-of-two scale")
+    return {"op": "quantize", "output_quantizer": exporter.input_quantizer(name, m)}
+
+
+@_on(ShiftSoftmax)
+def _shiftmax(exporter, name: str, m: ShiftSoftmax) -> dict:
+    return {"op": "shiftmax", "dim": m.dim, "scale": m.scale, "unit": m.unit(), "shift_bits": m.shift_bits}
+
+
 @_on(nn.LayerNorm)
 def _layer_norm(exporter, name: str, m: nn.LayerNorm) -> dict:
     return layer_norm(list(m.normalized_shape),
                       exporter.add(f"{name}.weight", m.weight) if m.weight is not None else None,
                       exporter.add(f"{name}.bias", m.bias) if m.bias is not None else None, m.eps)
+
+
+@_on(QuantLayerNorm)
+def _integer_layer_norm(exporter, name: str, m: QuantLayerNorm) -> dict:
+    entry = _layer_norm(exporter, name, m)
+    del entry["eps"]  # not used on integers
+    return dict(entry, op="integer_layer_norm", fraction_bits=FRACTION_BITS)
 
 
 @_on(nn.Softmax)
