@@ -24,6 +24,10 @@ class UnknownKeyError(ConfigError):
         ShiftQuantError.__init__(self, f"{field} is not a config key: {hint}")
 
 
+class RangeError(ShiftQuantError, ValueError):
+    """A value outside what an integer kernel computes (a shiftmax's logit step, a LayerNorm row)."""
+
+
 class CheckpointError(ShiftQuantError):
     """A checkpoint or weight file is unreadable or of the wrong kind."""
 

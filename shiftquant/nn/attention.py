@@ -20,7 +20,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RangeError
 from .layers import take_over
 from .shiftmax import MAX_SHIFT_BITS, ShiftSoftmax
 
@@ -63,7 +63,7 @@ class QuantAttention(Attention):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if isinstance(attn_mask, torch.Tensor) or is_causal is True:  # (a traced default is neither)
-            raise ValueError("QuantAttention runs unmasked self-attention only")
+            raise RangeError("QuantAttention runs unmasked self-attention only")
         B, N, _ = x.shape
         qkv = self.qkv_quantizer(self.qkv(x))
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import RangeError
+
 from .layers import take_over
 
 FRACTION_BITS = 10  # F
@@ -56,7 +58,7 @@ def normalized_ints(x: torch.Tensor) -> torch.Tensor:
     """``z`` (int64, worth ``2^-F`` each) of each row of the int64 rows ``x`` (..., N)."""
     n = x.shape[-1]
     if not 1 <= n <= MAX_ROW:
-        raise ValueError(f"a LayerNorm row of {n} values: 1 to {MAX_ROW} on integers")
+        raise RangeError(f"a LayerNorm row of {n} values: 1 to {MAX_ROW} on integers")
     mag = x.abs()
     lowest = torch.where(mag > 0, mag & -mag, torch.full_like(mag, 1 << 62)).amin(-1, keepdim=True)
     common = bit_length(lowest) - 1  # trailing zeros of the OR of |x|

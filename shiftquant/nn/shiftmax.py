@@ -27,6 +27,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import RangeError
+
 EXP_FRACTION_BITS = 8   # P
 ONE_BITS = 15           # M: the largest score's exponential is 2^M
 MULTIPLIER_BITS = 15    # k < 2^15
@@ -40,16 +42,16 @@ def exponent_multiplier(scale: float, unit: float) -> tuple[int, int]:
     ``ValueError`` for a step that is not a positive number or that no shift of up to 20 bits reaches."""
     c = float(scale) * float(unit) * LOG2E
     if not math.isfinite(c) or c <= 0:
-        raise ValueError(f"the logit step scale * unit = {float(scale) * float(unit)!r} must be a positive number")
+        raise RangeError(f"the logit step scale * unit = {float(scale) * float(unit)!r} must be a positive number")
     f = MULTIPLIER_BITS - 1 - math.floor(math.log2(c))
     if not EXP_FRACTION_BITS - 20 <= f <= 200:
-        raise ValueError(f"the logit step {c!r} (scale x unit x log2 e) is outside [2^-185, 2^26]")
+        raise RangeError(f"the logit step {c!r} (scale x unit x log2 e) is outside [2^-185, 2^26]")
     return round(math.ldexp(c, f)), f
 
 
 def check_shift_bits(bits) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_SHIFT_BITS:
-        raise ValueError(f"shift_bits {bits!r} must be an integer from 1 to {MAX_SHIFT_BITS}")
+        raise RangeError(f"shift_bits {bits!r} must be an integer from 1 to {MAX_SHIFT_BITS}")
     return bits
 
 
