@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import CodegenError, ExportError
+from ...errors import ExportError
 from ...nn import integer_norm as IN
 from ..format.values import Fact, Value
 from .quantizers import check_output_quantizer
-from .schema import Field, OnnxMap, OpDef, register
+from .schema import Field, OnnxMap, OpDef, not_in_c, register
 
 
 def _tensor_or_none(tensor, node: dict, key: str):
@@ -99,11 +99,6 @@ def _int_ln_integerize(node, args, ctx) -> None:
         node["signs"] = ctx.add(f"{node['name']}.signs", signs.astype(np.int8))
 
 
-def _int_ln_c(node, args):
-    raise CodegenError(f"node {node['name']!r} (integer_layer_norm): the C backend does not implement it yet; "
-                       "backend='reference' runs this bundle")
-
-
 def _int_ln_onnx(b, node, args):
     raise ExportError(f"node {node['name']!r} (integer_layer_norm): no ONNX mapping yet")
 
@@ -155,7 +150,7 @@ register(
              Field("signs", "tensor", "int8 -1 / 1 per channel: the sign of its weight (integers out)",
                    optional=True)),
           float=_int_ln_float, check=_int_ln_check, integer=_int_ln_int, prove=_int_ln_prove,
-          integerize=_int_ln_integerize, c=_int_ln_c, onnx=OnnxMap("(none)", _int_ln_onnx),
+          integerize=_int_ln_integerize, c=not_in_c("integer_layer_norm"), onnx=OnnxMap("(none)", _int_ln_onnx),
           float_reason=("its input is not on a grid, or a reader is not a shift layer",
                         "let it read the residual stream on its grid and feed Linear layers")),
 )

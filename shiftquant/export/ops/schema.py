@@ -170,6 +170,15 @@ KINDS: dict[str, Callable] = {"ints": _ints, "number": _number, "flag": _flag, "
                                                                  "int_output", "table")}}
 
 
+def not_in_c(op: str) -> Callable:
+    """The C lowering of an integer op the C backend does not implement yet: a refusal by name."""
+    def refuse(node, args):
+        from ...errors import CodegenError
+        raise CodegenError(f"node {node['name']!r} ({op}): the C backend does not implement {op} on integers yet; "
+                           "backend='reference' runs this bundle")
+    return refuse
+
+
 def never(node: dict, inputs_non_negative: list[bool]) -> bool:
     """Sign rule of an op whose output may be negative whatever its inputs."""
     return False
