@@ -88,8 +88,9 @@ def _sections(objfile) -> set[str]:
     return set(re.findall(r"^\s*\d+\s+(\S+)", out, re.M))
 
 
-GENERATED = re.compile(r"^(net_(invoke|run|arena|(shift|in|relu|add|maxpool|sum|winsum|flatten|phases)_\d+"
-                       r"(_[a-z]+)?)|sq_clear_border|\.L\w+)(\.\w+)*$")  # .L*: the compiler's local constants
+GENERATED = re.compile(r"^(net_(invoke|run|arena|(shift|in|relu|add|maxpool|sum|winsum|phases|move|planes|tokens|codes|bt"
+                       r"|matmul|shiftmax|layernorm|const)_\d+(_[a-z]+)?)|sq_(clear_border|pot_code|bits|isqrt|floor_div)"
+                       r"|\.L\w+)(\.\w+)*$")  # .L*: the compiler's local constants
 
 
 @pytest.mark.skipif(shutil.which("nm") is None or shutil.which("objdump") is None, reason="no binutils")

@@ -28,7 +28,7 @@ def plan_arena(tensors: list, kernels: list, input_tensor, output) -> int:
     placed: list[tuple[int, int, int, int]] = []  # offset, end, first, last
     arena = 0
     for r in sorted(roots.values(), key=lambda t: (-t.nbytes, order[id(t)])):
-        if r is output:
+        if r is output or r.constant is not None:
             continue
         first, last = life[id(r)]
         size = -(-r.nbytes // ALIGN) * ALIGN

@@ -7,28 +7,35 @@ offsets and segments (a stride-2 convolution first splits its input into parity 
 from __future__ import annotations
 
 from ...errors import CodegenError
-from .program import CHUNK, Copy, Kernel, ShiftLayer, Split
+from .gather import plan
+from .program import CHUNK, Gather, Kernel, ShiftLayer, Split
 
 
 def resolve_layouts(self) -> None:
     """Borders, views and the kernels each shift layer needs first, once every tensor is known
     (``self``: the lowering in progress)."""
+    dense = {id(self.find(t)) for t in self.all if t.dense or t.constant is not None}
     for t in self.all:
         t.border = self.border_need.get(id(self.find(t)), 0)
+        if t.border and id(self.find(t)) in dense:
+            raise CodegenError(f"node {t.name!r}: read as rows by a token kernel and with a zero border by a "
+                               "convolution (copy it first)")
     # Images of one size share one border, so that a stride-1 convolution's input and output
     # rows have one length and it runs as one long vector segment (``layer_geometry``).
     widest: dict[tuple[int, int], int] = {}
-    for t in self.all:
-        if t.shape[1:] != (1, 1):
-            widest[t.shape[1:]] = max(widest.get(t.shape[1:], 0), t.border)
-    for t in self.all:
-        if t.shape[1:] != (1, 1):
-            t.border = widest[t.shape[1:]]
+    images = [t for t in self.all if t.shape[1:] != (1, 1) and id(self.find(t)) not in dense]
+    for t in images:
+        widest[t.shape[1:]] = max(widest.get(t.shape[1:], 0), t.border)
+    for t in images:
+        t.border = widest[t.shape[1:]]
     kept = []
     for k in self.kernels:
-        if isinstance(k, Copy) and k.inputs[0].border == 0:
-            k.output.alias_of = k.inputs[0]  # a flatten of a borderless tensor is a view
+        if isinstance(k, Gather) and k.identity and k.inputs[0].border == 0 and k.output.border == 0 \
+                and k.output.dtype == k.inputs[0].dtype and k.output.offset != -1:
+            k.output.alias_of = k.inputs[0]  # a reshape of a borderless tensor is a view
             continue
+        if isinstance(k, Gather):
+            plan(k)
         kept.append(k)
     self.kernels[:] = kept
     kernels = []

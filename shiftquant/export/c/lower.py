@@ -1,9 +1,10 @@
 """Lowering: a bundle's manifest -> a short list of integer kernels over statically planned buffers.
 
-This is the only module of the C backend that reads manifest fields. It checks that every node is
-an integer kernel the C code implements (refusing a float op by name), resolves every shape, type
-and constant, lays each activation tensor out as channel planes with a zero border wide enough for
-the convolutions that read it, and plans one arena: each tensor gets a byte offset, tensors whose
+This module and :mod:`.tokens` (the kernels over whole tensors: moves, matmuls, shiftmax, integer
+LayerNorm) are the only part of the C backend that reads manifest fields. The lowering checks that
+every node is an integer kernel the C code implements (refusing a float op by name), resolves every
+shape, type and constant, lays each activation tensor out as channel planes (tokens as (N, 1, D))
+with a zero border wide enough for the convolutions that read it, and plans one arena: each tensor gets a byte offset, tensors whose
 lifetimes do not overlap share memory (a greedy planner, as TensorFlow Lite Micro's). The emitter
 (:mod:`.emit`) only formats what it finds here.
 
@@ -25,12 +26,13 @@ from .. import ops
 from ..format.values import pair
 from ..graph.reasons import float_reasons
 from ..ops.schema import MAX_ELEMENTS
+from . import tokens
 from .arena import plan_arena
+from .gather import storage_shape
 from .layout import resolve_layouts
 from .program import (
     Add,
     Concat,
-    Copy,
     GateShift,
     GlobalSum,
     Kernel,
@@ -49,8 +51,12 @@ from .program import (
 
 # The C kernels an op's lowering names (:class:`.ops.schema.CStep`), with their identifiers' prefix.
 _KERNELS = {"unary": (Unary, None), "add": (Add, "add"), "maxpool": (MaxPool, "maxpool"),
-            "global_sum": (GlobalSum, "sum"), "window_sum": (WindowSum, "winsum"), "copy": (Copy, "flatten"),
+            "global_sum": (GlobalSum, "sum"), "window_sum": (WindowSum, "winsum"),
             "lookup": (Lookup, "lookup"), "gate_shift": (GateShift, "gate"), "concat": (Concat, "cat")}
+
+# Kernels over whole tensors (:mod:`.tokens`): ``f(lowering, node, args, out, **params)``.
+_BUILDERS = {"gather": tokens.gather, "matmul": tokens.matmul, "shiftmax": tokens.shiftmax,
+             "layer_norm": tokens.layer_norm}
 
 # ---------------------------------------------------------------------------------------------
 WEIGHT_FORMATS = ("packed", "tables")
@@ -102,12 +108,12 @@ class _Lowering:
         self.host_prefix: set[str] = set()  # float nodes between the input and the first layer (codes)
 
     # ------------------------------------------------------------------ helpers
-    def tensor(self, name, dtype, shape, lo, hi) -> Tensor:
+    def tensor(self, name, dtype, shape, lo, hi, full=None) -> Tensor:
         """A planned tensor; every extent at least 1 and its size bounded before any loop is printed."""
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or min(shape) < 1 or math.prod(shape) > MAX_ELEMENTS:
             raise CodegenError(f"node {name!r}: shape {list(shape)} is not a (C, H, W) of 1 to {MAX_ELEMENTS} values")
-        t = Tensor(name, dtype, shape, int(lo), int(hi))
+        t = Tensor(name, dtype, shape, int(lo), int(hi), full=None if full is None else tuple(full))
         self.all.append(t)
         return t
 
@@ -177,7 +183,7 @@ class _Lowering:
             raise CodegenError(f"input shape {shape}: the C backend takes (C, H, W) or (features,)")
         if node.get("pixels"):
             scale = int(node["pixels"]["scale"])
-            t = self.tensor(node["name"], dtype_for(0, scale), shape, 0, scale)
+            t = self.tensor(node["name"], dtype_for(0, scale), shape, 0, scale, full=(1, *node["shape"]))
             self.values[node["name"]] = t
             return "pixels", None, t
         # Float input: the host quantizes it for the first shift layer (through flattens).
@@ -221,9 +227,8 @@ class _Lowering:
         step = definition.c(node, args) if definition.c is not None else None
         if step is None:
             if node["dtype"] != "float32":
-                raise CodegenError(f"node {node['name']!r} ({node['op']}) moves integers in a way the C backend does "
-                                   "not implement (reshape, permute, index and expand run in the reference runtime): "
-                                   "use backend='reference'")
+                raise CodegenError(f"node {node['name']!r} ({node['op']}): the C backend has no kernel for these "
+                                   "integers; backend='reference' runs this bundle")
             raise CodegenError(_float(node, "computes in float32", self.m))
         if step.kernel == "alias":
             self.values[node["name"]] = args[0]
@@ -231,11 +236,18 @@ class _Lowering:
         fact = self.facts[node["name"]]
         if not fact.is_int:
             raise CodegenError(_float(node, "computes in float32", self.m))
-        shape = tuple(fact.shape) if len(fact.shape) == 3 else (math.prod(fact.shape), 1, 1)
-        out = self.tensor(node["name"], dtype_for(fact.lo, fact.hi), shape, fact.lo, fact.hi)
+        full = tokens.full_shape(node, fact.shape)
+        out = self.tensor(node["name"], dtype_for(fact.lo, fact.hi), storage_shape(full, node.get("batch_dim", 0)),
+                          fact.lo, fact.hi, full=full)
         if step.in_place:
             for a in args:
                 self.join(a, out)
+        if step.kernel == "constant":
+            tokens.constant(self, node, out)
+            return
+        if step.kernel in _BUILDERS:
+            _BUILDERS[step.kernel](self, node, args, out, **step.params)
+            return
         kernel, prefix = _KERNELS[step.kernel]
         params = {**step.params, **{k: self.t[key] for k, key in step.tensors.items()}}  # checked at load
         self.emit(kernel(self.cname(prefix or node["op"], node), node["name"], args, out, **params))
@@ -275,6 +287,9 @@ class _Lowering:
         if node.get("weight_offset"):
             raise CodegenError(f"node {node['name']!r}: weight_offset (weight_keep_mean) is not supported by the C "
                                "backend")
+        tokens_n = 0
+        if node["op"] == "shift_linear" and x is not None and x.shape[1:] != (1, 1):
+            x, tokens_n = tokens.linear_over_tokens(self, node, x, int(node["weight_shape"][1]))
         a = self.layer_input(node, x)
         spec = node["weight_quantizer"]
         ints = [int(round(v / spec["resolution"])) for v in spec["levels"]]
@@ -295,8 +310,8 @@ class _Lowering:
             cout, cin_g = w.shape
             kh = kw = 1
             stride, padding, dilation, groups = (1, 1), (0, 0), (1, 1), 1
-            c, ho, wo = int(np.prod(a.shape)), 1, 1
-            if a.shape[1:] != (1, 1):
+            c, ho, wo = (cin_g, 1, tokens_n) if tokens_n else (int(np.prod(a.shape)), 1, 1)
+            if a.shape[1:] != (1, 1) and not tokens_n:
                 raise CodegenError(f"node {node['name']!r}: a linear layer reads a flattened vector")
         if c != cin_g * groups or ho < 1 or wo < 1:
             raise CodegenError(f"node {node['name']!r}: input {a.shape} does not fit weights {list(w.shape)}")
@@ -345,6 +360,8 @@ class _Lowering:
         out_dtype = "int32" if not node.get("requant") else dtype_for(lo, hi)
         kernel.output = self.tensor(node["name"], out_dtype, (cout, ho, wo), lo, hi)
         self.emit(kernel)
+        if tokens_n:
+            tokens.tokens_back(self, node, kernel.output, self.facts[node["name"]])
 
     def thresholds(self, key: str) -> np.ndarray:
         """A threshold table, stored as its first row then the differences between rows."""

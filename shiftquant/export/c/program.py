@@ -41,6 +41,9 @@ class Tensor:
     offset: int = -1  # bytes into the arena; -1: the caller's output buffer (the logits)
     alias_of: Tensor | None = None
     slack: int = 0  # elements readable past the end (vector blocks that overrun)
+    full: tuple[int, ...] | None = None  # the node's logical shape, its batch (if any) as 1
+    dense: bool = False  # read row-major by a token kernel: never a border
+    constant: np.ndarray | None = None  # a bundle constant: in flash (``static const``), not in the arena
 
     @property
     def ctype(self) -> str:
@@ -263,8 +266,61 @@ class Split(Kernel):
 
 
 @dataclass
-class Copy(Kernel):
-    """Data movement that changes the layout (a flatten of a bordered tensor)."""
+class Gather(Kernel):
+    """Data movement (flatten, reshape, permute, index, expand, pad, a transpose around a shift
+    layer over tokens): output element ``i`` (in the output's logical row-major order) is input
+    element ``source[i]`` (the input's logical order), or zero where it is -1. The emitter turns it
+    into strided loops over the physical layouts (a table where no strides exist)."""
+
+    source: np.ndarray = None
+    # The plan (:func:`.gather.plan`, once the layouts are known): strided loops, (size, input
+    # step, output step) outermost first, from physical offsets ``start``; or a table of input
+    # offsets (-1: zero) over the output's positions; ``zero``: clear the output first.
+    axes: list = field(default_factory=list)
+    start: tuple[int, int] = (0, 0)
+    table: np.ndarray | None = None
+    zero: bool = False
+
+    @property
+    def identity(self) -> bool:
+        return bool(np.array_equal(self.source, np.arange(self.source.size)))
+
+
+@dataclass
+class PotCodes(Kernel):
+    """A matmul operand proven to hold zeros and signed powers of two, as one byte per value:
+    0 for zero, else ``t + 1`` (``|v| = 2^t``) with bit 7 set for a negative value; stored
+    transposed, (batch, N, K) from (batch, K, N), when ``transpose``."""
+
+    dims: tuple[int, int, int] = (1, 1, 1)  # batch, rows, columns of the input
+    transpose: bool = True
+
+
+@dataclass
+class MatMul(Kernel):
+    """``out[b, i, j] = sum_k a[b, i, k] * y[b, j, k]``: ``y`` is the second operand transposed;
+    ``codes``: which input holds :class:`PotCodes` (the product is a shift), or None (a multiply)."""
+
+    dims: tuple[int, int, int, int] = (1, 1, 1, 1)  # batch, M, K, N
+    codes: int | None = 1
+
+
+@dataclass
+class Shiftmax(Kernel):
+    """:func:`shiftquant.nn.shiftmax.shiftmax_codes` along each row of ``n`` values."""
+
+    n: int = 1
+    multiplier: tuple[int, int] = (1, 0)  # (k, f)
+    shift_bits: int = 1
+
+
+@dataclass
+class LayerNormInt(Kernel):
+    """:func:`shiftquant.nn.integer_norm.normalized_ints` of each row of ``n`` values, times its
+    channel's sign."""
+
+    n: int = 1
+    signs: np.ndarray = None
 
 
 @dataclass
@@ -308,7 +364,11 @@ class Program:
                 total += _threshold_bytes(k.thresholds, 32)
             elif isinstance(k, Lookup):
                 total += k.table.size * k.output.itemsize
-        return total
+            elif isinstance(k, LayerNormInt):
+                total += k.signs.size
+            elif isinstance(k, Gather) and k.table is not None:
+                total += k.table.size * int_bytes(k.table)
+        return total + sum(t.constant.size * t.itemsize for t in self.tensors if t.constant is not None)
 
     @property
     def ram_bytes(self) -> int:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ...errors import ExportError
 from ...nn import shiftmax as SM
 from ..format.values import Fact, Value
-from .schema import Field, OnnxMap, OpDef, not_in_c, onnx_op, positive, register
+from .schema import CStep, Field, OnnxMap, OpDef, onnx_op, positive, register
 
 
 def _matmul_macs(node: dict, shapes: dict, tensors) -> tuple[str, int]:
@@ -129,12 +129,12 @@ register(
            Field("unit", "number", "what one integer of the scores is worth", low=1e-30),
            Field("shift_bits", "choice", "exponent bits of the probabilities", choices=(1, 2, 3, 4))),
           float=_shiftmax_float, check=_shiftmax_check, integer=_shiftmax_int, prove=_shiftmax_prove,
-          sign=positive, c=not_in_c("shiftmax"), onnx=OnnxMap("(none)", _shiftmax_onnx),
+          sign=positive, c=lambda node, args: CStep("shiftmax"), onnx=OnnxMap("(none)", _shiftmax_onnx),
           float_reason=("its scores are not integers on its grid", "let a QuantAttention make them")),
     OpDef("matmul", "`torch.matmul` of two activations (attention's `q @ k^T`, `attn @ v`); of two grids, an "
           "integer matmul", inputs=2,
           float=lambda node, args, tensor, batch: torch.matmul(args[0], args[1]), integer=_matmul_int,
-          prove=_matmul_prove, c=not_in_c("matmul"), onnx=onnx_op("MatMul"), macs=_matmul_macs,
+          prove=_matmul_prove, c=lambda node, args: CStep("matmul"), onnx=onnx_op("MatMul"), macs=_matmul_macs,
           float_reason=("multiplies values that are not both on power-of-two integer grids",
                         "quantize both (QuantAttention puts q, k and v on the grid)")),
     OpDef("attention", "`F.scaled_dot_product_attention` of q, k, v without a mask or dropout",

@@ -6,7 +6,7 @@ import torch
 
 from ..format.ints import FLOAT32_EXACT
 from ..format.values import Fact, Value
-from .schema import Field, OnnxMap, OpDef, register
+from .schema import CStep, Field, OnnxMap, OpDef, register
 
 
 def _input_shape(rt, node, args, batch):
@@ -65,5 +65,5 @@ register(
            Field("unit", "number", "integer constant: what one integer is worth (a power of two)", low=1e-30,
                  optional=True)), inputs=0,
           float=_constant_float, check=_constant_check, integer=_constant_int, prove=_constant_prove,
-          onnx=OnnxMap("(initializer)", _constant_onnx)),
+          c=lambda node, args: CStep("constant") if node.get("unit") is not None else None, onnx=OnnxMap("(initializer)", _constant_onnx)),
 )

@@ -44,12 +44,16 @@ def _any_prove(rt, node, args, shape):
     return _same(args[0], shape)
 
 
+def flattened(node: dict, x: np.ndarray) -> np.ndarray:
+    """``torch.flatten`` of a numpy array."""
+    dims = list(x.shape)
+    start, end = node["start_dim"] % len(dims), node["end_dim"] % len(dims)
+    return x.reshape(dims[:start] + [int(np.prod(dims[start:end + 1]))] + dims[end + 1:])
+
+
 def _flatten_int(rt, node, args):
     x = args[0]
-    dims = list(x.data.shape)
-    start, end = node["start_dim"] % len(dims), node["end_dim"] % len(dims)
-    shape = dims[:start] + [int(np.prod(dims[start:end + 1]))] + dims[end + 1:]
-    return Value(x.data.reshape(shape), x.unit, x.kind)
+    return Value(flattened(node, x.data), x.unit, x.kind)
 
 
 def _moves(node: dict, kind: str, rank: int) -> bool:
@@ -83,9 +87,15 @@ def _pad_int(rt, node, args):
     x = args[0]
     if not _pads_integers(node, x):
         return None
+    return Value(padded(node, x.data), x.unit, x.kind)
+
+
+def padded(node: dict, x: np.ndarray, fill: int = 0) -> np.ndarray:
+    """``F.pad`` of a numpy array, ``fill`` where a constant pad puts its zeros."""
     p = node["pads"]
-    widths = [(0, 0)] * (x.data.ndim - len(p) // 2) + [(p[i], p[i + 1]) for i in range(len(p) - 2, -1, -2)]
-    return Value(np.pad(x.data, widths, PAD_MODES[node["mode"]]), x.unit, x.kind)
+    widths = [(0, 0)] * (x.ndim - len(p) // 2) + [(p[i], p[i + 1]) for i in range(len(p) - 2, -1, -2)]
+    mode = PAD_MODES[node["mode"]]
+    return np.pad(x, widths, mode, **({"constant_values": fill} if mode == "constant" else {}))
 
 
 def _pad_prove(rt, node, args, shape):
@@ -107,10 +117,17 @@ def _move_float(node, args, tensor, batch):
     return move(node, args[0], batch)
 
 
+# C: a gather of the map each move defines on an array of element indices (-1: a padded zero).
 def _flatten_c(node, args):
-    if node["start_dim"] not in (1, -3) or node["end_dim"] != -1:
-        raise CodegenError(f"node {node['name']!r} (flatten): only flatten(1) is supported")
-    return CStep("copy")
+    return CStep("gather", {"move": lambda index: flattened(node, index)})
+
+
+def _move_c(node, args):
+    return CStep("gather", {"move": lambda index: move(node, index, 1)})
+
+
+def _pad_c(node, args):
+    return CStep("gather", {"move": lambda index: padded(node, index, -1)})
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -209,22 +226,22 @@ register(
           integer=_flatten_int, prove=_any_prove, sign=keeps_sign, c=_flatten_c, chain="move",
           onnx=OnnxMap("Reshape", _reshape_onnx)),
     OpDef("reshape", "`reshape` / `view`", (_BATCH_SHAPE,), float=_move_float, integer=_move_int,
-          prove=_move_prove, sign=keeps_sign, onnx=OnnxMap("Reshape", _reshape_onnx)),
+          prove=_move_prove, sign=keeps_sign, c=_move_c, onnx=OnnxMap("Reshape", _reshape_onnx)),
     OpDef("expand", "`expand`", (_BATCH_SHAPE,), float=_move_float, integer=_move_int, prove=_move_prove,
-          sign=keeps_sign, onnx=OnnxMap("Expand", _expand_onnx)),
+          sign=keeps_sign, c=_move_c, onnx=OnnxMap("Expand", _expand_onnx)),
     OpDef("permute", "`permute` / `transpose`", (Field("dims", "perm", "the permutation"),), float=_move_float,
-          integer=_move_int, prove=_move_prove, sign=keeps_sign, onnx=OnnxMap("Transpose", _permute_onnx)),
+          integer=_move_int, prove=_move_prove, sign=keeps_sign, c=_move_c, onnx=OnnxMap("Transpose", _permute_onnx)),
     OpDef("index", "`x[...]` and `unbind`",
           (Field("index", "index", "one item per indexed dimension: an integer, `[start, stop, step]` (null bounds "
                                    "allowed), null (a new axis) or `\"...\"`"),),
-          float=_move_float, integer=_move_int, prove=_move_prove, sign=keeps_sign,
+          float=_move_float, integer=_move_int, prove=_move_prove, sign=keeps_sign, c=_move_c,
           onnx=OnnxMap("Slice, Gather, Unsqueeze", _index_onnx)),
     OpDef("pad", "`F.pad`; on the integer stream when it copies values or pads zeros onto a grid (a convolution's "
           "`padding_mode`, timm's `Conv2dSame`)",
           (Field("pads", "pads", "widths, last dimension first, as `F.pad`"),
            Field("mode", "choice", "padding mode", choices=tuple(PAD_MODES)),
            Field("value", "number", "the constant padded", low=-FLOAT32_MAX)),
-          float=_pad_float, integer=_pad_int, prove=_pad_prove, sign=_pad_sign, chain="move",
+          float=_pad_float, integer=_pad_int, prove=_pad_prove, sign=_pad_sign, c=_pad_c, chain="move",
           onnx=OnnxMap("Pad", _pad_onnx)),
     OpDef("cat", "`torch.cat`; with `shifts`, of integers on power-of-two grids, each shifted onto the finest",
           (Field("dim", "dim", "the dimension joined, not the batch", low=1),

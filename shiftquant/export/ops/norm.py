@@ -19,7 +19,7 @@ from ...errors import ExportError
 from ...nn import integer_norm as IN
 from ..format.values import Fact, Value
 from .quantizers import check_output_quantizer
-from .schema import Field, OnnxMap, OpDef, not_in_c, register
+from .schema import CStep, Field, OnnxMap, OpDef, register
 
 
 def _tensor_or_none(tensor, node: dict, key: str):
@@ -150,7 +150,8 @@ register(
              Field("signs", "tensor", "int8 -1 / 1 per channel: the sign of its weight (integers out)",
                    optional=True)),
           float=_int_ln_float, check=_int_ln_check, integer=_int_ln_int, prove=_int_ln_prove,
-          integerize=_int_ln_integerize, c=not_in_c("integer_layer_norm"), onnx=OnnxMap("(none)", _int_ln_onnx),
+          integerize=_int_ln_integerize,
+          c=lambda node, args: CStep("layer_norm") if node.get("signs") is not None else None, onnx=OnnxMap("(none)", _int_ln_onnx),
           float_reason=("its input is not on a grid, or a reader is not a shift layer",
                         "let it read the residual stream on its grid and feed Linear layers")),
 )

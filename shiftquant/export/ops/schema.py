@@ -170,15 +170,6 @@ KINDS: dict[str, Callable] = {"ints": _ints, "number": _number, "flag": _flag, "
                                                                  "int_output", "table")}}
 
 
-def not_in_c(op: str) -> Callable:
-    """The C lowering of an integer op the C backend does not implement yet: a refusal by name."""
-    def refuse(node, args):
-        from ...errors import CodegenError
-        raise CodegenError(f"node {node['name']!r} ({op}): the C backend does not implement {op} on integers yet; "
-                           "backend='reference' runs this bundle")
-    return refuse
-
-
 def never(node: dict, inputs_non_negative: list[bool]) -> bool:
     """Sign rule of an op whose output may be negative whatever its inputs."""
     return False
@@ -198,8 +189,9 @@ def keeps_sign(node: dict, inputs_non_negative: list[bool]) -> bool:
 class CStep:
     """How the C backend runs a node on integers: one of its kernels by name (``unary``: an
     elementwise C expression of ``x``, written from checked integers only; ``add``, ``maxpool``,
-    ``global_sum``, ``window_sum``, ``copy``, ``lookup``, ``gate_shift``, ``alias``: the input
-    itself), with its parameters; ``tensors``: parameters that are bundle tensors, by key (the
+    ``global_sum``, ``window_sum``, ``lookup``, ``gate_shift``, ``concat``; ``gather`` with
+    ``move``: the op's map on an array of element indices; ``matmul``, ``shiftmax``,
+    ``layer_norm``, ``constant``; ``alias``: the input itself), with its parameters; ``tensors``: parameters that are bundle tensors, by key (the
     lowering reads them); ``in_place``: it maps elements one to one and may share its inputs'
     layout. The output's shape and range are the proven ones (``Graph.facts``)."""
 
