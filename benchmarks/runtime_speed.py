@@ -5,7 +5,9 @@ layer's thresholds), every Conv/Linear quantized with the ``deploy`` recipe (W3A
 8 levels, for weights and activations; the 8-bit integer residual grid), batch 1 and 64, on 1 and
 2 threads (PyTorch and the C backend use the same count). ``--model``: ``resnet20`` (default), or
 the integer-only families ``lenet5``, ``lenet5_avg``, ``vgg_small``, ``timm:mobilenetv2_050``,
-``timm:efficientnet_lite0`` (any name ``build_model`` knows whose deploy bundle is integer-only).
+``timm:efficientnet_lite0``, ``timm:vit_tiny_patch16_224`` with ``--options '{"img_size": 28,
+"patch_size": 7, "depth": 4}'`` (``conf/model/timm_vit_tiny.yaml``; any name ``build_model`` knows
+whose deploy bundle is integer-only, ``--options`` its constructor's keyword arguments).
 Ratios are against float PyTorch measured in the same run, at the same batch size and thread
 count. Targets (BENCHMARKS.md): the C backend at least 3x float at batch 1 and at least 1x at
 batch 64.
@@ -44,11 +46,11 @@ def images_per_second(fn, batch: int, repeats: int, min_seconds: float = 0.2) ->
     return batch / statistics.median(times)
 
 
-def models(tmp: Path, name: str = "resnet20"):
+def models(tmp: Path, name: str = "resnet20", options: dict | None = None):
     """The float model, and the bundle of its W3A3 deploy twin (pixel input)."""
     torch.manual_seed(0)
-    float_model = build_model(name, 10, 1).eval()
-    qmodel = build_model(name, 10, 1)
+    float_model = build_model(name, 10, 1, options=options).eval()
+    qmodel = build_model(name, 10, 1, options=options)
     qmodel.load_state_dict(float_model.state_dict())
     sq.quantize_model(qmodel, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
     pixels = sq.PixelInput((MEAN,), (STD,))
@@ -61,6 +63,8 @@ def models(tmp: Path, name: str = "resnet20"):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20", help="a build_model name (default: resnet20)")
+    p.add_argument("--options", type=json.loads, default=None,
+                   help="the model constructor's keyword arguments, as JSON (a ViT's img_size, patch_size, depth)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
@@ -69,7 +73,7 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        float_model, bundle, calib = models(Path(tmp), args.model)
+        float_model, bundle, calib = models(Path(tmp), args.model, args.options)
         reference = sq.load_bundle(bundle)
         native = sq.load_bundle(bundle, backend="c")
         assert np.array_equal(native.run(calib[:8]), reference.run(calib[:8]))  # bit for bit, before timing

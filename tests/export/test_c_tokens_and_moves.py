@@ -106,14 +106,15 @@ def test_a_vit_runs_in_c_bit_for_bit_with_shift_products_only(tmp_path, monkeypa
 
 
 class Pads(nn.Module):
-    """Reflect, replicate, asymmetric zero and circular padding between convolutions."""
+    """Reflect, replicate, asymmetric zero and circular padding between convolutions, one of
+    stride 3 (its input split into phases modulo 3, as a ViT's patches of 7 are)."""
 
     def __init__(self):
         super().__init__()
-        convs = [(3, 8, 1, 1), (8, 8, 0, 1), (8, 12, 0, 1), (12, 8, 0, 2), (8, 8, 0, 1)]
+        convs = [(3, 8, 1, 1), (8, 8, 0, 1), (8, 12, 0, 1), (12, 8, 0, 3), (8, 8, 0, 1)]
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=p, stride=s) for i, o, p, s in convs)
         self.bns = nn.ModuleList(nn.BatchNorm2d(o) for _, o, _, _ in convs)
-        self.fc = nn.Linear(8 * 4 * 4, 10)
+        self.fc = nn.Linear(8 * 2 * 3, 10)
 
     def forward(self, x):
         pads = [None, ((1, 1, 1, 1), "reflect"), ((2, 0, 1, 1), "replicate"), ((1, 2, 0, 1), "constant"),
@@ -124,7 +125,7 @@ class Pads(nn.Module):
 
 
 @needs_cc
-def test_every_padding_mode_runs_in_c_on_integers(tmp_path, monkeypatch):
+def test_every_padding_mode_and_a_stride_of_three_run_in_c_on_integers(tmp_path, monkeypatch):
     monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)
     rt, pixels, ref = deploy_exported(Pads().eval(), (8, 3, 16, 16), PIXELS, tmp_path / "m.sqb")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..format.pixels import describe_input
-from .ctext import array, generated_text
+from .ctext import array, generated_text, smallest
 from .emit_shift import ShiftLayerPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
 from .program import (Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul, MaxPool,
@@ -309,29 +309,28 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
         a, out = k.inputs[0], k.output
         c, h, w = a.shape
         _, rows, row = out.shape
-        b = k.out_border
+        b, s = k.out_border, k.stride
         ph, pw = k.padding
-        blocks = []
-        for py, px in k.phases:
-            blocks.append(f"""\
-    for (c = 0; c < {c}u; c++, a += {a.plane}u, out += {out.plane}u) {{
+        ys, xs = [py - ph for py, _ in k.phases], [px - pw for _, px in k.phases]
+        return f"""\
+/* {k.label}: its input split into {len(k.phases)} phases modulo {s} for the stride-{s} convolution */
+{self.signature(k)}
+{{
+{array(smallest(ys), f"{k.name}_py", ys)}{array(smallest(xs), f"{k.name}_px", xs)}\
+    unsigned p, c;
+    int u, v;
+    for (p = 0; p < {len(k.phases)}u; p++) {{
         const {a.ctype} *ip = a + {a.border * a.row + a.border};
-        for (u = 0; u < {rows}; u++) {{
-            const int y = 2 * (u - {b}) + {py - ph};
-            for (v = 0; v < {row}; v++) {{
-                const int x = 2 * (v - {b}) + {px - pw};
-                out[u * {row} + v] = (y >= 0 && y < {h} && x >= 0 && x < {w}) ? ip[y * {a.row} + x] : 0;
+        for (c = 0; c < {c}u; c++, ip += {a.plane}u, out += {out.plane}u) {{
+            for (u = 0; u < {rows}; u++) {{
+                const int y = {s} * (u - {b}) + {k.name}_py[p];
+                for (v = 0; v < {row}; v++) {{
+                    const int x = {s} * (v - {b}) + {k.name}_px[p];
+                    out[u * {row} + v] = (y >= 0 && y < {h} && x >= 0 && x < {w}) ? ip[y * {a.row} + x] : 0;
+                }}
             }}
         }}
     }}
-    a -= {c * a.plane}u;""")
-        return f"""\
-/* {k.label}: its input split into parity phases {k.phases} for the stride-2 convolution */
-{self.signature(k)}
-{{
-    unsigned c;
-    int u, v;
-{chr(10).join(blocks)}
 }}
 """
 

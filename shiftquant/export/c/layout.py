@@ -2,7 +2,8 @@
 
 Run once every tensor of the lowering is known (``lower._Lowering``): tensors of one image size
 share one border, a flatten of a borderless tensor is a view, and each shift layer gets its tap
-offsets and segments (a stride-2 convolution first splits its input into parity phases).
+offsets and segments (a stride-2 convolution, or one whose stride is not a power of two, first
+splits its input into phases).
 """
 from __future__ import annotations
 
@@ -64,19 +65,21 @@ def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
         delta = (bi - ph - bo) * a.row + (bi - pw - bo)
         k.segments = (1, last - first, first, 0, first + delta)
         k.in_step, k.x_step = 0, 1
-    elif (sh, sw) == (2, 2) and (dh, dw) == (1, 1):
-        # Stride 2: the input split into its (row, column) parity phases, each laid out on the
-        # output's grid; tap (y, x) reads phase (y % 2, x % 2) shifted by (y // 2, x // 2).
-        used = sorted({(y % 2, x % 2) for y in range(kh) for x in range(kw)})
-        rows = bo + ho + (kh - 1) // 2 + 1
-        row = max(out.row, bo + wo + (kw - 1) // 2)  # the output's row, unless a tap would wrap
+    elif sh == sw and (sh == 2 or sh & (sh - 1)) and (dh, dw) == (1, 1):
+        # Stride s (2, or one that is not a power of two: a ViT's patches of 7): the input split
+        # into its (row, column) phases modulo s, each laid out on the output's grid; tap (y, x)
+        # reads phase (y % s, x % s) shifted by (y // s, x // s).
+        s = sh
+        used = sorted({(y % s, x % s) for y in range(kh) for x in range(kw)})
+        rows = bo + ho + (kh - 1) // s + 1
+        row = max(out.row, bo + wo + (kw - 1) // s)  # the output's row, unless a tap would wrap
         split = Split(f"{self.name}_phases_{self.index[k.node]}", k.node, [a], None, phases=used,
-                      padding=(ph, pw), out_border=bo)
+                      padding=(ph, pw), out_border=bo, stride=s)
         split.output = self.tensor(f"{k.node}.phases", a.dtype, (len(used) * a.shape[0], rows, row),
                                    a.lo, a.hi)
         t = split.output
         k.inputs = [t]
-        k.tap_offsets = [(used.index((y % 2, x % 2)) * a.shape[0] + ci) * t.plane + (y // 2) * t.row + x // 2
+        k.tap_offsets = [(used.index((y % s, x % s)) * a.shape[0] + ci) * t.plane + (y // s) * t.row + x // s
                          for ci in range(k.cin_g) for y in range(kh) for x in range(kw)]
         if row == out.row:
             k.segments = (1, last - first, first, 0, first)

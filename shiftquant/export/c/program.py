@@ -255,14 +255,15 @@ class WindowSum(Kernel):
 
 @dataclass
 class Split(Kernel):
-    """A stride-2 convolution's input as parity phases: output plane ``p * C + c`` holds, at row
+    """A stride-s convolution's input as phases modulo s: output plane ``p * C + c`` holds, at row
     ``u`` and column ``v`` (the convolution output's grid, border ``out_border`` included), input
-    pixel ``(2 (u - out_border) + py - padding, 2 (v - out_border) + px - padding)`` of channel
+    pixel ``(s (u - out_border) + py - padding, s (v - out_border) + px - padding)`` of channel
     ``c``, with ``(py, px) = phases[p]``; zero outside the image."""
 
     phases: list[tuple[int, int]] = field(default_factory=list)
     padding: tuple[int, int] = (0, 0)
     out_border: int = 0
+    stride: int = 2
 
 
 @dataclass
