@@ -114,8 +114,16 @@ def _run(args) -> None:
 def _codegen(args) -> None:
     from .export.c import codegen
 
-    program = codegen(args.bundle, args.outdir, args.name, args.weights)
     out = Path(args.outdir)
+    if args.target != "host":
+        from .export.c import cortex_m
+
+        images = None if args.images is None else np.load(args.images, allow_pickle=False)
+        program = cortex_m.write_project(args.bundle, out, args.name, images, args.target)
+        print(f"wrote a {args.target} project for QEMU's {cortex_m.MACHINE} to {out} (make && make run); "
+              f"model flash {program.flash_bytes:,} bytes of constants, RAM {program.ram_bytes:,} bytes")
+        return
+    program = codegen(args.bundle, args.outdir, args.name, args.weights)
     print(f"wrote {out / (args.name + '.h')} and {out / (args.name + '.c')}: {len(program.kernels)} kernels; "
           f"flash {program.flash_bytes:,} bytes ({args.weights} weights), RAM {program.ram_bytes:,} bytes "
           f"(arena {program.arena_bytes:,} + stack {program.stack_bytes:,}); entry point "
@@ -318,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--name", default="model", help="C prefix of the files and functions (default: model)")
     g.add_argument("--weights", choices=["packed", "tables"], default="packed",
                    help="packed: the bundle's bit-packed codes (least flash); tables: precomputed offsets (fastest)")
+    g.add_argument("--target", choices=["host", "cortex-m4"], default="host",
+                   help="cortex-m4: also a bare-metal project (startup, main, linker script, Makefile) for QEMU's "
+                        "mps2-an386, built with arm-none-eabi-gcc -Os (packed weights)")
+    g.add_argument("--images", help="with --target: a .npy of integer inputs (n, C, H, W) the project's main runs")
     g.set_defaults(fn=_codegen)
     v = sub.add_parser("sensitivity", help="per-layer sensitivity to each width (KL, hard), table and heat map")
     v.add_argument("weights", help="a float run's checkpoint, or a weights file with --model")

@@ -1,6 +1,6 @@
 """Build classifiers by name and load local weights without executing code.
 
-Names: ``resnet20`` / ``resnet_tiny`` (CIFAR-style, :mod:`resnet_cifar`), ``lenet5`` / ``lenet5_avg`` /
+Names: ``resnet20`` / ``resnet8`` / ``resnet_tiny`` (CIFAR-style, :mod:`resnet_cifar`), ``lenet5`` / ``lenet5_avg`` /
 ``vgg_small`` (:mod:`plain_cnn`), ``torchvision:NAME``,
 ``timm:NAME``, or a bare torchvision or timm name (torchvision first).
 """
@@ -15,10 +15,10 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .plain_cnn import lenet5, lenet5_avg, vgg_small
-from .resnet_cifar import resnet20, resnet_tiny
+from .resnet_cifar import resnet8, resnet20, resnet_tiny
 
-LOCAL_MODELS = {"resnet20": resnet20, "resnet_tiny": resnet_tiny, "lenet5": lenet5, "lenet5_avg": lenet5_avg,
-                "vgg_small": vgg_small}
+LOCAL_MODELS = {"resnet20": resnet20, "resnet8": resnet8, "resnet_tiny": resnet_tiny, "lenet5": lenet5,
+                "lenet5_avg": lenet5_avg, "vgg_small": vgg_small}
 # Containers in which trainers nest a state_dict, and the prefixes they add to its keys.
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("model.", "module.", "_orig_mod.")

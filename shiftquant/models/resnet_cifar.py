@@ -48,6 +48,12 @@ def resnet20(num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
     return CifarResNet(3, (16, 32, 64), num_classes, in_chans)
 
 
+def resnet8(num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+    """ResNet-8, the shape of MLPerf Tiny's image-classification model: three stages of one
+    BasicBlock, 16/32/64 channels (78 k parameters; 12.5 M MACs at 32x32)."""
+    return CifarResNet(1, (16, 32, 64), num_classes, in_chans)
+
+
 def resnet_tiny(num_classes: int = 10, in_chans: int = 1) -> CifarResNet:
     """A two-stage, one-block ResNet (16/32 channels) for 8x8 digits: seconds per epoch on a CPU."""
     return CifarResNet(1, (16, 32), num_classes, in_chans)

@@ -1,0 +1,243 @@
+"""A bundle's C on a Cortex-M: a bare-metal project for QEMU's ``mps2-an386`` (a Cortex-M4), built
+with the Arm GNU toolchain and run in ``qemu-system-arm``.
+
+:func:`write_project` writes the generated model (``NAME.h``, ``NAME.c``), the images it runs on
+(``inputs.h``), a startup file (vector table, ``.data`` copy, ``.bss`` clear), a ``main`` that
+runs every image and prints its integer logits and the SysTick ticks it took through semihosting
+(newlib-nano, no other library), a linker script and a ``Makefile``. :func:`build` compiles it
+(``arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os``) and measures the model's flash (``.text`` +
+``.rodata`` + ``.data`` of the model's object) and RAM (its ``.data`` + ``.bss``, plus its stack
+scratch) with ``arm-none-eabi-size``. :func:`run` runs the image in QEMU with ``-icount
+shift=0`` (the virtual clock advances 1 ns per instruction), so SysTick's ticks count
+instructions: ``main`` first times a loop of known length to find instructions per tick.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import CodegenError, CompilerNotFoundError, ConfigError
+
+TARGETS = ("cortex-m4",)
+CC, SIZE, QEMU = "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"
+MACHINE = "mps2-an386"
+CFLAGS = ["-std=c99", "-mcpu=cortex-m4", "-mthumb", "-Os", "-ffunction-sections", "-fdata-sections", "-Wall"]
+LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs", "-Wl,--gc-sections", "-T", "link.ld"]
+SPIN = 1_000_000  # iterations of the two-instruction calibration loop
+
+LINKER = """\
+/* mps2-an386 (Cortex-M4): code and constants in SSRAM1 (as flash), data in SSRAM2/3. */
+ENTRY(Reset_Handler)
+MEMORY
+{
+    FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 4M
+    RAM (rwx)  : ORIGIN = 0x20000000, LENGTH = 4M
+}
+_estack = ORIGIN(RAM) + LENGTH(RAM);
+SECTIONS
+{
+    .isr_vector : { KEEP(*(.isr_vector)) } > FLASH
+    .text : { *(.text*) *(.rodata*) KEEP(*(.init)) KEEP(*(.fini)) . = ALIGN(8); } > FLASH
+    .ARM.exidx : { *(.ARM.exidx*) } > FLASH
+    _sidata = LOADADDR(.data);
+    .data : { . = ALIGN(8); _sdata = .; *(.data*) . = ALIGN(8); _edata = .; } > RAM AT > FLASH
+    .bss (NOLOAD) : { . = ALIGN(8); _sbss = .; *(.bss*) *(COMMON) . = ALIGN(8); _ebss = .; } > RAM
+    end = .;
+    _end = .;
+}
+"""
+
+STARTUP = """\
+/* Cortex-M4 startup: the vector table, .data copied from flash, .bss cleared, then main. */
+#include <stdint.h>
+#include <stdlib.h>
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+int main(void);
+void Reset_Handler(void);
+void SysTick_Handler(void);
+
+static void Default_Handler(void) { for (;;) {} }
+void _init(void) {}
+void _fini(void) {}
+
+__attribute__((section(".isr_vector"), used))
+static void (*const vectors[16])(void) = {
+    (void (*)(void))&_estack, Reset_Handler, Default_Handler, Default_Handler, Default_Handler,
+    Default_Handler, Default_Handler, 0, 0, 0, 0, Default_Handler, Default_Handler, 0, Default_Handler,
+    SysTick_Handler,
+};
+
+void Reset_Handler(void)
+{
+    uint32_t *src = &_sidata, *dst = &_sdata;
+    while (dst < &_edata) *dst++ = *src++;
+    for (dst = &_sbss; dst < &_ebss;) *dst++ = 0;
+    exit(main());
+}
+"""
+
+MAIN = """\
+/* Runs NAME on every image of inputs.h; prints its integer logits and the SysTick ticks it took. */
+#include <stdint.h>
+#include <stdio.h>
+#include "{name}.h"
+#include "inputs.h"
+
+extern void initialise_monitor_handles(void);
+
+#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+
+static volatile uint32_t wraps;
+void SysTick_Handler(void) {{ wraps++; }}
+
+static uint32_t ticks(void)
+{{
+    uint32_t w, v;
+    do {{ w = wraps; v = SYST_CVR; }} while (w != wraps);
+    return (w << 24) + (0xFFFFFFu - v);
+}}
+
+static void spin(uint32_t n)
+{{
+    __asm volatile("1: subs %0, %0, #1\\n bne 1b" : "+r"(n) : : "cc");
+}}
+
+int main(void)
+{{
+    static int32_t logits[{up}_OUTPUT_SIZE];
+    uint32_t t0, t1;
+    int i, j;
+    initialise_monitor_handles();
+    SYST_RVR = 0xFFFFFFu;
+    SYST_CVR = 0;
+    SYST_CSR = 7u;  /* processor clock, interrupt, enabled */
+    while (SYST_CVR == 0u) {{}}  /* the first reload */
+    t0 = ticks();
+    spin({spin}u);
+    t1 = ticks();
+    printf("calibration %lu %lu\\n", (unsigned long){spin2}u, (unsigned long)(t1 - t0));
+    for (i = 0; i < SQ_IMAGES; i++) {{
+        t0 = ticks();
+        {name}_run(sq_images[i], logits);
+        t1 = ticks();
+        printf("image %d %lu", i, (unsigned long)(t1 - t0));
+        for (j = 0; j < {up}_OUTPUT_SIZE; j++) printf(" %ld", (long)logits[j]);
+        printf("\\n");
+    }}
+    return 0;
+}}
+"""
+
+
+def _makefile(name: str) -> str:
+    return f"""\
+# Builds {name}.elf for QEMU's {MACHINE} (Cortex-M4) and runs it: make && make run
+CC = {CC}
+CFLAGS = {' '.join(CFLAGS)}
+LDFLAGS = {' '.join(LDFLAGS)}
+
+{name}.elf: startup.c main.c {name}.c {name}.h inputs.h link.ld
+\t$(CC) $(CFLAGS) startup.c main.c {name}.c $(LDFLAGS) -o $@
+\t{SIZE} $@
+
+run: {name}.elf
+\t{QEMU} -M {MACHINE} -nographic -icount shift=0 -semihosting-config enable=on,target=native -kernel {name}.elf
+"""
+
+
+def _inputs(images: np.ndarray, ctype: str, size: int) -> str:
+    rows = [", ".join(str(int(v)) for v in image.reshape(-1)) for image in images]
+    body = ",\n    ".join("{" + r + "}" for r in rows)
+    return (f"/* {len(images)} input images (generated by shiftquant). */\n#define SQ_IMAGES {len(images)}\n"
+            f"static const {ctype} sq_images[SQ_IMAGES][{size}] = {{\n    {body}\n}};\n")
+
+
+def write_project(bundle, outdir, name: str = "model", images=None, target: str = "cortex-m4"):
+    """The project for ``target`` in ``outdir``: the model's C and the files around it, running
+    ``images`` (integer inputs of the bundle's input shape, default one zero image). Returns the
+    lowered program."""
+    from . import codegen
+
+    if target not in TARGETS:
+        raise ConfigError("target", target, " or ".join(map(repr, TARGETS)))
+    program = codegen(bundle, outdir, name)
+    if program.input_kind != "pixels" or program.output_kind != "logits":
+        raise CodegenError("a microcontroller project needs an integer-only bundle (pixels in, integer logits out)")
+    size = int(np.prod(program.input.shape))
+    images = np.zeros((1, size), np.int64) if images is None else np.asarray(images).reshape(len(images), -1)
+    if images.shape[1] != size or images.min(initial=0) < program.input.lo or images.max(initial=0) > program.input.hi:
+        raise ConfigError("images", f"shape {list(images.shape)}", f"(n, {size}) integers {program.input.lo} to "
+                          f"{program.input.hi}")
+    out = Path(outdir)
+    files = {"link.ld": LINKER, "startup.c": STARTUP, "Makefile": _makefile(name),
+             "main.c": MAIN.format(name=name, up=name.upper(), spin=SPIN, spin2=2 * SPIN),
+             "inputs.h": _inputs(images, program.input.ctype, size)}
+    for fname, text in files.items():
+        (out / fname).write_text(text)
+    return program
+
+
+@dataclass
+class Build:
+    elf: Path
+    flash_bytes: int  # the model's .text + .rodata + .data
+    ram_bytes: int  # the model's .data + .bss, plus its stack scratch
+    sections: dict  # the model object's text / data / bss as arm-none-eabi-size reports them
+
+
+def tools_missing() -> list[str]:
+    return [t for t in (CC, SIZE, QEMU) if shutil.which(t) is None]
+
+
+def build(outdir, name: str = "model", stack_bytes: int = 0) -> Build:
+    """Compile the project of :func:`write_project`; the model's sizes from its object file."""
+    if shutil.which(CC) is None:
+        raise CompilerNotFoundError(f"{CC} not found: install the Arm GNU toolchain (Debian: gcc-arm-none-eabi "
+                                    "libnewlib-arm-none-eabi)")
+    out = Path(outdir)
+    for args in ([CC, *CFLAGS, "-c", f"{name}.c", "-o", f"{name}.o"],
+                 [CC, *CFLAGS, "startup.c", "main.c", f"{name}.o", *LDFLAGS, "-o", f"{name}.elf"]):
+        done = subprocess.run(args, cwd=out, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CodegenError(f"{' '.join(args[:2])}... failed:\n{done.stderr[-2000:]}")
+    text, data, bss = _size(out / f"{name}.o")
+    return Build(out / f"{name}.elf", text + data, data + bss + stack_bytes, {"text": text, "data": data, "bss": bss})
+
+
+def _size(path: Path) -> tuple[int, int, int]:
+    lines = subprocess.run([SIZE, str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
+    text, data, bss = (int(v) for v in lines[1].split()[:3])
+    return text, data, bss
+
+
+@dataclass
+class Run:
+    logits: np.ndarray  # (images, outputs) int64
+    instructions: np.ndarray  # per image, from SysTick ticks and the calibration loop
+
+
+def run(elf, timeout: float = 600.0) -> Run:
+    """Run a built project in QEMU; its logits and instructions per image."""
+    if shutil.which(QEMU) is None:
+        raise CompilerNotFoundError(f"{QEMU} not found (Debian: qemu-system-arm)")
+    args = [QEMU, "-M", MACHINE, "-nographic", "-icount", "shift=0", "-semihosting-config",
+            "enable=on,target=native", "-kernel", os.fspath(elf)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise CodegenError(f"{QEMU} exited with {done.returncode}: {done.stderr[-1000:]}")
+    cal = re.search(r"^calibration (\d+) (\d+)$", done.stdout, re.M)
+    rows = [line.split()[2:] for line in done.stdout.splitlines() if line.startswith("image ")]
+    if cal is None or not rows:
+        raise CodegenError(f"unexpected output from the target: {done.stdout[-500:]!r}")
+    per_tick = int(cal.group(1)) / max(int(cal.group(2)), 1)
+    table = np.asarray(rows, dtype=np.int64)
+    return Run(table[:, 1:], table[:, 0] * per_tick)
