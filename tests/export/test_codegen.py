@@ -256,3 +256,25 @@ def test_a_bundle_without_pixels_takes_the_first_layers_input_integers(tmp_path)
     with torch.no_grad():
         ref = model(xs).numpy()
     assert np.array_equal(native.run(xs.numpy()), ref) and np.array_equal(rt.run(xs.numpy()), ref)
+
+
+def test_delta_packed_thresholds_decode_to_the_table(resnet20):
+    """The requantization thresholds onto the 8-bit residual grid, stored as first value, smallest
+    step and packed excesses, decode to the clamped table the tables form stores; values a packing
+    cannot hold (beyond 2^30, or steps 2^8 apart) keep the table."""
+    from shiftquant.export.c import lower
+    from shiftquant.export.c.program import ShiftLayer, pack_deltas, unpack_deltas
+
+    _, _, _, rt = resnet20
+    packed, tables = lower(rt, weights="packed"), lower(rt, weights="tables")
+    layers = [k for k in packed.kernels if isinstance(k, ShiftLayer) and k.requant is not None]
+    deltas = [k.requant for k in layers if k.requant.deltas is not None]
+    assert deltas and all(np.array_equal(unpack_deltas(r.deltas), r.table) for r in deltas)
+    # nearly equal steps (a BatchNorm, then a uniform grid): a quarter of int16 tables or less
+    assert 4 * sum(r.deltas.nbytes for r in deltas) < sum(2 * r.table.size for r in deltas)
+    rng = np.random.default_rng(0)
+    raw = np.cumsum(rng.integers(0, 300, (3, 40)), axis=1) - 5000
+    assert np.array_equal(unpack_deltas(pack_deltas(raw[:, :10] // 2, -100, 100)), np.clip(raw[:, :10] // 2, -100, 100))
+    assert pack_deltas(raw, -10**6, 10**6) is None  # excesses of 9 bits
+    assert pack_deltas(raw + (1 << 30), 0, 1) is None
+    assert tables.flash_bytes > packed.flash_bytes

@@ -9,14 +9,14 @@ from .program import CHUNK, Map, ShiftLayer, Thresholds
 class ShiftLayerPrinter:
     """The shift-layer part of the kernel printer (:class:`.emit._Source`); ``self.p`` is the program."""
 
-    def count(self, th: Thresholds, cmp_ctype: str, name: str, table: str, v: str, r: str, n: str,
+    def count(self, th: Thresholds, cmp_ctype: str, name: str, table: str | None, v: str, r: str, n: str,
               row: str) -> tuple[str, str]:
         """Constants and code mapping ``v[0..n)`` through the threshold row ``row`` of ``th`` into
         ``r``: ``r = levels[0] + sum_k [v >= t_k] * step_k``, a vectorizable count. With many
         levels only the thresholds between the block's smallest and largest value are counted
         (those below both count for every lane, those above for none), found by binary search."""
         levels, steps = th.levels, th.steps
-        consts = array(cmp_ctype, table, th.table)
+        consts = array(cmp_ctype, table, th.table) if table else ""  # None: the caller decodes the rows
         uniform = len(set(steps)) <= 1
         step = steps[0] if steps else 0
         if uniform:
@@ -76,6 +76,7 @@ unsigned k0 = 0, k1 = 0;
             consts += [array(off_t, f"{nm}_list", offsets), array("uint32_t", f"{nm}_start", starts)]
         stage_consts, stage, rows = self.output_stage(k, w)
         consts.append(stage_consts)
+        decode = self.decode_thresholds(k, w) if self.delta_packed(k) else ""
         # Per output channel: its output plane, its group's first input plane, where its weights
         # start (code bit or table row) and where its thresholds start.
         cout_g = k.cout // k.groups
@@ -91,6 +92,7 @@ unsigned k0 = 0, k1 = 0;
     SQ_PARALLEL_FOR
     for (co = 0; co < {k.cout}; co++) {{
 {self.weights_block(k, off_t)}
+{decode}
         const {a.ctype} *ip = a + {nm}_ch[co][1] + {in0}u;
         {out.ctype} *ob = out + {nm}_ch[co][0];
         {out.ctype} *op = ob + {out0}u;
@@ -163,10 +165,19 @@ unsigned k0 = 0, k1 = 0;
                 for (i = 0; i < n; i++) op[p + i] = ({out.ctype})lut[x[i]];
             }}""", [co * span for co in range(k.cout)]
         rtype = w.sacc if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
-        count_consts, code = self.count(th, w.sacc, nm, f"{nm}_thr", "v", "r", f"{ch}u", "thr")
+        packed = self.delta_packed(k)
+        count_consts, code = self.count(th, w.sacc, nm, None if packed else f"{nm}_thr", "v", "r", f"{ch}u", "thr")
+        if packed:
+            d = th.deltas
+            consts += (array("int32_t", f"{nm}_first", d.first) + array("int32_t", f"{nm}_dstep", d.step)
+                       + array("uint8_t", f"{nm}_excess", d.packed))
+            rows = [co * (th.count - 1) * d.bits for co in range(k.cout)]
+        else:
+            rows = [co * th.count for co in range(k.cout)]
+        source = "thr_c" if packed else f"{nm}_thr + {nm}_ch[co][3]"
         return consts + count_consts, f"""\
             {{
-                const {w.sacc} *thr = {nm}_thr + {nm}_ch[co][3];
+                const {w.sacc} *thr = {source};
                 const int32_t m = {nm}_neg[co] ? -1 : 0;
                 {w.sacc} v[{ch}];
                 {rtype} r[{ch}];
@@ -175,7 +186,32 @@ unsigned k0 = 0, k1 = 0;
                 {code}
                 for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
                 (void)k;
-            }}""", [co * th.count for co in range(k.cout)]
+            }}""", rows
+
+    def delta_packed(self, k: ShiftLayer) -> bool:
+        """Whether this layer's requantization thresholds are stored delta-packed (packed weights)."""
+        return self.p.weights == "packed" and k.requant is not None and k.requant.deltas is not None
+
+    @staticmethod
+    def decode_thresholds(k: ShiftLayer, w) -> str:
+        """This channel's thresholds from their first value, smallest step and packed excesses
+        (:class:`.program.DeltaPack`), clamped as the table would be."""
+        nm, d, count = k.name, k.requant.deltas, k.requant.count
+        excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
+                  f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
+        return f"""        {w.sacc} thr_c[{count}];
+        {{   /* this channel's thresholds, delta-packed: {d.bits} bits per step beyond the smallest */
+            int32_t t = {nm}_first[co];
+            const int32_t step = {nm}_dstep[co];
+            uint32_t bit = {nm}_ch[co][3];
+            unsigned kk;
+            thr_c[0] = ({w.sacc})(t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t);
+            for (kk = 1; kk < {count}u; kk++, bit += {d.bits}u) {{
+                t += step{excess};
+                thr_c[kk] = ({w.sacc})(t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t);
+            }}
+            (void)bit;
+        }}"""
 
     @staticmethod
     def sum_taps(k: ShiftLayer, acc: str, src: str, first: int, end: int, sign: str) -> str:

@@ -47,6 +47,7 @@ from .program import (
     WindowSum,
     dtype_for,
     int_bytes,
+    pack_deltas,
 )
 
 # The C kernels an op's lowering names (:class:`.ops.schema.CStep`), with their identifiers' prefix.
@@ -60,6 +61,7 @@ _BUILDERS = {"gather": tokens.gather, "matmul": tokens.matmul, "shiftmax": token
 
 # ---------------------------------------------------------------------------------------------
 WEIGHT_FORMATS = ("packed", "tables")
+DELTA_MIN = 32  # thresholds per channel from which packed weights store them delta-packed
 
 
 def lower(rt, name: str = "model", weights: str = "packed") -> Program:
@@ -73,9 +75,7 @@ def lower(rt, name: str = "model", weights: str = "packed") -> Program:
     if weights not in WEIGHT_FORMATS:
         raise ConfigError("weights", weights, " or ".join(map(repr, WEIGHT_FORMATS)))
     check_identifier(name)
-    program = _Lowering(rt, name).run()
-    program.weights = weights
-    return program
+    return _Lowering(rt, name, weights).run()
 
 
 def check_identifier(name) -> str:
@@ -96,8 +96,8 @@ def _float(node: dict, what: str, manifest: dict | None = None) -> str:
 
 
 class _Lowering:
-    def __init__(self, rt, name):
-        self.m, self.t, self.facts, self.name = rt.manifest, rt.tensors, rt.facts, name
+    def __init__(self, rt, name, weights="packed"):
+        self.m, self.t, self.facts, self.name, self.weights = rt.manifest, rt.tensors, rt.facts, name, weights
         self.nodes = self.m["nodes"]
         self.index = {node["name"]: i for i, node in enumerate(self.nodes)}  # C identifiers number nodes
         self.kernels: list[Kernel] = []
@@ -164,7 +164,7 @@ class _Lowering:
         unit = float(out_node["int_output"]["unit"]) if kind == "logits" else None
         resolve_layouts(self)
         program = Program(self.name, self.kernels, self.all, self.input, self.input_kind, self.input_node,
-                          self.input_layer, output, kind, out_node, unit)
+                          self.input_layer, output, kind, out_node, unit, self.weights)
         for t in self.all:  # with the borders and vector slack the layout added
             if t.elems + t.slack > MAX_ELEMENTS:
                 raise CodegenError(f"node {t.name!r}: its planes with their zero borders hold {t.elems + t.slack} "
@@ -172,7 +172,7 @@ class _Lowering:
         program.arena_bytes = plan_arena(self.all, self.kernels, self.input, program.output)
         if program.arena_bytes >= 1 << 31:
             raise CodegenError(f"the arena would take {program.arena_bytes} bytes (at most 2^31 - 1)")
-        program.stack_bytes = max((_stack_bytes(k) for k in self.kernels), default=0)
+        program.stack_bytes = max((_stack_bytes(k, self.weights) for k in self.kernels), default=0)
         return program
 
     def lower_input(self, node: dict):
@@ -335,11 +335,12 @@ class _Lowering:
         if node.get("requant"):
             r = node["requant"]
             kernel.acc_bits = 16 if bound < (1 << 15) - 1 else 32
-            table = self.thresholds(r["thresholds"]).T  # (C, L-1)
+            raw = self.thresholds(r["thresholds"]).T  # (C, L-1)
             direction = np.asarray(self.t[r["direction"]]).reshape(-1)
-            table = np.clip(table, -bound, bound + 1)
+            table = np.clip(raw, -bound, bound + 1)
             levels = [int(v) for v in r["levels"]]
-            kernel.requant = Thresholds(np.ascontiguousarray(table), levels, [bool(d < 0) for d in direction])
+            kernel.requant = Thresholds(np.ascontiguousarray(table), levels, [bool(d < 0) for d in direction],
+                                        pack_deltas(raw, -bound, bound + 1) if table.shape[1] >= DELTA_MIN else None)
             lo, hi = self.node_range(node, min(levels), max(levels))
         elif node.get("int_output"):
             io = node["int_output"]
@@ -373,9 +374,12 @@ class _Lowering:
                             count)
 
 
-def _stack_bytes(k: Kernel) -> int:
+def _stack_bytes(k: Kernel, weights: str) -> int:
     """Scratch a kernel keeps on the stack (an upper bound): a shift layer's decoded tap lists and
-    group starts (packed weights) and its vector blocks (accumulators, byte sums, output stage)."""
+    group starts and its delta-packed thresholds (packed weights), and its vector blocks
+    (accumulators, byte sums, output stage)."""
     if not isinstance(k, ShiftLayer):
         return 0
-    return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk
+    decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
+               else 0)
+    return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded

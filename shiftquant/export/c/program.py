@@ -82,6 +82,7 @@ class Thresholds:
     table: np.ndarray
     levels: list[int]
     negate: list[bool] | None = None  # per channel: compare -v (a decreasing channel)
+    deltas: DeltaPack | None = None  # the same thresholds in little flash (:func:`pack_deltas`)
 
     @property
     def count(self) -> int:
@@ -106,6 +107,58 @@ class Thresholds:
         levels = np.asarray(self.levels)
         rows = [levels[np.searchsorted(t, b + np.arange(span), side="right")] for t, b in zip(self.table, base)]
         return np.stack(rows), base
+
+
+@dataclass
+class DeltaPack:
+    """A channel's K thresholds as its first one, its smallest step and each step's excess over
+    it in ``bits`` bits (0 to 8; channels one after another, bit-packed, two zero bytes after):
+    ``t_0 = first``, ``t_k = t_(k-1) + step + excess_k``, each clamped to ``[lo, hi]`` (as the
+    table is). A requantization onto a fine uniform grid has nearly equal steps: a bit or two per
+    threshold instead of two or four bytes."""
+
+    first: np.ndarray  # (C,) int32
+    step: np.ndarray  # (C,) int32
+    bits: int
+    packed: np.ndarray  # uint8
+    lo: int
+    hi: int
+    count: int  # K
+
+    @property
+    def nbytes(self) -> int:
+        return 8 * self.first.size + self.packed.size
+
+
+def pack_deltas(raw: np.ndarray, lo: int, hi: int) -> DeltaPack | None:
+    """``raw`` (C, K) thresholds (before clamping to ``[lo, hi]``) delta-packed; None where a
+    value leaves int32 or an excess needs more than 8 bits."""
+    from ..format.bundle import pack_codes
+
+    raw = np.asarray(raw, dtype=np.int64)
+    if raw.shape[1] < 2 or raw.size == 0 or int(np.abs(raw).max()) >= 1 << 30:
+        return None
+    d = np.diff(raw, axis=1)
+    step = d.min(axis=1)
+    excess = d - step[:, None]
+    bits = int(excess.max()).bit_length()
+    if bits > 8:
+        return None
+    packed = pack_codes(excess, bits) if bits else np.zeros(0, np.uint8)
+    return DeltaPack(raw[:, 0].astype(np.int32), step.astype(np.int32), bits,
+                     np.concatenate([packed, np.zeros(2, np.uint8)]), int(lo), int(hi), raw.shape[1])
+
+
+def unpack_deltas(p: DeltaPack) -> np.ndarray:
+    """The clamped (C, K) table a :class:`DeltaPack` stands for: what the C decodes."""
+    from ..format.bundle import unpack_codes
+
+    c, k = p.first.size, p.count
+    excess = (unpack_codes(p.packed[:-2], p.bits, c * (k - 1)).reshape(c, k - 1) if p.bits
+              else np.zeros((c, k - 1), np.int64))
+    steps = p.step.astype(np.int64)[:, None] + excess
+    raw = np.concatenate([p.first[:, None], p.first[:, None] + np.cumsum(steps, axis=1)], axis=1)
+    return np.clip(raw, p.lo, p.hi)
 
 
 @dataclass
@@ -357,6 +410,8 @@ class Program:
                     and self.weights == "tables" else None
                 if lookup is not None:
                     total += lookup[0].size * (1 if max(map(abs, k.requant.levels)) < 128 else 2) + 4 * k.cout
+                elif k.requant is not None and k.requant.deltas is not None and self.weights == "packed":
+                    total += k.requant.deltas.nbytes + 4 * len(k.requant.levels) + k.cout
                 elif k.requant is not None:
                     total += _threshold_bytes(k.requant, k.acc_bits)
                 if k.logit_bias is not None:
