@@ -130,9 +130,14 @@ def _codegen(args) -> None:
           f"int {args.name}_run(const {program.input.ctype} *input, int32_t *output)")
 
 
-def c_sizes(rt) -> dict:
-    """Flash and RAM of the bundle's C code (``shiftquant codegen``), or why it has none."""
+def c_sizes(rt, cortex_m: bool = False) -> dict:
+    """Flash and RAM of the bundle's C code (``shiftquant codegen``), or why it has none; the
+    int8 equivalent's flash (a byte per weight, an int32 bias per output channel); with
+    ``cortex_m``, the model's flash and RAM built for a Cortex-M4 (``cortex_m.build``)."""
+    import tempfile
+
     from .errors import CodegenError
+    from .export.c import cortex_m as target
     from .export.c import lower
 
     try:
@@ -140,7 +145,17 @@ def c_sizes(rt) -> dict:
         tables = lower(rt, weights="tables")
     except CodegenError as exc:
         return {"refused": str(exc)}
-    return {"flash_packed": packed.flash_bytes, "flash_tables": tables.flash_bytes, "ram": packed.ram_bytes}
+    sizes = {"flash_packed": packed.flash_bytes, "flash_tables": tables.flash_bytes, "ram": packed.ram_bytes,
+             "int8_flash": packed.int8_flash_bytes}
+    if cortex_m:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                program = target.write_project(rt, tmp, "model")
+                built = target.build(tmp, "model", program.stack_bytes)
+            sizes["cortex_m4"] = {"flash": built.flash_bytes, "ram": built.ram_bytes}
+        except CodegenError as exc:
+            sizes["cortex_m4"] = {"refused": str(exc)}
+    return sizes
 
 
 def _pixel_input(meta: dict):
@@ -152,9 +167,10 @@ def _pixel_input(meta: dict):
     return None if datamodule is None else PixelInput.of(datamodule)
 
 
-def bundle_summary(path: str) -> dict:
+def bundle_summary(path: str, cortex_m: bool = False) -> dict:
     """Sizes, op counts and integer types of a bundle; ``float32_bytes`` is what its parameters take
-    as float32. ``float_ops`` and ``integer_only`` are observed by running the bundle once."""
+    as float32. ``float_ops`` and ``integer_only`` are observed by running the bundle once.
+    ``cortex_m``: also build its C for a Cortex-M4 and measure flash and RAM (``arm-none-eabi-size``)."""
     from .export import load_bundle
     from .export.format.pixels import describe_input
     from .export.trace.exporter import observed_float_ops
@@ -177,7 +193,7 @@ def bundle_summary(path: str) -> dict:
     return {"rows": rows, "bundle_bytes": size, "float32_bytes": float_bytes,
             "compression": float_bytes / size, "float_ops": observed, "exact": manifest.get("exact", False),
             "requantized": sum(1 for n in manifest["nodes"] if n.get("requant")),
-            "integer_only": not observed, "claims_integer_only": manifest["integer_only"], "c": c_sizes(rt),
+            "integer_only": not observed, "claims_integer_only": manifest["integer_only"], "c": c_sizes(rt, cortex_m),
             "agreement": manifest.get("agreement"),
             "macs": bundle_macs(manifest, tensors),
             "input": next(n["dtype"] for n in manifest["nodes"] if n["op"] == "input"),
@@ -212,7 +228,9 @@ def bundle_macs(manifest: dict, tensors: dict) -> dict:
 
 
 def _summary(args) -> None:
-    s = bundle_summary(args.bundle)
+    from .export.c.cortex_m import tools_missing
+
+    s = bundle_summary(args.bundle, cortex_m=not tools_missing())
     nw = max([len("layer"), *(len(r[0]) for r in s["rows"])])
     print(f"{'layer':<{nw}} {'op':<14} {'W bits':>6} {'weights':>10} {'acc':>6} {'out':>7}")
     for name, op, bits, count, acc, out in s["rows"]:
@@ -235,8 +253,14 @@ def _summary(args) -> None:
           f"{s['compression']:.2f}x smaller")
     c = s["c"]
     print(f"C code: no ({c['refused']})" if "refused" in c else
-          f"C code (shiftquant codegen): flash {c['flash_packed']:,} bytes with packed weights "
-          f"({c['flash_tables']:,} with tables), RAM {c['ram']:,} bytes")
+          f"C code (shiftquant codegen): flash {c['flash_packed']:,} bytes of constants with packed weights "
+          f"({c['flash_tables']:,} with tables), RAM {c['ram']:,} bytes; int8 equivalent: {c['int8_flash']:,} "
+          "bytes (a byte per weight, an int32 bias per channel)")
+    m4 = c.get("cortex_m4")
+    if m4 is not None:
+        print(f"on a Cortex-M4: no ({m4['refused']})" if "refused" in m4 else
+              f"on a Cortex-M4 (arm-none-eabi-gcc -Os, code included): flash {m4['flash']:,} bytes, "
+              f"RAM {m4['ram']:,} bytes")
 
 
 def _float_model(args):

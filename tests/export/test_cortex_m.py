@@ -50,7 +50,11 @@ def test_resnet20_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
     assert len({tuple(row) for row in ints}) == len(images)  # a distinct output per image
     # The model's object holds every constant the lowering counted, its .bss the arena.
     assert build.flash_bytes >= program.flash_bytes and build.sections["bss"] >= program.arena_bytes
-    macs = bundle_summary(str(rt.source))["macs"]["total"]
+    summary = bundle_summary(str(rt.source), cortex_m=True)
+    assert summary["c"]["cortex_m4"] == {"flash": build.flash_bytes, "ram": build.ram_bytes}
+    layers = [n for n in rt.nodes if n["op"].startswith("shift_")]
+    assert summary["c"]["int8_flash"] == sum(int(np.prod(n["weight_shape"])) + 4 * n["weight_shape"][0] for n in layers)
+    macs = summary["macs"]["total"]
     assert (result.instructions > macs / 10).all()  # counted, not a stray clock
     print(f"ResNet-20 on mps2-an386: flash {build.flash_bytes} B, RAM {build.ram_bytes} B, "
           f"{np.median(result.instructions):.0f} instructions per image, {np.median(result.instructions) / macs:.2f} "

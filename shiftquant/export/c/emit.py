@@ -76,6 +76,7 @@ def _header(p: Program) -> str:
  * Input:  {p.input.ctype} x {c * h * w} ({c}, {h}, {w}): {what_in}.
  * Output: int32_t x {int(np.prod(oc))}: {what_out}.
  * Flash (constants): {p.flash_bytes} bytes. RAM: arena {p.arena_bytes} bytes + stack {p.stack_bytes} bytes.
+ * int8 equivalent (a byte per weight, an int32 bias per channel): {p.int8_flash_bytes} bytes of flash.
  * Portable C99, no dynamic allocation, no floating point; shift layers have no multiplication.
  */
 #ifndef SHIFTQUANT_{up}_H

@@ -427,6 +427,11 @@ class Program:
         return total + sum(t.constant.size * t.itemsize for t in self.tensors if t.constant is not None)
 
     @property
+    def int8_flash_bytes(self) -> int:
+        """The int8 equivalent for comparison: a byte per weight, an int32 bias per output channel."""
+        return sum(k.weight_codes.size + 4 * k.cout for k in self.kernels if isinstance(k, ShiftLayer))
+
+    @property
     def ram_bytes(self) -> int:
         """Peak RAM: the arena plus the largest kernel's stack scratch (the caller's input and
         logits buffers are not counted)."""
