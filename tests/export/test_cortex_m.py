@@ -4,6 +4,10 @@ bare-metal project for QEMU's mps2-an386 (a Cortex-M4); built with ``arm-none-ea
 model's bit for bit: a ResNet-20 on 20 Fashion-MNIST test images and a ViT on generated pixels.
 The model's flash and RAM come from ``arm-none-eabi-size``, instructions per image from SysTick
 under ``-icount`` (calibrated by a loop of known length)."""
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +22,26 @@ from tests.export.test_mobile import PIXELS, exported
 
 pytestmark = pytest.mark.skipif(bool(cortex_m.tools_missing()),
                                 reason=f"missing {cortex_m.tools_missing()} (.ci/run installs them)")
+
+
+ARM_MULTIPLY = re.compile(r"^(mul|mla|mls|[su]mull|[su]mlal|smul\w*|smla\w*|smls\w*|smmul\w*|smmla\w*|smuad\w*"
+                          r"|smusd\w*|umaal)s?(\.w|\.n)?$")
+
+
+def _multiplies_in_shift_layers(obj) -> dict:
+    """Multiply instructions in the Arm object's shift-layer functions (arm-none-eabi-objdump -d)."""
+    text = subprocess.run([shutil.which("arm-none-eabi-objdump"), "-d", "--no-show-raw-insn", str(obj)],
+                          capture_output=True, text=True, check=True).stdout
+    found, current, layers = {}, None, 0
+    for line in text.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if head:
+            current = head.group(1) if "_shift_" in head.group(1) else None
+            layers += current is not None
+        elif current and (op := re.match(r"^\s+[0-9a-f]+:\s+(\S+)", line)) and ARM_MULTIPLY.match(op.group(1)):
+            found.setdefault(current, set()).add(op.group(1))
+    assert layers > 0
+    return found
 
 
 def _on_target(bundle, images, tmp_path, name="net"):
@@ -48,6 +72,7 @@ def test_resnet20_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
     assert np.array_equal(result.logits, ints)
     assert np.array_equal((result.logits * unit).astype(np.float32), ref)  # the PyTorch hard model
     assert len({tuple(row) for row in ints}) == len(images)  # a distinct output per image
+    assert not _multiplies_in_shift_layers(build.elf.parent / "net.o")  # shift-adds on the Cortex-M4 too
     # The model's object holds every constant the lowering counted, its .bss the arena.
     assert build.flash_bytes >= program.flash_bytes and build.sections["bss"] >= program.arena_bytes
     summary = bundle_summary(str(rt.source), cortex_m=True)

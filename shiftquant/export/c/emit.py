@@ -1,7 +1,7 @@
 """C text for a lowered :class:`~.lower.Program`: ``NAME.h`` and ``NAME.c``, portable C99.
 
-The generated code uses ``<stdint.h>`` and ``<string.h>`` only, allocates nothing, and has no
-floating point. Weights stay the bundle's bit-packed codes (``static const``); every activation
+The generated code uses ``<stdint.h>`` and ``<string.h>`` only (and, on Arm cores with the DSP
+extension, the compiler's ``<arm_acle.h>``), allocates nothing, and has no floating point. Weights stay the bundle's bit-packed codes (``static const``); every activation
 lives in one static arena whose size the header states. One entry point, ``NAME_run``, and its
 reentrant form ``NAME_invoke`` (the caller passes the arena).
 
@@ -47,6 +47,16 @@ _PRELUDE = """\
    conversions. */
 #define SQ_S16(u) ((int32_t)((uint32_t)(u) ^ 0x8000u) - 0x8000)
 #define SQ_S32(u) ((uint32_t)(u) < 0x80000000u ? (int32_t)(uint32_t)(u) : -(int32_t)(~(uint32_t)(u)) - 1)
+/* 32-bit cores without vector units (the Cortex-M family): shift layers add four byte lanes at a
+   time in 32-bit words (SADD8 for signed bytes where the core has the DSP extension). */
+#if defined(__arm__) && !defined(__ARM_NEON)
+#define SQ_SWAR 1
+#ifdef __ARM_FEATURE_SIMD32
+#include <arm_acle.h>
+#endif
+#else
+#define SQ_SWAR 0
+#endif
 """ + MACROS
 
 

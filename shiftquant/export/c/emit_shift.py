@@ -55,6 +55,23 @@ unsigned k0 = 0, k1 = 0;
                 {load_step}
                 for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
             }}"""
+        if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
+            if not th.window:  # only the scalar cores' code reads it
+                consts += "#if SQ_SWAR\n" + array(smallest(levels), f"{name}_levels", levels) + "#endif\n"
+            code = f"""\
+#if SQ_SWAR
+            for (i = 0; i < {n}; i++) {{
+                const {cmp_ctype} x = {v}[i];
+                unsigned at = 0, len = {th.count}u;
+                while (len > 0) {{
+                    const unsigned half = len >> 1;
+                    if ({row}[at + half] <= x) {{ at += half + 1u; len -= half + 1u; }} else len = half;
+                }}
+                {r}[i] = {name}_levels[at];
+            }}
+#else
+            {code}
+#endif"""
         return consts, code
 
     def shift_layer(self, k: ShiftLayer) -> str:
@@ -226,7 +243,7 @@ unsigned k0 = 0, k1 = 0;
                 for (i = 0; i < {ch}u; i++) acc[i] = ({acc})(acc[i] {sign} ({acc}){src});
             }}"""
         byte = "uint8_t" if a.lo >= 0 else "int8_t"
-        return f"""\
+        host = f"""\
             for (j = start[{first}]; j < start[{end}];) {{
                 const unsigned end = start[{end}] - j > {k.narrow_run}u ? j + {k.narrow_run}u : start[{end}];
                 {byte} s8[{ch}];
@@ -237,6 +254,39 @@ unsigned k0 = 0, k1 = 0;
                 }}
                 for (i = 0; i < {ch}u; i++) acc[i] = ({acc})(acc[i] {sign} ({acc})s8[i]);
             }}"""
+        if ch % 4 or k.x_step != 1:
+            return host
+        # 32-bit cores without vector units (Cortex-M4/M7/M33): four byte lanes per add, a plain
+        # add for unsigned bytes (no lane carries: the run's sum fits a byte), SADD8 for signed.
+        add = (lambda w, v: f"{w} + {v}") if a.lo >= 0 else (
+            lambda w, v: f"(uint32_t)__sadd8((int32_t){w}, (int32_t){v})")
+        words = min(4, ch // 4)  # words summed in registers over a run's taps (16 positions)
+        loads = " ".join(f"memcpy(&v{q}, src + {4 * q}u, 4u); w{q} = {add(f'w{q}', f'v{q}')};" for q in range(words))
+        return f"""\
+#if SQ_SWAR{"" if a.lo >= 0 else " && defined(__ARM_FEATURE_SIMD32)"}
+            for (j = start[{first}]; j < start[{end}];) {{
+                const unsigned end = start[{end}] - j > {k.narrow_run}u ? j + {k.narrow_run}u : start[{end}];
+                const unsigned nw = ((n + {4 * words - 1}u) >> {(4 * words).bit_length() - 1}) << {words.bit_length() - 1};
+                uint32_t s32[{ch // 4}];
+                for (i = 0; i < nw; i += {words}u) {{  /* the block's words in use */
+                    uint32_t {", ".join(f"w{q} = 0" for q in range(words))};
+                    unsigned jj;
+                    for (jj = j; jj < end; jj++) {{
+                        const unsigned char *src = (const unsigned char *)(base + list[jj]) + 4u * i;
+                        uint32_t {", ".join(f"v{q}" for q in range(words))};
+                        {loads}
+                    }}
+                    {" ".join(f"s32[i + {q}u] = w{q};" for q in range(words))}
+                }}
+                j = end;
+                {{
+                    const {byte} *s8 = (const {byte} *)s32;
+                    for (i = 0; i < nw * 4u; i++) acc[i] = ({acc})(acc[i] {sign} ({acc})s8[i]);
+                }}
+            }}
+#else
+{host}
+#endif"""
 
     def weights_block(self, k: ShiftLayer, off_t: str) -> str:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the

@@ -90,7 +90,13 @@ class Thresholds:
 
     @property
     def window(self) -> bool:
-        return self.count > WINDOW
+        """Many levels: count only the thresholds a block's values fall between (found by binary
+        search: rows must be non-decreasing, which a hostile bundle's need not be)."""
+        return self.count > WINDOW and self.ascending
+
+    @property
+    def ascending(self) -> bool:
+        return bool((np.diff(self.table, axis=1) >= 0).all())
 
     @property
     def steps(self) -> list[int]:
@@ -416,8 +422,9 @@ class Program:
                     total += _threshold_bytes(k.requant, k.acc_bits)
                 if k.logit_bias is not None:
                     total += 5 * k.cout
-            elif isinstance(k, Map):
-                total += _threshold_bytes(k.thresholds, 32)
+            elif isinstance(k, Map):  # compared in 16 bits where the input allows (emit_shift.map)
+                a = k.inputs[0]
+                total += _threshold_bytes(k.thresholds, 16 if -32768 <= a.lo and a.hi + 1 <= 32767 else 32)
             elif isinstance(k, Lookup):
                 total += k.table.size * k.output.itemsize
             elif isinstance(k, LayerNormInt):
