@@ -140,3 +140,51 @@ def test_the_threshold_form_equals_the_runtime_quantizer(cls, bits):
         want = quantize_input(None, torch.from_numpy(x), spec)
         assert np.array_equal(_quantize_in_onnx(x, spec), want.astype(np.float32)), (cls, bits, rounding, zero,
                                                                                        signed, full)
+
+
+def _mapping_alone(mapping, node: dict, x: np.ndarray, tensors: dict | None = None) -> np.ndarray:
+    """An op's ONNX mapping on its own, on integers held as float32 (as the graph holds them)."""
+    import onnxruntime as ort
+
+    b = Builder(SimpleNamespace(nodes=[], tensor=lambda key: tensors[key]))
+    out = mapping(b, node, ["x"])
+    graph = helper.make_graph(b.nodes, "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x.astype(np.float32)})[0]
+
+
+def test_the_integer_transformer_ops_compute_their_definitions_in_onnxruntime():
+    """shiftmax and integer_layer_norm in int64 ONNX equal their Python definitions on rows that
+    reach every branch (zeros, constant rows, extremes, a common power of two, mixed signs)."""
+    from shiftquant.nn import shiftmax as SM
+    from shiftquant.nn.integer_norm import normalized_ints
+    from tests.export.test_c_tokens_and_moves import _rows
+
+    rng = np.random.default_rng(1)
+    top = (1 << 24) - 1  # what float32 holds exactly
+    for n in (1, 3, 192):
+        x = _rows(rng, n, top)
+        signs = rng.choice([-1, 1], n).astype(np.int8)
+        node = {"name": "ln", "normalized_shape": [n], "signs": "s"}
+        got = _mapping_alone(ops.get("integer_layer_norm").onnx.lower, node, x, {"s": signs})
+        assert np.array_equal(got, normalized_ints(torch.from_numpy(x)).numpy() * signs), n
+    for n, scale, unit, bits in [(1, 0.125, 2.0**-6, 3), (65, 0.125, 2.0**-9, 4), (16, 5.0, 1.0, 2),
+                                 (9, 1e-3, 2.0**-20, 4), (5, 1e-6, 2.0**-24, 1)]:
+        s = _rows(rng, n, top)
+        node = {"name": "sm", "dim": -1, "scale": scale, "unit": unit, "shift_bits": bits}
+        got = _mapping_alone(ops.get("shiftmax").onnx.lower, node, s)
+        k, f = SM.exponent_multiplier(scale, unit)
+        assert np.array_equal(got, SM.shiftmax_codes(torch.from_numpy(s), k, f, bits).numpy()), (n, scale)
+
+
+def test_a_vit_runs_in_onnxruntime_bit_for_bit(tmp_path):
+    """timm ViT-tiny, integer-only: LayerNorm, shiftmax and the attention's matmuls on integers."""
+    from tests.export.test_mobile import PIXELS, exported
+
+    model, rt, path, images = exported("timm vit_tiny_patch16_224", tmp_path, images=8)
+    write_onnx(rt, tmp_path / "v.onnx")
+    got = run_onnx(tmp_path / "v.onnx", images)
+    with torch.no_grad():
+        assert np.array_equal(got, model(PIXELS.to_float(images)).numpy())

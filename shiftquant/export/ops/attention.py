@@ -99,7 +99,32 @@ def _shiftmax_prove(rt, node, args, shape):
 
 
 def _shiftmax_onnx(b, node, args):
-    raise ExportError(f"node {node['name']!r} (shiftmax): no ONNX mapping yet (ONNX shifts are unsigned only)")
+    """:func:`shiftquant.nn.shiftmax.shiftmax_codes` in int64 (``onnx/int64.py``: floor divisions
+    for the signed shifts), its integers out as float32."""
+    from ..onnx import int64 as I
+
+    k, f = SM.exponent_multiplier(node["scale"], node["unit"])
+    top, axis = (1 << node["shift_bits"]) - 1, I.const(b, [node["dim"]])
+    s = b.op("Cast", args[0], to=I.INT64)
+    t = b.op("Mul", b.op("Sub", s, b.op("ReduceMax", s, axis, keepdims=1)), I.const(b, k))  # <= 0, |t| < 2^41
+    shift = f - SM.EXP_FRACTION_BITS
+    fixed = (I.floor_div(b, t, I.const(b, 1 << min(shift, 42))) if shift >= 0  # beyond 2^41: -1 or 0 alike
+             else b.op("Mul", t, I.const(b, 1 << -shift)))
+    one = I.const(b, 1 << SM.EXP_FRACTION_BITS)
+    p = I.floor_div(b, fixed, one)
+    mantissa = b.op("Mul", b.op("Add", one, b.op("Mod", fixed, one, fmod=0)),
+                    I.const(b, 1 << (SM.ONE_BITS - SM.EXP_FRACTION_BITS)))
+    down = b.op("Min", b.op("Neg", p), I.const(b, SM.ONE_BITS + 1))
+    e = I.floor_div(b, mantissa, I.pow2(b, down))
+    total = b.op("ReduceSum", e, axis, keepdims=1)
+    total_sq, e_sq2 = b.op("Mul", total, total), b.op("Mul", b.op("Mul", e, e), I.const(b, 2))
+    count = I.const(b, 0)
+    for i in range(top):
+        reached = b.op("GreaterOrEqual", b.op("Mul", e_sq2, I.const(b, 1 << (2 * i))), total_sq)
+        count = b.op("Add", count, b.op("Cast", reached, to=I.INT64))
+    nonzero = b.op("GreaterOrEqual", b.op("Mul", e, I.const(b, 1 << (top + 1))), total)
+    codes = b.op("Where", nonzero, I.pow2(b, count), I.const(b, 0))
+    return b.op("Cast", codes, to=I.FLOAT)
 
 
 def _attention_macs(node: dict, shapes: dict, tensors) -> tuple[str, int]:
@@ -129,7 +154,8 @@ register(
            Field("unit", "number", "what one integer of the scores is worth", low=1e-30),
            Field("shift_bits", "choice", "exponent bits of the probabilities", choices=(1, 2, 3, 4))),
           float=_shiftmax_float, check=_shiftmax_check, integer=_shiftmax_int, prove=_shiftmax_prove,
-          sign=positive, c=lambda node, args: CStep("shiftmax"), onnx=OnnxMap("(none)", _shiftmax_onnx),
+          sign=positive, c=lambda node, args: CStep("shiftmax"),
+          onnx=OnnxMap("int64 Mul, Mod, Div, BitShift, ReduceSum, comparisons", _shiftmax_onnx),
           float_reason=("its scores are not integers on its grid", "let a QuantAttention make them")),
     OpDef("matmul", "`torch.matmul` of two activations (attention's `q @ k^T`, `attn @ v`); of two grids, an "
           "integer matmul", inputs=2,

@@ -100,7 +100,32 @@ def _int_ln_integerize(node, args, ctx) -> None:
 
 
 def _int_ln_onnx(b, node, args):
-    raise ExportError(f"node {node['name']!r} (integer_layer_norm): no ONNX mapping yet")
+    """:func:`shiftquant.nn.integer_norm.normalized_ints` times ``signs`` in int64
+    (``onnx/int64.py``), its integers out as float32."""
+    from ..onnx import int64 as I
+
+    if node.get("signs") is None:
+        raise ExportError(f"node {node['name']!r} (integer_layer_norm): on float values it has no ONNX mapping; "
+                          "export it on the integer stream (its input on a grid, its readers shift layers)")
+    n, last = int(node["normalized_shape"][0]), I.const(b, [-1])
+    x = b.op("Cast", args[0], to=I.INT64)
+    mag = b.op("Abs", x)
+    low = b.op("BitwiseAnd", mag, b.op("Neg", mag))
+    lowest = b.op("ReduceMin", b.op("Where", b.op("Greater", mag, I.const(b, 0)), low, I.const(b, 1 << 62)), last,
+                  keepdims=1)
+    common = b.op("Sub", I.bit_length(b, lowest), I.const(b, 1))
+    cap = b.op("Sub", I.bit_length(b, b.op("ReduceMax", mag, last, keepdims=1)), I.const(b, 30 - n.bit_length()))
+    down = b.op("Clip", b.op("Max", common, cap), I.const(b, 0), I.const(b, 62))
+    x = I.floor_div(b, x, I.pow2(b, down))
+    s = b.op("ReduceSum", x, last, keepdims=1)
+    v = b.op("Sub", b.op("Mul", I.const(b, n), b.op("ReduceSum", b.op("Mul", x, x), last, keepdims=1)), b.op("Mul", s, s))
+    t = b.op("Div", b.op("Sub", I.const(b, 62), I.bit_length(b, v)), I.const(b, 2))  # >= 0: a floor
+    root = b.op("Max", I.isqrt(b, b.op("Mul", v, I.pow2(b, b.op("Add", t, t)))), I.const(b, 1))
+    deviation = b.op("Mul", b.op("Sub", b.op("Mul", x, I.const(b, n)), s),
+                     I.pow2(b, b.op("Add", t, I.const(b, IN.FRACTION_BITS))))
+    z = I.floor_div(b, deviation, root)
+    signs = I.const(b, b.tensor(node["signs"]).astype(np.int64))
+    return b.op("Cast", b.op("Mul", z, signs), to=I.FLOAT)
 
 
 def _onnx_affine(b, node: dict, shape) -> list[str]:
@@ -151,7 +176,8 @@ register(
                    optional=True)),
           float=_int_ln_float, check=_int_ln_check, integer=_int_ln_int, prove=_int_ln_prove,
           integerize=_int_ln_integerize,
-          c=lambda node, args: CStep("layer_norm") if node.get("signs") is not None else None, onnx=OnnxMap("(none)", _int_ln_onnx),
+          c=lambda node, args: CStep("layer_norm") if node.get("signs") is not None else None,
+          onnx=OnnxMap("int64 ReduceSum, BitwiseAnd, Sqrt and comparisons, Mod, Div", _int_ln_onnx),
           float_reason=("its input is not on a grid, or a reader is not a shift layer",
                         "let it read the residual stream on its grid and feed Linear layers")),
 )
