@@ -356,7 +356,7 @@ class _Lowering:
         else:  # the host dequantizes the accumulators
             kernel.acc_bits = 32
             lo, hi = -bound, bound
-        if bound >= 1 << 31:
+        if bound >= (1 << 31) - 1:  # the thresholds clamp to bound + 1, an int32
             raise CodegenError(f"node {node['name']!r}: accumulator bound {bound} does not fit 32 bits")
         out_dtype = "int32" if not node.get("requant") else dtype_for(lo, hi)
         kernel.output = self.tensor(node["name"], out_dtype, (cout, ho, wo), lo, hi)
