@@ -22,6 +22,7 @@ import numpy as np
 from ..format.pixels import describe_input
 from .ctext import array, generated_text, smallest
 from .emit_shift import ShiftLayerPrinter
+from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
 from .program import (Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul, MaxPool,
                       PotCodes, Program, ShiftLayer, Shiftmax, Split, Tensor, Unary, WindowSum)
@@ -115,7 +116,7 @@ int {n}_run(const {n}_input_t *input, int32_t *output);
 """
 
 
-class _Source(ShiftLayerPrinter, TokenPrinter):
+class _Source(ShiftLayerPrinter, ThresholdPrinter, TokenPrinter):
     def __init__(self, p: Program):
         self.p = p
         self.parts: list[str] = []

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import ExportError
 from ...nn import shiftmax as SM
 from ..format.values import Fact, Value
 from .schema import CStep, Field, OnnxMap, OpDef, onnx_op, positive, register
@@ -99,9 +98,9 @@ def _shiftmax_prove(rt, node, args, shape):
 
 
 def _shiftmax_onnx(b, node, args):
-    """:func:`shiftquant.nn.shiftmax.shiftmax_codes` in int64 (``onnx/int64.py``: floor divisions
+    """:func:`shiftquant.nn.shiftmax.shiftmax_codes` in int64 (``onnx_int64.py``: floor divisions
     for the signed shifts), its integers out as float32."""
-    from ..onnx import int64 as I
+    from . import onnx_int64 as I
 
     k, f = SM.exponent_multiplier(node["scale"], node["unit"])
     top, axis = (1 << node["shift_bits"]) - 1, I.const(b, [node["dim"]])

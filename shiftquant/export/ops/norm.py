@@ -101,8 +101,8 @@ def _int_ln_integerize(node, args, ctx) -> None:
 
 def _int_ln_onnx(b, node, args):
     """:func:`shiftquant.nn.integer_norm.normalized_ints` times ``signs`` in int64
-    (``onnx/int64.py``), its integers out as float32."""
-    from ..onnx import int64 as I
+    (``onnx_int64.py``), its integers out as float32."""
+    from . import onnx_int64 as I
 
     if node.get("signs") is None:
         raise ExportError(f"node {node['name']!r} (integer_layer_norm): on float values it has no ONNX mapping; "

@@ -4,7 +4,7 @@ steps float32 cannot hold (the shiftmax, the integer LayerNorm).
 ONNX has no signed shift, and its integer ``Div`` truncates toward zero; here a floor division is
 ``(a - Mod(a, d)) / d`` (``Mod`` with the divisor's sign: exact), a power of two ``2^v`` an
 unsigned ``BitShift`` of 1, and a bit length a count of comparisons with ``2^0 .. 2^62``. Each
-function takes the :class:`~.lower.Builder` and value names and returns a value name (int64).
+function takes the ONNX builder (:class:`..onnx.lower.Builder`) and value names and returns a value name (int64).
 """
 from __future__ import annotations
 

@@ -1,0 +1,144 @@
+"""The C of thresholds: counting a value's level among a channel's thresholds (vectorizable
+counts for vector units, a binary search per value for scalar cores), the delta-packed rows a
+shift layer decodes per channel, and the input-stage kernel (``Map``), as the kernel printer's
+methods (:class:`.emit._Source`)."""
+from __future__ import annotations
+
+from .ctext import array, smallest
+from .program import CHUNK, Map, ShiftLayer, Thresholds
+
+
+class ThresholdPrinter:
+    """Threshold code for :class:`.emit._Source`; ``self.p`` is the program."""
+
+    def count(self, th: Thresholds, cmp_ctype: str, name: str, table: str | None, v: str, r: str, n: str,
+              row: str) -> tuple[str, str]:
+        """Constants and code mapping ``v[0..n)`` through the threshold row ``row`` of ``th`` into
+        ``r``: ``r = levels[0] + sum_k [v >= t_k] * step_k``, a vectorizable count. With many
+        levels only the thresholds between the block's smallest and largest value are counted
+        (those below both count for every lane, those above for none), found by binary search."""
+        levels, steps = th.levels, th.steps
+        consts = array(cmp_ctype, table, th.table) if table else ""  # None: the caller decodes the rows
+        uniform = len(set(steps)) <= 1
+        step = steps[0] if steps else 0
+        if uniform:
+            add = f"({v}[i] >= tk)" if step == 1 else f"(({v}[i] >= tk) ? {step} : 0)"
+            load_step = ""
+        else:
+            consts += array(smallest(steps), f"{name}_step", steps)
+            add = f"(({v}[i] >= tk) ? sk : 0)"
+            load_step = f"const int32_t sk = {name}_step[k];"
+        if th.window:
+            consts += array(smallest(levels), f"{name}_levels", levels)
+            k0, k1 = "k0", "k1"
+            head = f"""\
+unsigned k0 = 0, k1 = 0;
+            {{   /* the thresholds that can tell this block's values apart */
+                {cmp_ctype} lo = {v}[0], hi = {v}[0];
+                unsigned len;
+                for (i = 1; i < {n}; i++) {{ lo = {v}[i] < lo ? {v}[i] : lo; hi = {v}[i] > hi ? {v}[i] : hi; }}
+                for (len = {th.count}u; len > 0;) {{  /* k0 = #(t <= lo) */
+                    const unsigned half = len >> 1;
+                    if ({row}[k0 + half] <= lo) {{ k0 += half + 1u; len -= half + 1u; }} else len = half;
+                }}
+                for (k1 = k0, len = {th.count}u - k0; len > 0;) {{  /* k1 = #(t <= hi) */
+                    const unsigned half = len >> 1;
+                    if ({row}[k1 + half] <= hi) {{ k1 += half + 1u; len -= half + 1u; }} else len = half;
+                }}
+            }}
+            for (i = 0; i < {n}; i++) {r}[i] = {name}_levels[k0];"""
+        else:
+            k0, k1 = "0", f"{th.count}u"
+            head = f"for (i = 0; i < {n}; i++) {r}[i] = {levels[0]};"
+        code = f"""\
+{head}
+            for (k = {k0}; k < {k1}; k++) {{
+                const {cmp_ctype} tk = {row}[k];
+                {load_step}
+                for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
+            }}"""
+        if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
+            if not th.window:  # only the scalar cores' code reads it
+                consts += "#if SQ_SWAR\n" + array(smallest(levels), f"{name}_levels", levels) + "#endif\n"
+            code = f"""\
+#if SQ_SWAR
+            for (i = 0; i < {n}; i++) {{
+                const {cmp_ctype} x = {v}[i];
+                unsigned at = 0, len = {th.count}u;
+                while (len > 0) {{
+                    const unsigned half = len >> 1;
+                    if ({row}[at + half] <= x) {{ at += half + 1u; len -= half + 1u; }} else len = half;
+                }}
+                {r}[i] = {name}_levels[at];
+            }}
+#else
+            {code}
+#endif"""
+        return consts, code
+
+    def delta_packed(self, k: ShiftLayer) -> bool:
+        """Whether this layer's requantization thresholds are stored delta-packed (packed weights)."""
+        return self.p.weights == "packed" and k.requant is not None and k.requant.deltas is not None
+
+    @staticmethod
+    def decode_thresholds(k: ShiftLayer, w) -> str:
+        """This channel's thresholds from their first value, smallest step and packed excesses
+        (:class:`.program.DeltaPack`), clamped as the table would be."""
+        nm, d, count = k.name, k.requant.deltas, k.requant.count
+        excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
+                  f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
+        return f"""        {w.sacc} thr_c[{count}];
+        {{   /* this channel's thresholds, delta-packed: {d.bits} bits per step beyond the smallest */
+            int32_t t = {nm}_first[co];
+            const int32_t step = {nm}_dstep[co];
+            uint32_t bit = {nm}_ch[co][3];
+            unsigned kk;
+            thr_c[0] = ({w.sacc})(t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t);
+            for (kk = 1; kk < {count}u; kk++, bit += {d.bits}u) {{
+                t += step{excess};
+                thr_c[kk] = ({w.sacc})(t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t);
+            }}
+            (void)bit;
+        }}"""
+
+    def map(self, k: Map) -> str:
+        a, out = k.inputs[0], k.output
+        th = k.thresholds
+        nm = k.name
+        cmp = "int16_t" if -32768 <= a.lo and a.hi + 1 <= 32767 else "int32_t"
+        rtype = "int16_t" if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
+        consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr")
+        c, h, w = a.shape
+        if a.row == out.row:  # one geometry: the whole plane at once (its border is cleared after)
+            nseg, length, first_in, first_out, step_in, step_out = 1, a.plane, 0, 0, 0, 0
+        else:  # row by row
+            nseg, length = h, w
+            first_in, first_out = a.border * a.row + a.border, out.border * out.row + out.border
+            step_in, step_out = a.row, out.row
+        block = min(CHUNK, length)
+        return consts + f"""
+/* input stage of {k.label}: thresholds on its integer input -> its input levels */
+{self.signature(k)}
+{{
+    unsigned c, seg, p, i, k;
+    const {cmp} *thr = {nm}_thr;
+    for (c = 0; c < {c}u; c++, a += {a.plane}u, out += {out.plane}u) {{
+        const {a.ctype} *ip = a + {first_in}u;
+        {out.ctype} *ob = out;
+        {out.ctype} *op = out + {first_out}u;
+        for (seg = 0; seg < {nseg}u; seg++, ip += {step_in}u, op += {step_out}u) {{
+            for (p = 0; p < {length}u; p += {block}u) {{
+                const unsigned n = {length}u - p < {block}u ? {length}u - p : {block}u;
+                {cmp} v[{block}];
+                {rtype} r[{block}];
+                for (i = 0; i < n; i++) v[i] = ({cmp})ip[p + i];
+                {code}
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
+            }}
+        }}
+        {self.clear_border(out)}
+        {"thr += " + str(th.count) + "u;" if th.table.shape[0] > 1 else ""}
+        (void)ob; (void)k;
+    }}
+}}
+"""
