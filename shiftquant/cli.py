@@ -122,6 +122,10 @@ def _codegen(args) -> None:
         program = cortex_m.write_project(args.bundle, out, args.name, images, args.target)
         print(f"wrote a {args.target} project for QEMU's {cortex_m.MACHINE} to {out} (make && make run); "
               f"model flash {program.flash_bytes:,} bytes of constants, RAM {program.ram_bytes:,} bytes")
+        if not cortex_m.tools_missing():
+            built = cortex_m.build(out, args.name, program.stack_bytes)
+            print(f"built {built.elf.name} with {cortex_m.CC} -Os: the model takes {built.flash_bytes:,} bytes of "
+                  f"flash (code and constants) and {built.ram_bytes:,} bytes of RAM")
         return
     program = codegen(args.bundle, args.outdir, args.name, args.weights)
     print(f"wrote {out / (args.name + '.h')} and {out / (args.name + '.c')}: {len(program.kernels)} kernels; "

@@ -44,19 +44,22 @@ def _multiplies_in_shift_layers(obj) -> dict:
     return found
 
 
-def _on_target(bundle, images, tmp_path, name="net"):
-    """The project written by the CLI, built and run in QEMU."""
+def _on_target(bundle, images, tmp_path, name="net", capsys=None):
+    """The project written (and built) by the CLI, built again from Python and run in QEMU."""
     np.save(tmp_path / "images.npy", images)
     main(["codegen", str(bundle), str(tmp_path / "mcu"), "--name", name, "--target", "cortex-m4",
           "--images", str(tmp_path / "images.npy")])
+    printed = capsys.readouterr().out if capsys is not None else ""
     assert {"Makefile", "link.ld", "startup.c", "main.c", "inputs.h", f"{name}.c"} <= {
         p.name for p in (tmp_path / "mcu").iterdir()}
     program = cortex_m.write_project(bundle, tmp_path / "mcu", name, images)  # the same files: sizes
     build = cortex_m.build(tmp_path / "mcu", name, program.stack_bytes)
+    if capsys is not None:  # the CLI printed the sizes of the same build
+        assert f"takes {build.flash_bytes:,} bytes of flash" in printed and f"{build.ram_bytes:,} bytes of RAM" in printed
     return program, build, cortex_m.run(build.elf)
 
 
-def test_resnet20_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
+def test_resnet20_runs_on_a_cortex_m4_bit_for_bit(tmp_path, capsys):
     root = find_root(None)
     if root is None:
         pytest.skip("Fashion-MNIST is not installed (Debian: dataset-fashion-mnist)")
@@ -67,7 +70,7 @@ def test_resnet20_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
     images = read_idx(root / FILES["test"][0])[:20].reshape(20, 1, 28, 28)
     with torch.no_grad():
         ref = model(px.to_float(images)).numpy()
-    program, build, result = _on_target(rt.source, images, tmp_path)
+    program, build, result = _on_target(rt.source, images, tmp_path, capsys=capsys)
     ints, unit = rt.run_int(images)
     assert np.array_equal(result.logits, ints)
     assert np.array_equal((result.logits * unit).astype(np.float32), ref)  # the PyTorch hard model
