@@ -6,6 +6,7 @@ Plain data, as CMSIS-NN's parameter structs: :mod:`.lower` fills it from the pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -94,8 +95,9 @@ class Thresholds:
         search: rows must be non-decreasing, which a hostile bundle's need not be)."""
         return self.count > WINDOW and self.ascending
 
-    @property
+    @cached_property
     def ascending(self) -> bool:
+        """Every row non-decreasing (computed once: ``window`` and the emitters ask often)."""
         return bool((np.diff(self.table, axis=1) >= 0).all())
 
     @property

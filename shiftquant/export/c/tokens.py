@@ -113,14 +113,11 @@ def matmul(self, node: dict, args: list, out: Tensor) -> None:
 
 
 def _rows(node: dict, a: Tensor, dim: int) -> int:
-    dims = _dims(a)
-    if dim % len(full_of(node, a)) != len(full_of(node, a)) - 1:
+    """The length of the rows ``a`` is normalized along: ``dim`` must be its last dimension."""
+    rank = len(a.full or a.shape)
+    if dim % rank != rank - 1:
         raise CodegenError(f"node {node['name']!r} ({node['op']}): the C backend normalizes the last dimension only")
-    return dims[-1]
-
-
-def full_of(node: dict, a: Tensor) -> tuple[int, ...]:
-    return tuple(a.full or a.shape)
+    return _dims(a)[-1]
 
 
 def shiftmax(self, node: dict, args: list, out: Tensor) -> None:
