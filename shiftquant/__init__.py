@@ -24,7 +24,7 @@ from .errors import (
                       ExportError,
                       ShiftQuantError,
 )
-from .export import PixelInput, check_exportable, export, export_onnx, load_bundle
+from .export import PixelInput, check_exportable, export, export_onnx, export_qonnx, load_bundle
 from .export.c import codegen
 from .mixed import assign_bits, sensitivity
 from .nn.layers import QuantConv2d, QuantLinear
@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationQuantizer", "BundleError", "CheckpointError", "CodegenError", "CompilerNotFoundError",
     "ConfigError", "DataError",
-    "ExportError", "PixelInput", "PRESETS", "check_exportable", "codegen", "export", "export_onnx", "load_bundle", "load_checkpoint", "QuantBatchNorm2d", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
+    "ExportError", "PixelInput", "PRESETS", "check_exportable", "codegen", "export", "export_onnx", "export_qonnx", "load_bundle", "load_checkpoint", "QuantBatchNorm2d", "QuantConv2d", "QuantLinear", "QuantRecipe", "ShiftQuantError",
     "ShiftQuantizer", "UniformQuantizer", "WeightQuantizer", "bound_scales", "calibrate", "get_slope",
     "assign_bits", "load_float_weights", "quantize_model", "sensitivity", "quantized_layers", "quantizers", "reestimate_batchnorm", "set_slope",
     "summary", "__version__",

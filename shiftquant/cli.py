@@ -24,6 +24,12 @@ def _export(args) -> None:
         raise ShiftQuantError("the checkpoint does not record its input shape: pass --input-shape C,H,W")
     model = load_model(args.checkpoint)
     example = torch.zeros(1, *shape)
+    if args.qonnx:
+        _export_qonnx(model, args.qonnx, shape)
+    if args.output is None:
+        if not args.qonnx:
+            raise ShiftQuantError("export: name the bundle to write (OUTPUT), or --qonnx FILE, or both")
+        return
     pixels = _pixel_input(meta)
     rt = export(model, args.output, example, pixels, allow_approximate=args.allow_approximate)
     a = rt.manifest["agreement"]
@@ -39,6 +45,21 @@ def _export(args) -> None:
         diff = float(np.abs(run_onnx(args.onnx, x) - rt.run(x)).max())
         print(f"wrote {args.onnx} (the bundle's graph); onnxruntime vs the reference runtime on 8 random inputs: "
               f"max |diff| = {diff:.3g}" + (" (bit-identical)" if diff == 0 else ""))
+
+
+def _export_qonnx(model, path: str, shape: list[int]) -> None:
+    from .export import export_qonnx, hard_output
+
+    try:
+        export_qonnx(model, path, torch.zeros(1, *shape), check=False)
+    except ImportError as exc:
+        raise ShiftQuantError(f"--qonnx needs the [fpga] extra (pip install -e '.[fpga]'): {exc}") from None
+    from .export.qonnx.lower import run_qonnx
+
+    x = torch.randn(8, *shape)
+    diff = float(np.abs(run_qonnx(path, x.numpy()) - hard_output(model, x)).max())
+    print(f"wrote {path} (QONNX: Quant nodes on float values, docs/fpga.md); qonnx's executor vs the PyTorch hard "
+          f"model on 8 random inputs: max |diff| = {diff:.3g}")
 
 
 def test_set(name: str, root: str | None):
@@ -329,10 +350,11 @@ def _sensitivity(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="shiftquant", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="checkpoint -> bundle (and ONNX)")
+    e = sub.add_parser("export", help="checkpoint -> bundle (and ONNX, QONNX)")
     e.add_argument("checkpoint")
-    e.add_argument("output")
+    e.add_argument("output", nargs="?", help="the bundle to write (optional with --qonnx)")
     e.add_argument("--onnx", help="also write this ONNX file and check it in onnxruntime")
+    e.add_argument("--qonnx", help="write this QONNX file (FINN / hls4ml; the [fpga] extra) and check it in qonnx")
     e.add_argument("--input-shape", help="C,H,W when the checkpoint does not record it")
     e.add_argument("--allow-approximate", action="store_true",
                    help="write the bundle even when it disagrees with the PyTorch hard model (docs/export.md)")

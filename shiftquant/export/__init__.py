@@ -1,4 +1,4 @@
-"""Export: the hard model as a shift-only bundle, its reference runtime, and ONNX."""
+"""Export: the hard model as a shift-only bundle, its reference runtime, ONNX and QONNX."""
 from __future__ import annotations
 
 import copy
@@ -60,13 +60,37 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     if not check:
         return None
     got = run_onnx(path, rt.input_from_float(example_input.numpy()))
+    return float(np.abs(got - hard_output(model, example_input)).max())
+
+
+def export_qonnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, check: bool = True) -> float | None:
+    """Write the hard ``model`` as a QONNX graph at ``path`` (``shiftquant.export.qonnx``): the
+    bundle graph before requantization, with ``IntQuant`` weights and activation grids, for FINN
+    and hls4ml (``docs/fpga.md``; needs the ``[fpga]`` extra). With ``check``, run it with
+    ``qonnx.core.onnx_exec`` on ``example_input`` and return the largest absolute difference from
+    the PyTorch hard model's output (float rounding: the graph computes in float32)."""
+    from .graph.loader import Graph
+    from .qonnx.lower import cleaned, mark_po2, to_qonnx
+
+    exporter = Exporter(model)
+    exporter.build(example_input)
+    manifest, tensors = exporter.unfolded
+    mark_po2(cleaned(to_qonnx(Graph(manifest, tensors, "export", strict=False)))).save(str(path))
+    if not check:
+        return None
+    from .qonnx.lower import run_qonnx
+
+    return float(np.abs(run_qonnx(path, example_input.numpy()) - hard_output(model, example_input)).max())
+
+
+def hard_output(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The hard (eps = 0) ``model``'s output on ``x``, the model itself left as it is."""
     from ..convert import set_slope
 
     hard = copy.deepcopy(model).eval()
     set_slope(hard, 0.0)
     with torch.no_grad():
-        ref = hard(example_input).numpy()
-    return float(np.abs(got - ref).max())
+        return hard(x).numpy()
 
 
 def load_bundle(path: str | Path, backend: str = "reference", threads: int | None = None):
@@ -86,4 +110,4 @@ def load_bundle(path: str | Path, backend: str = "reference", threads: int | Non
     raise ConfigError("backend", backend, "'reference' or 'c'")
 
 
-__all__ = ["PixelInput", "Runtime", "export", "export_onnx", "load_bundle", "load_reference", "read_bundle"]
+__all__ = ["PixelInput", "Runtime", "export", "export_onnx", "export_qonnx", "load_bundle", "load_reference", "read_bundle"]

@@ -1,0 +1,176 @@
+"""hls4ml from a shiftquant QONNX graph, with the power-of-two weights as shifts (the ``[fpga]`` extra).
+
+hls4ml's QONNX frontend turns a weight ``Quant`` into a fixed-point constant, and a fixed-point
+weight is multiplied. hls4ml has a shift product (``weight_exponential``: ``x << e``, negated for
+negative weights), but only QKeras's ``quantized_po2`` reaches it. :class:`PowerOfTwoWeights`, an
+hls4ml optimizer pass, gives it every layer whose weights are all nonzero powers of two: their
+type becomes an ``ExponentPrecisionType`` (a sign and an exponent per weight), so the generated
+HLS computes ``x << e`` and keeps the accumulator hls4ml inferred from the exact fixed-point
+weights. Weights with a zero (``weight_zero``) or a uniform grid stay multiplied.
+
+Activation ``Quant`` nodes round half away from zero (the quantizer's own rounding, ``HALF_UP``),
+which hls4ml's QONNX frontend does not accept: they are handed to it as ``ROUND`` and the pass
+sets their fixed-point type's rounding to ``AP_RND_INF``, the same rounding in ``ap_fixed``.
+Power-of-two *activations* (``act_shift_bits``) have no hls4ml layer: hls4ml refuses their
+comparisons by name. ``docs/fpga.md`` gives the flow and what was measured.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import hls4ml
+import numpy as np
+from hls4ml.model.flow import get_available_flows, get_flow, register_flow
+from hls4ml.model.optimizer import OptimizerPass, get_available_passes, register_pass
+from hls4ml.model.quantizers import QuantNodeQuantizer, Quantizer
+from hls4ml.model.types import ExponentPrecisionType, ExponentWeightVariable, RoundingMode
+
+from ...errors import ExportError
+from .lower import QUANT, cleaned
+
+FLOW = "shiftquant:shifts"
+_HALF_UP = "HALF_UP"
+
+
+def exponent_width(exponents: np.ndarray, data_integer_bits: int) -> int:
+    """The bits of hls4ml's exponent type for weights ``±2^e``: enough to hold every ``e``, and
+    (its product is ``ap_fixed<2 (W + w), W + w>``, ``w`` the data's width) to keep every bit of
+    ``x << e`` (``e < 0`` shifts right past the data's fraction, ``e > 0`` left past its integer part)."""
+    lo, hi = int(exponents.min()), int(exponents.max())
+    hold = max(math.ceil(math.log2(max(-lo, hi + 1, 1))) + 1, 2)
+    return max(hold, -lo - data_integer_bits + 1, hi + 1)
+
+
+def po2_exponents(data) -> np.ndarray | None:
+    """The exponents ``e`` of weights that are all ``±2^e``, else None."""
+    w = np.asarray(data, dtype=np.float64)
+    if not w.size or np.any(w == 0) or np.any(np.frexp(np.abs(w))[0] != 0.5):
+        return None
+    return np.frexp(np.abs(w))[1] - 1
+
+
+class PowerOfTwoQuantizer(Quantizer):
+    """Weights that already are ``±2^e``, typed as exponents."""
+
+    def __init__(self, width: int):
+        super().__init__(width, ExponentPrecisionType(width=width, signed=True))
+
+    def __call__(self, data):
+        return np.asarray(data)
+
+
+class ShiftWeights(ExponentWeightVariable):
+    """hls4ml's exponent weights (a sign and an exponent each), written with ``np.prod``:
+    hls4ml 1.3's own writer calls ``np.product``, which numpy 2 removed."""
+
+    def __iter__(self):
+        data = self._format()
+        self._iterator = iter(data.reshape((int(np.prod(data.shape[:-1])), 2)))
+        return self
+
+
+class PowerOfTwoWeights(OptimizerPass):
+    """Layers whose weights are all nonzero powers of two get hls4ml's exponent weight type (the
+    shift product), wide enough that every shifted input is exact."""
+
+    def match(self, node):
+        w = node.weights.get("weight")
+        return w is not None and not isinstance(w.type.precision, ExponentPrecisionType) \
+            and po2_exponents(w.data) is not None
+
+    def transform(self, model, node):
+        w = node.weights["weight"]
+        data_t = node.get_input_variable().type.precision
+        width = exponent_width(po2_exponents(w.data), int(getattr(data_t, "integer", data_t.width)))
+        quantizer = PowerOfTwoQuantizer(width)
+        data = np.asarray(w.data)
+        var = ShiftWeights(f"w{node.index}", type_name=f"weight{node.index}_t", precision=quantizer.hls_type,
+                           data=data, quantizer=quantizer, index=node.index)
+        var.data_unquantized = data
+        node.set_attr("weight", var)
+        return False
+
+
+class HalfUpActivations(OptimizerPass):
+    """Activation quantizers round half away from zero, ``AP_RND_INF`` in ``ap_fixed`` (hls4ml
+    made them ``AP_RND_CONV`` from the ``ROUND`` they were handed as; :func:`_prepared` checked
+    that every activation ``Quant`` of the graph was ``HALF_UP``)."""
+
+    def match(self, node):
+        precision = node.get_output_variable().type.precision if node.class_name == "Activation" else None
+        return isinstance(node.get_attr("quantizer"), QuantNodeQuantizer) \
+            and getattr(precision, "rounding_mode", None) == RoundingMode.RND_CONV
+
+    def transform(self, model, node):
+        node.get_output_variable().type.precision.rounding_mode = RoundingMode.RND_INF
+        return False
+
+
+PASSES = {"shiftquant_po2_weights": PowerOfTwoWeights, "shiftquant_half_up": HalfUpActivations}
+
+
+def flow(backend: str) -> str:
+    """The name of ``backend``'s default flow with :data:`PASSES` run before its
+    backend-specific types and templates (registered with hls4ml once)."""
+    for name, cls in PASSES.items():
+        if name not in get_available_passes():
+            register_pass(name, cls)
+    if FLOW not in get_available_flows():
+        register_flow(FLOW, list(PASSES))
+    name = f"shiftquant_{backend.lower()}_ip"
+    if name not in get_available_flows():
+        requires = list(get_flow(hls4ml.backends.get_backend(backend).get_default_flow()).requires)
+        at = next(i for i, f in enumerate(requires) if f.endswith(":specific_types"))
+        register_flow(name, None, requires=requires[:at] + [FLOW] + requires[at:])
+    return name
+
+
+def _prepared(path):
+    """The QONNX model at ``path`` as hls4ml's QONNX frontend reads it: cleaned, channels-last,
+    ``Gemm`` as ``MatMul``, no ``Identity``; activation ``HALF_UP`` rounding as ``ROUND``."""
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.transformation.remove import RemoveIdentityOps
+    from qonnx.util.cleanup import cleanup_model
+
+    model = cleaned(str(path))
+    unsupported = sorted({n.op_type for n in model.graph.node} & {"GreaterOrEqual", "Greater", "Gather", "ReduceSum"})
+    if unsupported:
+        raise ExportError(f"{path}: power-of-two activations (their comparisons: {', '.join(unsupported)}) have no "
+                          "hls4ml layer; for hls4ml train with uniform activations (act_uniform_bits) or weight-only "
+                          "(act_shift_bits=null)")
+    for node in model.get_nodes_by_op_type(QUANT):
+        if model.get_initializer(node.input[0]) is not None:
+            continue  # a weight: already integers on its scale
+        rounding = next(a for a in node.attribute if a.name == "rounding_mode")
+        if rounding.s.decode() != _HALF_UP:
+            raise ExportError(f"{path}: activation Quant {node.name!r} rounds {rounding.s.decode()}; this flow takes "
+                              f"the graphs sq.export_qonnx writes, whose activations round {_HALF_UP}")
+        rounding.s = b"ROUND"  # the only rounding to nearest hls4ml's frontend takes; HalfUpActivations restores it
+    model = model.transform(RemoveIdentityOps()).transform(ConvertToChannelsLastAndClean()).transform(GemmToMatMul())
+    return cleanup_model(model)
+
+
+def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel", part: str | None = None,
+           precision: str = "fixed<32,16>"):
+    """An hls4ml model of the QONNX graph at ``path`` (``sq.export_qonnx``), written to
+    ``output_dir``, its power-of-two weights as shifts. ``precision`` is hls4ml's default type
+    (the input's and what the frontend does not infer); ``compile()`` builds the C simulation
+    (g++), ``predict(x)`` takes channels-last inputs."""
+    model = _prepared(path)
+    config = hls4ml.utils.config.config_from_onnx_model(model, granularity="name", backend=backend,
+                                                        default_precision=precision)
+    config["Flows"] = [flow(backend)]
+    extra = {} if part is None else {"part": part}
+    # weights in the headers: hls4ml's text loader cannot read exponent weights
+    hls_model = hls4ml.converters.convert_from_onnx_model(model, output_dir=str(Path(output_dir)), io_type=io_type,
+                                                          backend=backend, hls_config=config, write_weights_txt=False,
+                                                          **extra)
+    return hls_model
+
+
+def shift_layers(hls_model) -> list[str]:
+    """The layers of an hls4ml model whose weights are exponents (the shift product)."""
+    return [layer.name for layer in hls_model.get_layers()
+            if "weight" in layer.weights and isinstance(layer.weights["weight"].type.precision, ExponentPrecisionType)]

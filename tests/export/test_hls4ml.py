@@ -1,0 +1,71 @@
+"""hls4ml (the ``[fpga]`` extra): the QONNX graph converted by hls4ml's QONNX frontend, every
+power-of-two weight tensor as hls4ml's shift product, and the C simulation (g++) agreeing with
+PyTorch on held-out images."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import shiftquant as sq
+from shiftquant.errors import ExportError
+
+pytest.importorskip("qonnx", reason="the hls4ml flow needs the [fpga] extra: pip install -e '.[fpga]'")
+pytest.importorskip("hls4ml", reason="the hls4ml flow needs the [fpga] extra: pip install -e '.[fpga]'")
+if shutil.which("g++") is None:
+    pytest.skip("hls4ml's C simulation needs g++", allow_module_level=True)
+
+from shiftquant.export.qonnx.hls import exponent_width, shift_layers, to_hls  # noqa: E402
+from shiftquant.models import lenet5  # noqa: E402
+
+
+def _lenet(act_shift_bits, seed: int = 0):
+    torch.manual_seed(seed)
+    model = lenet5(num_classes=10, in_chans=1).eval()
+    with torch.no_grad():  # BatchNorm as after training, some gains negative
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5).mul_(torch.where(torch.rand_like(m.weight) < 0.2, -1.0, 1.0))
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=act_shift_bits))
+    sq.calibrate(model, [torch.randn(64, 1, 28, 28)])
+    sq.set_slope(model, 0.0)
+    return model
+
+
+def test_hls4ml_c_simulation_agrees_and_shifts(tmp_path):
+    """A weight-only LeNet-5 (power-of-two weights, 8-bit activations): every Conv / Dense takes
+    hls4ml's ``weight_exponential`` product, the only multiplications left are BatchNorm's, and
+    the C simulation gives PyTorch's top-1 on 100 held-out inputs."""
+    model = _lenet(None)
+    x = torch.randn(100, 1, 28, 28)
+    sq.export_qonnx(model, tmp_path / "m.onnx", x[:1])
+    hls_model = to_hls(tmp_path / "m.onnx", tmp_path / "hls")
+    layers = [layer for layer in hls_model.get_layers() if layer.class_name in ("Conv2D", "Dense")]
+    assert len(layers) == 3 and shift_layers(hls_model) == [layer.name for layer in layers]
+    hls_model.compile()
+    got = hls_model.predict(np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1)))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.array_equal(got.argmax(1), ref.argmax(1))
+    assert np.abs(got - ref).max() < 0.05  # BatchNorm in hls4ml's fixed<32,16>
+    source = (tmp_path / "hls" / "firmware" / "parameters.h").read_text()
+    products = [line.split("product::")[1].split("<")[0] for line in source.splitlines() if "product::" in line]
+    assert products.count("weight_exponential") == 3
+    # every other product is BatchNorm's per-channel scale
+    assert products.count("mult") == sum(1 for layer in hls_model.get_layers() if layer.class_name == "BatchNormalization")
+
+
+def test_power_of_two_activations_are_refused_by_name(tmp_path):
+    model = _lenet(3)
+    sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 28, 28))
+    with pytest.raises(ExportError, match="power-of-two activations.*act_uniform_bits"):
+        to_hls(tmp_path / "m.onnx", tmp_path / "hls")
+
+
+def test_the_exponent_type_keeps_every_shifted_bit():
+    """Wide enough for every exponent and for the product type hls4ml derives from it."""
+    assert exponent_width(np.array([-3, 0]), data_integer_bits=3) == 3  # holds -3; shifts fit the fraction
+    assert exponent_width(np.array([-12, -9]), data_integer_bits=2) == 11  # x >> 12 past a 2-bit integer part
+    assert exponent_width(np.array([0, 6]), data_integer_bits=8) == 7  # x << 6
