@@ -36,6 +36,7 @@ VARIANTS = {"integer": [], "float": ["quant=none", "float_stage.epochs=0", "dist
 MODELS = {"lenet5": ["integer", "float"], "lenet5_avg": ["integer", "float", "pools-float"],
           "vgg_small": ["integer", "float"], "timm:mobilenetv2_050": ["integer", "float", "pools-float"],
           "timm:mobilenetv3_small_050": ["integer", "float", "pools-float"],
+          "timm:efficientnet_lite0": ["integer", "float", "pools-float"],
           "timm:vit_tiny_patch16_224": ["integer", "float", "pools-float"]}
 # Constructor options where the model needs them (conf/model/NAME.yaml).
 MODEL_CONFIGS = {"timm:vit_tiny_patch16_224": "model=timm_vit_tiny"}
