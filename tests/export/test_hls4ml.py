@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import shiftquant as sq
-from shiftquant.errors import ExportError
+from shiftquant.errors import ConfigError, ExportError
 
 pytest.importorskip("qonnx", reason="the hls4ml flow needs the [fpga] extra: pip install -e '.[fpga]'")
 pytest.importorskip("hls4ml", reason="the hls4ml flow needs the [fpga] extra: pip install -e '.[fpga]'")
@@ -62,6 +62,8 @@ def test_power_of_two_activations_are_refused_by_name(tmp_path):
     sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 28, 28))
     with pytest.raises(ExportError, match="power-of-two activations.*act_uniform_bits"):
         to_hls(tmp_path / "m.onnx", tmp_path / "hls")
+    with pytest.raises(ConfigError, match="io_type.*io_parallel"):  # io_stream's C simulation crashed
+        to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type="io_stream")
 
 
 def test_the_exponent_type_keeps_every_shifted_bit():

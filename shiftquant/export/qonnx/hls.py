@@ -157,7 +157,13 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
     """An hls4ml model of the QONNX graph at ``path`` (``sq.export_qonnx``), written to
     ``output_dir``, its power-of-two weights as shifts. ``precision`` is hls4ml's default type
     (the input's and what the frontend does not infer); ``compile()`` builds the C simulation
-    (g++), ``predict(x)`` takes channels-last inputs."""
+    (g++), ``predict(x)`` takes channels-last inputs. ``io_type`` is ``io_parallel``: with
+    ``io_stream`` hls4ml 1.3's C simulation of a VGG-style network with exponent weights died of
+    an illegal instruction (measured 2026-12-06), so it is refused."""
+    if io_type != "io_parallel":
+        from ...errors import ConfigError
+
+        raise ConfigError("io_type", io_type, "'io_parallel' (io_stream's C simulation crashed with exponent weights)")
     model = _prepared(path)
     config = hls4ml.utils.config.config_from_onnx_model(model, granularity="name", backend=backend,
                                                         default_precision=precision)
