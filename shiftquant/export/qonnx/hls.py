@@ -23,7 +23,7 @@ import hls4ml
 import numpy as np
 from hls4ml.model.flow import get_available_flows, get_flow, register_flow
 from hls4ml.model.optimizer import OptimizerPass, get_available_passes, register_pass
-from hls4ml.model.quantizers import QuantNodeQuantizer, Quantizer
+from hls4ml.model.quantizers import Quantizer
 from hls4ml.model.types import ExponentPrecisionType, ExponentWeightVariable, RoundingMode
 
 from ...errors import ExportError
@@ -93,21 +93,43 @@ class PowerOfTwoWeights(OptimizerPass):
 
 
 class HalfUpActivations(OptimizerPass):
-    """Activation quantizers round half away from zero, ``AP_RND_INF`` in ``ap_fixed`` (hls4ml
-    made them ``AP_RND_CONV`` from the ``ROUND`` they were handed as; :func:`_prepared` checked
-    that every activation ``Quant`` of the graph was ``HALF_UP``)."""
+    """Activation quantizers round half away from zero, ``AP_RND_INF`` in ``ap_fixed``. hls4ml made
+    them ``AP_RND_CONV`` from the ``ROUND`` they were handed as, on the activation or on the layer
+    it merged the quantizer into (a BatchNorm with a residual grid); hls4ml's own types truncate,
+    and :func:`_prepared` checked that every activation ``Quant`` was ``HALF_UP``."""
 
     def match(self, node):
-        precision = node.get_output_variable().type.precision if node.class_name == "Activation" else None
-        return isinstance(node.get_attr("quantizer"), QuantNodeQuantizer) \
-            and getattr(precision, "rounding_mode", None) == RoundingMode.RND_CONV
+        precision = node.get_output_variable().type.precision
+        return getattr(precision, "rounding_mode", None) == RoundingMode.RND_CONV
 
     def transform(self, model, node):
         node.get_output_variable().type.precision.rounding_mode = RoundingMode.RND_INF
         return False
 
 
-PASSES = {"shiftquant_po2_weights": PowerOfTwoWeights, "shiftquant_half_up": HalfUpActivations}
+class ChannelsLastGlobalPool(OptimizerPass):
+    """QONNX's channels-last conversion leaves a global average pool channels-first behind a
+    ``Transpose``; hls4ml's global pool reads channels-last data with the channel count of that
+    channels-first shape, so the transposed data would be averaged across the wrong axis. The
+    pass removes the ``Transpose``: the pool then reads the channels-last data it expects."""
+
+    def match(self, node):
+        after = model_consumers(node)
+        return node.class_name == "Transpose" and list(node.get_attr("perm")) == [2, 0, 1] \
+            and len(after) == 1 and after[0].class_name == "GlobalPooling2D"
+
+    def transform(self, model, node):
+        model.remove_node(node)
+        return True
+
+
+def model_consumers(node) -> list:
+    """The layers that read ``node``'s outputs."""
+    return [n for n in node.model.get_layers() if any(o in n.inputs for o in node.outputs)]
+
+
+PASSES = {"shiftquant_po2_weights": PowerOfTwoWeights, "shiftquant_half_up": HalfUpActivations,
+          "shiftquant_channels_last_global_pool": ChannelsLastGlobalPool}
 
 
 def flow(backend: str) -> str:
@@ -158,12 +180,12 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
     ``output_dir``, its power-of-two weights as shifts. ``precision`` is hls4ml's default type
     (the input's and what the frontend does not infer); ``compile()`` builds the C simulation
     (g++), ``predict(x)`` takes channels-last inputs. ``io_type`` is ``io_parallel``: with
-    ``io_stream`` hls4ml 1.3's C simulation of a VGG-style network with exponent weights died of
-    an illegal instruction (measured 2026-12-06), so it is refused."""
+    ``io_stream``, the C simulation hls4ml 1.3 built for a VGG-style network through this flow
+    died of an illegal instruction (2026-12-06, cause not found), so it is refused."""
     if io_type != "io_parallel":
         from ...errors import ConfigError
 
-        raise ConfigError("io_type", io_type, "'io_parallel' (io_stream's C simulation crashed with exponent weights)")
+        raise ConfigError("io_type", io_type, "'io_parallel' (an io_stream C simulation crashed in this flow)")
     model = _prepared(path)
     config = hls4ml.utils.config.config_from_onnx_model(model, granularity="name", backend=backend,
                                                         default_precision=precision)
