@@ -74,6 +74,19 @@ def test_power_of_two_activations_are_refused_by_name(tmp_path):
         to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type="io_stream")
 
 
+def test_grouped_convolutions_are_refused_by_name(tmp_path):
+    """hls4ml converts plain and depthwise convolutions; 2 groups over 4 channels is neither."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 8 * 8, 10)).eval()
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=None))
+    sq.calibrate(model, [torch.randn(16, 1, 12, 12)])
+    sq.set_slope(model, 0.0)
+    sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 12, 12))
+    with pytest.raises(ExportError, match="2 groups over 4 channels.*depthwise"):
+        to_hls(tmp_path / "m.onnx", tmp_path / "hls")
+
+
 def test_the_exponent_type_keeps_every_shifted_bit():
     """Wide enough for every exponent and for the product type hls4ml derives from it."""
     assert exponent_width(np.array([-3, 0]), data_integer_bits=3) == 3  # holds -3; shifts fit the fraction

@@ -162,6 +162,12 @@ def _prepared(path):
         raise ExportError(f"{path}: power-of-two activations (their comparisons: {', '.join(unsupported)}) have no "
                           "hls4ml layer; for hls4ml train with uniform activations (act_uniform_bits) or weight-only "
                           "(act_shift_bits=null)")
+    for node in model.get_nodes_by_op_type("Conv"):
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        channels = model.get_tensor_shape(node.input[0])[1]
+        if group not in (1, channels):
+            raise ExportError(f"{path}: convolution {node.name!r} has {group} groups over {channels} channels; "
+                              "hls4ml converts plain (1 group) and depthwise convolutions only")
     for node in model.get_nodes_by_op_type(QUANT):
         if model.get_initializer(node.input[0]) is not None:
             continue  # a weight: already integers on its scale
