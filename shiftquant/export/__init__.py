@@ -65,12 +65,12 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
 
 def export_qonnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, check: bool = True) -> float | None:
     """Write the hard ``model`` as a QONNX graph at ``path`` (``shiftquant.export.qonnx``): the
-    bundle graph before requantization, with ``IntQuant`` weights and activation grids, for FINN
+    bundle graph before requantization, with ``Quant`` weights and activation grids, for FINN
     and hls4ml (``docs/fpga.md``; needs the ``[fpga]`` extra). With ``check``, run it with
     ``qonnx.core.onnx_exec`` on ``example_input`` and return the largest absolute difference from
     the PyTorch hard model's output (float rounding: the graph computes in float32)."""
     from .graph.loader import Graph
-    from .qonnx.lower import cleaned, mark_po2, to_qonnx
+    from .qonnx.lower import cleaned, mark_po2, run_qonnx, to_qonnx
 
     exporter = Exporter(model)
     exporter.build(example_input)
@@ -78,8 +78,6 @@ def export_qonnx(model: nn.Module, path: str | Path, example_input: torch.Tensor
     mark_po2(cleaned(to_qonnx(Graph(manifest, tensors, "export", strict=False)))).save(str(path))
     if not check:
         return None
-    from .qonnx.lower import run_qonnx
-
     return float(np.abs(run_qonnx(path, example_input.numpy()) - hard_output(model, example_input)).max())
 
 

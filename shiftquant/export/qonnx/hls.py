@@ -24,10 +24,14 @@ import numpy as np
 from hls4ml.model.flow import get_available_flows, get_flow, register_flow
 from hls4ml.model.optimizer import OptimizerPass, get_available_passes, register_pass
 from hls4ml.model.quantizers import Quantizer
-from hls4ml.model.types import ExponentPrecisionType, ExponentWeightVariable, RoundingMode
+from hls4ml.model.types import (
+    ExponentPrecisionType,
+    ExponentWeightVariable,
+    RoundingMode,
+)
 
-from ...errors import ExportError
-from .lower import QUANT, cleaned
+from ...errors import ConfigError, ExportError
+from .lower import QUANT, cleaned, po2_exponents
 
 FLOW = "shiftquant:shifts"
 _HALF_UP = "HALF_UP"
@@ -40,14 +44,6 @@ def exponent_width(exponents: np.ndarray, data_integer_bits: int) -> int:
     lo, hi = int(exponents.min()), int(exponents.max())
     hold = max(math.ceil(math.log2(max(-lo, hi + 1, 1))) + 1, 2)
     return max(hold, -lo - data_integer_bits + 1, hi + 1)
-
-
-def po2_exponents(data) -> np.ndarray | None:
-    """The exponents ``e`` of weights that are all ``±2^e``, else None."""
-    w = np.asarray(data, dtype=np.float64)
-    if not w.size or np.any(w == 0) or np.any(np.frexp(np.abs(w))[0] != 0.5):
-        return None
-    return np.frexp(np.abs(w))[1] - 1
 
 
 class PowerOfTwoQuantizer(Quantizer):
@@ -189,8 +185,6 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
     ``io_stream``, the C simulation hls4ml 1.3 built for a VGG-style network through this flow
     died of an illegal instruction (2026-12-06, cause not found), so it is refused."""
     if io_type != "io_parallel":
-        from ...errors import ConfigError
-
         raise ConfigError("io_type", io_type, "'io_parallel' (an io_stream C simulation crashed in this flow)")
     model = _prepared(path)
     config = hls4ml.utils.config.config_from_onnx_model(model, granularity="name", backend=backend,

@@ -46,6 +46,19 @@ QUANT = "Quant"  # what the docs call IntQuant
 PO2_WEIGHTS = "shiftquant.po2_weights"  # metadata: weight initializers that are all +-2^e
 
 
+def signed_bits(top: int) -> int:
+    """The bits of a signed integer that holds ``-top .. top`` (at least 2)."""
+    return max(1, math.ceil(math.log2(top + 1))) + 1
+
+
+def po2_exponents(data) -> np.ndarray | None:
+    """The exponents ``e`` of values that are all ``±2^e`` (none zero), else None."""
+    w = np.asarray(data, dtype=np.float64)
+    if not w.size or np.any(w == 0) or np.any(np.frexp(np.abs(w))[0] != 0.5):
+        return None
+    return np.frexp(np.abs(w))[1] - 1
+
+
 def int_quant_params(spec: dict) -> dict | None:
     """``{signed, narrow, bitwidth}`` of the ``Quant`` that equals the activation quantizer
     ``spec`` on its integers, or None when no ``Quant`` does (power-of-two levels, no zero level,
@@ -78,8 +91,7 @@ def pot_weights(w_int: np.ndarray, resolution: float, channel_scale: np.ndarray)
         ints, scale = per_channel, unit.reshape((-1,) + (1,) * (w_int.ndim - 1))
     if not np.array_equal(ints, np.round(ints)):
         raise ExportError("weights are not integers on their scale")  # unreachable for a verified bundle
-    top = int(np.abs(ints).max()) if ints.size else 0
-    return ints, scale, max(2, math.ceil(math.log2(top + 1)) + 1)
+    return ints, scale, signed_bits(int(np.abs(ints).max()) if ints.size else 0)
 
 
 class QonnxBuilder(Builder):
@@ -107,8 +119,7 @@ class QonnxBuilder(Builder):
         if form is not None and spec["policy"] == "learned_pot":
             return self.int_quant(x, unit, form["bitwidth"], form["signed"], form["narrow"])
         ints = self.quantize(x, rank, spec)  # comparisons, counted and looked up: the level integers
-        top = int(np.abs(level_ints(spec)).max())
-        bits = max(1, math.ceil(math.log2(top + 1))) + 1
+        bits = signed_bits(int(np.abs(level_ints(spec)).max()))
         return self.int_quant(self.op("Mul", ints, self.const(np.float32(unit))), unit, bits, rounding="ROUND")
 
 
@@ -136,13 +147,13 @@ def _shift_layer(b: QonnxBuilder, node: dict, x: str) -> str:
 
 def _check_quantizers(graph: Graph) -> None:
     """Every ``Quant`` form equals its quantizer on probe values (levels, midpoints, ties, beyond)."""
+    from qonnx.custom_op.general.intquant import int_quant
+
     for node in graph.nodes:
         for spec in (node.get("input_quantizer"), node.get("output_quantizer")):
             form = spec and spec.get("policy") == "learned_pot" and int_quant_params(spec)
             if not form:
                 continue
-            from qonnx.custom_op.general.intquant import int_quant
-
             unit = input_unit(spec)
             ints = level_ints(spec).astype(np.float64)
             probe = np.concatenate([ints, ints + 0.5, ints - 0.5, ints + 0.25, [ints.min() - 3, ints.max() + 3]]) * unit
@@ -160,6 +171,9 @@ def to_qonnx(graph: Graph, batch: int = 1, name: str = "shiftquant"):
     hls4ml expect fixed shapes; :func:`with_batch` changes it)."""
     from onnx import TensorProto, helper
 
+    source = next(n for n in graph.nodes if n["op"] == "input")
+    if source.get("pixels"):
+        raise ExportError("QONNX export takes float input: export without an input spec (PixelInput)")
     _check_quantizers(graph)
     b = QonnxBuilder(graph)
     values: dict[str, str] = {}
@@ -175,9 +189,6 @@ def to_qonnx(graph: Graph, batch: int = 1, name: str = "shiftquant"):
         if definition.quantizes_output and node.get("output_quantizer"):
             out = b.quantize_float(out, b.rank(node["name"]), node["output_quantizer"])
         values[node["name"]] = out
-    source = next(n for n in graph.nodes if n["op"] == "input")
-    if source.get("pixels"):
-        raise ExportError("QONNX export takes float input: export without an input spec (PixelInput)")
     inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [batch, *source["shape"]])]
     outputs = []
     for out_name, o in zip(output_names(graph), graph.manifest["outputs"]):
@@ -193,12 +204,8 @@ def to_qonnx(graph: Graph, batch: int = 1, name: str = "shiftquant"):
 def po2_weights(model) -> list[str]:
     """The outputs of the ``Quant`` nodes of a QONNX ``ModelWrapper`` that quantize a constant
     whose every value is a nonzero power of two (shifts in hardware)."""
-    found = []
-    for node in model.get_nodes_by_op_type(QUANT):
-        w = model.get_initializer(node.input[0])
-        if w is not None and w.size and np.all(w != 0) and np.all(np.frexp(np.abs(w))[0] == 0.5):
-            found.append(node.output[0])
-    return found
+    constants = {node.output[0]: model.get_initializer(node.input[0]) for node in model.get_nodes_by_op_type(QUANT)}
+    return [out for out, w in constants.items() if w is not None and po2_exponents(w) is not None]
 
 
 def mark_po2(model):
