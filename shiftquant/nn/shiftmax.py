@@ -5,7 +5,8 @@ logits are ``s * unit * scale``. With ``d = s - max(s) <= 0`` along ``dim``:
 
 1. **Base-2 exponent in fixed point.** ``unit * scale * log2(e)`` is ``k / 2^f`` with ``k`` a
    15-bit integer (:func:`exponent_multiplier`); ``E = floor(d * k / 2^(f - P))`` is the exponent
-   with ``P = 8`` fraction bits.
+   with ``P = 8`` fraction bits. Differences below ``-D`` (:func:`vanishing_difference`), whose
+   exponential is already 0, are clamped to ``-D``: a no-op that keeps ``d * k`` within int64.
 2. **2^E by a shift.** ``E = p * 2^P + r`` with ``0 <= r < 2^P``: ``2^E ~ (1 + r / 2^P) * 2^p``
    (I-ViT's shiftmax, linear between powers of two), in units of ``2^-M``:
    ``e = ((2^P + r) << (M - P)) >> -p``; the largest score gives ``e = 2^M``.
@@ -34,6 +35,7 @@ ONE_BITS = 15           # M: the largest score's exponential is 2^M
 MULTIPLIER_BITS = 15    # k < 2^15
 MAX_SHIFT_BITS = 4      # L <= 15: every comparison fits int64
 MAX_LENGTH = 1 << 15    # the normalized dimension: the total's square fits int64
+MAX_SCORE = 1 << 46     # |scores| in units: their differences times k fit int64
 LOG2E = math.log2(math.e)
 
 
@@ -55,12 +57,20 @@ def check_shift_bits(bits) -> int:
     return bits
 
 
+def vanishing_difference(k: int, f: int) -> int:
+    """``D``: every score difference ``d <= -D`` has exponential 0 (``p <= -(M + 1)``), so clamping
+    ``d`` at ``-D`` changes nothing; at most ``2 * MAX_SCORE``, and 1 when ``f < 8`` (the left shift)."""
+    if f < EXP_FRACTION_BITS:  # a logit step of at least 2^6: any d <= -1 vanishes
+        return 1
+    return min(-(-((ONE_BITS + 1) << f) // k), 2 * MAX_SCORE)
+
+
 def exponentials(s: torch.Tensor, k: int, f: int, dim: int = -1) -> torch.Tensor:
     """``e``: each score's base-2 exponential relative to the largest along ``dim``, in units of
-    ``2^-M`` (int64 in, int64 out)."""
-    d = s - s.amax(dim, keepdim=True)  # <= 0
+    ``2^-M`` (int64 in, int64 out; scores within ``MAX_SCORE``)."""
+    d = torch.clamp(s - s.amax(dim, keepdim=True), min=-vanishing_difference(k, f))  # <= 0; exp 0 below
     shift = f - EXP_FRACTION_BITS
-    t = d * k  # |d| < 2^26 and k <= 2^15: no overflow
+    t = d * k  # |d| <= 2^47 and k <= 2^15; |d| <= 1 when shifted left by up to 20: no overflow
     e_fixed = t >> min(shift, 63) if shift >= 0 else t << -shift
     p = e_fixed >> EXP_FRACTION_BITS  # floor: <= 0
     r = e_fixed & ((1 << EXP_FRACTION_BITS) - 1)
@@ -83,9 +93,10 @@ def shiftmax_codes(s: torch.Tensor, k: int, f: int, shift_bits: int, dim: int = 
 
 
 def shiftmax(scores: torch.Tensor, unit: float, scale: float, shift_bits: int, dim: int = -1) -> torch.Tensor:
-    """The hard shiftmax of float scores on the grid ``unit`` (rounded onto it), as float."""
+    """The hard shiftmax of float scores on the grid ``unit`` (rounded onto it, saturating at
+    ``MAX_SCORE`` units), as float."""
     k, f = exponent_multiplier(scale, unit)
-    s = torch.round(scores.detach().double() / unit).long()
+    s = torch.round(scores.detach().double() / unit).clamp(-MAX_SCORE, MAX_SCORE).long()
     return shiftmax_codes(s, k, f, shift_bits, dim).to(scores.dtype) * 2.0 ** -((1 << shift_bits) - 1)
 
 

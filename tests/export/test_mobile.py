@@ -141,3 +141,29 @@ def test_new_op_fields_are_validated_at_load(tmp_path):
     manifest["nodes"].insert(-1, {**first(manifest, "silu"), "op": "gelu", "name": "g", "approximate": "erf"})
     with pytest.raises(BundleError, match="approximate"):
         Runtime(manifest, rt.tensors)
+
+
+def test_attention_whose_scores_could_reach_2_24_stays_float_with_its_reason(tmp_path):
+    """A W2A4 ViT (patch 3, not ``deploy_exact``): ``q @ k^T`` of 4-bit power-of-two activations
+    could reach 2^36 units. The matmuls and the shiftmax stay float, with the reason, and the bundle
+    still gives the PyTorch model's logits (it used to refuse to export: "scores beyond 2^25")."""
+    from shiftquant.export.graph.reasons import float_reasons
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 3, 30, 30)).astype(np.uint8)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=30, patch_size=3, depth=1).eval()
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=4,
+                                                   deploy_exact=False))
+    sq.calibrate(model, [PIXELS.to_float(images[:16])])
+    sq.set_slope(model, 0.0)
+    rt = sq.export(model, tmp_path / "m.sqb", PIXELS.to_float(images[:1]), PIXELS)
+    scores = next(n for n in rt.nodes if n["op"] == "matmul")
+    assert scores["dtype"] == "float32" and scores["name"] in rt.float_ops
+    why = {r.node: r.reason for r in float_reasons(rt.manifest)}
+    assert "2^24" in why[scores["name"]]
+    with torch.no_grad():
+        ref = model(PIXELS.to_float(images[16:])).numpy()
+    out = rt.run(images[16:])
+    assert float(np.std(ref)) > 1e-3 and (out.argmax(1) == ref.argmax(1)).all()
+    assert np.allclose(out, ref, atol=1e-4)

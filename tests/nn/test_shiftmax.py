@@ -13,8 +13,14 @@ import shiftquant as sq
 from shiftquant.errors import ConfigError
 from shiftquant.nn.attention import QuantAttention
 from shiftquant.nn.shiftmax import EXP_FRACTION_BITS as P
+from shiftquant.nn.shiftmax import (
+    MAX_SCORE,
+    ShiftSoftmax,
+    exponent_multiplier,
+    shiftmax,
+    shiftmax_codes,
+)
 from shiftquant.nn.shiftmax import ONE_BITS as M
-from shiftquant.nn.shiftmax import ShiftSoftmax, exponent_multiplier, shiftmax_codes
 
 
 def reference(scores: list[int], k: int, f: int, bits: int) -> list[int]:
@@ -23,10 +29,10 @@ def reference(scores: list[int], k: int, f: int, bits: int) -> list[int]:
     big = max(scores)
     es = []
     for s in scores:
-        e = Fraction((s - big) * k, 2 ** (f - P))
+        e = Fraction((s - big) * k) / Fraction(2) ** (f - P)
         e = e.numerator // e.denominator  # floor
         p, r = e // 2**P, e % 2**P
-        es.append(((2**P + r) * 2 ** (M - P)) // 2 ** (-p))
+        es.append(((2**P + r) * 2 ** (M - P)) // 2 ** min(-p, M + 1))  # beyond: 0 either way
     total = sum(es)
     out = []
     for e in es:
@@ -47,6 +53,26 @@ def test_codes_follow_the_definition(scores, unit, scale, bits):
     k, f = exponent_multiplier(scale, unit)
     got = shiftmax_codes(torch.tensor([scores], dtype=torch.int64), k, f, bits)[0].tolist()
     assert got == reference(scores, k, f, bits)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(-MAX_SCORE, MAX_SCORE), min_size=1, max_size=12), st.integers(-12, 200),
+       st.integers(1 << 14, 1 << 15), st.integers(1, 4), st.integers(0, 46))
+def test_codes_follow_the_definition_over_every_logit_step_and_score(scores, f, k, bits, spread):
+    """Every multiplier ``exponent_multiplier`` can return (``f`` from -12 to 200) and scores up to
+    ``MAX_SCORE`` units: no int64 overflow, still the definition (differences whose exponential is
+    already 0 are clamped)."""
+    scores = [s >> (46 - spread) for s in scores]  # small and large spreads alike
+    got = shiftmax_codes(torch.tensor([scores], dtype=torch.int64), k, f, bits)[0].tolist()
+    assert got == reference(scores, k, f, bits)
+
+
+def test_scores_beyond_the_int64_range_saturate_instead_of_wrapping():
+    unit, scale = 1.0, 2.0**-50  # a tiny logit step: differences of 2^50 units still matter
+    scores = torch.tensor([[2.0**60, 2.0**60 - 2.0**52, -(2.0**70)]], dtype=torch.float64)
+    got = shiftmax(scores, unit, scale, 2)
+    k, f = exponent_multiplier(scale, unit)
+    assert got.tolist() == [[v / 2**3 for v in reference([MAX_SCORE, MAX_SCORE, -MAX_SCORE], k, f, 2)]]
 
 
 def test_it_approximates_the_softmax():

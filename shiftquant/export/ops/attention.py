@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ...nn import shiftmax as SM
+from ..format.ints import FLOAT, FLOAT32_EXACT
 from ..format.values import Fact, Value
 from .schema import CStep, Field, OnnxMap, OpDef, onnx_op, positive, register
 
@@ -31,19 +32,25 @@ def _grids(args) -> bool:
 
 
 def _matmul_int(rt, node, args):
-    if not _grids(args):
+    """On integers when its proof made it integer (loaded bundles hold the declared type to it)."""
+    if not _grids(args) or node.get("dtype", FLOAT) == FLOAT:
         return None
     a, b = args
     return Value(np.matmul(a.data.astype(np.int64), b.data.astype(np.int64)), a.unit * b.unit)
 
 
 def _matmul_prove(rt, node, args, shape):
+    """Integers when both inputs are grids and no sum can reach 2^24 (beyond, float32's sums in
+    the PyTorch model are no longer exact, and the values stay float)."""
     if not _grids(args):
         return None
     a, b = args
     corners = [x * y for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
     depth = int(a.shape[-1])
-    return Fact(shape, "grid", depth * min(corners), depth * max(corners), a.unit * b.unit)
+    lo, hi = depth * min(corners), depth * max(corners)
+    if max(-lo, hi) >= FLOAT32_EXACT:
+        return None
+    return Fact(shape, "grid", lo, hi, a.unit * b.unit)
 
 
 # ---------------------------------------------------------------------------------------------- shiftmax
@@ -92,8 +99,8 @@ def _shiftmax_prove(rt, node, args, shape):
         return None
     _length(rt, node, (0,) + tuple(shape) if node["dim"] >= 0 else shape)
     top = (1 << node["shift_bits"]) - 1
-    if max(abs(x.lo), abs(x.hi)) >= 1 << 25:  # differences of scores below 2^26: d * k fits int64
-        rt.fail(node, "scores beyond 2^25 units")
+    if max(abs(x.lo), abs(x.hi)) >= 1 << 25:  # the C and ONNX kernels: d * k << 20 fits int64
+        rt.fail(node, "scores beyond 2^25 units")  # (an exported matmul stays below 2^24)
     return Fact(shape, "grid", 0, 1 << top, 2.0 ** -top)
 
 
@@ -160,8 +167,9 @@ register(
           "integer matmul", inputs=2,
           float=lambda node, args, tensor, batch: torch.matmul(args[0], args[1]), integer=_matmul_int,
           prove=_matmul_prove, c=lambda node, args: CStep("matmul"), onnx=onnx_op("MatMul"), macs=_matmul_macs,
-          float_reason=("multiplies values that are not both on power-of-two integer grids",
-                        "quantize both (QuantAttention puts q, k and v on the grid)")),
+          float_reason=(("multiplies values that are not both on power-of-two integer grids, or whose sums of "
+                         "products could reach 2^24"),
+                        "quantize both (QuantAttention puts q, k and v on the grid) with fewer activation bits")),
     OpDef("attention", "`F.scaled_dot_product_attention` of q, k, v without a mask or dropout",
           (Field("scale", "number", "the logits' scale (null: PyTorch's, 1/sqrt(d))", low=1e-30, optional=True),),
           inputs=3, float=lambda node, args, tensor, batch: F.scaled_dot_product_attention(*args,
