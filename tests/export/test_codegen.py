@@ -279,3 +279,49 @@ def test_delta_packed_thresholds_decode_to_the_table(resnet20):
     assert pack_deltas(raw, -10**6, 10**6) is None  # excesses of 9 bits
     assert pack_deltas(raw + (1 << 30), 0, 1) is None
     assert tables.flash_bytes > packed.flash_bytes
+
+
+def _lives(program):
+    """Each arena buffer's byte range and the kernel steps it is alive over."""
+    from shiftquant.export.c.program import ALIGN
+
+    spans: dict[int, list] = {}
+    for i, k in enumerate(program.kernels):
+        for t in [*k.inputs, k.output]:
+            r = t.root
+            if r.offset < 0 or r.constant is not None or r is program.input:
+                continue
+            s = spans.setdefault(id(r), [r, i, i])
+            s[1], s[2] = min(s[1], i), max(s[2], i)
+    return [(r.offset, r.offset + -(-r.nbytes // ALIGN) * ALIGN, a, b) for r, a, b in spans.values()]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet8"])
+def test_the_arena_shares_only_what_is_dead_and_writes_elementwise_outputs_over_dying_inputs(name, resnet20,
+                                                                                            tmp_path):
+    """No two buffers alive at one kernel overlap, except an elementwise kernel's output over the
+    input that dies there (exactly over it); a ReLU after a residual add is fused into the add,
+    so the wider sum is never stored; the arena is within 1 % of the largest set of buffers alive at once."""
+    from shiftquant.export.c import lower
+    from shiftquant.export.c.program import Add, Unary
+
+    rt = resnet20[3] if name == "resnet20" else hard_and_runtime(name, 0, 2, True, tmp_path)[3]
+    program = lower(rt)
+    k_of = {id(k.output.root): (i, k) for i, k in enumerate(program.kernels)}
+    lives = _lives(program)
+    for i, (o1, e1, a1, b1) in enumerate(lives):
+        for o2, e2, a2, b2 in lives[i + 1:]:
+            if max(a1, a2) > min(b1, b2) or e1 <= o2 or e2 <= o1:
+                continue  # alive at different kernels, or apart in memory
+            # overlapping while both are alive: only an in-place kernel at the handoff
+            step = max(a1, a2)
+            assert min(b1, b2) == step and program.kernels[step].in_place and (o1, e1) == (o2, e2) or \
+                (o1 == o2 and program.kernels[step].in_place), (name, o1, o2, step)
+    assert any(k.in_place for k in program.kernels)
+    adds = [k for k in program.kernels if isinstance(k, Add)]
+    assert adds and all(k.expr != "x" for k in adds)  # ReLU fused: no add's sum is stored
+    assert not any(isinstance(k, Unary) and isinstance(k_of.get(id(k.inputs[0].root), (0, None))[1], Add)
+                   for k in program.kernels)
+    steps = range(len(program.kernels))
+    busiest = max(sum(e - o for o, e in {(o, e) for o, e, a, b in lives if a <= s <= b}) for s in steps)
+    assert busiest <= program.arena_bytes <= 1.01 * busiest, (program.arena_bytes, busiest)

@@ -174,13 +174,14 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 
     def add(self, k: Add) -> str:
         s0, s1 = k.shifts
-        return self.elementwise(k, "SQ_S32(((uint32_t)x << %d) + ((uint32_t)y << %d))" % (s0, s1),
-                                "int32_t x = a[i]; int32_t y = b[i];")
+        return self.elementwise(k, k.expr, "const int32_t x = SQ_S32(((uint32_t)a[i] << %d) + ((uint32_t)b[i] << %d));"
+                                % (s0, s1))
 
     def signature(self, k: Kernel) -> str:
-        names = INPUT_NAMES
-        args = [f"const {t.ctype} *restrict {names[i]}" for i, t in enumerate(k.inputs)]
-        return f"SQ_KERNEL void {k.name}({', '.join(args)}, {k.output.ctype} *restrict out)"
+        """Pointers are ``restrict`` unless the kernel writes its output over an input."""
+        names, restrict = INPUT_NAMES, "" if k.in_place else "restrict "
+        args = [f"const {t.ctype} *{restrict}{names[i]}" for i, t in enumerate(k.inputs)]
+        return f"SQ_KERNEL void {k.name}({', '.join(args)}, {k.output.ctype} *{restrict}out)"
 
     def elementwise(self, k: Kernel, expr: str, load: str) -> str:
         return f"""\

@@ -106,6 +106,10 @@ class _Lowering:
         self.union: dict[int, int] = {}  # elementwise ops: tensors that share one layout
         self.all: list[Tensor] = []
         self.host_prefix: set[str] = set()  # float nodes between the input and the first layer (codes)
+        self.readers: dict[str, int] = {}  # node -> how many inputs name it
+        for node in self.nodes:
+            for i in node["inputs"]:
+                self.readers[i] = self.readers.get(i, 0) + 1
 
     # ------------------------------------------------------------------ helpers
     def tensor(self, name, dtype, shape, lo, hi, full=None) -> Tensor:
@@ -248,9 +252,22 @@ class _Lowering:
         if step.kernel in _BUILDERS:
             _BUILDERS[step.kernel](self, node, args, out, **step.params)
             return
+        if step.kernel == "unary" and self.fuse_into_add(node, args[0], out, step.params["expr"]):
+            return
         kernel, prefix = _KERNELS[step.kernel]
         params = {**step.params, **{k: self.t[key] for k, key in step.tensors.items()}}  # checked at load
         self.emit(kernel(self.cname(prefix or node["op"], node), node["name"], args, out, **params))
+
+    def fuse_into_add(self, node: dict, x: Tensor, out: Tensor, expr: str) -> bool:
+        """A ReLU or clamp that is the only reader of the add just emitted becomes that add's
+        ``expr``: the sum, often wider than either, is never stored."""
+        last = self.kernels[-1] if self.kernels else None
+        if not isinstance(last, Add) or last.output is not x or last.expr != "x" or self.readers.get(last.node) != 1:
+            return False
+        self.all.remove(x)
+        last.output, last.expr = out, expr
+        self.values[node["name"]] = out
+        return True
 
     def emit(self, kernel: Kernel) -> None:
         self.kernels.append(kernel)

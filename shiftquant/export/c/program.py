@@ -175,6 +175,7 @@ class Kernel:
     node: str  # the manifest node it computes
     inputs: list[Tensor]
     output: Tensor
+    in_place: bool = False  # the arena puts its output over an input that dies here (same layout)
 
     @property
     def label(self) -> str:
@@ -265,7 +266,16 @@ class Unary(Kernel):
 
 @dataclass
 class Add(Kernel):
+    """``x = (a << s0) + (b << s1)``, then ``out = expr(x)``: a ReLU or clamp that reads only the
+    sum is fused into it (its input is never stored)."""
+
     shifts: tuple[int, int] = (0, 0)
+    expr: str = "x"
+
+
+# Elementwise kernels that read each input element before writing the output element at the same
+# position: the arena may put the output over an input of the same layout that dies there.
+ELEMENTWISE = (Unary, Add, Map)
 
 
 @dataclass
