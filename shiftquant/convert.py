@@ -270,11 +270,13 @@ def calibrate(model: nn.Module, batches: Iterable) -> int:
     model runs in eval mode at ``eps = 1``, so each layer sees the float network's activations;
     slopes and mode are restored afterwards.
     """
-    # A layer's input quantizer sees the layer's input; an output quantizer is called on its input.
+    # A layer's input quantizer sees the layer's input; every other activation quantizer (residual
+    # BatchNorms', activation tables', a ViT's token stream and attention's q, k, v) is called on
+    # what it quantizes.
     watched = [(m, m.input_quantizer) for _, m in quantized_layers(model)
                if isinstance(m.input_quantizer, ActivationQuantizer)]
-    watched += [(q, q) for m in model.modules() if isinstance(m, (QuantBatchNorm2d, QuantActivation))
-                for q in (m.output_quantizer, getattr(m, "input_quantizer", None)) if q is not None]
+    seen = {id(q) for _, q in watched}
+    watched += [(q, q) for q in model.modules() if isinstance(q, ActivationQuantizer) and id(q) not in seen]
     if not watched:
         return 0
     observers = [_Observer(q) for _, q in watched]

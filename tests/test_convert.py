@@ -132,6 +132,25 @@ def test_calibrate_sets_activation_scale_from_data():
     assert 2 ** first.log2_scale.item() >= 8  # inputs reach 40: scale far above the default 1
 
 
+def test_calibrate_sets_every_activation_grid_of_an_integer_vit():
+    """With ``residual_bits``, a ViT's token stream (class token, position embedding, each block's
+    branch outputs) and its attention's q, k, v have grids of their own: calibration sets each
+    from what it quantizes, as it sets the layers' input grids (they were left at scale 1, and
+    the hard model lost about 23 points before training)."""
+    import timm
+
+    from shiftquant.quant.scales import ActivationQuantizer
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=28, patch_size=7, depth=2, in_chans=1)
+    sq.quantize_model(vit, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    grids = {n: q for n, q in vit.named_modules() if isinstance(q, ActivationQuantizer)}
+    assert {"pos_quantizer", "token_quantizer", "blocks.0.attn.qkv_quantizer", "blocks.1.ls2"} <= set(grids)
+    sq.calibrate(vit, [8 * torch.randn(16, 1, 28, 28)])
+    assert all(bool(q.calibrated) for q in grids.values()), [n for n, q in grids.items() if not q.calibrated]
+    assert len({q.log2_scale.item() for q in grids.values()}) > 2  # each from its own values
+
+
 def test_torch_compile_traces_quantized_resnet18_exactly():
     """Dynamo + AOTAutograd over the whole model (autograd.Function, eps buffer): bitwise equal to
     eager, forward and backward, at every slope, without recompiling when eps changes."""
