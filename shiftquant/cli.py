@@ -145,6 +145,7 @@ def _codegen(args) -> None:
               f"model flash {program.flash_bytes:,} bytes of constants, RAM {program.ram_bytes:,} bytes")
         if not cortex_m.tools_missing():
             built = cortex_m.build(out, args.name, program.stack_bytes)
+            cortex_m.stamp_header(out / f"{args.name}.h", args.name, built)
             print(f"built {built.elf.name} with {cortex_m.CC} -Os: the model takes {built.flash_bytes:,} bytes of "
                   f"flash (code and constants) and {built.ram_bytes:,} bytes of RAM")
         return
@@ -153,14 +154,19 @@ def _codegen(args) -> None:
           f"flash {program.flash_bytes:,} bytes ({args.weights} weights), RAM {program.ram_bytes:,} bytes "
           f"(arena {program.arena_bytes:,} + stack {program.stack_bytes:,}); entry point "
           f"int {args.name}_run(const {program.input.ctype} *input, int32_t *output)")
+    from .export.c import cortex_m
+
+    if program.input_kind == "pixels" and program.output_kind == "logits" and not cortex_m.tools_missing():
+        built = cortex_m.measure(args.bundle)
+        cortex_m.stamp_header(out / f"{args.name}.h", args.name, built)
+        print(f"built for a Cortex-M4 ({cortex_m.CC} -Os): flash {built.flash_bytes:,} bytes, RAM "
+              f"{built.ram_bytes:,} bytes (in {args.name}.h)")
 
 
 def c_sizes(rt, cortex_m: bool = False) -> dict:
     """Flash and RAM of the bundle's C code (``shiftquant codegen``), or why it has none; the
     int8 equivalent's flash (a byte per weight, an int32 bias per output channel); with
-    ``cortex_m``, the model's flash and RAM built for a Cortex-M4 (``cortex_m.build``)."""
-    import tempfile
-
+    ``cortex_m``, the model's flash and RAM built for a Cortex-M4 (``cortex_m.measure``)."""
     from .errors import CodegenError
     from .export.c import cortex_m as target
     from .export.c import lower
@@ -174,9 +180,7 @@ def c_sizes(rt, cortex_m: bool = False) -> dict:
              "int8_flash": packed.int8_flash_bytes}
     if cortex_m:
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                program = target.write_project(rt, tmp, "model")
-                built = target.build(tmp, "model", program.stack_bytes)
+            built = target.measure(rt)
             sizes["cortex_m4"] = {"flash": built.flash_bytes, "ram": built.ram_bytes}
         except CodegenError as exc:
             sizes["cortex_m4"] = {"refused": str(exc)}

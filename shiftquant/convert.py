@@ -298,6 +298,9 @@ def calibrate(model: nn.Module, batches: Iterable) -> int:
         model.train(was_training)
     for obs in observers:
         obs.apply()
+    for m in model.modules():  # grids that start from others' (a ViT's class token)
+        if hasattr(m, "after_calibration"):
+            m.after_calibration()
     return sum(1 for obs in observers if obs.count or obs.samples)
 
 

@@ -149,6 +149,8 @@ def test_calibrate_sets_every_activation_grid_of_an_integer_vit():
     sq.calibrate(vit, [8 * torch.randn(16, 1, 28, 28)])
     assert all(bool(q.calibrated) for q in grids.values()), [n for n, q in grids.items() if not q.calibrated]
     assert len({q.log2_scale.item() for q in grids.values()}) > 2  # each from its own values
+    # the class token (timm: near 0) starts on the position embedding's grid, not a grid of its own
+    assert vit.token_quantizer.log2_scale.item() == vit.pos_quantizer.log2_scale.item()
 
 
 def test_torch_compile_traces_quantized_resnet18_exactly():

@@ -33,6 +33,14 @@ class QuantVisionTransformer(VisionTransformer):
     token_quantizer: nn.Module | None
     pos_quantizer: nn.Module
 
+    def after_calibration(self) -> None:
+        """The class token starts on the position embedding's grid: it joins the stream as they
+        do, and a grid calibrated on a token initialized near 0 (timm: std 1e-6) would be too
+        fine to align with the patch tokens on integers."""
+        if self.token_quantizer is not None:
+            with torch.no_grad():
+                self.token_quantizer.log2_scale.copy_(self.pos_quantizer.log2_scale)
+
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         pos = self.pos_quantizer(self.pos_embed)
         tokens = [] if self.cls_token is None else [self.token_quantizer(self.cls_token).expand(x.shape[0], -1, -1)]

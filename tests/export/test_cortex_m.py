@@ -52,8 +52,14 @@ def _on_target(bundle, images, tmp_path, name="net", capsys=None):
     printed = capsys.readouterr().out if capsys is not None else ""
     assert {"Makefile", "link.ld", "startup.c", "main.c", "inputs.h", f"{name}.c"} <= {
         p.name for p in (tmp_path / "mcu").iterdir()}
+    header = (tmp_path / "mcu" / f"{name}.h").read_text()
+    main(["codegen", str(bundle), str(tmp_path / "host"), "--name", name])  # host C: the same Cortex-M4 sizes
+    host_header = (tmp_path / "host" / f"{name}.h").read_text()
     program = cortex_m.write_project(bundle, tmp_path / "mcu", name, images)  # the same files: sizes
     build = cortex_m.build(tmp_path / "mcu", name, program.stack_bytes)
+    for text in (header, host_header):
+        assert f"#define {name.upper()}_CORTEX_M4_FLASH_BYTES ({build.flash_bytes})" in text
+        assert f"#define {name.upper()}_CORTEX_M4_RAM_BYTES ({build.ram_bytes})" in text
     if capsys is not None:  # the CLI printed the sizes of the same build
         assert f"takes {build.flash_bytes:,} bytes of flash" in printed and f"{build.ram_bytes:,} bytes of RAM" in printed
     return program, build, cortex_m.run(build.elf)

@@ -213,6 +213,30 @@ def build(outdir, name: str = "model", stack_bytes: int = 0) -> Build:
     return Build(out / f"{name}.elf", text + data, data + bss + stack_bytes, {"text": text, "data": data, "bss": bss})
 
 
+def measure(bundle) -> Build:
+    """The model's Cortex-M4 sizes: its project written and built in a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        program = write_project(bundle, tmp, "model")
+        return build(tmp, "model", program.stack_bytes)
+
+
+STAMP = "/* Built for a Cortex-M4"
+
+
+def stamp_header(header, name: str, built: Build) -> None:
+    """Add the measured Cortex-M4 flash and RAM of ``built`` to the generated header ``header``."""
+    path, up = Path(header), name.upper()
+    lines = [line for line in path.read_text().splitlines() if not line.startswith((STAMP, f"#define {up}_CORTEX_M4_"))]
+    end = max(i for i, line in enumerate(lines) if line.startswith("#endif"))
+    lines[end:end] = [f"{STAMP} ({' '.join([CC, *CFLAGS])}, arm-none-eabi-size of the model's object): flash is "
+                      ".text + .rodata + .data, RAM .data + .bss + stack scratch. */",
+                      f"#define {up}_CORTEX_M4_FLASH_BYTES ({built.flash_bytes})",
+                      f"#define {up}_CORTEX_M4_RAM_BYTES ({built.ram_bytes})", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _size(path: Path) -> tuple[int, int, int]:
     lines = subprocess.run([SIZE, str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
     text, data, bss = (int(v) for v in lines[1].split()[:3])
