@@ -133,12 +133,10 @@ def _run(args) -> None:
 
 
 def _codegen(args) -> None:
-    from .export.c import codegen
+    from .export.c import codegen, cortex_m
 
     out = Path(args.outdir)
     if args.target != "host":
-        from .export.c import cortex_m
-
         images = None if args.images is None else np.load(args.images, allow_pickle=False)
         program = cortex_m.write_project(args.bundle, out, args.name, images, args.target)
         print(f"wrote a {args.target} project for QEMU's {cortex_m.MACHINE} to {out} (make && make run); "
@@ -154,8 +152,6 @@ def _codegen(args) -> None:
           f"flash {program.flash_bytes:,} bytes ({args.weights} weights), RAM {program.ram_bytes:,} bytes "
           f"(arena {program.arena_bytes:,} + stack {program.stack_bytes:,}); entry point "
           f"int {args.name}_run(const {program.input.ctype} *input, int32_t *output)")
-    from .export.c import cortex_m
-
     if program.input_kind == "pixels" and program.output_kind == "logits" and not cortex_m.tools_missing():
         built = cortex_m.measure(args.bundle)
         cortex_m.stamp_header(out / f"{args.name}.h", args.name, built)

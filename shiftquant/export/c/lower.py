@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 
 import numpy as np
 
@@ -106,10 +107,7 @@ class _Lowering:
         self.union: dict[int, int] = {}  # elementwise ops: tensors that share one layout
         self.all: list[Tensor] = []
         self.host_prefix: set[str] = set()  # float nodes between the input and the first layer (codes)
-        self.readers: dict[str, int] = {}  # node -> how many inputs name it
-        for node in self.nodes:
-            for i in node["inputs"]:
-                self.readers[i] = self.readers.get(i, 0) + 1
+        self.readers = Counter(i for node in self.nodes for i in node["inputs"])  # node -> inputs naming it
 
     # ------------------------------------------------------------------ helpers
     def tensor(self, name, dtype, shape, lo, hi, full=None) -> Tensor:
