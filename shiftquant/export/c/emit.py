@@ -24,7 +24,7 @@ from .ctext import array, generated_text, smallest
 from .emit_shift import ShiftLayerPrinter
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
-from .program import (Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul, MaxPool,
+from .program import (CHUNK, Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul, MaxPool,
                       PotCodes, Program, ShiftLayer, Shiftmax, Split, Tensor, Unary, WindowSum)
 
 GENERATOR = "shiftquant C emitter 1"
@@ -325,25 +325,48 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
         b, s = k.out_border, k.stride
         ph, pw = k.padding
         ys, xs = [py - ph for py, _ in k.phases], [px - pw for _, px in k.phases]
-        return f"""\
-/* {k.label}: its input split into {len(k.phases)} phases modulo {s} for the stride-{s} convolution */
+        block = min(CHUNK, row)
+        th, nm = k.thresholds, k.name
+        if th is None:
+            consts, stage, cmp, rtype, next_row = "", "for (i = 0; i < n; i++) r[i] = v[i];", a.ctype, a.ctype, ""
+        else:  # the fused input stage: each pixel through its channel's thresholds
+            cmp, rtype = self.compare_type(a), smallest(th.levels)
+            consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr")
+            next_row = f"thr += {th.count}u;" if th.table.shape[0] > 1 else ""
+        what = "thresholded and split" if th is not None else "split"
+        return consts + f"""\
+/* {k.label}: its input {what} into {len(k.phases)} phases modulo {s} for the stride-{s} convolution */
 {self.signature(k)}
 {{
-{array(smallest(ys), f"{k.name}_py", ys)}{array(smallest(xs), f"{k.name}_px", xs)}\
-    unsigned p, c;
-    int u, v;
+{array(smallest(ys), f"{nm}_py", ys)}{array(smallest(xs), f"{nm}_px", xs)}\
+    unsigned p, c, q, i, k;
+    int u;
     for (p = 0; p < {len(k.phases)}u; p++) {{
         const {a.ctype} *ip = a + {a.border * a.row + a.border};
+        {f"const {cmp} *thr = {nm}_thr;" if th is not None else ""}
         for (c = 0; c < {c}u; c++, ip += {a.plane}u, out += {out.plane}u) {{
             for (u = 0; u < {rows}; u++) {{
-                const int y = {s} * (u - {b}) + {k.name}_py[p];
-                for (v = 0; v < {row}; v++) {{
-                    const int x = {s} * (v - {b}) + {k.name}_px[p];
-                    out[u * {row} + v] = (y >= 0 && y < {h} && x >= 0 && x < {w}) ? ip[y * {a.row} + x] : 0;
+                const int y = {s} * (u - {b}) + {nm}_py[p];
+                const {a.ctype} *src = ip + (y >= 0 && y < {h} ? y * {a.row} : 0);
+                for (q = 0; q < {row}u; q += {block}u) {{
+                    const unsigned n = {row}u - q < {block}u ? {row}u - q : {block}u;
+                    {cmp} v[{block}];
+                    {rtype} r[{block}];
+                    for (i = 0; i < n; i++) {{
+                        const int x = {s} * ((int)(q + i) - {b}) + {nm}_px[p];
+                        v[i] = ({cmp})(x >= 0 && x < {w} ? src[x] : 0);
+                    }}
+                    {stage}
+                    for (i = 0; i < n; i++) {{
+                        const int x = {s} * ((int)(q + i) - {b}) + {nm}_px[p];
+                        out[u * {row} + (int)(q + i)] = (y >= 0 && y < {h} && x >= 0 && x < {w}) ? ({out.ctype})r[i] : 0;
+                    }}
                 }}
             }}
+            {next_row}
         }}
     }}
+    (void)k;
 }}
 """
 

@@ -101,11 +101,17 @@ unsigned k0 = 0, k1 = 0;
             (void)bit;
         }}"""
 
+    @staticmethod
+    def compare_type(a) -> str:
+        """The C type input ``a``'s values are compared with thresholds in (thresholds clamp to
+        one past its largest value)."""
+        return "int16_t" if -32768 <= a.lo and a.hi + 1 <= 32767 else "int32_t"
+
     def map(self, k: Map) -> str:
         a, out = k.inputs[0], k.output
         th = k.thresholds
         nm = k.name
-        cmp = "int16_t" if -32768 <= a.lo and a.hi + 1 <= 32767 else "int32_t"
+        cmp = self.compare_type(a)
         rtype = "int16_t" if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
         consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr")
         c, h, w = a.shape

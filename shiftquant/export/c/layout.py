@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ...errors import CodegenError
 from .gather import plan
-from .program import CHUNK, Gather, Kernel, ShiftLayer, Split
+from .program import CHUNK, Gather, Kernel, Map, ShiftLayer, Split
 
 
 def resolve_layouts(self) -> None:
@@ -44,7 +44,8 @@ def resolve_layouts(self) -> None:
         if isinstance(k, ShiftLayer):
             kernels += layer_geometry(self, k)
         kernels.append(k)
-    self.kernels[:] = kernels
+    fused = {id(s.fused_map) for s in kernels if isinstance(s, Split) and s.fused_map is not None}
+    self.kernels[:] = [k for k in kernels if id(k) not in fused]
 
 def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
     """Where each output position reads its taps; returns the kernels that must run first (a
@@ -75,6 +76,7 @@ def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
         row = max(out.row, bo + wo + (kw - 1) // s)  # the output's row, unless a tap would wrap
         split = Split(f"{self.name}_phases_{self.index[k.node]}", k.node, [a], None, phases=used,
                       padding=(ph, pw), out_border=bo, stride=s)
+        fuse_input_stage(self, split)
         split.output = self.tensor(f"{k.node}.phases", a.dtype, (len(used) * a.shape[0], rows, row),
                                    a.lo, a.hi)
         t = split.output
@@ -106,3 +108,16 @@ def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
     a.root.slack = max(a.root.slack, k.chunk * k.x_step + 1)
     return before
 
+
+
+def fuse_input_stage(self, split: Split) -> None:
+    """A split whose input is a :class:`Map`'s output that nothing else reads applies the Map's
+    thresholds itself, reading the Map's input: the thresholded image is never stored (at the
+    first stride-2 block of a ResNet, the largest buffer alive)."""
+    a = split.inputs[0]
+    maps = [k for k in self.kernels if isinstance(k, Map) and k.output is a]
+    readers = sum(x is a for k in self.kernels for x in k.inputs)
+    if len(maps) != 1 or readers != 1 or a.alias_of is not None or any(t.alias_of is a for t in self.all):
+        return
+    split.inputs, split.thresholds, split.fused_map = list(maps[0].inputs), maps[0].thresholds, maps[0]
+    self.all.remove(a)

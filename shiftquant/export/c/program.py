@@ -329,12 +329,16 @@ class Split(Kernel):
     """A stride-s convolution's input as phases modulo s: output plane ``p * C + c`` holds, at row
     ``u`` and column ``v`` (the convolution output's grid, border ``out_border`` included), input
     pixel ``(s (u - out_border) + py - padding, s (v - out_border) + px - padding)`` of channel
-    ``c``, with ``(py, px) = phases[p]``; zero outside the image."""
+    ``c``, with ``(py, px) = phases[p]``; zero outside the image. With ``thresholds``, the
+    convolution's input stage is fused in: each pixel goes through its channel's thresholds (a
+    :class:`Map` that would otherwise store the whole image once more)."""
 
     phases: list[tuple[int, int]] = field(default_factory=list)
     padding: tuple[int, int] = (0, 0)
     out_border: int = 0
     stride: int = 2
+    thresholds: Thresholds | None = None
+    fused_map: Map | None = None  # the Map kernel whose work it does (dropped from the program)
 
 
 @dataclass
@@ -431,11 +435,11 @@ class Program:
                 elif k.requant is not None and k.requant.deltas is not None and self.weights == "packed":
                     total += k.requant.deltas.nbytes + 4 * len(k.requant.levels) + k.cout
                 elif k.requant is not None:
-                    total += _threshold_bytes(k.requant, k.acc_bits)
+                    total += _threshold_bytes(k.requant, k.acc_bits, negate=True)
                 if k.logit_bias is not None:
                     total += 5 * k.cout
-            elif isinstance(k, Map):  # compared in 16 bits where the input allows (emit_shift.map)
-                a = k.inputs[0]
+            elif isinstance(k, (Map, Split)) and k.thresholds is not None:  # compared in 16 bits where
+                a = k.inputs[0]  # the input allows (emit_thresholds.compare_type)
                 total += _threshold_bytes(k.thresholds, 16 if -32768 <= a.lo and a.hi + 1 <= 32767 else 32)
             elif isinstance(k, Lookup):
                 total += k.table.size * k.output.itemsize
@@ -462,8 +466,20 @@ def int_bytes(values) -> int:
     return 2 if top < 1 << 16 else 4
 
 
-def _threshold_bytes(t: Thresholds, bits: int) -> int:
-    return t.table.size * bits // 8 + 4 * len(t.levels) + t.table.shape[0]
+def _threshold_bytes(t: Thresholds, bits: int, negate: bool = False) -> int:
+    """The constants :meth:`.emit_thresholds.ThresholdPrinter.count` prints on every target: the
+    table, the steps between unequal levels, the levels of a windowed count, and a shift layer's
+    per-channel signs."""
+    steps = t.steps
+    total = t.table.size * bits // 8 + (t.table.shape[0] if negate else 0)
+    if len(set(steps)) > 1:
+        total += len(steps) * _smallest_size(steps)
+    return total + (len(t.levels) * _smallest_size(t.levels) if t.window else 0)
+
+
+def _smallest_size(values) -> int:
+    top = max(max(values), -min(values) - 1)
+    return 1 if top < 128 else 2 if top < 32768 else 4
 
 
 def comment(text: str, limit: int = 64) -> str:
