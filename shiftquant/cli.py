@@ -147,7 +147,7 @@ def _codegen(args) -> None:
             print(f"built {built.elf.name} with {cortex_m.CC} -Os: the model takes {built.flash_bytes:,} bytes of "
                   f"flash (code and constants) and {built.ram_bytes:,} bytes of RAM")
         return
-    program = codegen(args.bundle, args.outdir, args.name, args.weights)
+    program = codegen(args.bundle, args.outdir, args.name, args.weights, args.borders)
     print(f"wrote {out / (args.name + '.h')} and {out / (args.name + '.c')}: {len(program.kernels)} kernels; "
           f"flash {program.flash_bytes:,} bytes ({args.weights} weights), RAM {program.ram_bytes:,} bytes "
           f"(arena {program.arena_bytes:,} + stack {program.stack_bytes:,}); entry point "
@@ -168,7 +168,7 @@ def c_sizes(rt, cortex_m: bool = False) -> dict:
     from .export.c import lower
 
     try:
-        packed = lower(rt, weights="packed")
+        packed = lower(rt, weights="packed", borders="minimal")  # a microcontroller's choice: least flash and RAM
         tables = lower(rt, weights="tables")
     except CodegenError as exc:
         return {"refused": str(exc)}
@@ -279,7 +279,7 @@ def _summary(args) -> None:
     c = s["c"]
     print(f"C code: no ({c['refused']})" if "refused" in c else
           f"C code (shiftquant codegen): flash {c['flash_packed']:,} bytes of constants with packed weights "
-          f"({c['flash_tables']:,} with tables), RAM {c['ram']:,} bytes; int8 equivalent: {c['int8_flash']:,} "
+          f"({c['flash_tables']:,} with tables), RAM {c['ram']:,} bytes (minimal borders); int8 equivalent: {c['int8_flash']:,} "
           "bytes (a byte per weight, an int32 bias per channel)")
     m4 = c.get("cortex_m4")
     if m4 is not None:
@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--target", choices=["host", "cortex-m4"], default="host",
                    help="cortex-m4: also a bare-metal project (startup, main, linker script, Makefile) for QEMU's "
                         "mps2-an386, built with arm-none-eabi-gcc -Os (packed weights)")
+    g.add_argument("--borders", choices=["shared", "minimal"], default="shared",
+                   help="host target: shared (one border per image size: long vector loops, the default) or "
+                        "minimal (a border only where a padded convolution reads: least RAM); cortex-m4: minimal")
     g.add_argument("--images", help="with --target: a .npy of integer inputs (n, C, H, W) the project's main runs")
     g.set_defaults(fn=_codegen)
     v = sub.add_parser("sensitivity", help="per-layer sensitivity to each width (KL, hard), table and heat map")

@@ -35,12 +35,12 @@ def resnet20(tmp_path_factory):
     return hard_and_runtime("resnet20", 0, 2, True, tmp_path_factory.mktemp("r20"))
 
 
-def assert_three_way(model, batches, px, rt, label, weights="packed"):
+def assert_three_way(model, batches, px, rt, label, weights="packed", borders="shared"):
     """C backend == reference runtime == PyTorch hard model, bit for bit, on every batch."""
     p = np.concatenate(list(batches.values()))
     with torch.no_grad():
         ref = model(px.to_float(p)).numpy()
-    native = CRuntime(rt, weights=weights)
+    native = CRuntime(rt, weights=weights, borders=borders)
     assert rt.manifest["integer_only"], rt.float_ops
     assert np.array_equal(rt.run(p), ref), f"{label}: reference runtime != PyTorch"
     out = native.run(p)
@@ -138,15 +138,18 @@ float real(float a, float b) { return a * b; }
                                             ("resnet20", 3, False)])
 def test_c_equals_reference_and_pytorch_exactly(name, bits, acts, tmp_path):
     """Held-out and saturation-extreme pixels, not only the calibration batch; both weight formats
-    (ResNet-20 the packed codes here, the tables below)."""
+    (ResNet-20 the packed codes here, the tables below) and both border layouts."""
     model, batches, px, rt = hard_and_runtime(name, 1, bits, acts, tmp_path)
-    for weights in ("packed",) if name == "resnet20" else ("packed", "tables"):
-        assert_three_way(model, batches, px, rt, f"{name} s{bits} {'WA' if acts else 'W'} {weights}", weights)
+    forms = [("packed", "shared"), ("packed", "minimal")] + ([] if name == "resnet20" else [("tables", "shared")])
+    for weights, borders in forms:
+        assert_three_way(model, batches, px, rt, f"{name} s{bits} {'WA' if acts else 'W'} {weights} {borders}",
+                         weights, borders)
 
 
 def test_resnet20_and_resnet18_three_ways(resnet20, tmp_path):
     assert_three_way(*resnet20, "resnet20 s2 WA", "tables")
-    native = assert_three_way(*hard_and_runtime("resnet18", 0, 1, True, tmp_path), "resnet18 s1 WA", "packed")
+    native = assert_three_way(*hard_and_runtime("resnet18", 0, 1, True, tmp_path), "resnet18 s1 WA", "packed",
+                              "minimal")
     assert native.program.flash_bytes < 0.3 * 4 * 11e6  # bit-packed: well under float32's 44 MB
 
 
@@ -296,8 +299,8 @@ def _lives(program):
     return [(r.offset, r.offset + -(-r.nbytes // ALIGN) * ALIGN, a, b) for r, a, b in spans.values()]
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet8"])
-def test_the_arena_shares_only_what_is_dead_and_writes_elementwise_outputs_over_dying_inputs(name, resnet20,
+@pytest.mark.parametrize("name,borders", [("resnet20", "shared"), ("resnet8", "shared"), ("resnet8", "minimal")])
+def test_the_arena_shares_only_what_is_dead_and_writes_elementwise_outputs_over_dying_inputs(name, borders, resnet20,
                                                                                             tmp_path):
     """No two buffers alive at one kernel overlap, except an elementwise kernel's output over the
     input that dies there (exactly over it); a ReLU after a residual add is fused into the add,
@@ -306,7 +309,7 @@ def test_the_arena_shares_only_what_is_dead_and_writes_elementwise_outputs_over_
     from shiftquant.export.c.program import Add, Unary
 
     rt = resnet20[3] if name == "resnet20" else hard_and_runtime(name, 0, 2, True, tmp_path)[3]
-    program = lower(rt)
+    program = lower(rt, borders=borders)
     k_of = {id(k.output.root): (i, k) for i, k in enumerate(program.kernels)}
     lives = _lives(program)
     for i, (o1, e1, a1, b1) in enumerate(lives):
@@ -324,3 +327,24 @@ def test_the_arena_shares_only_what_is_dead_and_writes_elementwise_outputs_over_
     steps = range(len(program.kernels))
     busiest = max(sum(e - o for o, e in {(o, e) for o, e, a, b in lives if a <= s <= b}) for s in steps)
     assert busiest <= program.arena_bytes <= 1.01 * busiest, (program.arena_bytes, busiest)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20"])
+def test_minimal_borders_and_fused_input_stages_shrink_the_arena(name, resnet20, tmp_path):
+    """A stride-2 convolution's phase split thresholds its input itself (no Map stores the
+    thresholded image); with minimal borders only what a padded convolution reads has a border,
+    and the arena is smaller than with shared borders."""
+    from shiftquant.export.c import lower
+    from shiftquant.export.c.program import Map, ShiftLayer, Split
+
+    rt = resnet20[3] if name == "resnet20" else hard_and_runtime(name, 0, 2, True, tmp_path)[3]
+    shared, minimal = lower(rt), lower(rt, borders="minimal")
+    splits = [k for k in minimal.kernels if isinstance(k, Split)]
+    assert splits and all(k.thresholds is not None for k in splits)
+    assert not any(isinstance(k, Map) and any(s.inputs[0] is k.output for s in splits) for k in minimal.kernels)
+    for t in minimal.tensors:
+        if t.border:
+            assert any(isinstance(k, ShiftLayer) and k.inputs[0].root is t.root and max(k.padding) >= t.border
+                       for k in minimal.kernels), t.name
+    assert any(t.border == 0 and t.shape[1] > 1 for t in minimal.tensors)
+    assert minimal.arena_bytes < shared.arena_bytes, (minimal.arena_bytes, shared.arena_bytes)

@@ -14,16 +14,18 @@ from .emit import emit
 from .lower import Program, check_identifier, lower
 
 
-def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "packed") -> Program:
+def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "packed",
+            borders: str = "shared") -> Program:
     """Write ``NAME.h`` and ``NAME.c`` for a bundle (a path or a loaded runtime) into ``outdir``;
     returns the lowered program (``flash_bytes``, ``ram_bytes``, ...). ``weights``: ``"packed"``
     (the bundle's bit-packed codes, least flash) or ``"tables"`` (precomputed offset tables,
-    fastest; see :func:`.lower.lower`)."""
+    fastest); ``borders``: ``"shared"`` (vector units) or ``"minimal"`` (least RAM: a
+    microcontroller); see :func:`.lower.lower`."""
     from ..reference.runtime import load_bundle
 
     check_identifier(name)  # before anything is read or written
     rt = load_bundle(bundle) if isinstance(bundle, (str, Path)) else bundle
-    program = lower(rt, name, weights)
+    program = lower(rt, name, weights, borders)
     header, source = emit(program)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)

@@ -314,14 +314,15 @@ class CRuntime:
     """A bundle run by its generated C code. ``run(x)`` takes and returns what the reference
     runtime's ``run`` does, and gives the same values bit for bit."""
 
-    def __init__(self, reference, threads: int | None = None, name: str = "model", weights: str | None = None):
+    def __init__(self, reference, threads: int | None = None, name: str = "model", weights: str | None = None,
+                 borders: str = "shared"):
         from cffi import FFI
 
         self.reference = reference
         self.manifest, self.nodes, self.float_ops = reference.manifest, reference.nodes, reference.float_ops
-        self.program: Program = lower(reference, name, weights or "tables")
+        self.program: Program = lower(reference, name, weights or "tables", borders)
         if weights is None and self.program.flash_bytes > TABLES_UP_TO:  # big models: packed codes
-            self.program = lower(reference, name, "packed")
+            self.program = lower(reference, name, "packed", borders)
         header, source = emit(self.program)
         self.library = build(name, header, source)
         self.threads = threads

@@ -169,7 +169,7 @@ def write_project(bundle, outdir, name: str = "model", images=None, target: str 
 
     if target not in TARGETS:
         raise ConfigError("target", target, " or ".join(map(repr, TARGETS)))
-    program = codegen(bundle, outdir, name)
+    program = codegen(bundle, outdir, name, borders="minimal")  # least RAM and fewest instructions
     if program.input_kind != "pixels" or program.output_kind != "logits":
         raise CodegenError("a microcontroller project needs an integer-only bundle (pixels in, integer logits out)")
     size = int(np.prod(program.input.shape))

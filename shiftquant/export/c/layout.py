@@ -21,10 +21,11 @@ def resolve_layouts(self) -> None:
         if t.border and id(self.find(t)) in dense:
             raise CodegenError(f"node {t.name!r}: read as rows by a token kernel and with a zero border by a "
                                "convolution (copy it first)")
-    # Images of one size share one border, so that a stride-1 convolution's input and output
-    # rows have one length and it runs as one long vector segment (``layer_geometry``).
+    # Shared borders: images of one size share one border, so that a stride-1 convolution's input
+    # and output rows have one length and it runs as one long vector segment (``layer_geometry``).
     widest: dict[tuple[int, int], int] = {}
-    images = [t for t in self.all if t.shape[1:] != (1, 1) and id(self.find(t)) not in dense]
+    images = [t for t in self.all if t.shape[1:] != (1, 1) and id(self.find(t)) not in dense
+              and self.borders == "shared"]
     for t in images:
         widest[t.shape[1:]] = max(widest.get(t.shape[1:], 0), t.border)
     for t in images:

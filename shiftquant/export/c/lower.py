@@ -62,21 +62,29 @@ _BUILDERS = {"gather": tokens.gather, "matmul": tokens.matmul, "shiftmax": token
 
 # ---------------------------------------------------------------------------------------------
 WEIGHT_FORMATS = ("packed", "tables")
+BORDERS = ("shared", "minimal")
 DELTA_MIN = 32  # thresholds per channel from which packed weights store them delta-packed
 
 
-def lower(rt, name: str = "model", weights: str = "packed") -> Program:
+def lower(rt, name: str = "model", weights: str = "packed", borders: str = "shared") -> Program:
     """The program of a loaded bundle: ``rt`` is the reference :class:`~..runtime.Runtime`, whose
     load has proven every shape, kind and range (``rt.facts``); the lowering sizes everything from
     those proofs.
 
     ``weights="packed"`` keeps the bundle's bit-packed codes in flash (each shift layer decodes an
     output channel's codes when it starts it); ``"tables"`` stores every channel's input offsets
-    already grouped by exponent and sign (more flash, no decoding: the host backend's choice)."""
+    already grouped by exponent and sign (more flash, no decoding: the host backend's choice).
+
+    ``borders="shared"`` gives every image of one size the widest zero border any of them needs, so
+    that a stride-1 convolution runs over a whole plane as one vector segment (fastest with vector
+    units: the host); ``"minimal"`` gives a border only to what a padded convolution reads (least
+    RAM and fewest instructions on a scalar core: a microcontroller)."""
     if weights not in WEIGHT_FORMATS:
         raise ConfigError("weights", weights, " or ".join(map(repr, WEIGHT_FORMATS)))
+    if borders not in BORDERS:
+        raise ConfigError("borders", borders, " or ".join(map(repr, BORDERS)))
     check_identifier(name)
-    return _Lowering(rt, name, weights).run()
+    return _Lowering(rt, name, weights, borders).run()
 
 
 def check_identifier(name) -> str:
@@ -97,8 +105,9 @@ def _float(node: dict, what: str, manifest: dict | None = None) -> str:
 
 
 class _Lowering:
-    def __init__(self, rt, name, weights="packed"):
+    def __init__(self, rt, name, weights="packed", borders="shared"):
         self.m, self.t, self.facts, self.name, self.weights = rt.manifest, rt.tensors, rt.facts, name, weights
+        self.borders = borders
         self.nodes = self.m["nodes"]
         self.index = {node["name"]: i for i, node in enumerate(self.nodes)}  # C identifiers number nodes
         self.kernels: list[Kernel] = []
