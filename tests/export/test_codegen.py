@@ -282,6 +282,17 @@ def test_delta_packed_thresholds_decode_to_the_table(resnet20):
     assert pack_deltas(raw, -10**6, 10**6) is None  # excesses of 9 bits
     assert pack_deltas(raw + (1 << 30), 0, 1) is None
     assert tables.flash_bytes > packed.flash_bytes
+    # levels the accumulator cannot reach put thresholds at the search's ends: counted, not packed
+    line = (np.arange(200) * 7) // 3 - 100
+    ends = np.stack([np.concatenate([[-400] * 30, line[:170]]), np.concatenate([line[25:], [401] * 25]),
+                     np.concatenate([[-400] * 20, line[:150], [401] * 30])])
+    pack = pack_deltas(ends, -400, 401)
+    assert pack.bits == 1 and list(pack.start) == [30, 0, 20] and list(pack.end) == [200, 175, 170]
+    assert np.array_equal(unpack_deltas(pack), ends)
+    dip = line[None, :63].copy()
+    dip[0, 20] = dip[0, 22] + 1  # not non-decreasing: packed whole, as before
+    pack = pack_deltas(dip, -400, 401)
+    assert (pack.start, pack.end) == ([0], [63]) and np.array_equal(unpack_deltas(pack), dip)
 
 
 def _lives(program):

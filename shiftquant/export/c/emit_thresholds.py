@@ -21,6 +21,10 @@ class ThresholdPrinter:
         consts = array(cmp_ctype, table, th.table) if table else ""  # None: the caller decodes the rows
         uniform = len(set(steps)) <= 1
         step = steps[0] if steps else 0
+        # the level after ``at`` thresholds: consecutive integers need no table
+        level = (lambda at: f"({levels[0]} + (int32_t)({at}))") if uniform and step == 1 else (
+            lambda at: f"{name}_levels[{at}]")
+        table_needed = not (uniform and step == 1)
         if uniform:
             add = f"({v}[i] >= tk)" if step == 1 else f"(({v}[i] >= tk) ? {step} : 0)"
             load_step = ""
@@ -29,7 +33,7 @@ class ThresholdPrinter:
             add = f"(({v}[i] >= tk) ? sk : 0)"
             load_step = f"const int32_t sk = {name}_step[k];"
         if th.window:
-            consts += array(smallest(levels), f"{name}_levels", levels)
+            consts += array(smallest(levels), f"{name}_levels", levels) if table_needed else ""
             k0, k1 = "k0", "k1"
             head = f"""\
 unsigned k0 = 0, k1 = 0;
@@ -46,7 +50,7 @@ unsigned k0 = 0, k1 = 0;
                     if ({row}[k1 + half] <= hi) {{ k1 += half + 1u; len -= half + 1u; }} else len = half;
                 }}
             }}
-            for (i = 0; i < {n}; i++) {r}[i] = {name}_levels[k0];"""
+            for (i = 0; i < {n}; i++) {r}[i] = {level("k0")};"""
         else:
             k0, k1 = "0", f"{th.count}u"
             head = f"for (i = 0; i < {n}; i++) {r}[i] = {levels[0]};"
@@ -58,7 +62,7 @@ unsigned k0 = 0, k1 = 0;
                 for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
             }}"""
         if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
-            if not th.window:  # only the scalar cores' code reads it
+            if not th.window and table_needed:  # only the scalar cores' code reads it
                 consts += "#if SQ_SWAR\n" + array(smallest(levels), f"{name}_levels", levels) + "#endif\n"
             code = f"""\
 #if SQ_SWAR
@@ -69,7 +73,7 @@ unsigned k0 = 0, k1 = 0;
                     const unsigned half = len >> 1;
                     if ({row}[at + half] <= x) {{ at += half + 1u; len -= half + 1u; }} else len = half;
                 }}
-                {r}[i] = {name}_levels[at];
+                {r}[i] = {level("at")};
             }}
 #else
             {code}
@@ -88,15 +92,20 @@ unsigned k0 = 0, k1 = 0;
         excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
                   f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
         return f"""        {w.sacc} thr_c[{count}];
-        {{   /* this channel's thresholds, delta-packed: {d.bits} bits per step beyond the smallest */
+        {{   /* this channel's thresholds, delta-packed: {d.bits} bits per step beyond the smallest;
+                those before start are {d.head}, those from end on {d.tail} */
             int32_t t = {nm}_first[co];
             const int32_t step = {nm}_dstep[co];
-            uint32_t bit = {nm}_ch[co][3];
+            const unsigned first = {nm}_dstart[co], end = {nm}_dend[co];
+            uint32_t bit = {nm}_ch_thr[co];
             unsigned kk;
-            thr_c[0] = ({w.sacc})(t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t);
-            for (kk = 1; kk < {count}u; kk++, bit += {d.bits}u) {{
-                t += step{excess};
-                thr_c[kk] = ({w.sacc})(t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t);
+            for (kk = 0; kk < {count}u; kk++) {{
+                if (kk > first && kk < end) {{
+                    t += step{excess};
+                    bit += {d.bits}u;
+                }}
+                const int32_t v = kk < first ? {d.head} : kk >= end ? {d.tail} : t;
+                thr_c[kk] = ({w.sacc})(v < {d.lo} ? {d.lo} : v > {d.hi} ? {d.hi} : v);
             }}
             (void)bit;
         }}"""

@@ -119,11 +119,14 @@ class Thresholds:
 
 @dataclass
 class DeltaPack:
-    """A channel's K thresholds as its first one, its smallest step and each step's excess over
-    it in ``bits`` bits (0 to 8; channels one after another, bit-packed, two zero bytes after):
-    ``t_0 = first``, ``t_k = t_(k-1) + step + excess_k``, each clamped to ``[lo, hi]`` (as the
-    table is). A requantization onto a fine uniform grid has nearly equal steps: a bit or two per
-    threshold instead of two or four bytes."""
+    """A channel's K thresholds as: ``start`` thresholds equal to ``head`` (the layer's smallest) and
+    ``K - end`` equal to ``tail`` (its largest: a requantization whose extreme levels the
+    accumulator cannot reach puts them at the search's ends), and between them the first one,
+    the smallest step and each step's excess over it in ``bits`` bits
+    (0 to 8; channels one after another, bit-packed, two zero bytes after): ``t_start = first``,
+    ``t_k = t_(k-1) + step + excess_k``, each clamped to ``[lo, hi]`` (as the table is). A
+    requantization onto a fine uniform grid has nearly equal steps: a bit or two per threshold
+    instead of two or four bytes."""
 
     first: np.ndarray  # (C,) int32
     step: np.ndarray  # (C,) int32
@@ -132,29 +135,53 @@ class DeltaPack:
     lo: int
     hi: int
     count: int  # K
+    start: np.ndarray = None  # (C,) thresholds before the first packed one (they are head)
+    end: np.ndarray = None  # (C,) one past the last packed one (those after it are tail)
+    head: int = 0
+    tail: int = 0
 
     @property
     def nbytes(self) -> int:
-        return 8 * self.first.size + self.packed.size
+        c = self.first.size
+        return (c * (_smallest_size(self.first) + _smallest_size(self.step) + 2 * self.index_bytes)
+                + self.packed.size)
+
+    @property
+    def index_bytes(self) -> int:
+        return 1 if self.count < 256 else 2
+
+    @property
+    def row_bits(self) -> np.ndarray:
+        """Where each channel's excesses start in ``packed``, in bits."""
+        return np.concatenate([[0], np.cumsum(np.maximum(self.end - self.start - 1, 0) * self.bits)[:-1]])
 
 
 def pack_deltas(raw: np.ndarray, lo: int, hi: int) -> DeltaPack | None:
     """``raw`` (C, K) thresholds (before clamping to ``[lo, hi]``) delta-packed; None where a
-    value leaves int32 or an excess needs more than 8 bits."""
+    value leaves int32 or an excess needs more than 8 bits. In a non-decreasing row, the
+    thresholds equal to the table's smallest or largest value are counted, not packed: a
+    saturated end would otherwise make the smallest step 0 and every excess a whole step."""
     from ..format.bundle import pack_codes
 
     raw = np.asarray(raw, dtype=np.int64)
-    if raw.shape[1] < 2 or raw.size == 0 or int(np.abs(raw).max()) >= 1 << 30:
+    c, k = raw.shape
+    if k < 2 or raw.size == 0 or int(np.abs(raw).max()) >= 1 << 30:
         return None
-    d = np.diff(raw, axis=1)
-    step = d.min(axis=1)
-    excess = d - step[:, None]
-    bits = int(excess.max()).bit_length()
-    if bits > 8:
+    rising = (np.diff(raw, axis=1) >= 0).all(axis=1)
+    head, tail = int(raw.min()), int(raw.max())
+    start = np.where(rising, (raw == head).sum(axis=1), 0)
+    end = np.where(rising, k - (raw == tail).sum(axis=1), k)
+    end = np.maximum(end, start)
+    first = raw[np.arange(c), np.minimum(start, k - 1)]
+    rows = [np.diff(raw[i, start[i]:end[i]]) for i in range(c)]
+    step = np.asarray([int(d.min()) if d.size else 0 for d in rows], np.int64)
+    excess = np.concatenate([d - s for d, s in zip(rows, step)] + [np.zeros(0, np.int64)])
+    bits = int(excess.max()).bit_length() if excess.size else 0
+    if bits > 8 or int(np.abs(step).max()) >= 1 << 30:
         return None
-    packed = pack_codes(excess, bits) if bits else np.zeros(0, np.uint8)
-    return DeltaPack(raw[:, 0].astype(np.int32), step.astype(np.int32), bits,
-                     np.concatenate([packed, np.zeros(2, np.uint8)]), int(lo), int(hi), raw.shape[1])
+    packed = pack_codes(excess, bits) if bits and excess.size else np.zeros(0, np.uint8)
+    return DeltaPack(first.astype(np.int32), step.astype(np.int32), bits, np.concatenate([packed, np.zeros(2, np.uint8)]),
+                     int(lo), int(hi), k, start.astype(np.int64), end.astype(np.int64), head, tail)
 
 
 def unpack_deltas(p: DeltaPack) -> np.ndarray:
@@ -162,11 +189,17 @@ def unpack_deltas(p: DeltaPack) -> np.ndarray:
     from ..format.bundle import unpack_codes
 
     c, k = p.first.size, p.count
-    excess = (unpack_codes(p.packed[:-2], p.bits, c * (k - 1)).reshape(c, k - 1) if p.bits
-              else np.zeros((c, k - 1), np.int64))
-    steps = p.step.astype(np.int64)[:, None] + excess
-    raw = np.concatenate([p.first[:, None], p.first[:, None] + np.cumsum(steps, axis=1)], axis=1)
-    return np.clip(raw, p.lo, p.hi)
+    counts = np.maximum(p.end - p.start - 1, 0)
+    excess = unpack_codes(p.packed[:-2], p.bits, int(counts.sum())) if p.bits else np.zeros(int(counts.sum()), np.int64)
+    table = np.empty((c, k), np.int64)
+    at = 0
+    for i in range(c):
+        s, e = int(p.start[i]), int(p.end[i])
+        steps = int(p.step[i]) + excess[at:at + max(e - s - 1, 0)]
+        at += max(e - s - 1, 0)
+        table[i, :s], table[i, e:] = p.head, p.tail
+        table[i, s:e] = int(p.first[i]) + np.concatenate([[0], np.cumsum(steps)])[:e - s]
+    return np.clip(table, p.lo, p.hi)
 
 
 @dataclass
@@ -222,6 +255,31 @@ class ShiftLayer(Kernel):
     @property
     def groups_count(self) -> int:
         return 2 * len(self.exponents)
+
+    def base_bytes(self, weights: str) -> int:
+        """The per-channel bases' bytes (:data:`.emit_shift.CHANNEL_BASES`; one that is 0 for every
+        channel is a constant), the thresholds' not counted."""
+        last = self.cout - 1
+        step = self.taps * self.code_bits if weights == "packed" else self.groups_count + 1
+        ends = (last * self.output.plane, (self.groups - 1) * self.cin_g * self.inputs[0].plane, last * step)
+        return self.cout * sum(0 if e == 0 else 1 if e < 256 else 2 if e < 65536 else 4 for e in ends)
+
+    def tap_pattern(self) -> tuple[list[int], int] | None:
+        """``(window, step)`` when tap ``ci * len(window) + j`` is at ``ci * step + window[j]`` (a
+        convolution's taps: one input channel's kernel window, repeated a plane further per
+        channel); None otherwise."""
+        per = self.kernel[0] * self.kernel[1]
+        taps = np.asarray(self.tap_offsets, np.int64)
+        if self.cin_g < 2 or taps.size != self.cin_g * per:
+            return None
+        window, step = taps[:per], int(taps[per] - taps[0])
+        expected = (np.arange(self.cin_g, dtype=np.int64)[:, None] * step + window[None, :]).reshape(-1)
+        return ([int(v) for v in window], step) if step > 0 and np.array_equal(expected, taps) else None
+
+    def stored_taps(self) -> list[int]:
+        """The tap offsets packed weights keep in flash: the window of :meth:`tap_pattern`, or all."""
+        pattern = self.tap_pattern()
+        return self.tap_offsets if pattern is None else pattern[0]
 
     def group_of_code(self) -> list[int]:
         """Per code: its group, ``2 e`` (+2^t) or ``2 e + 1`` (-2^t) for ``t = exponents[e]``, or
@@ -423,17 +481,17 @@ class Program:
         for k in self.kernels:
             if isinstance(k, ShiftLayer):
                 if self.weights == "packed":
-                    total += k.codes.size + len(k.code_shift) + int_bytes(k.tap_offsets) * len(k.tap_offsets)
+                    total += k.codes.size + len(k.code_shift) + int_bytes(k.tap_offsets) * len(k.stored_taps())
                 else:
                     nonzero = int((np.asarray(k.group_of_code())[k.weight_codes] < k.groups_count).sum())
                     total += int_bytes(k.tap_offsets) * nonzero + 4 * k.cout * (k.groups_count + 1)
-                total += 4 * 4 * k.cout  # per-channel bases: output plane, input group, weights, thresholds
+                total += k.base_bytes(self.weights)
                 lookup = k.requant.lookup() if k.requant is not None and k.requant.window \
                     and self.weights == "tables" else None
                 if lookup is not None:
                     total += lookup[0].size * (1 if max(map(abs, k.requant.levels)) < 128 else 2) + 4 * k.cout
                 elif k.requant is not None and k.requant.deltas is not None and self.weights == "packed":
-                    total += k.requant.deltas.nbytes + 4 * len(k.requant.levels) + k.cout
+                    total += k.requant.deltas.nbytes + _sign_bytes(k.requant)
                 elif k.requant is not None:
                     total += _threshold_bytes(k.requant, k.acc_bits, negate=True)
                 if k.logit_bias is not None:
@@ -471,13 +529,20 @@ def _threshold_bytes(t: Thresholds, bits: int, negate: bool = False) -> int:
     table, the steps between unequal levels, the levels of a windowed count, and a shift layer's
     per-channel signs."""
     steps = t.steps
-    total = t.table.size * bits // 8 + (t.table.shape[0] if negate else 0)
+    total = t.table.size * bits // 8 + (_sign_bytes(t) if negate else 0)
     if len(set(steps)) > 1:
         total += len(steps) * _smallest_size(steps)
-    return total + (len(t.levels) * _smallest_size(t.levels) if t.window else 0)
+    consecutive = len(set(steps)) <= 1 and (not steps or steps[0] == 1)
+    return total + (len(t.levels) * _smallest_size(t.levels) if t.window and not consecutive else 0)
+
+
+def _sign_bytes(t: Thresholds) -> int:
+    """A shift layer's negated channels, a bit each (none printed when no channel is)."""
+    return (len(t.negate) + 7) // 8 if t.negate is not None and any(t.negate) else 0
 
 
 def _smallest_size(values) -> int:
+    values = [int(v) for v in np.asarray(values).reshape(-1)] or [0]
     top = max(max(values), -min(values) - 1)
     return 1 if top < 128 else 2 if top < 32768 else 4
 
