@@ -274,6 +274,7 @@ def test_delta_packed_thresholds_decode_to_the_table(resnet20):
     layers = [k for k in packed.kernels if isinstance(k, ShiftLayer) and k.requant is not None]
     deltas = [k.requant for k in layers if k.requant.deltas is not None]
     assert deltas and all(np.array_equal(unpack_deltas(r.deltas), r.table) for r in deltas)
+    assert any(r.deltas.den is not None for r in deltas)  # a BatchNorm onto the residual grid: lines
     # nearly equal steps (a BatchNorm, then a uniform grid): a quarter of int16 tables or less
     assert 4 * sum(r.deltas.nbytes for r in deltas) < sum(2 * r.table.size for r in deltas)
     rng = np.random.default_rng(0)
@@ -286,9 +287,13 @@ def test_delta_packed_thresholds_decode_to_the_table(resnet20):
     line = (np.arange(200) * 7) // 3 - 100
     ends = np.stack([np.concatenate([[-400] * 30, line[:170]]), np.concatenate([line[25:], [401] * 25]),
                      np.concatenate([[-400] * 20, line[:150], [401] * 30])])
-    pack = pack_deltas(ends, -400, 401)
-    assert pack.bits == 1 and list(pack.start) == [30, 0, 20] and list(pack.end) == [200, 175, 170]
+    pack = pack_deltas(ends, -400, 401)  # on the line 7j / 3: three small integers a channel, no excess bits
+    assert list(pack.start) == [30, 0, 20] and list(pack.end) == [200, 175, 170]
+    assert pack.bits == 0 and list(pack.den) == [3, 3, 3] and list(pack.step) == [2, 2, 2] and list(pack.frac) == [1] * 3
     assert np.array_equal(unpack_deltas(pack), ends)
+    ends[1, 100] += 1  # one threshold off the line (a float rounding): the excess form, a bit a step
+    pack = pack_deltas(ends, -400, 401)
+    assert pack.den is None and pack.bits == 1 and np.array_equal(unpack_deltas(pack), ends)
     dip = line[None, :63].copy()
     dip[0, 20] = dip[0, 22] + 1  # not non-decreasing: packed whole, as before
     pack = pack_deltas(dip, -400, 401)
@@ -359,3 +364,16 @@ def test_minimal_borders_and_fused_input_stages_shrink_the_arena(name, resnet20,
                        for k in minimal.kernels), t.name
     assert any(t.border == 0 and t.shape[1] > 1 for t in minimal.tensors)
     assert minimal.arena_bytes < shared.arena_bytes, (minimal.arena_bytes, shared.arena_bytes)
+
+
+def test_thresholds_off_a_line_decode_with_their_excess_bits_in_c(resnet20, monkeypatch):
+    """Where no line fits a channel's thresholds (here: none searched), the excess form is
+    decoded by the C: the same logits, bit for bit."""
+    from shiftquant.export.c import program as c_program
+
+    model, batches, px, rt = resnet20
+    monkeypatch.setattr(c_program, "LINE_DENOMINATORS", 0)
+    native = assert_three_way(model, batches, px, rt, "resnet20 excess form", "packed", "minimal")
+    packs = [k.requant.deltas for k in native.program.kernels
+             if isinstance(k, c_program.ShiftLayer) and k.requant is not None and k.requant.deltas is not None]
+    assert packs and all(p.den is None for p in packs) and any(p.bits for p in packs)

@@ -143,8 +143,12 @@ class ShiftLayerPrinter:
             d = th.deltas
             index_t = "uint8_t" if d.index_bytes == 1 else "uint16_t"
             consts += (array(smallest(d.first), f"{nm}_first", d.first) + array(smallest(d.step), f"{nm}_dstep", d.step)
-                       + array(index_t, f"{nm}_dstart", d.start) + array(index_t, f"{nm}_dend", d.end)
-                       + array("uint8_t", f"{nm}_excess", d.packed))
+                       + array(index_t, f"{nm}_dstart", d.start) + array(index_t, f"{nm}_dend", d.end))
+            if d.den is None:
+                consts += array("uint8_t", f"{nm}_excess", d.packed)
+            else:
+                consts += "".join(array(smallest(v, signed=False), f"{nm}_{part}", v)
+                                  for part, v in (("frac", d.frac), ("den", d.den), ("rem", d.rem)))
             rows = [int(b) for b in d.row_bits]
         else:
             rows = [co * th.count for co in range(k.cout)]

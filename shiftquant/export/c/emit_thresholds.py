@@ -86,28 +86,35 @@ unsigned k0 = 0, k1 = 0;
 
     @staticmethod
     def decode_thresholds(k: ShiftLayer, w) -> str:
-        """This channel's thresholds from their first value, smallest step and packed excesses
-        (:class:`.program.DeltaPack`), clamped as the table would be."""
+        """This channel's thresholds from their first value and their steps (:class:`.program.DeltaPack`:
+        a line's, or the smallest step plus packed excesses), clamped as the table would be."""
         nm, d, count = k.name, k.requant.deltas, k.requant.count
-        excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
-                  f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
+        if d.den is not None:
+            what = "on a line: t += step, and one more each time the remainder reaches den"
+            state = (f"uint32_t rem = {nm}_rem[co];\n            const uint32_t frac = {nm}_frac[co], "
+                     f"den = {nm}_den[co];")
+            advance = "t += step;\n                    rem += frac;\n                    if (rem >= den) { rem -= den; t++; }"
+        else:
+            what = f"delta-packed: {d.bits} bits per step beyond the smallest"
+            state = f"uint32_t bit = {nm}_ch_thr[co];\n            (void)bit;"
+            excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
+                      f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
+            advance = f"t += step{excess};\n                    bit += {d.bits}u;"
         return f"""        {w.sacc} thr_c[{count}];
-        {{   /* this channel's thresholds, delta-packed: {d.bits} bits per step beyond the smallest;
+        {{   /* this channel's thresholds, {what};
                 those before start are {d.head}, those from end on {d.tail} */
             int32_t t = {nm}_first[co];
             const int32_t step = {nm}_dstep[co];
             const unsigned first = {nm}_dstart[co], end = {nm}_dend[co];
-            uint32_t bit = {nm}_ch_thr[co];
+            {state}
             unsigned kk;
             for (kk = 0; kk < {count}u; kk++) {{
                 if (kk > first && kk < end) {{
-                    t += step{excess};
-                    bit += {d.bits}u;
+                    {advance}
                 }}
                 const int32_t v = kk < first ? {d.head} : kk >= end ? {d.tail} : t;
                 thr_c[kk] = ({w.sacc})(v < {d.lo} ? {d.lo} : v > {d.hi} ? {d.hi} : v);
             }}
-            (void)bit;
         }}"""
 
     @staticmethod

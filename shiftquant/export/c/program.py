@@ -139,11 +139,18 @@ class DeltaPack:
     end: np.ndarray = None  # (C,) one past the last packed one (those after it are tail)
     head: int = 0
     tail: int = 0
+    # The line form (``bits`` 0, ``step`` floor(A / den)): the packed thresholds are
+    # ``first + floor((j A + rem) / den)`` for the j-th, A = step den + frac, decoded with adds
+    # only (a remainder that carries into t when it reaches den). None: the excess form.
+    frac: np.ndarray | None = None
+    den: np.ndarray | None = None
+    rem: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
         c = self.first.size
-        return (c * (_smallest_size(self.first) + _smallest_size(self.step) + 2 * self.index_bytes)
+        line = 0 if self.den is None else sum(_smallest_size(v) for v in (self.frac, self.den, self.rem))
+        return (c * (_smallest_size(self.first) + _smallest_size(self.step) + 2 * self.index_bytes + line)
                 + self.packed.size)
 
     @property
@@ -173,6 +180,12 @@ def pack_deltas(raw: np.ndarray, lo: int, hi: int) -> DeltaPack | None:
     end = np.where(rising, k - (raw == tail).sum(axis=1), k)
     end = np.maximum(end, start)
     first = raw[np.arange(c), np.minimum(start, k - 1)]
+    lines = [fit_line(raw[i, start[i]:end[i]] - first[i]) if rising[i] else None for i in range(c)]
+    if all(f is not None for f in lines):
+        (step, frac, den, rem) = (np.asarray(v, np.int64) for v in zip(*lines))
+        if int(np.abs(step).max()) < 1 << 30:
+            return DeltaPack(first.astype(np.int32), step.astype(np.int32), 0, np.zeros(2, np.uint8), int(lo), int(hi),
+                             k, start.astype(np.int64), end.astype(np.int64), head, tail, frac, den, rem)
     rows = [np.diff(raw[i, start[i]:end[i]]) for i in range(c)]
     step = np.asarray([int(d.min()) if d.size else 0 for d in rows], np.int64)
     excess = np.concatenate([d - s for d, s in zip(rows, step)] + [np.zeros(0, np.int64)])
@@ -182,6 +195,31 @@ def pack_deltas(raw: np.ndarray, lo: int, hi: int) -> DeltaPack | None:
     packed = pack_codes(excess, bits) if bits and excess.size else np.zeros(0, np.uint8)
     return DeltaPack(first.astype(np.int32), step.astype(np.int32), bits, np.concatenate([packed, np.zeros(2, np.uint8)]),
                      int(lo), int(hi), k, start.astype(np.int64), end.astype(np.int64), head, tail)
+
+
+LINE_DENOMINATORS = 256  # the largest denominator a line of thresholds is searched with
+
+
+def fit_line(u: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(step, frac, den, rem)`` with ``u[j] = floor((j (step den + frac) + rem) / den)`` for
+    every j (``u[0]`` = 0, ``0 <= frac, rem < den``), the smallest denominator up to
+    :data:`LINE_DENOMINATORS`; None where none is. Thresholds onto a uniform grid are a line's
+    ceilings up to the float rounding of the requantization: usually exactly one."""
+    n = u.size
+    if n <= 1:
+        return 0, 0, 1, 0
+    j = np.arange(n, dtype=np.int64)
+    den = np.arange(1, LINE_DENOMINATORS + 1, dtype=np.int64)[:, None]  # (D, 1)
+    reach = -(-LINE_DENOMINATORS // (n - 1)) + 2
+    a = (den * int(u[-1])) // (n - 1) + np.arange(-reach, reach + 1)[None, :]  # (D, candidates)
+    lo = (u[None, None, :] * den[..., None] - j * a[..., None]).max(axis=2)  # rem >= u_j den - j A
+    hi = ((u[None, None, :] + 1) * den[..., None] - 1 - j * a[..., None]).min(axis=2)  # rem < (u_j + 1) den - j A
+    ok = np.argwhere(lo <= hi)
+    if ok.size == 0:
+        return None
+    d, c = ok[0]  # argwhere is row-major: the smallest denominator first
+    big_a, dd = int(a[d, c]), int(den[d, 0])
+    return big_a // dd, big_a % dd, dd, int(lo[d, c])
 
 
 def unpack_deltas(p: DeltaPack) -> np.ndarray:
@@ -195,6 +233,11 @@ def unpack_deltas(p: DeltaPack) -> np.ndarray:
     at = 0
     for i in range(c):
         s, e = int(p.start[i]), int(p.end[i])
+        if p.den is not None:  # the line form
+            a, j = int(p.step[i]) * int(p.den[i]) + int(p.frac[i]), np.arange(max(e - s, 0), dtype=np.int64)
+            table[i, :s], table[i, e:] = p.head, p.tail
+            table[i, s:e] = int(p.first[i]) + (j * a + int(p.rem[i])) // int(p.den[i])
+            continue
         steps = int(p.step[i]) + excess[at:at + max(e - s - 1, 0)]
         at += max(e - s - 1, 0)
         table[i, :s], table[i, e:] = p.head, p.tail
