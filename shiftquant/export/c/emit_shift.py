@@ -30,6 +30,9 @@ class ShiftLayerPrinter:
         else:
             offsets, starts = k.grouped_taps()
             consts += [array(off_t, f"{nm}_list", offsets), array("uint32_t", f"{nm}_start", starts)]
+        if self.exponent_loop(k):
+            exps = k.exponents
+            consts.append(array("uint8_t", f"{nm}_gap", [0] + [a - b for a, b in zip(exps, exps[1:])]))
         stage_consts, stage, rows = self.output_stage(k, w)
         consts.append(stage_consts)
         decode = self.decode_thresholds(k, w) if self.delta_packed(k) else ""
@@ -84,11 +87,10 @@ class ShiftLayerPrinter:
         ch, exps = k.chunk, k.exponents
         src = "src[i]" if k.x_step == 1 else f"src[i * {k.x_step}u]"
         lines = [f"            for (i = 0; i < {ch}u; i++) acc[i] = 0;"]
-        if len(exps) > 1 and self.p.weights == "packed":
-            gaps = [0] + [a - b for a, b in zip(exps, exps[1:])]
+        if self.exponent_loop(k):  # {name}_gap[e]: the shift before exponent e's sums
             lines += [f"            for (e = 0; e < {len(exps)}u; e++) {{  /* weights ±2^t, t in {exps} */",
-                      f"                static const uint8_t gap[{len(exps)}] = {{{', '.join(map(str, gaps))}}};",
-                      f"                if (e) for (i = 0; i < {ch}u; i++) acc[i] = ({w.acc})(({w.shift})acc[i] << gap[e]);",
+                      f"                if (e) for (i = 0; i < {ch}u; i++) "
+                      f"acc[i] = ({w.acc})(({w.shift})acc[i] << {k.name}_gap[e]);",
                       self.sum_taps(k, w.acc, src, "2u * e", "2u * e + 1u", "+"),
                       self.sum_taps(k, w.acc, src, "2u * e + 1u", "2u * e + 2u", "-"), "            }"]
         else:
@@ -102,6 +104,10 @@ class ShiftLayerPrinter:
             lines.append(f"            for (i = 0; i < {ch}u; i++) "
                          f"acc[i] = ({w.acc})(({w.shift})acc[i] << {exps[-1]});")
         return "\n".join(lines)
+
+    def exponent_loop(self, k: ShiftLayer) -> bool:
+        """Whether :meth:`horner` loops over the exponents (packed weights, more than one)."""
+        return len(k.exponents) > 1 and self.p.weights == "packed"
 
     def output_stage(self, k: ShiftLayer, w: Width) -> tuple[str, str, list[int]]:
         """``(constants, code, threshold row per channel)`` storing a block's ``n`` results at
