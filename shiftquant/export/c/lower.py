@@ -364,7 +364,8 @@ class _Lowering:
             table = np.clip(raw, -bound, bound + 1)
             levels = [int(v) for v in r["levels"]]
             kernel.requant = Thresholds(np.ascontiguousarray(table), levels, [bool(d < 0) for d in direction],
-                                        pack_deltas(raw, -bound, bound + 1) if table.shape[1] >= DELTA_MIN else None)
+                                        pack_deltas(raw, -bound, bound + 1)
+                                        if table.shape[1] >= DELTA_MIN and self.weights == "packed" else None)
             lo, hi = self.node_range(node, min(levels), max(levels))
         elif node.get("int_output"):
             io = node["int_output"]

@@ -184,8 +184,10 @@ def pack_deltas(raw: np.ndarray, lo: int, hi: int) -> DeltaPack | None:
     if all(f is not None for f in lines):
         (step, frac, den, rem) = (np.asarray(v, np.int64) for v in zip(*lines))
         if int(np.abs(step).max()) < 1 << 30:
-            return DeltaPack(first.astype(np.int32), step.astype(np.int32), 0, np.zeros(2, np.uint8), int(lo), int(hi),
+            pack = DeltaPack(first.astype(np.int32), step.astype(np.int32), 0, np.zeros(2, np.uint8), int(lo), int(hi),
                              k, start.astype(np.int64), end.astype(np.int64), head, tail, frac, den, rem)
+            if np.array_equal(unpack_deltas(pack), np.clip(raw, lo, hi)):  # decoded as the C will, before use
+                return pack
     rows = [np.diff(raw[i, start[i]:end[i]]) for i in range(c)]
     step = np.asarray([int(d.min()) if d.size else 0 for d in rows], np.int64)
     excess = np.concatenate([d - s for d, s in zip(rows, step)] + [np.zeros(0, np.int64)])
@@ -193,8 +195,9 @@ def pack_deltas(raw: np.ndarray, lo: int, hi: int) -> DeltaPack | None:
     if bits > 8 or int(np.abs(step).max()) >= 1 << 30:
         return None
     packed = pack_codes(excess, bits) if bits and excess.size else np.zeros(0, np.uint8)
-    return DeltaPack(first.astype(np.int32), step.astype(np.int32), bits, np.concatenate([packed, np.zeros(2, np.uint8)]),
+    pack = DeltaPack(first.astype(np.int32), step.astype(np.int32), bits, np.concatenate([packed, np.zeros(2, np.uint8)]),
                      int(lo), int(hi), k, start.astype(np.int64), end.astype(np.int64), head, tail)
+    return pack if np.array_equal(unpack_deltas(pack), np.clip(raw, lo, hi)) else None
 
 
 LINE_DENOMINATORS = 256  # the largest denominator a line of thresholds is searched with
@@ -209,9 +212,15 @@ def fit_line(u: np.ndarray) -> tuple[int, int, int, int] | None:
     if n <= 1:
         return 0, 0, 1, 0
     j = np.arange(n, dtype=np.int64)
+    # the slopes m of every line with u_j = floor(j m + c): low < m < high, over the pairs i > k
+    pairs = j[:, None] > j[None, :]
+    du, dj = (u[:, None] - u[None, :])[pairs], (j[:, None] - j[None, :])[pairs]
+    low, high = float(((du - 1) / dj).max()), float(((du + 1) / dj).min())
+    if not low < high:
+        return None
     den = np.arange(1, LINE_DENOMINATORS + 1, dtype=np.int64)[:, None]  # (D, 1)
-    reach = -(-LINE_DENOMINATORS // (n - 1)) + 2
-    a = (den * int(u[-1])) // (n - 1) + np.arange(-reach, reach + 1)[None, :]  # (D, candidates)
+    width = int(np.ceil((high - low) * LINE_DENOMINATORS)) + 2
+    a = np.floor(low * den).astype(np.int64) + np.arange(width + 1)[None, :]  # numerators from just above low
     lo = (u[None, None, :] * den[..., None] - j * a[..., None]).max(axis=2)  # rem >= u_j den - j A
     hi = ((u[None, None, :] + 1) * den[..., None] - 1 - j * a[..., None]).min(axis=2)  # rem < (u_j + 1) den - j A
     ok = np.argwhere(lo <= hi)
