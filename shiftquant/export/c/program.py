@@ -221,14 +221,17 @@ def fit_line(u: np.ndarray) -> tuple[int, int, int, int] | None:
     den = np.arange(1, LINE_DENOMINATORS + 1, dtype=np.int64)[:, None]  # (D, 1)
     width = int(np.ceil((high - low) * LINE_DENOMINATORS)) + 2
     a = np.floor(low * den).astype(np.int64) + np.arange(width + 1)[None, :]  # numerators from just above low
-    lo = (u[None, None, :] * den[..., None] - j * a[..., None]).max(axis=2)  # rem >= u_j den - j A
-    hi = ((u[None, None, :] + 1) * den[..., None] - 1 - j * a[..., None]).min(axis=2)  # rem < (u_j + 1) den - j A
-    ok = np.argwhere(lo <= hi)
-    if ok.size == 0:
-        return None
-    d, c = ok[0]  # argwhere is row-major: the smallest denominator first
-    big_a, dd = int(a[d, c]), int(den[d, 0])
-    return big_a // dd, big_a % dd, dd, int(lo[d, c])
+    near = (a >= low * den - 1e-6) & (a <= high * den + 1e-6)  # slopes in the interval (a superset: checked below)
+    d_of, a_of = np.broadcast_to(den, a.shape)[near], a[near]  # by denominator, smallest first
+    for at in range(0, d_of.size, 64):
+        dd, aa = d_of[at:at + 64, None], a_of[at:at + 64, None]
+        lo = (u[None, :] * dd - j * aa).max(axis=1)  # rem >= u_j den - j A
+        hi = ((u[None, :] + 1) * dd - 1 - j * aa).min(axis=1)  # rem < (u_j + 1) den - j A
+        ok = np.flatnonzero(lo <= hi)
+        if ok.size:
+            big_a, best = int(aa[ok[0], 0]), int(dd[ok[0], 0])
+            return big_a // best, big_a % best, best, int(lo[ok[0]])
+    return None
 
 
 def unpack_deltas(p: DeltaPack) -> np.ndarray:
