@@ -24,8 +24,8 @@ from .ctext import array, generated_text, smallest
 from .emit_shift import ShiftLayerPrinter
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
-from .program import (CHUNK, Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul, MaxPool,
-                      PotCodes, Program, ShiftLayer, Shiftmax, Split, Tensor, Unary, WindowSum)
+from .program import (CHUNK, Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul,
+                      MaxPool, PotCodes, Program, ShiftLayer, Shiftmax, Split, Tensor, Unary, WindowSum)
 
 GENERATOR = "shiftquant C emitter 1"
 

@@ -48,6 +48,7 @@ def resolve_layouts(self) -> None:
     fused = {id(s.fused_map) for s in kernels if isinstance(s, Split) and s.fused_map is not None}
     self.kernels[:] = [k for k in kernels if id(k) not in fused]
 
+
 def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
     """Where each output position reads its taps; returns the kernels that must run first (a
     stride-2 convolution reads its input split into phases)."""
@@ -108,7 +109,6 @@ def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
     k.chunk = min(CHUNK, 1 << max(0, (seg_len - 1).bit_length()))
     a.root.slack = max(a.root.slack, k.chunk * k.x_step + 1)
     return before
-
 
 
 def fuse_input_stage(self, split: Split) -> None:

@@ -364,8 +364,7 @@ class _Lowering:
             table = np.clip(raw, -bound, bound + 1)
             levels = [int(v) for v in r["levels"]]
             kernel.requant = Thresholds(np.ascontiguousarray(table), levels, [bool(d < 0) for d in direction],
-                                        pack_deltas(raw, -bound, bound + 1)
-                                        if table.shape[1] >= DELTA_MIN and self.weights == "packed" else None)
+                                        _packed_thresholds(raw, bound, self.weights))
             lo, hi = self.node_range(node, min(levels), max(levels))
         elif node.get("int_output"):
             io = node["int_output"]
@@ -397,6 +396,11 @@ class _Lowering:
         from ..format.bundle import unpack_codes
         return unpack_codes(np.asarray(self.t[node["weight_codes"]]), int(node["weight_quantizer"]["code_bits"]),
                             count)
+
+
+def _packed_thresholds(raw: np.ndarray, bound: int, weights: str):
+    """A requantization's many thresholds packed for packed weights (:func:`.program.pack_deltas`)."""
+    return pack_deltas(raw, -bound, bound + 1) if weights == "packed" and raw.shape[1] >= DELTA_MIN else None
 
 
 def _stack_bytes(k: Kernel, weights: str) -> int:
