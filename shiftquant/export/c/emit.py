@@ -21,6 +21,7 @@ import numpy as np
 
 from ..format.pixels import describe_input
 from .ctext import array, generated_text, smallest
+from .emit_dsp import DspPrinter, dsp_helper
 from .emit_shift import ShiftLayerPrinter
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
@@ -116,7 +117,7 @@ int {n}_run(const {n}_input_t *input, int32_t *output);
 """
 
 
-class _Source(ShiftLayerPrinter, ThresholdPrinter, TokenPrinter):
+class _Source(ShiftLayerPrinter, DspPrinter, ThresholdPrinter, TokenPrinter):
     def __init__(self, p: Program):
         self.p = p
         self.parts: list[str] = []
@@ -147,6 +148,8 @@ class _Source(ShiftLayerPrinter, ThresholdPrinter, TokenPrinter):
     def helper_text(name: str) -> str:
         if name in HELPERS:
             return HELPERS[name]
+        if name.startswith("sq_"):
+            return dsp_helper(name)
         assert name == "clear_border"
         return """\
 /* Zeroes the border of one plane: `rows` interior rows of `width` bytes, `side` bytes of border

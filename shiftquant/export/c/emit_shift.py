@@ -56,6 +56,7 @@ class ShiftLayerPrinter:
     for (co = 0; co < {k.cout}; co++) {{
 {self.weights_block(k, off_t)}
 {decode}
+{self.dsp_prologue(k, w)}
         const {a.ctype} *ip = a + {nm}_ch_in[co] + {in0}u;
         {out.ctype} *ob = out + {nm}_ch_out[co];
         {out.ctype} *op = ob + {out0}u;
@@ -64,10 +65,8 @@ class ShiftLayerPrinter:
             const {a.ctype} *base = ip;
             unsigned p;
             for (p = 0; p < {seg_len}u; p += {ch}u, base += {ch * k.x_step}u) {{
-                {w.acc} acc[{ch}];
                 const unsigned n = {seg_len}u - p < {ch}u ? {seg_len}u - p : {ch}u;
-{self.horner(k, w)}
-{stage}
+{self.block(k, w, off_t, stage)}
             }}
         }}
         {self.clear_border(out)}
@@ -78,6 +77,14 @@ class ShiftLayerPrinter:
         for name in zero:
             text = text.replace(name, "0u")
         return text
+
+    def block(self, k: ShiftLayer, w: Width, off_t: str, stage: str) -> str:
+        """A block's accumulation and output stage: portable C, and where the layer has one the
+        DSP-extension form (:mod:`.emit_dsp`) for the cores that have it."""
+        portable = f"            {w.acc} acc[{k.chunk}];\n{self.horner(k, w)}\n{stage}"
+        if not self.dsp_fits(k):
+            return portable
+        return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{self.dsp_block(k, w, off_t, stage)}\n#else\n{portable}\n#endif"
 
     def horner(self, k: ShiftLayer, w: Width) -> str:
         """``acc`` of a block, Horner-style over the exponents from the largest: shift what is

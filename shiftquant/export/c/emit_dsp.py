@@ -1,0 +1,254 @@
+"""The C of a shift layer's block on cores with the Arm DSP extension (Cortex-M4/M7/M33:
+``__ARM_FEATURE_SIMD32``), as the kernel printer's methods (:class:`.emit._Source`).
+
+Four output positions share every weight, so a tap adds one 32-bit word of four input bytes:
+``SADD8`` / ``SSUB8`` for signed inputs, a plain add for unsigned ones (a run's sum provably fits
+the byte: ``narrow_run``), eight words per tap in registers. A run is widened into the 16-bit
+accumulators with ``SXTAB16`` / ``UXTAB16``, two lanes an instruction: ``ae`` holds positions
+``4i`` and ``4i + 2``, ``ao`` positions ``4i + 1`` and ``4i + 3``. Horner's shift between exponents
+is ``SADD16`` (per-lane doubling, wrapping as the ``uint16_t`` accumulator does). The thresholds
+count two lanes per step (``SSUB16`` sets a flag per lane, ``SEL`` picks the step) and four levels
+leave as one word. The code is the same arithmetic as the portable block, lane for lane."""
+from __future__ import annotations
+
+from .ctext import Width
+from .program import ShiftLayer
+
+# Words (four positions each) a tap adds in registers: 8 + the pointers fit the core's 13.
+WORDS = 8
+# The most thresholds counted in lanes (two lanes, three instructions a threshold).
+COUNT_LANES = 16
+# Horner's doubling of the words in use, lane by lane.
+DOUBLE = "for (i = 0; i < 2u * nw; i++) acc2[i] = (uint32_t)__sadd16((int16x2_t)acc2[i], (int16x2_t)acc2[i]);"
+
+
+class DspPrinter:
+    """DSP-extension blocks for :class:`.emit._Source`; ``self.p`` is the program."""
+
+    def dsp_fits(self, k: ShiftLayer) -> bool:
+        """Whether ``k``'s block has the DSP form: byte inputs summed in runs along a row, a
+        16-bit accumulator, blocks of whole words."""
+        return bool(k.narrow_run) and k.x_step == 1 and k.chunk % 4 == 0 and k.acc_bits == 16
+
+    def dsp_block(self, k: ShiftLayer, w: Width, off_t: str, stage: str) -> str:
+        """A block's accumulation in lanes, then its output stage: the threshold count in lanes
+        where the levels are bytes, else ``stage`` (the portable one) on the unpacked ``acc``."""
+        ch, exps, nm = k.chunk, k.exponents, k.name
+        nwords, g = ch // 4, min(WORDS, ch // 4)
+        gap = f"{nm}_gap[e]" if self.exponent_loop(k) else "gaps[e]"
+        gaps = [0] + [a - b for a, b in zip(exps, exps[1:])]
+        lines = [f"            uint32_t acc2[{2 * nwords}];  /* 16-bit lanes of word i: 2i: positions 4i, 4i + 2; 2i + 1: 4i + 1, 4i + 3 */",
+                 f"            const unsigned nw = ((n + {4 * g - 1}u) / {4 * g}u) * {g}u;  /* the words in use, whole groups */",
+                 f"            for (i = 0; i < {2 * nwords}u; i++) acc2[i] = 0;"]
+        if not self.exponent_loop(k):
+            lines.append(f"            static const uint8_t gaps[{len(exps)}] = {{{', '.join(map(str, gaps))}}};")
+        lines += [f"            for (e = 0; e < {len(exps)}u; e++) {{  /* weights ±2^t, t in {exps} */",
+                  f"                for (j = 0; j < {gap}; j++) " + DOUBLE,
+                  self.dsp_runs(k, off_t, "2u * e", g, "+"), self.dsp_runs(k, off_t, "2u * e + 1u", g, "-"),
+                  "            }"]
+        if exps and exps[-1] > 0:
+            lines.append(f"            for (j = 0; j < {exps[-1]}u; j++) " + DOUBLE)
+        lines.append(self.dsp_count(k, self.dsp_stage(k)) if self.dsp_stage(k) else f"""\
+            {{
+                {w.acc} acc[{ch}];
+                for (i = 0; i < {nwords}u; i++) {{
+                    acc[4u * i] = ({w.acc})acc2[2u * i]; acc[4u * i + 1u] = ({w.acc})acc2[2u * i + 1u];
+                    acc[4u * i + 2u] = ({w.acc})(acc2[2u * i] >> 16); acc[4u * i + 3u] = ({w.acc})(acc2[2u * i + 1u] >> 16);
+                }}
+{stage}
+            }}""")
+        return "\n".join(lines)
+
+    def dsp_runs(self, k: ShiftLayer, off_t: str, group: str, g: int, sign: str) -> str:
+        """``acc2`` (sign)= the inputs of the taps of ``list[start[group] .. start[group + 1])``,
+        in runs of ``narrow_run`` taps summed in byte lanes, ``g`` words per tap (:func:`run_helper`)."""
+        kind = ("sadd8" if sign == "+" else "ssub8") if k.inputs[0].lo < 0 else ("add" if sign == "+" else "addsub")
+        name = f"sq_run_{kind}_{g}_{16 if off_t == 'uint16_t' else 32}"
+        self.helpers.add(name)
+        return f"""\
+                for (j = start[{group}]; j < start[{group} + 1u];) {{
+                    const unsigned end = start[{group} + 1u] - j > {k.narrow_run}u ? j + {k.narrow_run}u : start[{group} + 1u];
+                    for (i = 0; i < nw; i += {g}u)
+                        {name}((const unsigned char *)base + 4u * i, list + j, list + end, acc2 + 2u * i);
+                    j = end;
+                }}"""
+
+    def dsp_stage(self, k: ShiftLayer) -> str | None:
+        """How the output stage runs on the lanes: ``"count"`` (few thresholds, counted two lanes
+        at a time), ``"search"`` (many ascending thresholds with one step, an interpolation
+        search per value), or None (the portable stage on the unpacked accumulators). Both need
+        byte levels and int16 thresholds and steps."""
+        th, out = k.requant, k.output
+        if th is None or out.itemsize != 1 or not all(-32768 <= v <= 32767 for v in list(th.levels) + list(th.steps)):
+            return None
+        if th.count <= COUNT_LANES:
+            return "count"
+        return "search" if th.ascending and len(set(th.steps)) == 1 else None
+
+    def dsp_prologue(self, k: ShiftLayer, w: Width) -> str:
+        """Per output channel, before its blocks: the thresholds the lane stage compares. Those
+        every value of the proven range passes (``t <= -bound``) are counted up front, those none
+        passes (``t > bound``) dropped; the rest are (threshold, step) lane pairs (``count``) or
+        the range ``[k0, k1)`` of the ascending row (``search``)."""
+        how = self.dsp_stage(k) if self.dsp_fits(k) else None
+        if how is None:
+            return ""
+        th, nm = k.requant, k.name
+        source = "thr_c" if self.delta_packed(k) else f"{nm}_thr + {nm}_ch_thr[co]"
+        if how == "search":
+            code = f"""\
+        const {w.sacc} *const thr_l = {source};
+        unsigned k0 = 0, k1 = 0;
+        {{
+            unsigned k;
+            for (k = 0; k < {th.count}u; k++) {{  /* |v| <= {k.bound} */
+                k0 += thr_l[k] <= -{k.bound};
+                k1 += thr_l[k] <= {k.bound};
+            }}
+        }}"""
+        else:
+            step = str(th.steps[0]) if len(set(th.steps)) <= 1 else f"{nm}_step[k]"
+            code = f"""\
+        uint32_t ts[{2 * th.count}];  /* (threshold, step) pairs, each in both lanes */
+        int32_t first = {th.levels[0]};
+        unsigned used = 0;
+        {{
+            const {w.sacc} *const thr_l = {source};
+            unsigned k;
+            for (k = 0; k < {th.count}u; k++) {{  /* |v| <= {k.bound} */
+                const int32_t t = thr_l[k], s = {step};
+                if (t <= -{k.bound}) first += s;
+                else if (t <= {k.bound}) {{
+                    ts[2u * used] = (uint32_t)(uint16_t)t * 0x10001u;
+                    ts[2u * used++ + 1u] = (uint32_t)(uint16_t)s * 0x10001u;
+                }}
+            }}
+        }}"""
+        return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{code}\n#endif"
+
+    def dsp_count(self, k: ShiftLayer, how: str) -> str:
+        """The output stage on the lanes: ``r = levels[0] + sum_k [v >= t_k] * step_k``, over the
+        thresholds of :meth:`dsp_prologue`: two lanes at a time (``sq_count_lanes``) or by an
+        interpolation search per value (``sq_search_lanes``)."""
+        th = k.requant
+        m = f"(uint32_t)({self.sign_mask(k)})" if any(th.negate) else "0u"
+        self.helpers.add(f"sq_{how}_lanes")
+        if how == "search":
+            return (f"            sq_search_lanes(acc2, n, thr_l, k0, k1, {m}, {th.levels[0]}, {th.steps[0]}, "
+                    "(unsigned char *)(op + p));")
+        return (f"            sq_count_lanes(acc2, nw, ts, used, (uint32_t)(uint16_t)first * 0x10001u, {m}, "
+                "(unsigned char *)(op + p), n);")
+
+
+# How a run's byte sums are kept (its inputs' signedness and the taps' sign): the instruction adding
+# a tap's word, and the widening of the run's word into a pair of 16-bit lane words (e: bytes 0 and
+# 2, o: bytes 1 and 3; signed runs carry their sign, unsigned ones are added or subtracted).
+RUN_KINDS = {
+    "sadd8": ("sadd8 {w}, {w}, %[v]", ("sxtab16 %[e], %[e], {w}", "sxtab16 %[o], %[o], {w}, ror #8")),
+    "ssub8": ("ssub8 {w}, {w}, %[v]", ("sxtab16 %[e], %[e], {w}", "sxtab16 %[o], %[o], {w}, ror #8")),
+    "add": ("add {w}, {w}, %[v]", ("uxtab16 %[e], %[e], {w}", "uxtab16 %[o], %[o], {w}, ror #8")),
+    "addsub": ("add {w}, {w}, %[v]", ("uxtb16 %[v], {w}", "ssub16 %[e], %[e], %[v]",
+                                      "uxtb16 %[v], {w}, ror #8", "ssub16 %[o], %[o], %[v]")),
+}
+
+
+COUNT_LANES_HELPER = """\
+#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
+/* The byte levels of nw words of lane pairs (acc2: words 2i and 2i + 1 hold positions 4i, 4i + 2
+   and 4i + 1, 4i + 3) at op[0 .. n): r = l0 + sum_k [v >= t_k] * s_k per lane, over the used
+   (t_k, s_k) pairs of ts; v = -acc where m is all ones (a decreasing requantization). */
+static void sq_count_lanes(const uint32_t *acc2, unsigned nw, const uint32_t *ts, unsigned used, uint32_t l0,
+                           uint32_t m, unsigned char *op, unsigned n)
+{
+    const uint32_t *const te = ts + 2u * used;
+    unsigned i, q;
+    for (i = 0; i < nw; i++, acc2 += 2) {
+        const uint32_t ve = (uint32_t)__ssub16((int16x2_t)(acc2[0] ^ m), (int16x2_t)m);
+        const uint32_t vo = (uint32_t)__ssub16((int16x2_t)(acc2[1] ^ m), (int16x2_t)m);
+        const uint32_t *tp = ts;
+        uint32_t re = l0, ro = l0, t, s, d, word;
+        if (used)  /* SSUB16 sets a flag per lane where v >= t, SEL takes the step there */
+            __asm__("1:\\n\\tldrd %[t], %[s], [%[tp]], #8\\n\\t"
+                    "ssub16 %[d], %[ve], %[t]\\n\\tsel %[d], %[s], %[z]\\n\\tsadd16 %[re], %[re], %[d]\\n\\t"
+                    "ssub16 %[d], %[vo], %[t]\\n\\tsel %[d], %[s], %[z]\\n\\tsadd16 %[ro], %[ro], %[d]\\n\\t"
+                    "cmp %[tp], %[te]\\n\\tbcc 1b"
+                    : [re] "+r"(re), [ro] "+r"(ro), [tp] "+r"(tp), [t] "=&r"(t), [s] "=&r"(s), [d] "=&r"(d)
+                    : [ve] "r"(ve), [vo] "r"(vo), [te] "r"(te), [z] "r"(0u) : "cc", "memory");
+        word = (re & 0x00FF00FFu) | ((ro & 0x00FF00FFu) << 8);  /* positions 4i .. 4i + 3 */
+        if (4u * i + 4u <= n) memcpy(op + 4u * i, &word, 4u);
+        else for (q = 0; 4u * i + q < n; q++) op[4u * i + q] = (unsigned char)(word >> (8u * q));
+    }
+}
+#endif
+"""
+
+
+SEARCH_LANES_HELPER = """\
+#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
+/* The byte levels l0 + K * step of the lanes of acc2 (as sq_count_lanes) at op[0 .. n), K the
+   number of ascending thresholds thr[k] <= v: k < k0 pass every value, k >= k1 none; in between,
+   a guess on the line from thr[k0] to thr[k1 - 1], walked to the exact place. */
+static void sq_search_lanes(const uint32_t *acc2, unsigned n, const int16_t *thr, unsigned k0, unsigned k1,
+                            uint32_t m, int32_t l0, int32_t step, unsigned char *op)
+{
+    const int32_t t0 = k0 < k1 ? thr[k0] : 0, tl = k0 < k1 ? thr[k1 - 1u] : 0;
+    const uint32_t span = (uint32_t)(tl - t0), nk = k0 < k1 ? k1 - 1u - k0 : 0u;
+    unsigned q;
+    for (q = 0; q < n; q++) {
+        const uint32_t word = acc2[2u * (q >> 2) + (q & 1u)] ^ m;  /* position 4i + q: word 2i + (q & 1), half q & 2 */
+        const int32_t v = SQ_S16((q & 2u) ? word >> 16 : word & 0xFFFFu) + (int32_t)(m & 1u);
+        unsigned g;
+        if (k0 == k1 || v < t0) g = k0;
+        else if (v >= tl) g = k1;
+        else {  /* t0 <= v < tl: thr[k0] <= v and thr[k1 - 1] > v stop both walks */
+            g = k0 + (uint32_t)(v - t0) * nk / span;
+            while (thr[g + 1u] <= v) g++;
+            while (thr[g] > v) g--;
+            g++;
+        }
+        op[q] = (unsigned char)(uint32_t)(l0 + (int32_t)g * step);
+    }
+}
+#endif
+"""
+
+
+def dsp_helper(name: str) -> str:
+    """The text of DSP helper ``name`` (:data:`COUNT_LANES_HELPER`, :data:`SEARCH_LANES_HELPER` or a
+    :func:`run_helper`)."""
+    return {"sq_count_lanes": COUNT_LANES_HELPER, "sq_search_lanes": SEARCH_LANES_HELPER}.get(name) or run_helper(name)
+
+
+def run_helper(name: str) -> str:
+    """The text of helper ``sq_run_KIND_G_BITS``: one run of taps over ``G`` words (4G positions)
+    in registers, then widened into ``acc2`` (``G`` pairs of lane words). Assembly, so the 8 sums,
+    the pointers and the loaded word stay in the core's 13 registers: per tap a load of its
+    offset, an add, and a load and a lane add per word."""
+    _, _, kind, g, bits = name.split("_")
+    g, (add, widen) = int(g), RUN_KINDS[kind]
+    ws = [f"%[w{q}]" for q in range(g)]
+    load = "ldrh %[v], [%[lp]], #2" if bits == "16" else "ldr %[v], [%[lp]], #4"
+    offset_t = "uint16_t" if bits == "16" else "uint32_t"
+    body = [load, "add %[src], %[b], %[v]"]
+    for q, w in enumerate(ws):
+        body += [f"ldr %[v], [%[src], #{4 * q}]", add.format(w=w)]
+    loop = "\\n\\t".join(["1:"] + body + ["cmp %[lp], %[le]", "bcc 1b"])
+    outs = ", ".join(f"[w{q}] \"+r\"(w{q})" for q in range(g))
+    widen_asm = "\\n\\t".join(x.format(w="%[w]") for x in widen)
+    widens = "\n".join(f"""\
+    e = acc2[{2 * q}]; o = acc2[{2 * q + 1}];
+    __asm__("{widen_asm}" : [e] "+r"(e), [o] "+r"(o), [v] "=&r"(v) : [w] "r"(w{q}));
+    acc2[{2 * q}] = e; acc2[{2 * q + 1}] = o;""" for q in range(g))
+    return f"""\
+#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
+/* A run of taps [lp, le) ({kind}) over {4 * g} positions from b, widened into acc2[0 .. {2 * g}). */
+static void {name}(const unsigned char *b, const {offset_t} *lp, const {offset_t} *le, uint32_t *acc2)
+{{
+    uint32_t {", ".join(f"w{q} = 0" for q in range(g))}, src, v, e, o;
+    __asm__("{loop}"
+            : {outs}, [lp] "+r"(lp), [src] "=&r"(src), [v] "=&r"(v)
+            : [b] "r"(b), [le] "r"(le) : "cc", "memory");
+{widens}
+}}
+#endif
+"""
