@@ -333,8 +333,10 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
         if th is None:
             consts, stage, cmp, rtype, next_row = "", "for (i = 0; i < n; i++) r[i] = v[i];", a.ctype, a.ctype, ""
         else:  # the fused input stage: each pixel through its channel's thresholds
-            cmp, rtype = self.compare_type(a), smallest(th.levels)
-            consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr")
+            cmp = self.compare_type(a)
+            rtype = "int16_t" if cmp == "int16_t" and smallest(th.levels) != "int32_t" else smallest(th.levels)
+            pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
+            consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
             next_row = f"thr += {th.count}u;" if th.table.shape[0] > 1 else ""
         what = "thresholded and split" if th is not None else "split"
         return consts + f"""\

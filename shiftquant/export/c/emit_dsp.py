@@ -12,7 +12,7 @@ leave as one word. The code is the same arithmetic as the portable block, lane f
 from __future__ import annotations
 
 from .ctext import Width
-from .program import ShiftLayer
+from .program import CHUNK, ShiftLayer
 
 # Words (four positions each) a tap adds in registers: 8 + the pointers fit the core's 13.
 WORDS = 8
@@ -30,10 +30,37 @@ class DspPrinter:
         16-bit accumulator, blocks of whole words."""
         return bool(k.narrow_run) and k.x_step == 1 and k.chunk % 4 == 0 and k.acc_bits == 16
 
-    def dsp_block(self, k: ShiftLayer, w: Width, off_t: str, stage: str) -> str:
-        """A block's accumulation in lanes, then its output stage: the threshold count in lanes
-        where the levels are bytes, else ``stage`` (the portable one) on the unpacked ``acc``."""
-        ch, exps, nm = k.chunk, k.exponents, k.name
+    def dsp_rows(self, k: ShiftLayer) -> int:
+        """Output rows a DSP block covers, up to :attr:`.program.ShiftLayer.block_rows`: the
+        count :func:`block_cost` finds cheapest (1 where the output stage is the portable one,
+        whose arrays hold one ``chunk``)."""
+        if not self.dsp_stage(k) or k.block_rows < 2:
+            return 1
+        return min(range(1, k.block_rows + 1), key=lambda rows: (block_cost(k, rows), rows))
+
+    def dsp_rows_loop(self, k: ShiftLayer, w: Width, off_t: str) -> str:
+        """The segment loop of a row-by-row layer in blocks of several rows: a block's positions
+        run on along the input rows (``in_step`` apart), the columns between the rows' ends and
+        the next rows' starts are computed and dropped; each row's levels are copied out."""
+        a, out = k.inputs[0], k.output
+        nseg, seg_len, _, out_step, _ = k.segments
+        rows, step = self.dsp_rows(k), k.in_step
+        return f"""\
+        for (seg = 0; seg < {nseg}u; seg += {rows}u, ip += {rows * step}u, op += {rows * out_step}u) {{
+            const unsigned rows = {nseg}u - seg < {rows}u ? {nseg}u - seg : {rows}u;
+            const unsigned n = (rows - 1u) * {step}u + {seg_len}u;  /* {rows} rows of {seg_len} positions, {step} apart */
+            const {a.ctype} *const base = ip;
+            {out.ctype} dst[{CHUNK}];
+            unsigned r;
+{self.dsp_block(k, w, off_t, "", CHUNK, "dst")}
+            for (r = 0; r < rows; r++) memcpy(op + r * {out_step}u, dst + r * {step}u, {seg_len * out.itemsize}u);
+        }}"""
+
+    def dsp_block(self, k: ShiftLayer, w: Width, off_t: str, stage: str, ch: int, dst: str) -> str:
+        """A block of ``ch`` positions (``n`` in use) accumulated in lanes, then its output stage
+        into ``dst``: the threshold count in lanes (:meth:`dsp_stage`), else ``stage`` (the
+        portable one, writing ``op[p + i]``) on the unpacked ``acc``."""
+        exps, nm = k.exponents, k.name
         nwords, g = ch // 4, min(WORDS, ch // 4)
         gap = f"{nm}_gap[e]" if self.exponent_loop(k) else "gaps[e]"
         gaps = [0] + [a - b for a, b in zip(exps, exps[1:])]
@@ -48,7 +75,7 @@ class DspPrinter:
                   "            }"]
         if exps and exps[-1] > 0:
             lines.append(f"            for (j = 0; j < {exps[-1]}u; j++) " + DOUBLE)
-        lines.append(self.dsp_count(k, self.dsp_stage(k)) if self.dsp_stage(k) else f"""\
+        lines.append(self.dsp_count(k, self.dsp_stage(k), dst) if self.dsp_stage(k) else f"""\
             {{
                 {w.acc} acc[{ch}];
                 for (i = 0; i < {nwords}u; i++) {{
@@ -126,7 +153,7 @@ class DspPrinter:
         }}"""
         return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{code}\n#endif"
 
-    def dsp_count(self, k: ShiftLayer, how: str) -> str:
+    def dsp_count(self, k: ShiftLayer, how: str, dst: str) -> str:
         """The output stage on the lanes: ``r = levels[0] + sum_k [v >= t_k] * step_k``, over the
         thresholds of :meth:`dsp_prologue`: two lanes at a time (``sq_count_lanes``) or by an
         interpolation search per value (``sq_search_lanes``)."""
@@ -135,9 +162,27 @@ class DspPrinter:
         self.helpers.add(f"sq_{how}_lanes")
         if how == "search":
             return (f"            sq_search_lanes(acc2, n, thr_l, k0, k1, {m}, {th.levels[0]}, {th.steps[0]}, "
-                    "(unsigned char *)(op + p));")
+                    f"(unsigned char *)({dst}));")
         return (f"            sq_count_lanes(acc2, nw, ts, used, (uint32_t)(uint16_t)first * 0x10001u, {m}, "
-                "(unsigned char *)(op + p), n);")
+                f"(unsigned char *)({dst}), n);")
+
+
+def block_cost(k: ShiftLayer, rows: int) -> int:
+    """Instructions a channel's run loops take with blocks of ``rows`` rows (a model: per
+    helper call 13 + 4 per word of set-up and widening, per tap 4 + 2 per word; a block's
+    words rounded up to whole calls), to choose between blocks of one row (fewer, narrower
+    words) and of several (more words, the columns between rows wasted)."""
+    nseg, seg_len = k.segments[:2]
+    runs = k.groups_count + k.taps // max(k.narrow_run, 1)
+    total = 0
+    for first in range(0, nseg, rows):
+        if rows == 1:
+            g, n = min(WORDS, k.chunk // 4), seg_len
+        else:
+            g, n = WORDS, (min(rows, nseg - first) - 1) * k.in_step + seg_len
+        calls = -(-n // (4 * g))
+        total += calls * (runs * (13 + 4 * g) + k.taps * (4 + 2 * g))
+    return total
 
 
 # How a run's byte sums are kept (its inputs' signedness and the taps' sign): the instruction adding
@@ -213,10 +258,39 @@ static void sq_search_lanes(const uint32_t *acc2, unsigned n, const int16_t *thr
 """
 
 
+COUNT_PAIRS_HELPER = """\
+#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
+/* r[i] = l0 + sum_k [v[i] >= t_k] * s_k for i < n, two values a step, over the used (t_k, s_k)
+   pairs of ts (as sq_count_lanes). */
+static void sq_count_pairs(const int16_t *v, int16_t *r, unsigned n, const uint32_t *ts, unsigned used, uint32_t l0)
+{
+    const uint32_t *const te = ts + 2u * used;
+    unsigned i;
+    for (i = 0; i < n; i += 2u) {
+        const uint32_t *tp = ts;
+        uint32_t x, y = l0, t, s, d;
+        if (i + 1u < n) memcpy(&x, v + i, 4u);
+        else x = (uint32_t)(uint16_t)v[i] * 0x10001u;
+        if (used)
+            __asm__("1:\\n\\tldrd %[t], %[s], [%[tp]], #8\\n\\t"
+                    "ssub16 %[d], %[x], %[t]\\n\\tsel %[d], %[s], %[z]\\n\\tsadd16 %[y], %[y], %[d]\\n\\t"
+                    "cmp %[tp], %[te]\\n\\tbcc 1b"
+                    : [y] "+r"(y), [tp] "+r"(tp), [t] "=&r"(t), [s] "=&r"(s), [d] "=&r"(d)
+                    : [x] "r"(x), [te] "r"(te), [z] "r"(0u) : "cc", "memory");
+        if (i + 1u < n) memcpy(r + i, &y, 4u);
+        else r[i] = (int16_t)SQ_S16(y & 0xFFFFu);
+    }
+}
+#endif
+"""
+
+
 def dsp_helper(name: str) -> str:
     """The text of DSP helper ``name`` (:data:`COUNT_LANES_HELPER`, :data:`SEARCH_LANES_HELPER` or a
     :func:`run_helper`)."""
-    return {"sq_count_lanes": COUNT_LANES_HELPER, "sq_search_lanes": SEARCH_LANES_HELPER}.get(name) or run_helper(name)
+    helpers = {"sq_count_lanes": COUNT_LANES_HELPER, "sq_count_pairs": COUNT_PAIRS_HELPER,
+               "sq_search_lanes": SEARCH_LANES_HELPER}
+    return helpers.get(name) or run_helper(name)
 
 
 def run_helper(name: str) -> str:

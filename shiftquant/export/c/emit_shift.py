@@ -18,8 +18,7 @@ class ShiftLayerPrinter:
         nm = k.name
         w = Width(k.acc_bits)
         off_t = "uint16_t" if max(k.tap_offsets, default=0) < 1 << 16 else "uint32_t"
-        nseg, seg_len, out0, out_step, in0 = k.segments
-        ch = k.chunk
+        out0, in0 = k.segments[2], k.segments[4]
         packed = self.p.weights == "packed"
         consts = [f"/* {k.label}: {k.cin_g * k.groups} -> {k.cout} channels, kernel {k.kernel[0]}x{k.kernel[1]}, "
                   f"stride {k.stride}, padding {k.padding}, groups {k.groups}; weights 0 or ±2^t, t in "
@@ -61,14 +60,7 @@ class ShiftLayerPrinter:
         {out.ctype} *ob = out + {nm}_ch_out[co];
         {out.ctype} *op = ob + {out0}u;
         unsigned seg, i, j, e;
-        for (seg = 0; seg < {nseg}u; seg++, ip += {k.in_step}u, op += {out_step}u) {{
-            const {a.ctype} *base = ip;
-            unsigned p;
-            for (p = 0; p < {seg_len}u; p += {ch}u, base += {ch * k.x_step}u) {{
-                const unsigned n = {seg_len}u - p < {ch}u ? {seg_len}u - p : {ch}u;
-{self.block(k, w, off_t, stage)}
-            }}
-        }}
+{self.segments(k, w, off_t, stage)}
         {self.clear_border(out)}
         (void)ob; (void)e;
     }}
@@ -78,13 +70,27 @@ class ShiftLayerPrinter:
             text = text.replace(name, "0u")
         return text
 
-    def block(self, k: ShiftLayer, w: Width, off_t: str, stage: str) -> str:
-        """A block's accumulation and output stage: portable C, and where the layer has one the
-        DSP-extension form (:mod:`.emit_dsp`) for the cores that have it."""
-        portable = f"            {w.acc} acc[{k.chunk}];\n{self.horner(k, w)}\n{stage}"
+    def segments(self, k: ShiftLayer, w: Width, off_t: str, stage: str) -> str:
+        """The loop over a channel's segments of output positions, a block of ``chunk`` positions
+        at a time: portable C, and where the layer has one the DSP-extension form (:mod:`.emit_dsp`)
+        for the cores that have it (several rows a block where they fit)."""
+        a = k.inputs[0]
+        nseg, seg_len, _, out_step, _ = k.segments
+        ch = k.chunk
+        loop = lambda block: f"""\
+        for (seg = 0; seg < {nseg}u; seg++, ip += {k.in_step}u, op += {out_step}u) {{
+            const {a.ctype} *base = ip;
+            unsigned p;
+            for (p = 0; p < {seg_len}u; p += {ch}u, base += {ch * k.x_step}u) {{
+                const unsigned n = {seg_len}u - p < {ch}u ? {seg_len}u - p : {ch}u;
+{block}
+            }}
+        }}"""
+        portable = loop(f"            {w.acc} acc[{ch}];\n{self.horner(k, w)}\n{stage}")
         if not self.dsp_fits(k):
             return portable
-        return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{self.dsp_block(k, w, off_t, stage)}\n#else\n{portable}\n#endif"
+        dsp = loop(self.dsp_block(k, w, off_t, stage, ch, "op + p")) if self.dsp_rows(k) == 1 else self.dsp_rows_loop(k, w, off_t)
+        return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{dsp}\n#else\n{portable}\n#endif"
 
     def horner(self, k: ShiftLayer, w: Width) -> str:
         """``acc`` of a block, Horner-style over the exponents from the largest: shift what is
@@ -151,7 +157,9 @@ class ShiftLayerPrinter:
             }}""", [co * span for co in range(k.cout)]
         rtype = w.sacc if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
         packed = self.delta_packed(k)
-        count_consts, code = self.count(th, w.sacc, nm, None if packed else f"{nm}_thr", "v", "r", f"{ch}u", "thr")
+        pairs = (-k.bound, k.bound) if rtype == w.sacc == "int16_t" else None
+        count_consts, code = self.count(th, w.sacc, nm, None if packed else f"{nm}_thr", "v", "r", f"{ch}u", "thr",
+                                        pairs)
         if packed:
             d = th.deltas
             index_t = "uint8_t" if d.index_bytes == 1 else "uint16_t"

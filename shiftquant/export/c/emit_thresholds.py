@@ -5,18 +5,25 @@ methods (:class:`.emit._Source`)."""
 from __future__ import annotations
 
 from .ctext import array, smallest
+from .emit_dsp import COUNT_LANES
 from .program import CHUNK, Map, ShiftLayer, Thresholds
+
+# Scalar cores map inputs of fewer values than this through a table of their levels (one byte each).
+LUT_SPAN = 257
 
 
 class ThresholdPrinter:
     """Threshold code for :class:`.emit._Source`; ``self.p`` is the program."""
 
     def count(self, th: Thresholds, cmp_ctype: str, name: str, table: str | None, v: str, r: str, n: str,
-              row: str) -> tuple[str, str]:
+              row: str, pairs: tuple[int, int] | None = None) -> tuple[str, str]:
         """Constants and code mapping ``v[0..n)`` through the threshold row ``row`` of ``th`` into
         ``r``: ``r = levels[0] + sum_k [v >= t_k] * step_k``, a vectorizable count. With many
         levels only the thresholds between the block's smallest and largest value are counted
-        (those below both count for every lane, those above for none), found by binary search."""
+        (those below both count for every lane, those above for none), found by binary search.
+        ``pairs = (lo, hi)``: ``v`` and ``r`` are int16 arrays and ``lo <= v <= hi``; cores with
+        the DSP extension then count two values a step (``sq_count_pairs``) where the
+        thresholds are few."""
         levels, steps = th.levels, th.steps
         consts = array(cmp_ctype, table, th.table) if table else ""  # None: the caller decodes the rows
         uniform = len(set(steps)) <= 1
@@ -61,11 +68,23 @@ unsigned k0 = 0, k1 = 0;
                 {load_step}
                 for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
             }}"""
+        if pairs and th.table.shape[0] == 1 and pairs[1] - pairs[0] < LUT_SPAN:
+            # scalar cores, one row of thresholds, few input values: each value's level from a table
+            lo, hi = pairs
+            table = [levels[0] + sum(s for t, s in zip(th.table[0], steps) if t <= x) for x in range(lo, hi + 1)]
+            consts += "#if SQ_SWAR\n" + array(smallest(table), f"{name}_lut", table) + "#endif\n"
+            return consts, f"""\
+#if SQ_SWAR
+            for (i = 0; i < {n}; i++) {r}[i] = {name}_lut[{v}[i] - ({lo})];
+#else
+            {code}
+#endif"""
+        dsp = self.pairs_count(th, name, v, r, n, row, pairs)
         if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
             if not th.window and table_needed:  # only the scalar cores' code reads it
                 consts += "#if SQ_SWAR\n" + array(smallest(levels), f"{name}_levels", levels) + "#endif\n"
             code = f"""\
-#if SQ_SWAR
+#if SQ_SWAR{dsp}
             for (i = 0; i < {n}; i++) {{
                 const {cmp_ctype} x = {v}[i];
                 unsigned at = 0, len = {th.count}u;
@@ -79,6 +98,33 @@ unsigned k0 = 0, k1 = 0;
             {code}
 #endif"""
         return consts, code
+
+    def pairs_count(self, th: Thresholds, name: str, v: str, r: str, n: str, row: str,
+                    pairs: tuple[int, int] | None) -> str:
+        """The DSP-extension branch of :meth:`count` (``#if`` continued, ending in ``#elif``), or
+        nothing: thresholds no value of ``[lo, hi]`` can fall on are counted up front or dropped,
+        the others compared two values at a time."""
+        if pairs is None or th.count > COUNT_LANES or not th.ascending or th.count < 4:
+            return ""
+        lo, hi = pairs
+        step = str(th.steps[0]) if len(set(th.steps)) <= 1 else f"{name}_step[k]"
+        self.helpers.add("sq_count_pairs")
+        return f""" && defined(__ARM_FEATURE_SIMD32)
+            {{
+                uint32_t ts[{2 * th.count}];  /* (threshold, step) pairs, each in both lanes */
+                int32_t first = {th.levels[0]};
+                unsigned used = 0;
+                for (k = 0; k < {th.count}u; k++) {{  /* {lo} <= v <= {hi} */
+                    const int32_t t = {row}[k], s = {step};
+                    if (t <= {lo}) first += s;
+                    else if (t <= {hi}) {{
+                        ts[2u * used] = (uint32_t)(uint16_t)t * 0x10001u;
+                        ts[2u * used++ + 1u] = (uint32_t)(uint16_t)s * 0x10001u;
+                    }}
+                }}
+                sq_count_pairs({v}, {r}, {n}, ts, used, (uint32_t)(uint16_t)first * 0x10001u);
+            }}
+#elif SQ_SWAR"""
 
     def delta_packed(self, k: ShiftLayer) -> bool:
         """Whether this layer's requantization thresholds are stored delta-packed (packed weights)."""
@@ -129,7 +175,8 @@ unsigned k0 = 0, k1 = 0;
         nm = k.name
         cmp = self.compare_type(a)
         rtype = "int16_t" if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
-        consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr")
+        pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
+        consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
         c, h, w = a.shape
         if a.row == out.row:  # one geometry: the whole plane at once (its border is cleared after)
             nseg, length, first_in, first_out, step_in, step_out = 1, a.plane, 0, 0, 0, 0

@@ -308,6 +308,16 @@ class ShiftLayer(Kernel):
         return self.cin_g * self.kernel[0] * self.kernel[1]
 
     @property
+    def block_rows(self) -> int:
+        """The most output rows one block may cover where blocks sum lanes (the DSP form):
+        consecutive rows of a row-by-row layer, as many as fit ``CHUNK`` positions of its input
+        rows (1: row by row)."""
+        nseg, seg_len = self.segments[:2]
+        if nseg < 2 or self.x_step != 1 or seg_len > self.in_step:
+            return 1
+        return max(1, min(nseg, CHUNK // self.in_step))
+
+    @property
     def groups_count(self) -> int:
         return 2 * len(self.exponents)
 
