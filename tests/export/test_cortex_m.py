@@ -16,7 +16,7 @@ import shiftquant as sq
 from shiftquant.cli import bundle_summary, main
 from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
 from shiftquant.export.c import cortex_m
-from shiftquant.models import resnet20
+from shiftquant.models import resnet8, resnet20
 from tests.export.models import deploy_exported
 from tests.export.test_mobile import PIXELS, exported
 
@@ -25,18 +25,23 @@ pytestmark = pytest.mark.skipif(bool(cortex_m.tools_missing()),
 
 
 ARM_MULTIPLY = re.compile(r"^(mul|mla|mls|[su]mull|[su]mlal|smul\w*|smla\w*|smls\w*|smmul\w*|smmla\w*|smuad\w*"
-                          r"|smusd\w*|umaal)s?(\.w|\.n)?$")
+                          r"|smusd\w*|umaal|[su]div)s?(\.w|\.n)?$")
+
+
+# The helpers the shift layers call on cores with the DSP extension (runs of taps, threshold stages).
+SHIFT_HELPERS = re.compile(r"^sq_(run|count|search)_")
 
 
 def _multiplies_in_shift_layers(obj) -> dict:
-    """Multiply instructions in the Arm object's shift-layer functions (arm-none-eabi-objdump -d)."""
+    """Multiply and divide instructions in the Arm object's shift-layer functions and the helpers
+    they call (arm-none-eabi-objdump -d)."""
     text = subprocess.run([shutil.which("arm-none-eabi-objdump"), "-d", "--no-show-raw-insn", str(obj)],
                           capture_output=True, text=True, check=True).stdout
     found, current, layers = {}, None, 0
     for line in text.splitlines():
         head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
         if head:
-            current = head.group(1) if "_shift_" in head.group(1) else None
+            current = head.group(1) if "_shift_" in head.group(1) or SHIFT_HELPERS.match(head.group(1)) else None
             layers += current is not None
         elif current and (op := re.match(r"^\s+[0-9a-f]+:\s+(\S+)", line)) and ARM_MULTIPLY.match(op.group(1)):
             found.setdefault(current, set()).add(op.group(1))
@@ -103,3 +108,33 @@ def test_a_vit_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
     ints, unit = rt.run_int(images)
     assert np.array_equal(result.logits, ints)
     assert np.array_equal((result.logits * unit).astype(np.float32), ref)
+
+
+def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
+    """A ResNet-8 whose BatchNorm flips some channels' sign (decreasing requantizations): on the
+    Cortex-M4 its shift layers sum byte lanes (signed and unsigned inputs), count few thresholds
+    in lanes and search the residual grid's many, some blocks cover several rows, the input
+    stages go through level tables and lane pairs: all of it bit for bit with the reference, and
+    no multiply or divide in a shift layer or the helpers it calls."""
+    torch.manual_seed(1)
+    model = resnet8(num_classes=10, in_chans=3).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-1.5, 1.5)  # negative scales: thresholds compared on -acc
+                m.bias.uniform_(-0.3, 0.3)
+    px = sq.PixelInput((0.5,) * 3, (0.25,) * 3)
+    # 3-bit codes (zero, sign, 2^0 .. 2^-3): activations of at most 8 steps sum 15 taps in a byte
+    rt, _, _ = deploy_exported(model, (8, 3, 32, 32), px, tmp_path / "r8.sqb", weight_shift_bits=2, act_shift_bits=2)
+    images = np.random.default_rng(1).integers(0, 256, (8, 3, 32, 32)).astype(np.uint8)
+    program, build, result = _on_target(rt.source, images, tmp_path)
+    assert np.array_equal(result.logits, rt.run_int(images)[0])
+    source = (tmp_path / "mcu" / "net.c").read_text()
+    for form in ("sq_run_sadd8_8_", "sq_run_ssub8_8_", "sq_run_add_8_", "sq_run_addsub_8_", "sq_count_lanes(",
+                 "sq_search_255(", "sq_count_pairs(", "_lut[", "dst[64]"):
+        assert form in source, form
+    dsp = [k for k in program.kernels if getattr(k, "dsp_form", False) and k.requant is not None]
+    assert any(any(k.requant.negate) for k in dsp)
+    assert not _multiplies_in_shift_layers(build.elf.parent / "net.o")

@@ -49,12 +49,20 @@ _PRELUDE = """\
    conversions. */
 #define SQ_S16(u) ((int32_t)((uint32_t)(u) ^ 0x8000u) - 0x8000)
 #define SQ_S32(u) ((uint32_t)(u) < 0x80000000u ? (int32_t)(uint32_t)(u) : -(int32_t)(~(uint32_t)(u)) - 1)
+/* The value of four little-endian bytes memcpy'd into a uint32_t. */
+#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define SQ_LE32(w) ((((w) & 0xFFu) << 24) | (((w) & 0xFF00u) << 8) | (((w) >> 8) & 0xFF00u) | ((w) >> 24))
+#else
+#define SQ_LE32(w) (w)
+#endif
 /* 32-bit cores without vector units (the Cortex-M family): shift layers add four byte lanes at a
    time in 32-bit words (SADD8 for signed bytes where the core has the DSP extension). */
 #if defined(__arm__) && !defined(__ARM_NEON)
 #define SQ_SWAR 1
 #ifdef __ARM_FEATURE_SIMD32
 #include <arm_acle.h>
+/* A 16-bit value in both halves of a word (two lanes). */
+#define SQ_BOTH16(x) (((uint32_t)(uint16_t)(x) << 16) | (uint16_t)(x))
 #endif
 #else
 #define SQ_SWAR 0
@@ -117,6 +125,24 @@ int {n}_run(const {n}_input_t *input, int32_t *output);
 """
 
 
+CLEAR_BORDER = """\
+/* Zeroes the border of one plane: `rows` interior rows of `width` bytes, `side` bytes of border
+   left and right of each, `border` rows of border above and below. */
+static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width, unsigned border, unsigned side)
+{
+    const unsigned row = width + side + side;
+    unsigned r;
+    for (r = 0; r < border; r++, plane += row) memset(plane, 0, row);
+    memset(plane, 0, side);
+    plane += side + width;
+    for (r = 1; r < rows; r++, plane += row) memset(plane, 0, side + side);
+    memset(plane, 0, side);
+    plane += side;
+    for (r = 0; r < border; r++, plane += row) memset(plane, 0, row);
+}
+"""
+
+
 class _Source(ShiftLayerPrinter, DspPrinter, ThresholdPrinter, TokenPrinter):
     def __init__(self, p: Program):
         self.p = p
@@ -151,22 +177,7 @@ class _Source(ShiftLayerPrinter, DspPrinter, ThresholdPrinter, TokenPrinter):
         if name.startswith("sq_"):
             return dsp_helper(name)
         assert name == "clear_border"
-        return """\
-/* Zeroes the border of one plane: `rows` interior rows of `width` bytes, `side` bytes of border
-   left and right of each, `border` rows of border above and below. */
-static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width, unsigned border, unsigned side)
-{
-    const unsigned row = width + side + side;
-    unsigned r;
-    for (r = 0; r < border; r++, plane += row) memset(plane, 0, row);
-    memset(plane, 0, side);
-    plane += side + width;
-    for (r = 1; r < rows; r++, plane += row) memset(plane, 0, side + side);
-    memset(plane, 0, side);
-    plane += side;
-    for (r = 0; r < border; r++, plane += row) memset(plane, 0, row);
-}
-"""
+        return CLEAR_BORDER
 
     # ------------------------------------------------------------------ kernels
     def kernel(self, k: Kernel) -> str:
@@ -339,33 +350,42 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
             consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
             next_row = f"thr += {th.count}u;" if th.table.shape[0] > 1 else ""
         what = "thresholded and split" if th is not None else "split"
+        # Per phase, the output columns [i0, i1) that read the input (x = s (i - b) + px in [0, w)).
+        cols = [[i for i in range(row) if 0 <= s * (i - b) + x < w] for x in xs]
+        i0, i1 = [c[0] if c else 0 for c in cols], [c[-1] + 1 if c else 0 for c in cols]
+        size = out.itemsize
         return consts + f"""\
 /* {k.label}: its input {what} into {len(k.phases)} phases modulo {s} for the stride-{s} convolution */
 {self.signature(k)}
 {{
 {array(smallest(ys), f"{nm}_py", ys)}{array(smallest(xs), f"{nm}_px", xs)}\
+{array(smallest(i0), f"{nm}_from", i0)}{array(smallest(i1), f"{nm}_to", i1)}\
     unsigned p, c, q, i, k;
     int u;
     for (p = 0; p < {len(k.phases)}u; p++) {{
         const {a.ctype} *ip = a + {a.border * a.row + a.border};
+        const unsigned i0 = {nm}_from[p], i1 = {nm}_to[p];
+        const int x0 = {nm}_px[p] - {s * b};  /* column i reads x = {s} i + x0 */
         {f"const {cmp} *thr = {nm}_thr;" if th is not None else ""}
         for (c = 0; c < {c}u; c++, ip += {a.plane}u, out += {out.plane}u) {{
             for (u = 0; u < {rows}; u++) {{
                 const int y = {s} * (u - {b}) + {nm}_py[p];
-                const {a.ctype} *src = ip + (y >= 0 && y < {h} ? y * {a.row} : 0);
-                for (q = 0; q < {row}u; q += {block}u) {{
-                    const unsigned n = {row}u - q < {block}u ? {row}u - q : {block}u;
+                {out.ctype} *o = out + u * {row};
+                const {a.ctype} *src;
+                if (y < 0 || y >= {h} || i0 == i1) {{  /* a row of the zero border */
+                    memset(o, 0, {row * size}u);
+                    continue;
+                }}
+                src = ip + y * {a.row};
+                memset(o, 0, i0 * {size}u);
+                memset(o + i1, 0, ({row}u - i1) * {size}u);
+                for (q = i0; q < i1; q += {block}u) {{
+                    const unsigned n = i1 - q < {block}u ? i1 - q : {block}u;
                     {cmp} v[{block}];
                     {rtype} r[{block}];
-                    for (i = 0; i < n; i++) {{
-                        const int x = {s} * ((int)(q + i) - {b}) + {nm}_px[p];
-                        v[i] = ({cmp})(x >= 0 && x < {w} ? src[x] : 0);
-                    }}
+                    for (i = 0; i < n; i++) v[i] = ({cmp})src[(int)({s}u * (q + i)) + x0];
                     {stage}
-                    for (i = 0; i < n; i++) {{
-                        const int x = {s} * ((int)(q + i) - {b}) + {nm}_px[p];
-                        out[u * {row} + (int)(q + i)] = (y >= 0 && y < {h} && x >= 0 && x < {w}) ? ({out.ctype})r[i] : 0;
-                    }}
+                    for (i = 0; i < n; i++) o[q + i] = ({out.ctype})r[i];
                 }}
             }}
             {next_row}

@@ -12,23 +12,16 @@ leave as one word. The code is the same arithmetic as the portable block, lane f
 from __future__ import annotations
 
 from .ctext import Width
-from .program import CHUNK, ShiftLayer
+from .program import CHUNK, COUNT_LANES, ShiftLayer
 
 # Words (four positions each) a tap adds in registers: 8 + the pointers fit the core's 13.
 WORDS = 8
-# The most thresholds counted in lanes (two lanes, three instructions a threshold).
-COUNT_LANES = 16
 # Horner's doubling of the words in use, lane by lane.
 DOUBLE = "for (i = 0; i < 2u * nw; i++) acc2[i] = (uint32_t)__sadd16((int16x2_t)acc2[i], (int16x2_t)acc2[i]);"
 
 
 class DspPrinter:
     """DSP-extension blocks for :class:`.emit._Source`; ``self.p`` is the program."""
-
-    def dsp_fits(self, k: ShiftLayer) -> bool:
-        """Whether ``k``'s block has the DSP form: byte inputs summed in runs along a row, a
-        16-bit accumulator, blocks of whole words."""
-        return bool(k.narrow_run) and k.x_step == 1 and k.chunk % 4 == 0 and k.acc_bits == 16
 
     def dsp_rows(self, k: ShiftLayer) -> int:
         """Output rows a DSP block covers, up to :attr:`.program.ShiftLayer.block_rows`: the
@@ -48,12 +41,13 @@ class DspPrinter:
         return f"""\
         for (seg = 0; seg < {nseg}u; seg += {rows}u, ip += {rows * step}u, op += {rows * out_step}u) {{
             const unsigned rows = {nseg}u - seg < {rows}u ? {nseg}u - seg : {rows}u;
-            const unsigned n = (rows - 1u) * {step}u + {seg_len}u;  /* {rows} rows of {seg_len} positions, {step} apart */
             const {a.ctype} *const base = ip;
-            {out.ctype} dst[{CHUNK}];
-            unsigned r;
+            {out.ctype} dst[{CHUNK}], *row_op = op;
+            unsigned r, n = {seg_len}u;  /* rows of {seg_len} positions, {step} apart */
+            for (r = 1; r < rows; r++) n += {step}u;
 {self.dsp_block(k, w, off_t, "", CHUNK, "dst")}
-            for (r = 0; r < rows; r++) memcpy(op + r * {out_step}u, dst + r * {step}u, {seg_len * out.itemsize}u);
+            for (r = 0, j = 0; r < rows; r++, j += {step}u, row_op += {out_step}u)
+                memcpy(row_op, dst + j, {seg_len * out.itemsize}u);
         }}"""
 
     def dsp_block(self, k: ShiftLayer, w: Width, off_t: str, stage: str, ch: int, dst: str) -> str:
@@ -102,7 +96,7 @@ class DspPrinter:
 
     def dsp_stage(self, k: ShiftLayer) -> str | None:
         """How the output stage runs on the lanes: ``"count"`` (few thresholds, counted two lanes
-        at a time), ``"search"`` (many ascending thresholds with one step, an interpolation
+        at a time), ``"search"`` (many ascending thresholds a level apart, a binary
         search per value), or None (the portable stage on the unpacked accumulators). Both need
         byte levels and int16 thresholds and steps."""
         th, out = k.requant, k.output
@@ -110,29 +104,20 @@ class DspPrinter:
             return None
         if th.count <= COUNT_LANES:
             return "count"
-        return "search" if th.ascending and len(set(th.steps)) == 1 else None
+        return "search" if th.ascending and set(th.steps) == {1} else None
 
     def dsp_prologue(self, k: ShiftLayer, w: Width) -> str:
         """Per output channel, before its blocks: the thresholds the lane stage compares. Those
         every value of the proven range passes (``t <= -bound``) are counted up front, those none
-        passes (``t > bound``) dropped; the rest are (threshold, step) lane pairs (``count``) or
-        the range ``[k0, k1)`` of the ascending row (``search``)."""
-        how = self.dsp_stage(k) if self.dsp_fits(k) else None
+        passes (``t > bound``) dropped, the rest kept as (threshold, step) lane pairs (``count``);
+        or just the channel's row (``search``)."""
+        how = self.dsp_stage(k) if k.dsp_form else None
         if how is None:
             return ""
         th, nm = k.requant, k.name
         source = "thr_c" if self.delta_packed(k) else f"{nm}_thr + {nm}_ch_thr[co]"
         if how == "search":
-            code = f"""\
-        const {w.sacc} *const thr_l = {source};
-        unsigned k0 = 0, k1 = 0;
-        {{
-            unsigned k;
-            for (k = 0; k < {th.count}u; k++) {{  /* |v| <= {k.bound} */
-                k0 += thr_l[k] <= -{k.bound};
-                k1 += thr_l[k] <= {k.bound};
-            }}
-        }}"""
+            code = f"        const {w.sacc} *const thr_l = {source};"
         else:
             step = str(th.steps[0]) if len(set(th.steps)) <= 1 else f"{nm}_step[k]"
             code = f"""\
@@ -146,8 +131,8 @@ class DspPrinter:
                 const int32_t t = thr_l[k], s = {step};
                 if (t <= -{k.bound}) first += s;
                 else if (t <= {k.bound}) {{
-                    ts[2u * used] = (uint32_t)(uint16_t)t * 0x10001u;
-                    ts[2u * used++ + 1u] = (uint32_t)(uint16_t)s * 0x10001u;
+                    ts[2u * used] = SQ_BOTH16(t);
+                    ts[2u * used++ + 1u] = SQ_BOTH16(s);
                 }}
             }}
         }}"""
@@ -155,15 +140,15 @@ class DspPrinter:
 
     def dsp_count(self, k: ShiftLayer, how: str, dst: str) -> str:
         """The output stage on the lanes: ``r = levels[0] + sum_k [v >= t_k] * step_k``, over the
-        thresholds of :meth:`dsp_prologue`: two lanes at a time (``sq_count_lanes``) or by an
-        interpolation search per value (``sq_search_lanes``)."""
+        thresholds of :meth:`dsp_prologue`: two lanes at a time (``sq_count_lanes``) or by a
+        binary search per value (:func:`search_helper`)."""
         th = k.requant
         m = f"(uint32_t)({self.sign_mask(k)})" if any(th.negate) else "0u"
-        self.helpers.add(f"sq_{how}_lanes")
         if how == "search":
-            return (f"            sq_search_lanes(acc2, n, thr_l, k0, k1, {m}, {th.levels[0]}, {th.steps[0]}, "
-                    f"(unsigned char *)({dst}));")
-        return (f"            sq_count_lanes(acc2, nw, ts, used, (uint32_t)(uint16_t)first * 0x10001u, {m}, "
+            self.helpers.add(f"sq_search_{th.count}")
+            return f"            sq_search_{th.count}(acc2, n, thr_l, {m}, {th.levels[0]}, (unsigned char *)({dst}));"
+        self.helpers.add("sq_count_lanes")
+        return (f"            sq_count_lanes(acc2, nw, ts, used, SQ_BOTH16(first), {m}, "
                 f"(unsigned char *)({dst}), n);")
 
 
@@ -228,32 +213,32 @@ static void sq_count_lanes(const uint32_t *acc2, unsigned nw, const uint32_t *ts
 """
 
 
-SEARCH_LANES_HELPER = """\
+def search_helper(name: str) -> str:
+    """The text of helper ``sq_search_COUNT``: the byte levels ``l0 + K`` of the lanes of
+    ``acc2`` (as ``sq_count_lanes``), ``K`` the number of ``COUNT`` ascending thresholds
+    ``<= v``, by a binary search unrolled for ``COUNT`` (compares and adds: no multiply)."""
+    count = int(name.split("_")[2])
+    steps, size = [], count
+    while size > 1:  # the answer lies in [at, at + size]; halve by the threshold at[half - 1]
+        half = size // 2
+        steps.append(f"        if (at[{half - 1}] <= v) at += {half};")
+        size -= half
+    body = "\n".join(steps)
+    return f"""\
 #if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
-/* The byte levels l0 + K * step of the lanes of acc2 (as sq_count_lanes) at op[0 .. n), K the
-   number of ascending thresholds thr[k] <= v: k < k0 pass every value, k >= k1 none; in between,
-   a guess on the line from thr[k0] to thr[k1 - 1], walked to the exact place. */
-static void sq_search_lanes(const uint32_t *acc2, unsigned n, const int16_t *thr, unsigned k0, unsigned k1,
-                            uint32_t m, int32_t l0, int32_t step, unsigned char *op)
-{
-    const int32_t t0 = k0 < k1 ? thr[k0] : 0, tl = k0 < k1 ? thr[k1 - 1u] : 0;
-    const uint32_t span = (uint32_t)(tl - t0), nk = k0 < k1 ? k1 - 1u - k0 : 0u;
+/* op[q] = l0 + #(thr[k] <= v) over the {count} ascending thresholds, for the n lanes of acc2
+   (position 4i + q: word 2i + (q & 1), half q & 2; v = -acc where m is all ones). */
+static void {name}(const uint32_t *acc2, unsigned n, const int16_t *thr, uint32_t m, int32_t l0, unsigned char *op)
+{{
     unsigned q;
-    for (q = 0; q < n; q++) {
-        const uint32_t word = acc2[2u * (q >> 2) + (q & 1u)] ^ m;  /* position 4i + q: word 2i + (q & 1), half q & 2 */
+    for (q = 0; q < n; q++) {{
+        const uint32_t word = acc2[2u * (q >> 2) + (q & 1u)] ^ m;
         const int32_t v = SQ_S16((q & 2u) ? word >> 16 : word & 0xFFFFu) + (int32_t)(m & 1u);
-        unsigned g;
-        if (k0 == k1 || v < t0) g = k0;
-        else if (v >= tl) g = k1;
-        else {  /* t0 <= v < tl: thr[k0] <= v and thr[k1 - 1] > v stop both walks */
-            g = k0 + (uint32_t)(v - t0) * nk / span;
-            while (thr[g + 1u] <= v) g++;
-            while (thr[g] > v) g--;
-            g++;
-        }
-        op[q] = (unsigned char)(uint32_t)(l0 + (int32_t)g * step);
-    }
-}
+        const int16_t *at = thr;
+{body}
+        op[q] = (unsigned char)(uint32_t)(l0 + (int32_t)(at - thr) + (at[0] <= v));
+    }}
+}}
 #endif
 """
 
@@ -270,7 +255,7 @@ static void sq_count_pairs(const int16_t *v, int16_t *r, unsigned n, const uint3
         const uint32_t *tp = ts;
         uint32_t x, y = l0, t, s, d;
         if (i + 1u < n) memcpy(&x, v + i, 4u);
-        else x = (uint32_t)(uint16_t)v[i] * 0x10001u;
+        else x = SQ_BOTH16(v[i]);
         if (used)
             __asm__("1:\\n\\tldrd %[t], %[s], [%[tp]], #8\\n\\t"
                     "ssub16 %[d], %[x], %[t]\\n\\tsel %[d], %[s], %[z]\\n\\tsadd16 %[y], %[y], %[d]\\n\\t"
@@ -286,11 +271,11 @@ static void sq_count_pairs(const int16_t *v, int16_t *r, unsigned n, const uint3
 
 
 def dsp_helper(name: str) -> str:
-    """The text of DSP helper ``name`` (:data:`COUNT_LANES_HELPER`, :data:`SEARCH_LANES_HELPER` or a
-    :func:`run_helper`)."""
-    helpers = {"sq_count_lanes": COUNT_LANES_HELPER, "sq_count_pairs": COUNT_PAIRS_HELPER,
-               "sq_search_lanes": SEARCH_LANES_HELPER}
-    return helpers.get(name) or run_helper(name)
+    """The text of DSP helper ``name`` (:data:`COUNT_LANES_HELPER`, :data:`COUNT_PAIRS_HELPER`, a
+    :func:`search_helper` or a :func:`run_helper`)."""
+    if name.startswith("sq_search_"):
+        return search_helper(name)
+    return {"sq_count_lanes": COUNT_LANES_HELPER, "sq_count_pairs": COUNT_PAIRS_HELPER}.get(name) or run_helper(name)
 
 
 def run_helper(name: str) -> str:

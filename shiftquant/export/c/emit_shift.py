@@ -87,7 +87,7 @@ class ShiftLayerPrinter:
             }}
         }}"""
         portable = loop(f"            {w.acc} acc[{ch}];\n{self.horner(k, w)}\n{stage}")
-        if not self.dsp_fits(k):
+        if not k.dsp_form:
             return portable
         dsp = loop(self.dsp_block(k, w, off_t, stage, ch, "op + p")) if self.dsp_rows(k) == 1 else self.dsp_rows_loop(k, w, off_t)
         return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{dsp}\n#else\n{portable}\n#endif"
@@ -267,9 +267,6 @@ class ShiftLayerPrinter:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the
         channel begins in it): decoded from the packed codes, or read from the tables."""
         nm, ng, mask = k.name, k.groups_count, (1 << k.code_bits) - 1
-        # The bytes holding a code: two up to 9 bits (a code starts at any of a byte's 8 bits), three beyond.
-        window = " | ".join(f"((uint32_t){nm}_codes[byte + {i}u] << {8 * i})"
-                            for i in range(2 if k.code_bits <= 9 else 3))
         if self.p.weights == "tables":
             return f"""\
         const {off_t} *list = {nm}_list;
@@ -283,10 +280,11 @@ class ShiftLayerPrinter:
             uint32_t bit = {nm}_ch_w[co];
             for (g = 0; g < {ng + 2}u; g++) start[g] = 0;
             for (t = 0; t < {k.taps}u; t++, bit += {k.code_bits}u) {{
-                const uint32_t byte = bit >> 3;
-                const unsigned code = (unsigned)((({window}) >> (bit & 7u)) & {mask}u);
-                grp[t] = {nm}_group[code];
-                start[grp[t] + 1u]++;
+                uint32_t window;  /* four bytes from the code's first: codes have at most 16 bits, three zero bytes end them */
+                memcpy(&window, {nm}_codes + (bit >> 3), 4u);
+                g = {nm}_group[(SQ_LE32(window) >> (bit & 7u)) & {mask}u];
+                grp[t] = (uint8_t)g;
+                start[g + 1u]++;
             }}
             for (g = 0; g < {ng + 1}u; g++) {{ start[g + 1u] += start[g]; fill[g] = start[g]; }}
             {self.place_taps(k, off_t)}

@@ -5,8 +5,7 @@ methods (:class:`.emit._Source`)."""
 from __future__ import annotations
 
 from .ctext import array, smallest
-from .emit_dsp import COUNT_LANES
-from .program import CHUNK, Map, ShiftLayer, Thresholds
+from .program import CHUNK, COUNT_LANES, Map, ShiftLayer, Thresholds
 
 # Scalar cores map inputs of fewer values than this through a table of their levels (one byte each).
 LUT_SPAN = 257
@@ -69,16 +68,7 @@ unsigned k0 = 0, k1 = 0;
                 for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
             }}"""
         if pairs and th.table.shape[0] == 1 and pairs[1] - pairs[0] < LUT_SPAN:
-            # scalar cores, one row of thresholds, few input values: each value's level from a table
-            lo, hi = pairs
-            table = [levels[0] + sum(s for t, s in zip(th.table[0], steps) if t <= x) for x in range(lo, hi + 1)]
-            consts += "#if SQ_SWAR\n" + array(smallest(table), f"{name}_lut", table) + "#endif\n"
-            return consts, f"""\
-#if SQ_SWAR
-            for (i = 0; i < {n}; i++) {r}[i] = {name}_lut[{v}[i] - ({lo})];
-#else
-            {code}
-#endif"""
+            return self.lut_count(th, name, v, r, n, pairs, consts, code)
         dsp = self.pairs_count(th, name, v, r, n, row, pairs)
         if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
             if not th.window and table_needed:  # only the scalar cores' code reads it
@@ -99,6 +89,21 @@ unsigned k0 = 0, k1 = 0;
 #endif"""
         return consts, code
 
+    @staticmethod
+    def lut_count(th: Thresholds, name: str, v: str, r: str, n: str, pairs: tuple[int, int], consts: str,
+                  code: str) -> tuple[str, str]:
+        """:meth:`count` of one threshold row over few input values: on scalar cores each value's
+        level from a table (one entry per value of ``[lo, hi]``), elsewhere ``code``."""
+        lo, hi = pairs
+        table = [th.levels[0] + sum(s for t, s in zip(th.table[0], th.steps) if t <= x) for x in range(lo, hi + 1)]
+        consts += "#if SQ_SWAR\n" + array(smallest(table), f"{name}_lut", table) + "#endif\n"
+        return consts, f"""\
+#if SQ_SWAR
+            for (i = 0; i < {n}; i++) {r}[i] = {name}_lut[{v}[i] - ({lo})];
+#else
+            {code}
+#endif"""
+
     def pairs_count(self, th: Thresholds, name: str, v: str, r: str, n: str, row: str,
                     pairs: tuple[int, int] | None) -> str:
         """The DSP-extension branch of :meth:`count` (``#if`` continued, ending in ``#elif``), or
@@ -118,11 +123,11 @@ unsigned k0 = 0, k1 = 0;
                     const int32_t t = {row}[k], s = {step};
                     if (t <= {lo}) first += s;
                     else if (t <= {hi}) {{
-                        ts[2u * used] = (uint32_t)(uint16_t)t * 0x10001u;
-                        ts[2u * used++ + 1u] = (uint32_t)(uint16_t)s * 0x10001u;
+                        ts[2u * used] = SQ_BOTH16(t);
+                        ts[2u * used++ + 1u] = SQ_BOTH16(s);
                     }}
                 }}
-                sq_count_pairs({v}, {r}, {n}, ts, used, (uint32_t)(uint16_t)first * 0x10001u);
+                sq_count_pairs({v}, {r}, {n}, ts, used, SQ_BOTH16(first));
             }}
 #elif SQ_SWAR"""
 

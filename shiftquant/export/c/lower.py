@@ -32,6 +32,8 @@ from .arena import plan_arena
 from .gather import storage_shape
 from .layout import resolve_layouts
 from .program import (
+    CHUNK,
+    COUNT_LANES,
     Add,
     Concat,
     GateShift,
@@ -406,9 +408,11 @@ def _packed_thresholds(raw: np.ndarray, bound: int, weights: str):
 def _stack_bytes(k: Kernel, weights: str) -> int:
     """Scratch a kernel keeps on the stack (an upper bound): a shift layer's decoded tap lists and
     group starts and its delta-packed thresholds (packed weights), and its vector blocks
-    (accumulators, byte sums, output stage)."""
+    (accumulators, byte sums, output stage); in the DSP form also a block's lane words, its
+    levels, the lane thresholds and the helpers' saved registers (:mod:`.emit_dsp`)."""
     if not isinstance(k, ShiftLayer):
         return 0
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
-    return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded
+    dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + 64 if k.dsp_form else 0
+    return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp

@@ -18,6 +18,8 @@ CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
           "int32": ("int32_t", 4, -2**31, 2**31 - 1)}
 ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
 CHUNK = 64  # output positions per vector block of a shift layer
+# The most thresholds counted in 16-bit lanes on cores with the DSP extension (more: a search).
+COUNT_LANES = 16
 WINDOW = 24  # beyond this many thresholds, a block counts only those between its extremes
 LOOKUP_SPAN = 4096  # tables mode: many levels become a lookup table over at most this many values
 
@@ -306,6 +308,13 @@ class ShiftLayer(Kernel):
     @property
     def taps(self) -> int:
         return self.cin_g * self.kernel[0] * self.kernel[1]
+
+    @property
+    def dsp_form(self) -> bool:
+        """Whether the layer's blocks have a form for cores with the Arm DSP extension
+        (:mod:`.emit_dsp`): byte inputs summed in runs along a row, a 16-bit accumulator,
+        blocks of whole words."""
+        return bool(self.narrow_run) and self.x_step == 1 and self.chunk % 4 == 0 and self.acc_bits == 16
 
     @property
     def block_rows(self) -> int:
