@@ -291,8 +291,14 @@ def run_helper(name: str) -> str:
     body = [load, "add %[src], %[b], %[v]"]
     for q, w in enumerate(ws):
         body += [f"ldr %[v], [%[src], #{4 * q}]", add.format(w=w)]
-    loop = "\\n\\t".join(["1:"] + body + ["cmp %[lp], %[le]", "bcc 1b"])
-    outs = ", ".join(f"[w{q}] \"+r\"(w{q})" for q in range(g))
+    if kind == "ssub8":  # the sums start at zero
+        first, init = [], " = 0"
+    else:  # the first tap's words are the sums (a run has at least one tap)
+        first = [load, "add %[src], %[b], %[v]"] + [f"ldr {w}, [%[src], #{4 * q}]" for q, w in enumerate(ws)]
+        first += ["cmp %[lp], %[le]", "bcs 2f"]
+        init = ""
+    loop = "\\n\\t".join(first + ["1:"] + body + ["cmp %[lp], %[le]", "bcc 1b", "2:"])
+    outs = ", ".join(f"[w{q}] \"{'+' if init else '=&'}r\"(w{q})" for q in range(g))
     widen_asm = "\\n\\t".join(x.format(w="%[w]") for x in widen)
     widens = "\n".join(f"""\
     e = acc2[{2 * q}]; o = acc2[{2 * q + 1}];
@@ -303,7 +309,7 @@ def run_helper(name: str) -> str:
 /* A run of taps [lp, le) ({kind}) over {4 * g} positions from b, widened into acc2[0 .. {2 * g}). */
 static void {name}(const unsigned char *b, const {offset_t} *lp, const {offset_t} *le, uint32_t *acc2)
 {{
-    uint32_t {", ".join(f"w{q} = 0" for q in range(g))}, src, v, e, o;
+    uint32_t {", ".join(f"w{q}{init}" for q in range(g))}, src, v, e, o;
     __asm__("{loop}"
             : {outs}, [lp] "+r"(lp), [src] "=&r"(src), [v] "=&r"(v)
             : [b] "r"(b), [le] "r"(le) : "cc", "memory");
