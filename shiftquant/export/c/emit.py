@@ -20,12 +20,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..format.pixels import describe_input
-from .ctext import array, generated_text, smallest
+from .ctext import array, generated_text
 from .emit_dsp import DspPrinter, dsp_helper
 from .emit_shift import ShiftLayerPrinter
+from .emit_split import SplitPrinter
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
-from .program import (CHUNK, Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul,
+from .program import (Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul,
                       MaxPool, PotCodes, Program, ShiftLayer, Shiftmax, Split, Tensor, Unary, WindowSum)
 
 GENERATOR = "shiftquant C emitter 1"
@@ -143,7 +144,7 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 """
 
 
-class _Source(ShiftLayerPrinter, DspPrinter, ThresholdPrinter, TokenPrinter):
+class _Source(ShiftLayerPrinter, DspPrinter, SplitPrinter, ThresholdPrinter, TokenPrinter):
     def __init__(self, p: Program):
         self.p = p
         self.parts: list[str] = []
@@ -329,69 +330,6 @@ class _Source(ShiftLayerPrinter, DspPrinter, ThresholdPrinter, TokenPrinter):
             for (x = 0; x < {w}u; x++) sum += ip[x];
         out[c] = ({out.ctype})sum;
     }}
-}}
-"""
-
-    def split(self, k: Split) -> str:
-        a, out = k.inputs[0], k.output
-        c, h, w = a.shape
-        _, rows, row = out.shape
-        b, s = k.out_border, k.stride
-        ph, pw = k.padding
-        ys, xs = [py - ph for py, _ in k.phases], [px - pw for _, px in k.phases]
-        block = min(CHUNK, row)
-        th, nm = k.thresholds, k.name
-        if th is None:
-            consts, stage, cmp, rtype, next_row = "", "for (i = 0; i < n; i++) r[i] = v[i];", a.ctype, a.ctype, ""
-        else:  # the fused input stage: each pixel through its channel's thresholds
-            cmp = self.compare_type(a)
-            rtype = "int16_t" if cmp == "int16_t" and smallest(th.levels) != "int32_t" else smallest(th.levels)
-            pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
-            consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
-            next_row = f"thr += {th.count}u;" if th.table.shape[0] > 1 else ""
-        what = "thresholded and split" if th is not None else "split"
-        # Per phase, the output columns [i0, i1) that read the input (x = s (i - b) + px in [0, w)).
-        cols = [[i for i in range(row) if 0 <= s * (i - b) + x < w] for x in xs]
-        i0, i1 = [c[0] if c else 0 for c in cols], [c[-1] + 1 if c else 0 for c in cols]
-        size = out.itemsize
-        return consts + f"""\
-/* {k.label}: its input {what} into {len(k.phases)} phases modulo {s} for the stride-{s} convolution */
-{self.signature(k)}
-{{
-{array(smallest(ys), f"{nm}_py", ys)}{array(smallest(xs), f"{nm}_px", xs)}\
-{array(smallest(i0), f"{nm}_from", i0)}{array(smallest(i1), f"{nm}_to", i1)}\
-    unsigned p, c, q, i, k;
-    int u;
-    for (p = 0; p < {len(k.phases)}u; p++) {{
-        const {a.ctype} *ip = a + {a.border * a.row + a.border};
-        const unsigned i0 = {nm}_from[p], i1 = {nm}_to[p];
-        const int x0 = {nm}_px[p] - {s * b};  /* column i reads x = {s} i + x0 */
-        {f"const {cmp} *thr = {nm}_thr;" if th is not None else ""}
-        for (c = 0; c < {c}u; c++, ip += {a.plane}u, out += {out.plane}u) {{
-            for (u = 0; u < {rows}; u++) {{
-                const int y = {s} * (u - {b}) + {nm}_py[p];
-                {out.ctype} *o = out + u * {row};
-                const {a.ctype} *src;
-                if (y < 0 || y >= {h} || i0 == i1) {{  /* a row of the zero border */
-                    memset(o, 0, {row * size}u);
-                    continue;
-                }}
-                src = ip + y * {a.row};
-                memset(o, 0, i0 * {size}u);
-                memset(o + i1, 0, ({row}u - i1) * {size}u);
-                for (q = i0; q < i1; q += {block}u) {{
-                    const unsigned n = i1 - q < {block}u ? i1 - q : {block}u;
-                    {cmp} v[{block}];
-                    {rtype} r[{block}];
-                    for (i = 0; i < n; i++) v[i] = ({cmp})src[(int)({s}u * (q + i)) + x0];
-                    {stage}
-                    for (i = 0; i < n; i++) o[q + i] = ({out.ctype})r[i];
-                }}
-            }}
-            {next_row}
-        }}
-    }}
-    (void)k;
 }}
 """
 
