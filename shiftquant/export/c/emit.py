@@ -1,7 +1,8 @@
 """C text for a lowered :class:`~.lower.Program`: ``NAME.h`` and ``NAME.c``, portable C99.
 
 The generated code uses ``<stdint.h>`` and ``<string.h>`` only (and, on Arm cores with the DSP
-extension, the compiler's ``<arm_acle.h>``), allocates nothing, and has no floating point. Weights stay the bundle's bit-packed codes (``static const``); every activation
+extension, the compiler's ``<arm_acle.h>`` and inline assembly for the lane loops of
+:mod:`.emit_dsp`), allocates nothing, and has no floating point. Weights stay the bundle's bit-packed codes (``static const``); every activation
 lives in one static arena whose size the header states. One entry point, ``NAME_run``, and its
 reentrant form ``NAME_invoke`` (the caller passes the arena).
 
@@ -57,7 +58,8 @@ _PRELUDE = """\
 #define SQ_LE32(w) (w)
 #endif
 /* 32-bit cores without vector units (the Cortex-M family): shift layers add four byte lanes at a
-   time in 32-bit words (SADD8 for signed bytes where the core has the DSP extension). */
+   time in 32-bit words; where the core has the DSP extension, in the sq_run_* helpers (SADD8,
+   SXTAB16 into 16-bit lanes) with their output stages in lanes (SSUB16 and SEL). */
 #if defined(__arm__) && !defined(__ARM_NEON)
 #define SQ_SWAR 1
 #ifdef __ARM_FEATURE_SIMD32
