@@ -4,8 +4,8 @@
 Four output positions share every weight, so a tap adds one 32-bit word of four input bytes:
 ``SADD8`` / ``SSUB8`` for signed inputs, a plain add for unsigned ones (a run's sum provably fits
 the byte: ``narrow_run``), eight words per tap in registers. A run is widened into the 16-bit
-accumulators with ``SXTAB16`` / ``UXTAB16``, two lanes an instruction: ``ae`` holds positions
-``4i`` and ``4i + 2``, ``ao`` positions ``4i + 1`` and ``4i + 3``. Horner's shift between exponents
+accumulators with ``SXTAB16`` / ``UXTAB16``, two lanes an instruction: ``acc2[2i]`` holds positions
+``4i`` and ``4i + 2``, ``acc2[2i + 1]`` positions ``4i + 1`` and ``4i + 3``. Horner's shift between exponents
 is ``SADD16`` (per-lane doubling, wrapping as the ``uint16_t`` accumulator does). The thresholds
 count two lanes per step (``SSUB16`` sets a flag per lane, ``SEL`` picks the step) and four levels
 leave as one word. The code is the same arithmetic as the portable block, lane for lane."""
