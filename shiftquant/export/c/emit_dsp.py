@@ -69,7 +69,8 @@ class DspPrinter:
                   "            }"]
         if exps and exps[-1] > 0:
             lines.append(f"            for (j = 0; j < {exps[-1]}u; j++) " + DOUBLE)
-        lines.append(self.dsp_count(k, self.dsp_stage(k), dst) if self.dsp_stage(k) else f"""\
+        how = self.dsp_stage(k)
+        lines.append(self.dsp_count(k, how, dst) if how else f"""\
             {{
                 {w.acc} acc[{ch}];
                 for (i = 0; i < {nwords}u; i++) {{
@@ -119,23 +120,7 @@ class DspPrinter:
         if how == "search":
             code = f"        const {w.sacc} *const thr_l = {source};"
         else:
-            step = str(th.steps[0]) if len(set(th.steps)) <= 1 else f"{nm}_step[k]"
-            code = f"""\
-        uint32_t ts[{2 * th.count}];  /* (threshold, step) pairs, each in both lanes */
-        int32_t first = {th.levels[0]};
-        unsigned used = 0;
-        {{
-            const {w.sacc} *const thr_l = {source};
-            unsigned k;
-            for (k = 0; k < {th.count}u; k++) {{  /* |v| <= {k.bound} */
-                const int32_t t = thr_l[k], s = {step};
-                if (t <= -{k.bound}) first += s;
-                else if (t <= {k.bound}) {{
-                    ts[2u * used] = SQ_BOTH16(t);
-                    ts[2u * used++ + 1u] = SQ_BOTH16(s);
-                }}
-            }}
-        }}"""
+            code = lane_thresholds(th, nm, source, -k.bound, k.bound, "        ")
         return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{code}\n#endif"
 
     def dsp_count(self, k: ShiftLayer, how: str, dst: str) -> str:
@@ -168,6 +153,29 @@ def block_cost(k: ShiftLayer, rows: int) -> int:
         calls = -(-n // (4 * g))
         total += calls * (runs * (13 + 4 * g) + k.taps * (4 + 2 * g))
     return total
+
+
+def lane_thresholds(th, name: str, row: str, lo: int, hi: int, indent: str) -> str:
+    """C declaring ``ts`` (the (threshold, step) pairs of threshold row ``row`` that a value of
+    ``[lo, hi]`` can fall on, each in both 16-bit lanes), ``used`` (their count) and ``first``
+    (``levels[0]`` plus the steps of the thresholds every such value passes), for
+    ``sq_count_lanes`` and ``sq_count_pairs``."""
+    step = str(th.steps[0]) if len(set(th.steps)) <= 1 else f"{name}_step[kk]"
+    return "\n".join(indent + line for line in f"""\
+uint32_t ts[{2 * th.count}];  /* (threshold, step) pairs, each in both lanes */
+int32_t first = {th.levels[0]};
+unsigned used = 0;
+{{
+    unsigned kk;
+    for (kk = 0; kk < {th.count}u; kk++) {{  /* {lo} <= v <= {hi} */
+        const int32_t t = ({row})[kk], s = {step};
+        if (t <= {lo}) first += s;
+        else if (t <= {hi}) {{
+            ts[2u * used] = SQ_BOTH16(t);
+            ts[2u * used++ + 1u] = SQ_BOTH16(s);
+        }}
+    }}
+}}""".split("\n"))
 
 
 # How a run's byte sums are kept (its inputs' signedness and the taps' sign): the instruction adding

@@ -5,6 +5,7 @@ methods (:class:`.emit._Source`)."""
 from __future__ import annotations
 
 from .ctext import array, smallest
+from .emit_dsp import lane_thresholds
 from .program import CHUNK, COUNT_LANES, Map, ShiftLayer, Thresholds
 
 # Scalar cores map inputs of fewer values than this through a table of their levels (one byte each).
@@ -112,21 +113,10 @@ unsigned k0 = 0, k1 = 0;
         if pairs is None or th.count > COUNT_LANES or not th.ascending or th.count < 4:
             return ""
         lo, hi = pairs
-        step = str(th.steps[0]) if len(set(th.steps)) <= 1 else f"{name}_step[k]"
         self.helpers.add("sq_count_pairs")
         return f""" && defined(__ARM_FEATURE_SIMD32)
             {{
-                uint32_t ts[{2 * th.count}];  /* (threshold, step) pairs, each in both lanes */
-                int32_t first = {th.levels[0]};
-                unsigned used = 0;
-                for (k = 0; k < {th.count}u; k++) {{  /* {lo} <= v <= {hi} */
-                    const int32_t t = {row}[k], s = {step};
-                    if (t <= {lo}) first += s;
-                    else if (t <= {hi}) {{
-                        ts[2u * used] = SQ_BOTH16(t);
-                        ts[2u * used++ + 1u] = SQ_BOTH16(s);
-                    }}
-                }}
+{lane_thresholds(th, name, row, lo, hi, "                ")}
                 sq_count_pairs({v}, {r}, {n}, ts, used, SQ_BOTH16(first));
             }}
 #elif SQ_SWAR"""
