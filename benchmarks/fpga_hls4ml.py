@@ -82,7 +82,7 @@ def main() -> None:
                    "pytorch_top1": float((ref.argmax(1) == labels).mean())}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        sq.export_qonnx(model, path, x[:1], check=False)
+        sq.export_qonnx(model, path, x[:1], check=False, form="float")
         got = run_qonnx(path, x.numpy())
         found["qonnx"] = {"top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
                           "max_abs_diff": float(np.abs(got - ref).max())}

@@ -25,7 +25,7 @@ def _export(args) -> None:
     model = load_model(args.checkpoint)
     example = torch.zeros(1, *shape)
     if args.qonnx:
-        _export_qonnx(model, args.qonnx, shape)
+        _export_qonnx(model, args.qonnx, shape, args.qonnx_form)
     if args.output is None:
         if not args.qonnx:
             raise ShiftQuantError("export: name the bundle to write (OUTPUT), or --qonnx FILE, or both")
@@ -47,19 +47,19 @@ def _export(args) -> None:
               f"max |diff| = {diff:.3g}" + (" (bit-identical)" if diff == 0 else ""))
 
 
-def _export_qonnx(model, path: str, shape: list[int]) -> None:
-    from .export import export_qonnx, hard_output
+def _export_qonnx(model, path: str, shape: list[int], form: str) -> None:
+    from .export import QONNX_FORMS, export_qonnx, hard_output
 
     try:
-        export_qonnx(model, path, torch.zeros(1, *shape), check=False)
+        export_qonnx(model, path, torch.zeros(1, *shape), check=False, form=form)
     except ImportError as exc:
         raise ShiftQuantError(f"--qonnx needs the [fpga] extra (pip install -e '.[fpga]'): {exc}") from None
     from .export.qonnx.lower import run_qonnx
 
     x = torch.randn(8, *shape)
     diff = float(np.abs(run_qonnx(path, x.numpy()) - hard_output(model, x)).max())
-    print(f"wrote {path} (QONNX: Quant nodes on float values, docs/fpga.md); qonnx's executor vs the PyTorch hard "
-          f"model on 8 random inputs: max |diff| = {diff:.3g}")
+    print(f"wrote {path} (QONNX, {form} form: {QONNX_FORMS[form]}; docs/fpga.md); qonnx's executor vs the PyTorch "
+          f"hard model on 8 random inputs: max |diff| = {diff:.3g}")
 
 
 def test_set(name: str, root: str | None):
@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("output", nargs="?", help="the bundle to write (optional with --qonnx)")
     e.add_argument("--onnx", help="also write this ONNX file and check it in onnxruntime")
     e.add_argument("--qonnx", help="write this QONNX file (FINN / hls4ml; the [fpga] extra) and check it in qonnx")
+    e.add_argument("--qonnx-form", choices=["thresholds", "float"], default="thresholds",
+                   help="thresholds (default): BatchNorm and activations folded into MultiThreshold nodes (FINN); "
+                        "float: the graph before requantization, which hls4ml's QONNX frontend reads")
     e.add_argument("--input-shape", help="C,H,W when the checkpoint does not record it")
     e.add_argument("--allow-approximate", action="store_true",
                    help="write the bundle even when it disagrees with the PyTorch hard model (docs/export.md)")

@@ -6,16 +6,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import torch
 from torch import nn
 
+from ..errors import ConfigError, ExportError
 from .format.bundle import FORMAT_VERSION, read_bundle, write_bundle
 from .format.pixels import PixelInput
 from .onnx.lower import run_onnx, write_onnx
 from .reference.runtime import Runtime
 from .reference.runtime import load_bundle as load_reference
-from ..errors import ExportError
 from .trace import agreement
 from .trace.check import ExportReport, check_exportable
 from .trace.exporter import Exporter
@@ -63,19 +62,43 @@ def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
     return float(np.abs(got - hard_output(model, example_input)).max())
 
 
-def export_qonnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, check: bool = True) -> float | None:
-    """Write the hard ``model`` as a QONNX graph at ``path`` (``shiftquant.export.qonnx``): the
-    bundle graph before requantization, with ``Quant`` weights and activation grids, for FINN
-    and hls4ml (``docs/fpga.md``; needs the ``[fpga]`` extra). With ``check``, run it with
+QONNX_FORMS = {"thresholds": "the bundle's integer graph, its requantizations (BatchNorm folded) as MultiThreshold "
+                              "nodes: FINN's form",
+               "float": "the float graph before requantization, BatchNorm as BatchNormalization: what hls4ml's "
+                         "QONNX frontend reads"}
+
+
+def export_qonnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, check: bool = True,
+                 form: str = "thresholds") -> float | None:
+    """Write the hard ``model`` as a QONNX graph at ``path`` (``shiftquant.export.qonnx``; needs
+    the ``[fpga]`` extra; ``docs/fpga.md``), weights as ``Quant`` constants. ``form``:
+    ``"thresholds"`` (default) lowers the bundle :func:`export` builds, every requantization it
+    folds (BatchNorm, bias, activation quantizer) one ``MultiThreshold`` on integers, as FINN reads
+    it; ``"float"`` the graph before requantization (BatchNorm, ``Quant`` activation grids on float
+    values), which hls4ml's frontend converts. With ``check``, run it with
     ``qonnx.core.onnx_exec`` on ``example_input`` and return the largest absolute difference from
     the PyTorch hard model's output (float rounding: the graph computes in float32)."""
     from .graph.loader import Graph
-    from .qonnx.lower import cleaned, mark_po2, run_qonnx, to_qonnx
+    from .qonnx.lower import (
+        cleaned,
+        mark_po2,
+        run_qonnx,
+        to_qonnx,
+        to_qonnx_thresholds,
+        without_identities,
+    )
 
-    exporter = Exporter(model)
-    exporter.build(example_input)
-    manifest, tensors = exporter.unfolded
-    mark_po2(cleaned(to_qonnx(Graph(manifest, tensors, "export", strict=False)))).save(str(path))
+    if form not in QONNX_FORMS:
+        raise ConfigError("form", form, " or ".join(f"{k!r} ({v})" for k, v in QONNX_FORMS.items()))
+    if form == "thresholds":
+        with tempfile.TemporaryDirectory() as tmp:
+            graph = export(model, Path(tmp) / "model.sqb", example_input)
+        wrapper = cleaned(without_identities(cleaned(to_qonnx_thresholds(graph))).model)
+    else:
+        exporter = Exporter(model)
+        exporter.build(example_input)
+        wrapper = cleaned(to_qonnx(Graph(*exporter.unfolded, "export", strict=False)))
+    mark_po2(wrapper).save(str(path))
     if not check:
         return None
     return float(np.abs(run_qonnx(path, example_input.numpy()) - hard_output(model, example_input)).max())

@@ -47,7 +47,7 @@ def test_hls4ml_c_simulation_agrees_and_shifts(tmp_path):
     wrong axis and agreed on 17 % of a VGG's images)."""
     model = _small_cnn(None)
     x = torch.randn(100, 1, 12, 12)
-    sq.export_qonnx(model, tmp_path / "m.onnx", x[:1])
+    sq.export_qonnx(model, tmp_path / "m.onnx", x[:1], form="float")
     hls_model = to_hls(tmp_path / "m.onnx", tmp_path / "hls")
     layers = [layer for layer in hls_model.get_layers() if layer.class_name in ("Conv2D", "Dense")]
     assert len(layers) == 3 and shift_layers(hls_model) == [layer.name for layer in layers]
@@ -67,11 +67,14 @@ def test_hls4ml_c_simulation_agrees_and_shifts(tmp_path):
 
 def test_power_of_two_activations_are_refused_by_name(tmp_path):
     model = _small_cnn(3)
-    sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 12, 12))
+    sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 12, 12), form="float")
     with pytest.raises(ExportError, match="power-of-two activations.*act_uniform_bits"):
         to_hls(tmp_path / "m.onnx", tmp_path / "hls")
     with pytest.raises(ConfigError, match="io_type.*io_parallel"):  # io_stream's C simulation crashed
         to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type="io_stream")
+    sq.export_qonnx(model, tmp_path / "t.onnx", torch.randn(1, 1, 12, 12))  # the default: MultiThreshold nodes
+    with pytest.raises(ExportError, match="thresholds form.*form='float'"):
+        to_hls(tmp_path / "t.onnx", tmp_path / "hls")
 
 
 def test_grouped_convolutions_are_refused_by_name(tmp_path):
@@ -82,7 +85,7 @@ def test_grouped_convolutions_are_refused_by_name(tmp_path):
     sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=None))
     sq.calibrate(model, [torch.randn(16, 1, 12, 12)])
     sq.set_slope(model, 0.0)
-    sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 12, 12))
+    sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 12, 12), form="float")
     with pytest.raises(ExportError, match="2 groups over 4 channels.*depthwise"):
         to_hls(tmp_path / "m.onnx", tmp_path / "hls")
 

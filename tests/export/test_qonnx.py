@@ -30,12 +30,76 @@ def _hard(name: str, seed: int, act_shift_bits, images: int = 100, **recipe):
 
 
 @pytest.mark.parametrize("name,act", [("resnet20", 3), ("resnet20", None), ("plain", 3), ("plain", None)])
-def test_qonnx_runs_as_the_hard_model(name, act, tmp_path):
-    """ResNet-20 and a plain CNN, W3A3 (power-of-two activations) and weight-only: qonnx's
-    executor gives PyTorch's logits up to float rounding on 100 held-out inputs, top-1 equal."""
+def test_the_thresholds_form_folds_batchnorm_and_runs_as_the_bundle(name, act, tmp_path):
+    """The default form: BatchNorm, biases and activation quantizers folded into ``MultiThreshold``
+    nodes as the bundle folds them, integer weights on ``Quant`` constants, no comparisons left.
+    qonnx's executor gives the bundle's logits bit for bit on 100 held-out inputs (so PyTorch's up
+    to float rounding, top-1 equal)."""
     model, x = _hard(name, 1, act)
     path = tmp_path / "m.onnx"
     assert sq.export_qonnx(model, path, x[:1]) < 1e-4
+    got = run_qonnx(path, x.numpy())
+    bundle = sq.export(model, tmp_path / "m.sqb", x[:1])
+    assert np.array_equal(got, bundle.run(x.numpy()))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-5)
+    assert np.array_equal(got.argmax(1), ref.argmax(1))
+    wrapper = ModelWrapper(str(path))
+    kinds = {n.op_type for n in wrapper.graph.node}
+    assert "MultiThreshold" in kinds and not kinds & {"BatchNormalization", "GreaterOrEqual", "Greater", "Gather"}
+    requantized = sum(1 for n in bundle.nodes if n.get("requant")) + sum(1 for n in bundle.nodes if n.get("input_thresholds"))
+    assert len(wrapper.get_nodes_by_op_type("MultiThreshold")) == requantized + 1  # + the float input's quantizer
+    for node in wrapper.get_nodes_by_op_type("MultiThreshold"):
+        table = wrapper.get_initializer(node.input[1])
+        assert np.all(np.diff(table, axis=1) >= 0)  # ascending per channel, as FINN expects
+    weights = [q for q in wrapper.get_nodes_by_op_type(QUANT) if wrapper.get_initializer(q.input[0]) is not None]
+    assert len(weights) == sum(1 for m in model.modules() if isinstance(m, (sq.QuantConv2d, sq.QuantLinear)))
+    for q in weights:  # the bundle's integer weights on scale 1, within their bits
+        w, scale, bits = (wrapper.get_initializer(q.input[i]) for i in (0, 1, 3))
+        assert scale == 1 and np.array_equal(w, np.round(w)) and np.abs(w).max() <= 2 ** (int(bits) - 1) - 1
+    listed = json.loads({p.key: p.value for p in wrapper.model.metadata_props}[PO2_WEIGHTS])
+    assert sorted(listed) == sorted(q.output[0] for q in weights)
+
+
+def test_an_input_quantizer_is_one_multithreshold_on_every_float32_value(tmp_path):
+    """The float input's quantizer as ``MultiThreshold``: its thresholds are the smallest float32
+    values reaching each level (found by bisection), so it equals the quantizer at and beside each
+    of them and on random values, for power-of-two and uniform grids, rounding to nearest or up,
+    with and without a zero level, signed or not."""
+    from shiftquant.export.ops.quantizers import level_ints, quantize_input
+    from shiftquant.export.qonnx.lower import input_thresholds
+
+    rng = np.random.default_rng(0)
+    for recipe in [{"act_shift_bits": 2}, {"act_shift_bits": 3, "act_rounding": "ceil", "act_zero": False},
+                   {"act_shift_bits": None, "act_uniform_bits": 4}, {"act_shift_bits": 2, "act_signed": False,
+                                                                     "act_full_codes": True}]:
+        model, x = _hard("plain", 2, recipe.pop("act_shift_bits"), images=1, **recipe)
+        spec = next(n for n in sq.export(model, tmp_path / "m.sqb", x).nodes if n["op"] == "shift_conv2d")["input_quantizer"]
+        table = input_thresholds(spec)
+        assert table is not None and np.all(np.diff(table) >= 0), recipe
+        t = np.unique(table[0])
+        probe = np.concatenate([t, np.nextafter(t, np.float32(-np.inf)), np.nextafter(t, np.float32(np.inf)),
+                                rng.normal(0, 8 * t.std() + 1, 1000)]).astype(np.float32)
+        want = quantize_input(None, torch.from_numpy(probe), spec)
+        assert np.array_equal(level_ints(spec).min() + (probe[:, None] >= table[0][None, :]).sum(1), want), recipe
+
+
+def test_the_forms_are_named_when_one_is_wrong(tmp_path):
+    model, x = _hard("plain", 0, 3, images=1)
+    with pytest.raises(sq.ConfigError, match="form='multithreshold'.*'thresholds'.*'float'"):
+        sq.export_qonnx(model, tmp_path / "m.onnx", x, form="multithreshold")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name,act", [("resnet20", 3), ("resnet20", None), ("plain", 3), ("plain", None)])
+def test_the_float_form_runs_as_the_hard_model(name, act, tmp_path):
+    """The float form (hls4ml's): ResNet-20 and a plain CNN, W3A3 (power-of-two activations) and
+    weight-only: qonnx's executor gives PyTorch's logits up to float rounding on 100 held-out
+    inputs, top-1 equal."""
+    model, x = _hard(name, 1, act)
+    path = tmp_path / "m.onnx"
+    assert sq.export_qonnx(model, path, x[:1], form="float") < 1e-4
     got = run_qonnx(path, x.numpy())
     with torch.no_grad():
         ref = model(x).numpy()
@@ -83,7 +147,7 @@ def test_scales_that_are_not_powers_of_two_stay_per_channel(tmp_path):
     still exact, and no tensor claimed as powers of two; an offset is refused by name."""
     model, x = _hard("plain", 0, 3, weight_scale="pretrained_std", deploy_exact=False)
     path = tmp_path / "m.onnx"
-    assert sq.export_qonnx(model, path, x) < 1e-4
+    assert sq.export_qonnx(model, path, x, form="float") < 1e-4
     wrapper = ModelWrapper(str(path))
     assert json.loads({p.key: p.value for p in wrapper.model.metadata_props}[PO2_WEIGHTS]) == []
     scales = [wrapper.get_initializer(q.input[1]) for q in wrapper.get_nodes_by_op_type(QUANT)
@@ -91,7 +155,7 @@ def test_scales_that_are_not_powers_of_two_stay_per_channel(tmp_path):
     assert all(s.size > 1 for s in scales)
     model, x = _hard("plain", 0, 3, weight_scale="pretrained_std", weight_keep_mean=True, deploy_exact=False)
     with pytest.raises(ExportError, match="weight_keep_mean"):
-        sq.export_qonnx(model, tmp_path / "m.onnx", x[:1])
+        sq.export_qonnx(model, tmp_path / "m.onnx", x[:1], form="float")
 
 
 def test_cli_writes_qonnx_with_or_without_a_bundle(trained_digits, tmp_path, capsys):

@@ -120,6 +120,15 @@ class Builder:
         """``values[index]`` (integers, as float32)."""
         return self.op("Gather", self.const(np.asarray(values, dtype=np.float64)), index)
 
+    def levels(self, x: str, rank: int, thr: np.ndarray, channel_dim: int, values, direction=None) -> str:
+        """``values[level_index(...)]``: integers requantized by thresholds (a shift layer's input
+        and output stages)."""
+        return self.lookup(self.level_index(x, rank, thr, channel_dim, direction), values)
+
+    def shift_weights(self, w: np.ndarray) -> str:
+        """A shift layer's integer weights (``Conv`` layout, or ``MatMul``'s transposed)."""
+        return self.const(w)
+
     def quantize(self, x: str, rank: int, spec: dict) -> str:
         """An input quantizer on float values: its level integers (``quantizers.quantize_input``)."""
         if spec["policy"] == "learned_pot":
@@ -205,10 +214,7 @@ def to_onnx(graph, name: str = "shiftquant"):
     ``input`` (uint8 pixels, or float32), one output per bundle output, dynamic batch."""
     from onnx import TensorProto, checker, helper
 
-    b = Builder(graph)
-    for node in graph.nodes:
-        b.nodes.append(helper.make_node("Identity", [_lower_node(b, node)], [value_name(node["name"])],
-                                        name=b.fresh("value")))
+    b = lower_nodes(Builder(graph))
     source = next(n for n in graph.nodes if n["op"] == "input")
     elem = TensorProto.FLOAT if graph.pixels is None else \
         helper.np_dtype_to_tensor_dtype(np.dtype(pixel_dtype(graph.pixels["scale"])))
@@ -222,6 +228,16 @@ def to_onnx(graph, name: str = "shiftquant"):
                               opset_imports=[helper.make_opsetid("", OPSET)], producer_name="shiftquant")
     checker.check_model(model)
     return model
+
+
+def lower_nodes(b: Builder) -> Builder:
+    """Every node of ``b.graph`` lowered into ``b``, its output named :func:`value_name`."""
+    from onnx import helper
+
+    for node in b.graph.nodes:
+        b.nodes.append(helper.make_node("Identity", [_lower_node(b, node)], [value_name(node["name"])],
+                                        name=b.fresh("value")))
+    return b
 
 
 def value_name(node_name: str) -> str:

@@ -31,10 +31,11 @@ def _bias(node, tensor):
     return None if node.get("bias") is None else tensor(node["bias"])
 
 
-def onnx_conv(b, x: str, node: dict, weight: np.ndarray, bias: np.ndarray | None = None) -> str:
-    """An ONNX ``Conv`` of ``x`` with ``weight`` and the node's geometry (also the shift layers')."""
+def onnx_conv(b, x: str, node: dict, weight: np.ndarray | str, bias: np.ndarray | None = None) -> str:
+    """An ONNX ``Conv`` of ``x`` with ``weight`` (an array, or the graph value holding it) and the
+    node's geometry (also the shift layers')."""
     ph, pw = node["padding"]
-    inputs = [x, b.const(weight)] + ([] if bias is None else [b.const(bias)])
+    inputs = [x, weight if isinstance(weight, str) else b.const(weight)] + ([] if bias is None else [b.const(bias)])
     return b.op("Conv", *inputs, strides=list(node["stride"]), pads=[ph, pw, ph, pw],
                 dilations=list(node["dilation"]), group=int(node["groups"]))
 

@@ -18,7 +18,7 @@ from ...errors import BundleError
 from ..format.bundle import unpack_codes
 from ..format.ints import INT_TYPES, holds
 from ..format.values import THROUGH_THRESHOLDS, Fact, Value, pair
-from .conv import GEOMETRY, onnx_conv, onnx_linear, weight_macs
+from .conv import GEOMETRY, onnx_conv, weight_macs
 from .quantizers import check_act_quantizer, check_quantizer, input_unit, level_ints, quantize_input
 from .schema import MAX_ELEMENTS, Field, OnnxMap, OpDef, register
 from .shift_kernels import accumulator_range, level_index, shift_add, shift_add_conv
@@ -285,16 +285,15 @@ def _onnx(b, node: dict, args: list[str]) -> str:
     if node.get("input_codes"):
         a = args[0]
     elif node.get("input_thresholds") is not None:
-        idx = b.level_index(args[0], rank, b.graph.thresholds[node["input_thresholds"]], channel)
-        a = b.lookup(idx, level_ints(node["input_quantizer"]))
+        a = b.levels(args[0], rank, b.graph.thresholds[node["input_thresholds"]], channel,
+                     level_ints(node["input_quantizer"]))
     else:
         a = b.quantize(b.float_of(source), rank, node["input_quantizer"])
     w = b.graph.weights[node["name"]].astype(np.float32)
-    acc = onnx_conv(b, a, node, w) if conv else onnx_linear(b, a, w)
+    acc = onnx_conv(b, a, node, b.shift_weights(w)) if conv else b.op("MatMul", a, b.shift_weights(w.T))
     if node.get("requant"):
         r = node["requant"]
-        idx = b.level_index(acc, rank, b.graph.thresholds[r["thresholds"]], channel, b.tensor(r["direction"]))
-        return b.lookup(idx, r["levels"])
+        return b.levels(acc, rank, b.graph.thresholds[r["thresholds"]], channel, r["levels"], b.tensor(r["direction"]))
     per_channel = b.channel_shape(rank, channel)
     if node.get("int_output"):
         o = node["int_output"]

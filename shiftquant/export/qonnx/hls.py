@@ -153,6 +153,10 @@ def _prepared(path):
     from qonnx.util.cleanup import cleanup_model
 
     model = cleaned(str(path))
+    if model.get_nodes_by_op_type("MultiThreshold"):
+        raise ExportError(f"{path} is in the thresholds form (MultiThreshold nodes: BatchNorm folded), which hls4ml's "
+                          "QONNX frontend does not read: write it with sq.export_qonnx(..., form='float') or "
+                          "shiftquant export --qonnx-form float")
     unsupported = sorted({n.op_type for n in model.graph.node} & {"GreaterOrEqual", "Greater", "Gather", "ReduceSum"})
     if unsupported:
         raise ExportError(f"{path}: power-of-two activations (their comparisons: {', '.join(unsupported)}) have no "

@@ -25,6 +25,16 @@ with float outputs, BatchNorm, ReLU, adds and pools as float ops), node by node:
 
 So ``qonnx.core.onnx_exec`` computes what the hard PyTorch model computes, up to float rounding
 (the reference's dequantization is float64, this graph's float32).
+
+The **thresholds form** (:func:`to_qonnx_thresholds`, the default of ``sq.export_qonnx``) lowers
+the bundle graph itself, *after* requantization, as FINN reads it: integers travel as float32
+values (exact, as in the ONNX backend), a shift layer is its ``Conv`` / ``MatMul`` on integer
+weights held by a ``Quant`` (scale 1), and every requantization the bundle folded (BatchNorm,
+bias and the next activation quantizer, or a previous grid onto the layer's input levels) is one
+``MultiThreshold``: ``levels[0] + sum_k d_k [x >= t_k]`` with each threshold repeated as many
+times as the level steps there (``d_k``), so power-of-two levels come out exactly. A channel
+compared negated (a negative BatchNorm scale) is multiplied by -1 first. Every other op is the
+ONNX backend's mapping.
 """
 from __future__ import annotations
 
@@ -36,8 +46,9 @@ import torch
 
 from ...errors import ExportError
 from .. import ops
+from ..format.ints import FLOAT32_EXACT
 from ..graph.loader import Graph
-from ..onnx.lower import INPUT, OPSET, Builder, output_names
+from ..onnx.lower import INPUT, OPSET, Builder, _to_float, lower_nodes, output_names
 from ..ops.quantizers import input_unit, level_ints, quantize_input
 from ..ops.shift import dequantize_terms
 
@@ -94,6 +105,19 @@ def pot_weights(w_int: np.ndarray, resolution: float, channel_scale: np.ndarray)
     return ints, scale, signed_bits(int(np.abs(ints).max()) if ints.size else 0)
 
 
+def int_quant_node(b: Builder, x: str, scale, bitwidth: int, signed: int = 1, narrow: int = 0,
+                   rounding: str = "HALF_UP") -> str:
+    """``IntQuant(x, scale, 0, bitwidth)`` appended to ``b``."""
+    from onnx import helper
+
+    out = b.fresh("intquant")
+    scale = np.asarray(scale, dtype=np.float32)
+    b.nodes.append(helper.make_node(
+        QUANT, [x, b.const(scale), b.const(np.zeros_like(scale)), b.const(float(bitwidth))], [out],
+        name=out, domain=DOMAIN, signed=int(signed), narrow=int(narrow), rounding_mode=rounding))
+    return out
+
+
 class QonnxBuilder(Builder):
     """The ONNX builder on float values only: every op takes its float form."""
 
@@ -102,15 +126,7 @@ class QonnxBuilder(Builder):
 
     def int_quant(self, x: str, scale, bitwidth: int, signed: int = 1, narrow: int = 0,
                   rounding: str = "HALF_UP") -> str:
-        """``IntQuant(x, scale, 0, bitwidth)``."""
-        from onnx import helper
-
-        out = self.fresh("intquant")
-        scale = np.asarray(scale, dtype=np.float32)
-        self.nodes.append(helper.make_node(
-            QUANT, [x, self.const(scale), self.const(np.zeros_like(scale)), self.const(float(bitwidth))], [out],
-            name=out, domain=DOMAIN, signed=int(signed), narrow=int(narrow), rounding_mode=rounding))
-        return out
+        return int_quant_node(self, x, scale, bitwidth, signed, narrow, rounding)
 
     def quantize_float(self, x: str, rank: int, spec: dict) -> str:
         """An activation quantizer on float values: float values on its grid."""
@@ -121,6 +137,101 @@ class QonnxBuilder(Builder):
         ints = self.quantize(x, rank, spec)  # comparisons, counted and looked up: the level integers
         bits = signed_bits(int(np.abs(level_ints(spec)).max()))
         return self.int_quant(self.op("Mul", ints, self.const(np.float32(unit))), unit, bits, rounding="ROUND")
+
+
+# MultiThreshold's data layouts by (rank, channel dimension); other layouts keep the comparisons
+LAYOUTS = {(2, 1): "NC", (3, 1): "NCW", (3, 2): "NWC", (4, 1): "NCHW", (4, 3): "NHWC"}
+MAX_STEPS = 4096  # repeated thresholds per channel; wider grids keep the comparisons
+
+
+def int_datatype(lo: int, hi: int) -> str:
+    """The QONNX ``DataType`` name of the integers ``lo .. hi``."""
+    if lo >= 0:
+        return f"UINT{max(1, int(hi).bit_length())}"
+    return f"INT{max(signed_bits(max(-lo - 1, hi)), 2)}"
+
+
+def repeated_thresholds(thr: np.ndarray, values) -> np.ndarray | None:
+    """``(channels, steps)`` thresholds whose count equals ``values[index] - values[0]`` for the
+    level index that ``thr`` (``(L - 1, K)``) gives, each repeated by its level step; None when the
+    levels are not ascending integers or take more than ``MAX_STEPS``."""
+    v = np.asarray(values, dtype=np.float64)
+    steps = np.diff(v)
+    if v.size != thr.shape[0] + 1 or np.any(steps < 1) or np.any(v != np.round(v)) or steps.sum() > MAX_STEPS:
+        return None
+    table = np.clip(thr.astype(np.float64), -FLOAT32_EXACT, FLOAT32_EXACT)
+    return np.sort(np.repeat(table, steps.astype(np.int64), axis=0).T, axis=1)
+
+
+def _key(x: np.ndarray) -> np.ndarray:
+    """float32 values as int64 keys in the same order (-0.0 and 0.0 on the same key)."""
+    u = np.asarray(x, np.float32).view(np.int32).astype(np.int64)
+    return np.where(u < 0, -u - 2 ** 31, u)
+
+
+def _from_key(k: np.ndarray) -> np.ndarray:
+    return np.where(k < 0, -k - 2 ** 31, k).astype(np.int32).view(np.float32)
+
+
+def input_thresholds(spec: dict) -> np.ndarray | None:
+    """``(1, steps)`` float32 thresholds with which ``MultiThreshold`` (``out_bias`` the lowest
+    level) equals the per-tensor input quantizer ``spec`` on every float32 value: the smallest
+    float32 reaching each level, found by bisection on the quantizer itself, each repeated by its
+    level step and checked on the values beside it. None for per-channel (statistics)
+    quantizers, grids over ``MAX_STEPS``, or a quantizer that is not monotone there."""
+    if spec["policy"] != "learned_pot":
+        return None
+    levels = level_ints(spec).astype(np.int64)
+    if levels.size < 2 or np.any(np.diff(levels) < 1) or levels[-1] - levels[0] > MAX_STEPS:
+        return None
+    level = lambda x: quantize_input(None, torch.from_numpy(np.asarray(x, np.float32)), spec)
+    top = np.finfo(np.float32).max
+    if level([-top])[0] != levels[0] or level([top])[0] != levels[-1]:
+        return None
+    lo, hi = np.full(levels.size - 1, _key(-top)), np.full(levels.size - 1, _key(top))
+    while np.any(hi - lo > 1):  # level(from_key(lo)) < L_k <= level(from_key(hi))
+        mid = (lo + hi) // 2
+        reached = level(_from_key(mid)) >= levels[1:]
+        lo, hi = np.where(reached, lo, mid), np.where(reached, mid, hi)
+    t = np.repeat(_from_key(hi), np.diff(levels))
+    probe = np.concatenate([t, np.nextafter(t, np.float32(-np.inf)), np.float32([0.0, -0.0, top, -top])])
+    if not np.array_equal(level(probe), levels[0] + (probe[:, None] >= t[None, :]).sum(1)):
+        return None
+    return t.reshape(1, -1)
+
+
+class ThresholdBuilder(Builder):
+    """The ONNX builder of the bundle graph whose requantizations are ``MultiThreshold`` nodes
+    and whose shift layers' weights are ``Quant`` constants."""
+
+    def levels(self, x: str, rank: int, thr: np.ndarray, channel_dim: int, values, direction=None) -> str:
+        layout, table = LAYOUTS.get((rank, channel_dim)), repeated_thresholds(thr, values)
+        if layout is None or table is None:
+            return super().levels(x, rank, thr, channel_dim, values, direction)
+        if direction is not None and np.any(np.asarray(direction) < 0):
+            x = self.op("Mul", x, self.const(np.asarray(direction).reshape(self.channel_shape(rank, channel_dim))))
+        return self.multithreshold(x, table, layout, int(values[0]), int(values[-1]))
+
+    def quantize(self, x: str, rank: int, spec: dict) -> str:
+        table = input_thresholds(spec)
+        if table is None or rank not in (2, 3, 4):
+            return super().quantize(x, rank, spec)
+        ints = level_ints(spec)
+        return self.multithreshold(x, table, LAYOUTS[rank, 1], int(ints.min()), int(ints.max()))
+
+    def multithreshold(self, x: str, table: np.ndarray, layout: str, lo: int, hi: int) -> str:
+        """``lo + sum_k [x >= table[c, k]]`` (integers ``lo .. hi``)."""
+        from onnx import helper
+
+        out = self.fresh("multithreshold")
+        self.nodes.append(helper.make_node(
+            "MultiThreshold", [x, self.const(table)], [out], name=out, domain=DOMAIN, data_layout=layout,
+            out_dtype=int_datatype(lo, hi), out_scale=1.0, out_bias=float(lo)))
+        return out
+
+    def shift_weights(self, w: np.ndarray) -> str:
+        return int_quant_node(self, self.const(w), np.float32(1), signed_bits(int(np.abs(w).max(initial=0))),
+                              rounding="ROUND")
 
 
 def _shift_layer(b: QonnxBuilder, node: dict, x: str) -> str:
@@ -169,8 +280,6 @@ def to_qonnx(graph: Graph, batch: int = 1, name: str = "shiftquant"):
     """The QONNX model of an unfolded bundle graph (``Exporter.unfolded``, loaded non-strict):
     input ``input`` (float32), one output per bundle output, ``batch`` images (QONNX tools and
     hls4ml expect fixed shapes; :func:`with_batch` changes it)."""
-    from onnx import TensorProto, helper
-
     source = next(n for n in graph.nodes if n["op"] == "input")
     if source.get("pixels"):
         raise ExportError("QONNX export takes float input: export without an input spec (PixelInput)")
@@ -189,16 +298,33 @@ def to_qonnx(graph: Graph, batch: int = 1, name: str = "shiftquant"):
         if definition.quantizes_output and node.get("output_quantizer"):
             out = b.quantize_float(out, b.rank(node["name"]), node["output_quantizer"])
         values[node["name"]] = out
+    return _model(b, {o: values[o] for o in graph.manifest["outputs"]}, batch, name)
+
+
+def to_qonnx_thresholds(graph, batch: int = 1, name: str = "shiftquant"):
+    """The QONNX model of a verified bundle graph in the thresholds form (module docstring):
+    input ``input`` (float32), one output per bundle output, ``batch`` images."""
+    if graph.pixels is not None:
+        raise ExportError("QONNX export takes float input: export without an input spec (PixelInput)")
+    b = lower_nodes(ThresholdBuilder(graph))
+    return _model(b, {o: _to_float(b, o) for o in graph.manifest["outputs"]}, batch, name)
+
+
+def _model(b: Builder, outputs: dict[str, str], batch: int, name: str):
+    """The ONNX model of builder ``b``: its graph's input (float32), ``outputs`` (bundle output
+    name -> value), ``batch`` images."""
+    from onnx import TensorProto, helper
+
+    source = next(n for n in b.graph.nodes if n["op"] == "input")
     inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [batch, *source["shape"]])]
-    outputs = []
-    for out_name, o in zip(output_names(graph), graph.manifest["outputs"]):
-        b.nodes.append(helper.make_node("Identity", [values[o]], [out_name], name=b.fresh("output")))
+    infos = []
+    for out_name, (o, value) in zip(output_names(b.graph), outputs.items()):
+        b.nodes.append(helper.make_node("Identity", [value], [out_name], name=b.fresh("output")))
         shape = [batch if v == -1 else v for v in b.shape_of(b.by_name[o])]
-        outputs.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, shape))
-    model = helper.make_model(helper.make_graph(b.nodes, name, inputs, outputs, b.initializers),
-                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-                              producer_name="shiftquant")
-    return model
+        infos.append(helper.make_tensor_value_info(out_name, TensorProto.FLOAT, shape))
+    return helper.make_model(helper.make_graph(b.nodes, name, inputs, infos, b.initializers),
+                             opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+                             producer_name="shiftquant")
 
 
 def po2_weights(model) -> list[str]:
@@ -224,6 +350,20 @@ def cleaned(model):
     from qonnx.util.cleanup import cleanup_model
 
     return cleanup_model(ModelWrapper(model if not isinstance(model, (str, bytes)) else str(model)))
+
+
+def without_identities(model):
+    """``model`` (a ``ModelWrapper``) without its ``Identity`` nodes (but the graph outputs') and
+    its multiplications by a constant of exact ones."""
+    from qonnx.transformation.remove import remove_node_and_rewire
+
+    outputs = {o.name for o in model.graph.output}
+    for node in list(model.graph.node):
+        one = node.op_type == "Mul" and model.get_initializer(node.input[1]) is not None \
+            and np.all(model.get_initializer(node.input[1]) == 1)
+        if (node.op_type == "Identity" or one) and node.output[0] not in outputs:
+            remove_node_and_rewire(model, node)
+    return model
 
 
 def with_batch(model, batch: int):
