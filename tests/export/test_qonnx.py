@@ -159,8 +159,9 @@ def test_scales_that_are_not_powers_of_two_stay_per_channel(tmp_path):
 
 
 def test_cli_writes_qonnx_with_or_without_a_bundle(trained_digits, tmp_path, capsys):
-    """``shiftquant export CKPT --qonnx FILE`` (the seed recipe's ceil-rounded, zero-free quantizers:
-    their comparisons and a recording ``Quant``), then the same with a bundle beside it."""
+    """``shiftquant export CKPT --qonnx FILE`` (the seed recipe's ceil-rounded, zero-free quantizers),
+    in the thresholds form and with ``--qonnx-form float`` (their comparisons and a recording
+    ``Quant``), then with a bundle beside it."""
     from shiftquant.cli import main
 
     path = tmp_path / "digits.onnx"
@@ -168,6 +169,10 @@ def test_cli_writes_qonnx_with_or_without_a_bundle(trained_digits, tmp_path, cap
     out = capsys.readouterr().out
     diff = float(out.split("max |diff| = ")[1].split()[0])
     assert path.exists() and diff < 1e-4, out
+    assert ModelWrapper(str(path)).get_nodes_by_op_type("MultiThreshold")
+    assert main(["export", trained_digits["checkpoint"], "--qonnx", str(path), "--qonnx-form", "float"]) == 0
+    assert float(capsys.readouterr().out.split("max |diff| = ")[1].split()[0]) < 1e-4
+    assert not ModelWrapper(str(path)).get_nodes_by_op_type("MultiThreshold")
     assert main(["export", trained_digits["checkpoint"], str(tmp_path / "d.sqb"), "--qonnx", str(path)]) == 0
     assert (tmp_path / "d.sqb").exists()
     assert main(["export", trained_digits["checkpoint"]]) == 2
