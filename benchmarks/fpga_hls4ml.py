@@ -13,7 +13,7 @@ C simulation against the PyTorch hard model, each one's accuracy, the time to co
 simulation (g++) and to run it, the products the generated HLS uses and the fixed-point types
 hls4ml chose per layer. Results: ``benchmarks/results/fpga/NAME.json`` (no paths).
 
-    python benchmarks/fpga_hls4ml.py [--model vgg_small --weights CKPT] [--images 100]
+    python benchmarks/fpga_hls4ml.py [--model vgg_small --weights CKPT] [--images 100] [--io-type io_stream]
 """
 from __future__ import annotations
 
@@ -61,8 +61,9 @@ def main() -> None:
     p.add_argument("--model", default="resnet20", choices=tuple(MODELS))
     p.add_argument("--weights", help="float weights (default: the ResNet-20 artifact)")
     p.add_argument("--images", type=int, default=100)
-    p.add_argument("--no-hls", action="store_true", help="QONNX only (ResNet-20's io_parallel C simulation did not "
-                                                          "compile within 40 minutes here)")
+    p.add_argument("--no-hls", action="store_true", help="QONNX only")
+    p.add_argument("--io-type", default="io_parallel", choices=("io_parallel", "io_stream"),
+                   help="hls4ml's io_type (ResNet-20's io_parallel C simulation did not compile within 40 minutes here)")
     p.add_argument("--weight-bits", type=int, default=3, help="power-of-two weight bits (sign + exponent)")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -88,8 +89,8 @@ def main() -> None:
                           "max_abs_diff": float(np.abs(got - ref).max())}
         if args.no_hls:
             return _write(args, found)
-        hls_model = to_hls(path, Path(tmp) / "hls")
-        found["io_type"] = "io_parallel"
+        hls_model = to_hls(path, Path(tmp) / "hls", io_type=args.io_type)
+        found["io_type"] = args.io_type
         found["shift_layers"] = len(shift_layers(hls_model))
         found["layers"] = {layer.name: {"class": layer.class_name,
                                         "result": str(layer.get_output_variable().type.precision),
@@ -110,7 +111,8 @@ def main() -> None:
 def _write(args, found: dict) -> None:
     results = ROOT / "benchmarks" / "results" / "fpga"
     results.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.model}-w{args.weight_bits}" + ("-qonnx" if args.no_hls else "")
+    tag = f"{args.model}-w{args.weight_bits}" + ("-qonnx" if args.no_hls else "" if args.io_type == "io_parallel"
+                                                else "-stream")
     (results / f"{tag}.json").write_text(json.dumps(found, indent=2) + "\n")
     print(json.dumps({k: v for k, v in found.items() if k != "layers"}, indent=2))
 

@@ -39,8 +39,9 @@ def _small_cnn(act_shift_bits, seed: int = 0):
     return model
 
 
-def test_hls4ml_c_simulation_agrees_and_shifts(tmp_path):
-    """A weight-only CNN (power-of-two weights, 8-bit activations): every Conv / Dense takes
+@pytest.mark.parametrize("io_type", ["io_parallel", "io_stream"])
+def test_hls4ml_c_simulation_agrees_and_shifts(io_type, tmp_path):
+    """A weight-only CNN (power-of-two weights, 8-bit activations), unrolled or streamed: every Conv / Dense takes
     hls4ml's ``weight_exponential`` product, the only multiplications left are BatchNorm's (and
     the global pool's division), and the C simulation gives PyTorch's top-1 on 100 held-out inputs
     (the global pool reads channels-last data: without ``ChannelsLastGlobalPool`` it averaged the
@@ -48,7 +49,7 @@ def test_hls4ml_c_simulation_agrees_and_shifts(tmp_path):
     model = _small_cnn(None)
     x = torch.randn(100, 1, 12, 12)
     sq.export_qonnx(model, tmp_path / "m.onnx", x[:1], form="float")
-    hls_model = to_hls(tmp_path / "m.onnx", tmp_path / "hls")
+    hls_model = to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type=io_type)
     layers = [layer for layer in hls_model.get_layers() if layer.class_name in ("Conv2D", "Dense")]
     assert len(layers) == 3 and shift_layers(hls_model) == [layer.name for layer in layers]
     hls_model.compile()
@@ -57,7 +58,7 @@ def test_hls4ml_c_simulation_agrees_and_shifts(tmp_path):
         ref = model(x).numpy()
     assert np.array_equal(got.argmax(1), ref.argmax(1))
     assert np.abs(got - ref).max() < 0.05  # BatchNorm in hls4ml's fixed<32,16>
-    assert not [layer for layer in hls_model.get_layers() if layer.class_name == "Transpose"]
+    assert not [layer for layer in hls_model.get_layers() if layer.class_name == "Transpose"]  # input too
     source = (tmp_path / "hls" / "firmware" / "parameters.h").read_text()
     products = [line.split("product::")[1].split("<")[0] for line in source.splitlines() if "product::" in line]
     assert products.count("weight_exponential") == 3
@@ -70,8 +71,8 @@ def test_power_of_two_activations_are_refused_by_name(tmp_path):
     sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 1, 12, 12), form="float")
     with pytest.raises(ExportError, match="power-of-two activations.*act_uniform_bits"):
         to_hls(tmp_path / "m.onnx", tmp_path / "hls")
-    with pytest.raises(ConfigError, match="io_type.*io_parallel"):  # io_stream's C simulation crashed
-        to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type="io_stream")
+    with pytest.raises(ConfigError, match="io_type='io_serial'.*'io_parallel' or 'io_stream'"):
+        to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type="io_serial")
     sq.export_qonnx(model, tmp_path / "t.onnx", torch.randn(1, 1, 12, 12))  # the default: MultiThreshold nodes
     with pytest.raises(ExportError, match="thresholds form.*form='float'"):
         to_hls(tmp_path / "t.onnx", tmp_path / "hls")
@@ -95,3 +96,19 @@ def test_the_exponent_type_keeps_every_shifted_bit():
     assert exponent_width(np.array([-3, 0]), data_integer_bits=3) == 3  # holds -3; shifts fit the fraction
     assert exponent_width(np.array([-12, -9]), data_integer_bits=2) == 11  # x >> 12 past a 2-bit integer part
     assert exponent_width(np.array([0, 6]), data_integer_bits=8) == 7  # x << 6
+
+
+def test_a_streamed_flatten_of_a_feature_map_is_refused(tmp_path):
+    """A Flatten of a 3-channel feature map keeps a Transpose after the channels-last conversion;
+    hls4ml 1.3 streamed it wrongly (6 % top-1 agreement in its C simulation), so io_stream refuses
+    it by name and io_parallel converts it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(6 * 6 * 6, 10)).eval()
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=None))
+    sq.calibrate(model, [torch.randn(64, 3, 8, 8)])
+    sq.set_slope(model, 0.0)
+    sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 8, 8), form="float")
+    with pytest.raises(ExportError, match="io_stream with a Transpose.*io_parallel"):
+        to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type="io_stream")
+    assert len(shift_layers(to_hls(tmp_path / "m.onnx", tmp_path / "hls"))) == 3

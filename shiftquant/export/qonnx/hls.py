@@ -146,7 +146,8 @@ def flow(backend: str) -> str:
 
 def _prepared(path):
     """The QONNX model at ``path`` as hls4ml's QONNX frontend reads it: cleaned, channels-last,
-    ``Gemm`` as ``MatMul``, no ``Identity``; activation ``HALF_UP`` rounding as ``ROUND``."""
+    its input too (so both io types take channels-last data), ``Gemm`` as ``MatMul``, no ``Identity``;
+    activation ``HALF_UP`` rounding as ``ROUND``."""
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.transformation.remove import RemoveIdentityOps
@@ -176,7 +177,8 @@ def _prepared(path):
             raise ExportError(f"{path}: activation Quant {node.name!r} rounds {rounding.s.decode()}; this flow takes "
                               f"the graphs sq.export_qonnx writes, whose activations round {_HALF_UP}")
         rounding.s = b"ROUND"  # the only rounding to nearest hls4ml's frontend takes; HalfUpActivations restores it
-    model = model.transform(RemoveIdentityOps()).transform(ConvertToChannelsLastAndClean()).transform(GemmToMatMul())
+    model = model.transform(RemoveIdentityOps()).transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
+    model = model.transform(GemmToMatMul())
     return cleanup_model(model)
 
 
@@ -185,11 +187,12 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
     """An hls4ml model of the QONNX graph at ``path`` (``sq.export_qonnx``), written to
     ``output_dir``, its power-of-two weights as shifts. ``precision`` is hls4ml's default type
     (the input's and what the frontend does not infer); ``compile()`` builds the C simulation
-    (g++), ``predict(x)`` takes channels-last inputs. ``io_type`` is ``io_parallel``: with
-    ``io_stream``, the C simulation hls4ml 1.3 built for a VGG-style network through this flow
-    died of an illegal instruction (2026-12-06, cause not found), so it is refused."""
-    if io_type != "io_parallel":
-        raise ConfigError("io_type", io_type, "'io_parallel' (an io_stream C simulation crashed in this flow)")
+    (g++), ``predict(x)`` takes channels-last inputs. ``io_type``: ``io_parallel`` (every layer
+    unrolled: small trigger networks) or ``io_stream`` (layers connected by streams, convolutions
+    over line buffers: what a ResNet-20 needs to compile in minutes; refused where a ``Transpose``
+    is left, before a ``Flatten`` of a feature map, which hls4ml 1.3 streamed wrongly)."""
+    if io_type not in ("io_parallel", "io_stream"):
+        raise ConfigError("io_type", io_type, "'io_parallel' or 'io_stream'")
     model = _prepared(path)
     config = hls4ml.utils.config.config_from_onnx_model(model, granularity="name", backend=backend,
                                                         default_precision=precision)
@@ -199,6 +202,11 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
     hls_model = hls4ml.converters.convert_from_onnx_model(model, output_dir=str(Path(output_dir)), io_type=io_type,
                                                           backend=backend, hls_config=config, write_weights_txt=False,
                                                           **extra)
+    moved = [layer.name for layer in hls_model.get_layers() if layer.class_name == "Transpose"]
+    if io_type == "io_stream" and moved:
+        raise ExportError(f"{path}: io_stream with a Transpose left after the channels-last conversion ({moved[0]}: a "
+                          "Flatten of a feature map) gave wrong outputs in hls4ml 1.3's C simulation; use io_parallel, "
+                          "or a global pool before the classifier")
     return hls_model
 
 
