@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import CodegenError
-from .program import CTYPES
+from .program import CTYPES, narrowest
 
 
 def generated_text(text: str) -> str:
@@ -24,13 +24,8 @@ def array(ctype: str, name: str, values, per_line: int = 24) -> str:
 
 
 def smallest(values, signed: bool = True) -> str:
-    vals = np.asarray(values).reshape(-1)
-    lo, hi = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
-    for name in (("int8", "int16", "int32") if signed or lo < 0 else ("uint8", "uint16", "int32")):
-        _, _, tlo, thi = CTYPES[name]
-        if tlo <= lo and hi <= thi:
-            return CTYPES[name][0]
-    return "int32_t"
+    """The narrowest C type of ``values`` (:func:`.program.narrowest`)."""
+    return CTYPES[narrowest(values, signed)][0]
 
 
 class Width:

@@ -151,7 +151,7 @@ class DeltaPack:
     @property
     def nbytes(self) -> int:
         c = self.first.size
-        line = 0 if self.den is None else sum(_smallest_size(v) for v in (self.frac, self.den, self.rem))
+        line = 0 if self.den is None else sum(_smallest_size(v, signed=False) for v in (self.frac, self.den, self.rem))
         return (c * (_smallest_size(self.first) + _smallest_size(self.step) + 2 * self.index_bytes + line)
                 + self.packed.size)
 
@@ -336,7 +336,7 @@ class ShiftLayer(Kernel):
         last = self.cout - 1
         step = self.taps * self.code_bits if weights == "packed" else self.groups_count + 1
         ends = (last * self.output.plane, (self.groups - 1) * self.cin_g * self.inputs[0].plane, last * step)
-        return self.cout * sum(0 if e == 0 else 1 if e < 256 else 2 if e < 65536 else 4 for e in ends)
+        return self.cout * sum(0 if e == 0 else _smallest_size([e], signed=False) for e in ends)
 
     def tap_pattern(self) -> tuple[list[int], int] | None:
         """``(window, step)`` when tap ``ci * len(window) + j`` is at ``ci * step + window[j]`` (a
@@ -615,10 +615,19 @@ def _sign_bytes(t: Thresholds) -> int:
     return (len(t.negate) + 7) // 8 if t.negate is not None and any(t.negate) else 0
 
 
-def _smallest_size(values) -> int:
-    values = [int(v) for v in np.asarray(values).reshape(-1)] or [0]
-    top = max(max(values), -min(values) - 1)
-    return 1 if top < 128 else 2 if top < 32768 else 4
+def narrowest(values, signed: bool = True) -> str:
+    """The :data:`CTYPES` key of the narrowest C type holding ``values`` (unsigned ones are tried
+    first for values that are all >= 0 when not ``signed``)."""
+    vals = np.asarray(values).reshape(-1)
+    lo, hi = (int(vals.min()), int(vals.max())) if vals.size else (0, 0)
+    for name in (("int8", "int16", "int32") if signed or lo < 0 else ("uint8", "uint16", "int32")):
+        if CTYPES[name][2] <= lo and hi <= CTYPES[name][3]:
+            return name
+    return "int32"
+
+
+def _smallest_size(values, signed: bool = True) -> int:
+    return CTYPES[narrowest(values, signed)][1]
 
 
 def comment(text: str, limit: int = 64) -> str:
