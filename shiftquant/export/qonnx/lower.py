@@ -353,14 +353,15 @@ def cleaned(model):
 
 
 def without_identities(model):
-    """``model`` (a ``ModelWrapper``) without its ``Identity`` nodes (but the graph outputs') and
-    its multiplications by a constant of exact ones."""
+    """``model`` (a ``ModelWrapper`` with shapes) without its ``Identity`` nodes (but the graph
+    outputs') and its multiplications by a single 1 that broadcasts to no new dimension."""
     from qonnx.transformation.remove import remove_node_and_rewire
 
     outputs = {o.name for o in model.graph.output}
     for node in list(model.graph.node):
-        one = node.op_type == "Mul" and model.get_initializer(node.input[1]) is not None \
-            and np.all(model.get_initializer(node.input[1]) == 1)
+        c = model.get_initializer(node.input[1]) if node.op_type == "Mul" else None
+        one = c is not None and c.size == 1 and c.ndim <= len(model.get_tensor_shape(node.input[0]) or ()) \
+            and float(c.reshape(-1)[0]) == 1.0
         if (node.op_type == "Identity" or one) and node.output[0] not in outputs:
             remove_node_and_rewire(model, node)
     return model
