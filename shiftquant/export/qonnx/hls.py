@@ -24,11 +24,8 @@ import numpy as np
 from hls4ml.model.flow import get_available_flows, get_flow, register_flow
 from hls4ml.model.optimizer import OptimizerPass, get_available_passes, register_pass
 from hls4ml.model.quantizers import Quantizer
-from hls4ml.model.types import (
-    ExponentPrecisionType,
-    ExponentWeightVariable,
-    RoundingMode,
-)
+from hls4ml.model import types as hls_types
+from hls4ml.model.types import ExponentPrecisionType, RoundingMode
 
 from ...errors import ConfigError, ExportError
 from .lower import QUANT, cleaned, po2_exponents
@@ -56,14 +53,22 @@ class PowerOfTwoQuantizer(Quantizer):
         return np.asarray(data)
 
 
-class ShiftWeights(ExponentWeightVariable):
-    """hls4ml's exponent weights (a sign and an exponent each), written with ``np.prod``:
-    hls4ml 1.3's own writer calls ``np.product``, which numpy 2 removed."""
+class ExponentWeightVariable(hls_types.ExponentWeightVariable):
+    """hls4ml's exponent weights (a sign and an exponent each), written with ``np.prod`` (hls4ml
+    1.3's own writer calls ``np.product``, which numpy 2 removed) and the sign as an integer
+    (``{1, -3}``: the C simulation's text loader cannot read ``1.0`` into its one-bit sign).
+    It keeps hls4ml's class name: hls4ml's writer picks the exponent text loader by that name."""
 
     def __iter__(self):
         data = self._format()
         self._iterator = iter(data.reshape((int(np.prod(data.shape[:-1])), 2)))
         return self
+
+    def __next__(self):
+        sign, exponent = next(self._iterator)
+        return f"{{{int(sign)}, {self.precision_fmt.format(exponent)}}}"
+
+    next = __next__
 
 
 class PowerOfTwoWeights(OptimizerPass):
@@ -81,7 +86,7 @@ class PowerOfTwoWeights(OptimizerPass):
         width = exponent_width(po2_exponents(w.data), int(getattr(data_t, "integer", data_t.width)))
         quantizer = PowerOfTwoQuantizer(width)
         data = np.asarray(w.data)
-        var = ShiftWeights(f"w{node.index}", type_name=f"weight{node.index}_t", precision=quantizer.hls_type,
+        var = ExponentWeightVariable(f"w{node.index}", type_name=f"weight{node.index}_t", precision=quantizer.hls_type,
                            data=data, quantizer=quantizer, index=node.index)
         var.data_unquantized = data
         node.set_attr("weight", var)
@@ -198,9 +203,9 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
                                                         default_precision=precision)
     config["Flows"] = [flow(backend)]
     extra = {} if part is None else {"part": part}
-    # weights in the headers: hls4ml's text loader cannot read exponent weights
+    # the C simulation reads the weights from text files (large header initializers take g++ far longer)
     hls_model = hls4ml.converters.convert_from_onnx_model(model, output_dir=str(Path(output_dir)), io_type=io_type,
-                                                          backend=backend, hls_config=config, write_weights_txt=False,
+                                                          backend=backend, hls_config=config, write_weights_txt=True,
                                                           **extra)
     moved = [layer.name for layer in hls_model.get_layers() if layer.class_name == "Transpose"]
     if io_type == "io_stream" and moved:
