@@ -62,6 +62,26 @@ def test_the_thresholds_form_folds_batchnorm_and_runs_as_the_bundle(name, act, t
     assert sorted(listed) == sorted(q.output[0] for q in weights)
 
 
+def test_a_vit_runs_in_the_thresholds_form_as_the_bundle(tmp_path):
+    """A ViT (integer LayerNorm, shiftmax, tokens channels-last): the float form has no mapping for
+    its integer LayerNorm; the thresholds form gives the bundle's logits bit for bit, its
+    ``x * x`` kept intact through QONNX's cleanup and the class token's folded batch run per image."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=12, patch_size=4, in_chans=1, num_classes=10,
+                              depth=1, embed_dim=32, num_heads=2)
+    sq.quantize_model(model, sq.QuantRecipe.preset("deploy", weight_shift_bits=2, act_shift_bits=2))
+    sq.calibrate(model, [torch.randn(16, 1, 12, 12)])
+    sq.set_slope(model, 0.0)
+    x = torch.randn(3, 1, 12, 12)
+    sq.export_qonnx(model.eval(), tmp_path / "m.onnx", x[:1], check=False)
+    assert np.array_equal(run_qonnx(tmp_path / "m.onnx", x.numpy()), sq.export(model, tmp_path / "m.sqb", x[:1]).run(x.numpy()))
+    layouts = {next(a.s for a in n.attribute if a.name == "data_layout")
+               for n in ModelWrapper(str(tmp_path / "m.onnx")).get_nodes_by_op_type("MultiThreshold")}
+    assert b"NWC" in layouts  # the tokens' requantizations, channels last
+
+
 def test_an_input_quantizer_is_one_multithreshold_on_every_float32_value(tmp_path):
     """The float input's quantizer as ``MultiThreshold``: its thresholds are the smallest float32
     values reaching each level (found by bisection), so it equals the quantizer at and beside each

@@ -233,6 +233,16 @@ class ThresholdBuilder(Builder):
         return int_quant_node(self, self.const(w), np.float32(1), signed_bits(int(np.abs(w).max(initial=0))),
                               rounding="ROUND")
 
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        """A node reads a value at most once, the repeats through an ``Identity`` (``x * x``):
+        QONNX's cleanup renames only the first of a node's inputs that share a name."""
+        seen: set[str] = set()
+        distinct = []
+        for x in inputs:
+            distinct.append(super().op("Identity", x) if x and x in seen else x)
+            seen.add(x)
+        return super().op(op_type, *distinct, **attrs)
+
 
 def _shift_layer(b: QonnxBuilder, node: dict, x: str) -> str:
     """``Quant`` input -> ``Conv`` / ``MatMul`` on ``Quant`` weights -> + bias."""
@@ -362,7 +372,9 @@ def without_identities(model):
         c = model.get_initializer(node.input[1]) if node.op_type == "Mul" else None
         one = c is not None and c.size == 1 and c.ndim <= len(model.get_tensor_shape(node.input[0]) or ()) \
             and float(c.reshape(-1)[0]) == 1.0
-        if (node.op_type == "Identity" or one) and node.output[0] not in outputs:
+        # kept where a reader of its output also reads its input (``x * x``: see ThresholdBuilder.op)
+        both = any(node.input[0] in after.input for after in model.find_consumers(node.output[0]) or [])
+        if (node.op_type == "Identity" or one) and node.output[0] not in outputs and not both:
             remove_node_and_rewire(model, node)
     return model
 
@@ -376,9 +388,16 @@ def with_batch(model, batch: int):
 
 
 def run_qonnx(path, x: np.ndarray) -> np.ndarray:
-    """The first output of the QONNX model at ``path`` on float ``x``, by ``qonnx.core.onnx_exec``."""
+    """The first output of the QONNX model at ``path`` on float ``x``, by ``qonnx.core.onnx_exec``:
+    the whole batch at once where QONNX's ``ChangeBatchSize`` keeps every shape known, else in
+    batches of the graph's own size (a batch folded into a constant: a ViT's class token)."""
     from qonnx.core.onnx_exec import execute_onnx
 
-    model = with_batch(cleaned(str(path)), len(x))
-    out = execute_onnx(model, {model.graph.input[0].name: np.asarray(x, dtype=np.float32)})
-    return out[model.graph.output[0].name]
+    x = np.asarray(x, dtype=np.float32)
+    model = cleaned(str(path))
+    own = model.get_tensor_shape(model.graph.input[0].name)[0]
+    resized = with_batch(model, len(x))
+    if resized.check_all_tensor_shapes_specified():
+        model, own = resized, len(x)
+    run = lambda part: execute_onnx(model, {model.graph.input[0].name: part})[model.graph.output[0].name]
+    return np.concatenate([run(x[i:i + own]) for i in range(0, len(x), own)])
