@@ -110,12 +110,8 @@ def test_a_vit_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
     assert np.array_equal((result.logits * unit).astype(np.float32), ref)
 
 
-def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
-    """A ResNet-8 whose BatchNorm flips some channels' sign (decreasing requantizations): on the
-    Cortex-M4 its shift layers sum byte lanes (signed and unsigned inputs), count few thresholds
-    in lanes and search the residual grid's many, some blocks cover several rows, the input
-    stages go through level tables and lane pairs: all of it bit for bit with the reference, and
-    no multiply or divide in a shift layer or the helpers it calls."""
+def _resnet8_with_negated_channels(path):
+    """The MLPerf Tiny ResNet-8 at W3A3 whose BatchNorm flips some channels' sign, exported to ``path``."""
     torch.manual_seed(1)
     model = resnet8(num_classes=10, in_chans=3).eval()
     with torch.no_grad():
@@ -127,7 +123,16 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
                 m.bias.uniform_(-0.3, 0.3)
     px = sq.PixelInput((0.5,) * 3, (0.25,) * 3)
     # 3-bit codes (zero, sign, 2^0 .. 2^-3): activations of at most 8 steps sum 15 taps in a byte
-    rt, _, _ = deploy_exported(model, (8, 3, 32, 32), px, tmp_path / "r8.sqb", weight_shift_bits=2, act_shift_bits=2)
+    return deploy_exported(model, (8, 3, 32, 32), px, path, weight_shift_bits=2, act_shift_bits=2)[0]
+
+
+def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
+    """A ResNet-8 whose BatchNorm flips some channels' sign (decreasing requantizations): on the
+    Cortex-M4 its shift layers sum byte lanes (signed and unsigned inputs), count few thresholds
+    in lanes and search the residual grid's many, some blocks cover several rows, the input
+    stages go through level tables and lane pairs: all of it bit for bit with the reference, and
+    no multiply or divide in a shift layer or the helpers it calls."""
+    rt = _resnet8_with_negated_channels(tmp_path / "r8.sqb")
     images = np.random.default_rng(1).integers(0, 256, (8, 3, 32, 32)).astype(np.uint8)
     program, build, result = _on_target(rt.source, images, tmp_path)
     assert np.array_equal(result.logits, rt.run_int(images)[0])
@@ -138,3 +143,34 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
     dsp = [k for k in program.kernels if getattr(k, "dsp_form", False) and k.requant is not None]
     assert any(any(k.requant.negate) for k in dsp)
     assert not _multiplies_in_shift_layers(build.elf.parent / "net.o")
+
+
+def test_a_crafted_bundle_runs_on_a_cortex_m4_as_the_reference_runs_it(tmp_path):
+    """A bundle nobody trained: the residual grid's 255 thresholds of three layers replaced by
+    ascending tables the loader accepts but no export writes (every one at the int32 maximum or
+    minimum, random ones across the proven range and far beyond it, one jump from the lowest to
+    the highest; stored as int64). The binary search of the Cortex-M4's shift layers and the host
+    C give the reference runtime's logits bit for bit, and the logits did change."""
+    from shiftquant.export.format.bundle import read_bundle, write_bundle
+
+    original = _resnet8_with_negated_channels(tmp_path / "r8.sqb")
+    manifest, tensors = read_bundle(tmp_path / "r8.sqb")
+    rng = np.random.default_rng(0)
+    for layer, span in (("layer1_0_conv2", 3000), ("layer2_0_conv2", 5000), ("layer3_0_conv2", 9000)):
+        key = f"{layer}.requant.thresholds"
+        thr = np.cumsum(tensors[key].astype(np.int64), axis=0)  # stored: a first row, then differences
+        n = len(thr)
+        thr[:, 0], thr[:, 1] = 2 ** 31 - 1, -2 ** 31
+        thr[:, 2] = np.sort(rng.integers(-span, span, n))
+        thr[:, 3] = np.sort(rng.integers(-2 ** 31, 2 ** 31 - 1, n))
+        thr[: n // 2, 4], thr[n // 2:, 4] = -2 ** 31, 2 ** 31 - 1
+        tensors[key] = np.concatenate([thr[:1], np.diff(thr, axis=0)])
+    write_bundle(tmp_path / "crafted.sqb", manifest, tensors)
+    crafted = sq.load_bundle(tmp_path / "crafted.sqb")
+    images = np.random.default_rng(2).integers(0, 256, (4, 3, 32, 32)).astype(np.uint8)
+    want = crafted.run_int(images)[0]
+    assert not np.array_equal(want, original.run_int(images)[0])
+    _, _, result = _on_target(tmp_path / "crafted.sqb", images, tmp_path)
+    assert "sq_search_255(" in (tmp_path / "mcu" / "net.c").read_text()
+    assert np.array_equal(result.logits, want)
+    assert np.array_equal(sq.load_bundle(tmp_path / "crafted.sqb", backend="c").run(images), crafted.run(images))
