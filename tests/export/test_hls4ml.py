@@ -111,4 +111,5 @@ def test_a_streamed_flatten_of_a_feature_map_is_refused(tmp_path):
     sq.export_qonnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 8, 8), form="float")
     with pytest.raises(ExportError, match="io_stream with a Transpose.*io_parallel"):
         to_hls(tmp_path / "m.onnx", tmp_path / "hls", io_type="io_stream")
+    assert not (tmp_path / "hls").exists()  # refused before anything is written
     assert len(shift_layers(to_hls(tmp_path / "m.onnx", tmp_path / "hls"))) == 3

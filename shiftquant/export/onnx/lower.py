@@ -108,13 +108,18 @@ class Builder:
     def level_index(self, x: str, rank: int, thr: np.ndarray, channel_dim: int, direction=None) -> str:
         """``sum_k [d_c * x >= t_kc]`` (thresholds ``(L - 1, K)``, K = 1 or the channels at
         ``channel_dim``): the level index, as int64 (comparisons counted, as the runtime does)."""
-        if direction is not None:
-            x = self.op("Mul", x, self.const(np.asarray(direction).reshape(self.channel_shape(rank, channel_dim))))
-        # |x| < 2^24: clipping the table there changes no comparison and keeps it exact in float32
-        table = np.clip(thr.astype(np.float64), -FLOAT32_EXACT, FLOAT32_EXACT).reshape([thr.shape[0]] + self.channel_shape(rank, channel_dim, thr.shape[1]))
+        x = self.oriented(x, rank, channel_dim, direction)
+        table = exact_table(thr).reshape([thr.shape[0]] + self.channel_shape(rank, channel_dim, thr.shape[1]))
         reached = self.op("Cast", self.op("GreaterOrEqual", self.op("Unsqueeze", x, self.ints([0])), self.const(table)),
                           to=1)
         return self.op("Cast", self.op("ReduceSum", reached, self.ints([0]), keepdims=0), to=7)
+
+    def oriented(self, x: str, rank: int, channel_dim: int, direction) -> str:
+        """``d_c * x``: the channels compared negated (``direction`` -1) multiplied by -1; ``x``
+        itself where none is."""
+        if direction is None or not np.any(np.asarray(direction) < 0):
+            return x
+        return self.op("Mul", x, self.const(np.asarray(direction).reshape(self.channel_shape(rank, channel_dim))))
 
     def lookup(self, index: str, values) -> str:
         """``values[index]`` (integers, as float32)."""
@@ -159,6 +164,12 @@ class Builder:
             top = int(level_ints(spec).max())
             return self.op("Min", self.op("Where", positive, mag, self.op("Neg", mag)), self.const(float(top)))
         return self.op("Where", positive, mag, zero if q["zero"] else self.const(float(mag_ints[0])))
+
+
+def exact_table(thr: np.ndarray) -> np.ndarray:
+    """Integer thresholds as float64 clipped to +-2^24: every compared integer is below 2^24 in
+    magnitude, so the clip changes no comparison and keeps the table exact in float32."""
+    return np.clip(thr.astype(np.float64), -FLOAT32_EXACT, FLOAT32_EXACT)
 
 
 # ---------------------------------------------------------------------------------------------- the walk

@@ -199,6 +199,13 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
     if io_type not in ("io_parallel", "io_stream"):
         raise ConfigError("io_type", io_type, "'io_parallel' or 'io_stream'")
     model = _prepared(path)
+    # the Transposes before a global pool go (ChannelsLastGlobalPool); any other stays in hls4ml's graph
+    moved = [n.name for n in model.get_nodes_by_op_type("Transpose")
+             if {c.op_type for c in model.find_consumers(n.output[0]) or []} != {"GlobalAveragePool"}]
+    if io_type == "io_stream" and moved:  # refused before hls4ml writes anything to output_dir
+        raise ExportError(f"{path}: io_stream with a Transpose left after the channels-last conversion ({moved[0]}: a "
+                          "Flatten of a feature map) gave wrong outputs in hls4ml 1.3's C simulation; use io_parallel, "
+                          "or a global pool before the classifier")
     config = hls4ml.utils.config.config_from_onnx_model(model, granularity="name", backend=backend,
                                                         default_precision=precision)
     config["Flows"] = [flow(backend)]
@@ -207,11 +214,6 @@ def to_hls(path, output_dir, backend: str = "Vitis", io_type: str = "io_parallel
     hls_model = hls4ml.converters.convert_from_onnx_model(model, output_dir=str(Path(output_dir)), io_type=io_type,
                                                           backend=backend, hls_config=config, write_weights_txt=True,
                                                           **extra)
-    moved = [layer.name for layer in hls_model.get_layers() if layer.class_name == "Transpose"]
-    if io_type == "io_stream" and moved:
-        raise ExportError(f"{path}: io_stream with a Transpose left after the channels-last conversion ({moved[0]}: a "
-                          "Flatten of a feature map) gave wrong outputs in hls4ml 1.3's C simulation; use io_parallel, "
-                          "or a global pool before the classifier")
     return hls_model
 
 

@@ -46,9 +46,8 @@ import torch
 
 from ...errors import ExportError
 from .. import ops
-from ..format.ints import FLOAT32_EXACT
 from ..graph.loader import Graph
-from ..onnx.lower import INPUT, OPSET, Builder, _to_float, lower_nodes, output_names
+from ..onnx.lower import INPUT, OPSET, Builder, _to_float, exact_table, lower_nodes, output_names
 from ..ops.quantizers import input_unit, level_ints, quantize_input
 from ..ops.shift import dequantize_terms
 
@@ -159,8 +158,7 @@ def repeated_thresholds(thr: np.ndarray, values) -> np.ndarray | None:
     steps = np.diff(v)
     if v.size != thr.shape[0] + 1 or np.any(steps < 1) or np.any(v != np.round(v)) or steps.sum() > MAX_STEPS:
         return None
-    table = np.clip(thr.astype(np.float64), -FLOAT32_EXACT, FLOAT32_EXACT)
-    return np.sort(np.repeat(table, steps.astype(np.int64), axis=0).T, axis=1)
+    return np.sort(np.repeat(exact_table(thr), steps.astype(np.int64), axis=0).T, axis=1)
 
 
 def _key(x: np.ndarray) -> np.ndarray:
@@ -208,9 +206,8 @@ class ThresholdBuilder(Builder):
         layout, table = LAYOUTS.get((rank, channel_dim)), repeated_thresholds(thr, values)
         if layout is None or table is None:
             return super().levels(x, rank, thr, channel_dim, values, direction)
-        if direction is not None and np.any(np.asarray(direction) < 0):
-            x = self.op("Mul", x, self.const(np.asarray(direction).reshape(self.channel_shape(rank, channel_dim))))
-        return self.multithreshold(x, table, layout, int(values[0]), int(values[-1]))
+        return self.multithreshold(self.oriented(x, rank, channel_dim, direction), table, layout, int(values[0]),
+                                   int(values[-1]))
 
     def quantize(self, x: str, rank: int, spec: dict) -> str:
         table = input_thresholds(spec)
