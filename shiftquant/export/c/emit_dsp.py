@@ -12,7 +12,7 @@ leave as one word. The code is the same arithmetic as the portable block, lane f
 from __future__ import annotations
 
 from .ctext import Width
-from .program import CHUNK, COUNT_LANES, ShiftLayer
+from .program import CHUNK, COUNT_LANES, SEARCH_BUCKETS as BUCKETS, ShiftLayer
 
 # Words (four positions each) a tap adds in registers: 8 + the pointers fit the core's 13.
 WORDS = 8
@@ -97,8 +97,8 @@ class DspPrinter:
 
     def dsp_stage(self, k: ShiftLayer) -> str | None:
         """How the output stage runs on the lanes: ``"count"`` (few thresholds, counted two lanes
-        at a time), ``"search"`` (many ascending thresholds a level apart, a binary
-        search per value), or None (the portable stage on the unpacked accumulators). Both need
+        at a time), ``"search"`` (many ascending thresholds a level apart, counted
+        from each value's bucket on), or None (the portable stage on the unpacked accumulators). Both need
         byte levels and int16 thresholds and steps."""
         th, out = k.requant, k.output
         if th is None or out.itemsize != 1 or not all(-32768 <= v <= 32767 for v in list(th.levels) + list(th.steps)):
@@ -111,27 +111,31 @@ class DspPrinter:
         """Per output channel, before its blocks: the thresholds the lane stage compares. Those
         every value of the proven range passes (``t <= -bound``) are counted up front, those none
         passes (``t > bound``) dropped, the rest kept as (threshold, step) lane pairs (``count``);
-        or just the channel's row (``search``)."""
+        or the channel's row and its buckets (``search``)."""
         how = self.dsp_stage(k) if k.dsp_form else None
         if how is None:
             return ""
         th, nm = k.requant, k.name
         source = "thr_c" if self.delta_packed(k) else f"{nm}_thr + {nm}_ch_thr[co]"
         if how == "search":
-            code = f"        const {w.sacc} *const thr_l = {source};"
+            code = (f"        const {w.sacc} *const thr_l = {source};\n"
+                    f"        unsigned char buckets[{BUCKETS}];  /* where a value's count of thresholds starts */\n"
+                    f"        const unsigned shift = sq_buckets_{th.count}(thr_l, buckets);")
+            self.helpers.add(f"sq_search_{th.count}")
         else:
             code = lane_thresholds(th, nm, source, -k.bound, k.bound, "        ")
         return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{code}\n#endif"
 
     def dsp_count(self, k: ShiftLayer, how: str, dst: str) -> str:
         """The output stage on the lanes: ``r = levels[0] + sum_k [v >= t_k] * step_k``, over the
-        thresholds of :meth:`dsp_prologue`: two lanes at a time (``sq_count_lanes``) or by a
-        binary search per value (:func:`search_helper`)."""
+        thresholds of :meth:`dsp_prologue`: two lanes at a time (``sq_count_lanes``) or from each
+        value's bucket (:func:`search_helper`)."""
         th = k.requant
         m = f"(uint32_t)({self.sign_mask(k)})" if any(th.negate) else "0u"
         if how == "search":
             self.helpers.add(f"sq_search_{th.count}")
-            return f"            sq_search_{th.count}(acc2, n, thr_l, {m}, {th.levels[0]}, (unsigned char *)({dst}));"
+            return (f"            sq_search_{th.count}(acc2, n, thr_l, buckets, shift, {m}, {th.levels[0]}, "
+                    f"(unsigned char *)({dst}));")
         self.helpers.add("sq_count_lanes")
         return (f"            sq_count_lanes(acc2, nw, ts, used, SQ_BOTH16(first), {m}, "
                 f"(unsigned char *)({dst}), n);")
@@ -222,29 +226,55 @@ static void sq_count_lanes(const uint32_t *acc2, unsigned nw, const uint32_t *ts
 
 
 def search_helper(name: str) -> str:
-    """The text of helper ``sq_search_COUNT``: the byte levels ``l0 + K`` of the lanes of
-    ``acc2`` (as ``sq_count_lanes``), ``K`` the number of ``COUNT`` ascending thresholds
-    ``<= v``, by a binary search unrolled for ``COUNT`` (compares and adds: no multiply)."""
+    """The text of helpers ``sq_buckets_COUNT`` and ``sq_search_COUNT``: the byte levels ``l0 + K``
+    of the lanes of ``acc2`` (as ``sq_count_lanes``), ``K`` the number of ``COUNT`` ascending
+    thresholds ``<= v``. Per channel the span of the thresholds is cut into :data:`BUCKETS`
+    buckets of ``2^shift`` values, each holding the count at its lowest value; a value shifts to
+    its bucket and counts on from there over the few thresholds in it (compares, adds and shifts:
+    no multiply). Any ascending table is counted exactly; the buckets only make it fast."""
     count = int(name.split("_")[2])
-    steps, size = [], count
-    while size > 1:  # the answer lies in [at, at + size]; halve by the threshold at[half - 1]
-        half = size // 2
-        steps.append(f"        if (at[{half - 1}] <= v) at += {half};")
-        size -= half
-    body = "\n".join(steps)
+    last = count - 1  # at most 255: the levels are bytes, a level apart
     return f"""\
 #if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
-/* op[q] = l0 + #(thr[k] <= v) over the {count} ascending thresholds, for the n lanes of acc2
-   (position 4i + q: word 2i + (q & 1), half q & 2; v = -acc where m is all ones). */
-static void {name}(const uint32_t *acc2, unsigned n, const int16_t *thr, uint32_t m, int32_t l0, unsigned char *op)
+/* start[b] = #(thr[k] <= thr[0] + (b << shift)) over the {count} ascending thresholds; returns shift,
+   the smallest with (thr[{last}] - thr[0]) >> shift < {BUCKETS}. */
+static unsigned sq_buckets_{count}(const int16_t *thr, unsigned char *start)
 {{
+    const int32_t lo = thr[0], span = (int32_t)thr[{last}] - lo;
+    unsigned shift = 0, b, k = 0;
+    while ((span >> shift) >= {BUCKETS}) shift++;
+    for (b = 0; b < {BUCKETS}u; b++) {{
+        const int32_t edge = lo + (int32_t)(b << shift);
+        while (k < {count}u && thr[k] <= edge) k++;
+        start[b] = (unsigned char)k;
+    }}
+    return shift;
+}}
+
+/* #(thr[k] <= v): all or none outside [thr[0], thr[{last}]), else from v's bucket on (thr[{last}] > v ends it). */
+__attribute__((always_inline)) static inline int32_t sq_count_{count}(int32_t v, const int16_t *thr, const unsigned char *start, unsigned shift,
+                                     int32_t lo, int32_t hi)
+{{
+    unsigned k;
+    if (v >= hi) return {count};
+    if (v < lo) return 0;
+    for (k = start[(uint32_t)(v - lo) >> shift]; thr[k] <= v; k++) {{}}
+    return (int32_t)k;
+}}
+
+/* op[q] = l0 + #(thr[k] <= v) for the n lanes of acc2 (position 4i + q: word 2i + (q & 1), half q & 2;
+   v = -acc where m is all ones), through the buckets of sq_buckets_{count}. */
+static void sq_search_{count}(const uint32_t *acc2, unsigned n, const int16_t *thr, const unsigned char *start,
+                            unsigned shift, uint32_t m, int32_t l0, unsigned char *op)
+{{
+    const int32_t lo = thr[0], hi = thr[{last}], neg = (int32_t)(m & 1u);
     unsigned q;
-    for (q = 0; q < n; q++) {{
-        const uint32_t word = acc2[2u * (q >> 2) + (q & 1u)] ^ m;
-        const int32_t v = SQ_S16((q & 2u) ? word >> 16 : word & 0xFFFFu) + (int32_t)(m & 1u);
-        const int16_t *at = thr;
-{body}
-        op[q] = (unsigned char)(uint32_t)(l0 + (int32_t)(at - thr) + (at[0] <= v));
+    for (q = 0; q < n; q += 4u, acc2 += 2) {{
+        const uint32_t e = acc2[0] ^ m, o = acc2[1] ^ m;
+        op[q] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(e & 0xFFFFu) + neg, thr, start, shift, lo, hi));
+        if (q + 1u < n) op[q + 1u] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(o & 0xFFFFu) + neg, thr, start, shift, lo, hi));
+        if (q + 2u < n) op[q + 2u] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(e >> 16) + neg, thr, start, shift, lo, hi));
+        if (q + 3u < n) op[q + 3u] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(o >> 16) + neg, thr, start, shift, lo, hi));
     }}
 }}
 #endif

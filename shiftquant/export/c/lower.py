@@ -34,6 +34,7 @@ from .layout import resolve_layouts
 from .program import (
     CHUNK,
     COUNT_LANES,
+    SEARCH_BUCKETS,
     Add,
     Concat,
     GateShift,
@@ -414,5 +415,5 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
         return 0
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
-    dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + 64 if k.dsp_form else 0
+    dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
     return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp

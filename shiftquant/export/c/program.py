@@ -20,6 +20,8 @@ ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
 CHUNK = 64  # output positions per vector block of a shift layer
 # The most thresholds counted in 16-bit lanes on cores with the DSP extension (more: a search).
 COUNT_LANES = 16
+# Buckets a channel's many thresholds are cut into for the DSP search (bytes of stack).
+SEARCH_BUCKETS = 128
 WINDOW = 24  # beyond this many thresholds, a block counts only those between its extremes
 LOOKUP_SPAN = 4096  # tables mode: many levels become a lookup table over at most this many values
 
