@@ -110,8 +110,9 @@ def test_a_vit_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
     assert np.array_equal((result.logits * unit).astype(np.float32), ref)
 
 
-def _resnet8_with_negated_channels(path):
-    """The MLPerf Tiny ResNet-8 at W3A3 whose BatchNorm flips some channels' sign, exported to ``path``."""
+def _resnet8_with_negated_channels(path, size: int = 32):
+    """The MLPerf Tiny ResNet-8 at W3A3 whose BatchNorm flips some channels' sign, exported to ``path``
+    for ``size`` x ``size`` images."""
     torch.manual_seed(1)
     model = resnet8(num_classes=10, in_chans=3).eval()
     with torch.no_grad():
@@ -123,22 +124,23 @@ def _resnet8_with_negated_channels(path):
                 m.bias.uniform_(-0.3, 0.3)
     px = sq.PixelInput((0.5,) * 3, (0.25,) * 3)
     # 3-bit codes (zero, sign, 2^0 .. 2^-3): activations of at most 8 steps sum 15 taps in a byte
-    return deploy_exported(model, (8, 3, 32, 32), px, path, weight_shift_bits=2, act_shift_bits=2)[0]
+    return deploy_exported(model, (8, 3, size, size), px, path, weight_shift_bits=2, act_shift_bits=2)[0]
 
 
 def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
     """A ResNet-8 whose BatchNorm flips some channels' sign (decreasing requantizations): on the
     Cortex-M4 its shift layers sum byte lanes (signed and unsigned inputs), count few thresholds
-    in lanes and search the residual grid's many, some blocks cover several rows, the input
+    in lanes and search the residual grid's many, blocks cover tiles of several rows (the last one
+    of a 7-row map overlapping the one before), the input
     stages go through level tables and lane pairs: all of it bit for bit with the reference, and
     no multiply or divide in a shift layer or the helpers it calls."""
-    rt = _resnet8_with_negated_channels(tmp_path / "r8.sqb")
-    images = np.random.default_rng(1).integers(0, 256, (8, 3, 32, 32)).astype(np.uint8)
+    rt = _resnet8_with_negated_channels(tmp_path / "r8.sqb", 28)  # maps of 28, 14 and 7 rows
+    images = np.random.default_rng(1).integers(0, 256, (8, 3, 28, 28)).astype(np.uint8)
     program, build, result = _on_target(rt.source, images, tmp_path)
     assert np.array_equal(result.logits, rt.run_int(images)[0])
     source = (tmp_path / "mcu" / "net.c").read_text()
     for form in ("sq_run_sadd8_8_", "sq_run_ssub8_8_", "sq_run_add_8_", "sq_run_addsub_8_", "sq_count_lanes(",
-                 "sq_search_255(", "sq_count_pairs(", "_lut[", "dst[64]"):
+                 "sq_search_255(", "sq_count_pairs(", "_lut[", "_2x4s", "_4x2s", "the last block overlaps"):
         assert form in source, form
     dsp = [k for k in program.kernels if getattr(k, "dsp_form", False) and k.requant is not None]
     assert any(any(k.requant.negate) for k in dsp)

@@ -12,10 +12,8 @@ leave as one word. The code is the same arithmetic as the portable block, lane f
 from __future__ import annotations
 
 from .ctext import Width
-from .program import CHUNK, COUNT_LANES, SEARCH_BUCKETS as BUCKETS, ShiftLayer
+from .program import COUNT_LANES, DSP_WORDS as WORDS, SEARCH_BUCKETS as BUCKETS, ShiftLayer
 
-# Words (four positions each) a tap adds in registers: 8 + the pointers fit the core's 13.
-WORDS = 8
 # Horner's doubling of the words in use, lane by lane.
 DOUBLE = "for (i = 0; i < 2u * nw; i++) acc2[i] = (uint32_t)__sadd16((int16x2_t)acc2[i], (int16x2_t)acc2[i]);"
 
@@ -24,36 +22,40 @@ class DspPrinter:
     """DSP-extension blocks for :class:`.emit._Source`; ``self.p`` is the program."""
 
     def dsp_rows(self, k: ShiftLayer) -> int:
-        """Output rows a DSP block covers, up to :attr:`.program.ShiftLayer.block_rows`: the
-        count :func:`block_cost` finds cheapest (1 where the output stage is the portable one,
-        whose arrays hold one ``chunk``)."""
-        if not self.dsp_stage(k) or k.block_rows < 2:
-            return 1
-        return min(range(1, k.block_rows + 1), key=lambda rows: (block_cost(k, rows), rows))
+        """Output rows a DSP block covers: :attr:`.program.ShiftLayer.block_rows`, or 1 where the
+        output stage is the portable one (its arrays hold one ``chunk``)."""
+        return k.block_rows if self.dsp_stage(k) else 1
 
     def dsp_rows_loop(self, k: ShiftLayer, w: Width, off_t: str) -> str:
-        """The segment loop of a row-by-row layer in blocks of several rows: a block's positions
-        run on along the input rows (``in_step`` apart), the columns between the rows' ends and
-        the next rows' starts are computed and dropped; each row's levels are copied out."""
+        """The segment loop of a row-by-row layer in blocks of several rows: a block is a tile of
+        ``rows`` input rows (``in_step`` apart) of ``wpr`` words each, its words loaded by the run
+        helper at constant offsets, so no column between rows is computed. Where the rows do not
+        divide evenly, the last block starts early and recomputes rows of the one before (it
+        reads no row past the map). Each row's levels are copied out."""
         a, out = k.inputs[0], k.output
         nseg, seg_len, _, out_step, _ = k.segments
         rows, step = self.dsp_rows(k), k.in_step
+        width = 4 * -(-seg_len // 4)
+        last = (nseg - 1) // rows * rows
+        back = last + rows - nseg
+        early = (f"\n            if (seg == {last}u) {{ ip -= {back * step}u; op -= {back * out_step}u; }}"
+                 "  /* the last block overlaps the one before */" if back else "")
         return f"""\
-        for (seg = 0; seg < {nseg}u; seg += {rows}u, ip += {rows * step}u, op += {rows * out_step}u) {{
-            const unsigned rows = {nseg}u - seg < {rows}u ? {nseg}u - seg : {rows}u;
+        for (seg = 0; seg < {nseg}u; seg += {rows}u, ip += {rows * step}u, op += {rows * out_step}u) {{{early}
             const {a.ctype} *const base = ip;
-            {out.ctype} dst[{CHUNK}], *row_op = op;
-            unsigned r, n = {seg_len}u;  /* rows of {seg_len} positions, {step} apart */
-            for (r = 1; r < rows; r++) n += {step}u;
-{self.dsp_block(k, w, off_t, "", CHUNK, "dst")}
-            for (r = 0, j = 0; r < rows; r++, j += {step}u, row_op += {out_step}u)
-                memcpy(row_op, dst + j, {seg_len * out.itemsize}u);
+            {out.ctype} dst[{rows * width}], *row_op = op;
+            const unsigned n = {rows * width}u;  /* {rows} rows of {width} positions, {step} apart in the input */
+{self.dsp_block(k, w, off_t, "", rows * width, "dst", (rows, step))}
+            for (j = 0; j < {rows}u; j++, row_op += {out_step}u)
+                memcpy(row_op, dst + j * {width}u, {seg_len * out.itemsize}u);
         }}"""
 
-    def dsp_block(self, k: ShiftLayer, w: Width, off_t: str, stage: str, ch: int, dst: str) -> str:
+    def dsp_block(self, k: ShiftLayer, w: Width, off_t: str, stage: str, ch: int, dst: str,
+                  tile: tuple[int, int] = (1, 0)) -> str:
         """A block of ``ch`` positions (``n`` in use) accumulated in lanes, then its output stage
         into ``dst``: the threshold count in lanes (:meth:`dsp_stage`), else ``stage`` (the
-        portable one, writing ``op[p + i]``) on the unpacked ``acc``."""
+        portable one, writing ``op[p + i]``) on the unpacked ``acc``. ``tile``: (rows, input row
+        step) where the block's words lie on several rows (:meth:`dsp_rows_loop`)."""
         exps, nm = k.exponents, k.name
         nwords, g = ch // 4, min(WORDS, ch // 4)
         gap = f"{nm}_gap[e]" if self.exponent_loop(k) else "gaps[e]"
@@ -65,7 +67,7 @@ class DspPrinter:
             lines.append(f"            static const uint8_t gaps[{len(exps)}] = {{{', '.join(map(str, gaps))}}};")
         lines += [f"            for (e = 0; e < {len(exps)}u; e++) {{  /* weights ±2^t, t in {exps} */",
                   f"                for (j = 0; j < {gap}; j++) " + DOUBLE,
-                  self.dsp_runs(k, off_t, "2u * e", g, "+"), self.dsp_runs(k, off_t, "2u * e + 1u", g, "-"),
+                  self.dsp_runs(k, off_t, "2u * e", g, "+", tile), self.dsp_runs(k, off_t, "2u * e + 1u", g, "-", tile),
                   "            }"]
         if exps and exps[-1] > 0:
             lines.append(f"            for (j = 0; j < {exps[-1]}u; j++) " + DOUBLE)
@@ -81,11 +83,13 @@ class DspPrinter:
             }}""")
         return "\n".join(lines)
 
-    def dsp_runs(self, k: ShiftLayer, off_t: str, group: str, g: int, sign: str) -> str:
+    def dsp_runs(self, k: ShiftLayer, off_t: str, group: str, g: int, sign: str, tile: tuple[int, int]) -> str:
         """``acc2`` (sign)= the inputs of the taps of ``list[start[group] .. start[group + 1])``,
-        in runs of ``narrow_run`` taps summed in byte lanes, ``g`` words per tap (:func:`run_helper`)."""
+        in runs of ``narrow_run`` taps summed in byte lanes, ``g`` words per tap on ``tile[0]``
+        rows ``tile[1]`` apart (:func:`run_helper`)."""
         kind = ("sadd8" if sign == "+" else "ssub8") if k.inputs[0].lo < 0 else ("add" if sign == "+" else "addsub")
-        name = f"sq_run_{kind}_{g}_{16 if off_t == 'uint16_t' else 32}"
+        words = f"{g}" if tile[0] == 1 else f"{tile[0]}x{g // tile[0]}s{tile[1]}"
+        name = f"sq_run_{kind}_{words}_{16 if off_t == 'uint16_t' else 32}"
         self.helpers.add(name)
         return f"""\
                 for (j = start[{group}]; j < start[{group} + 1u];) {{
@@ -139,24 +143,6 @@ class DspPrinter:
         self.helpers.add("sq_count_lanes")
         return (f"            sq_count_lanes(acc2, nw, ts, used, SQ_BOTH16(first), {m}, "
                 f"(unsigned char *)({dst}), n);")
-
-
-def block_cost(k: ShiftLayer, rows: int) -> int:
-    """Instructions a channel's run loops take with blocks of ``rows`` rows (a model: per
-    helper call 13 + 4 per word of set-up and widening, per tap 4 + 2 per word; a block's
-    words rounded up to whole calls), to choose between blocks of one row (fewer, narrower
-    words) and of several (more words, the columns between rows wasted)."""
-    nseg, seg_len = k.segments[:2]
-    runs = k.groups_count + k.taps // max(k.narrow_run, 1)
-    total = 0
-    for first in range(0, nseg, rows):
-        if rows == 1:
-            g, n = min(WORDS, k.chunk // 4), seg_len
-        else:
-            g, n = WORDS, (min(rows, nseg - first) - 1) * k.in_step + seg_len
-        calls = -(-n // (4 * g))
-        total += calls * (runs * (13 + 4 * g) + k.taps * (4 + 2 * g))
-    return total
 
 
 def lane_thresholds(th, name: str, row: str, lo: int, hi: int, indent: str) -> str:
@@ -317,22 +303,25 @@ def dsp_helper(name: str) -> str:
 
 
 def run_helper(name: str) -> str:
-    """The text of helper ``sq_run_KIND_G_BITS``: one run of taps over ``G`` words (4G positions)
-    in registers, then widened into ``acc2`` (``G`` pairs of lane words). Assembly, so the 8 sums,
+    """The text of helper ``sq_run_KIND_G_BITS`` (or ``sq_run_KIND_RxWsS_BITS``: ``R`` rows of
+    ``W`` words, ``S`` bytes apart): one run of taps over ``G`` words (4G positions) in
+    registers, then widened into ``acc2`` (``G`` pairs of lane words). Assembly, so the 8 sums,
     the pointers and the loaded word stay in the core's 13 registers: per tap a load of its
     offset, an add, and a load and a lane add per word."""
-    _, _, kind, g, bits = name.split("_")
-    g, (add, widen) = int(g), RUN_KINDS[kind]
+    _, _, kind, words, bits = name.split("_")
+    rows, wpr, step = (int(v) for v in words.replace("s", "x").split("x")) if "x" in words else (1, int(words), 0)
+    g, (add, widen) = rows * wpr, RUN_KINDS[kind]
+    at = [q // wpr * step + 4 * (q % wpr) for q in range(g)]  # each word's byte offset from the tap's input
     ws = [f"%[w{q}]" for q in range(g)]
     load = "ldrh %[v], [%[lp]], #2" if bits == "16" else "ldr %[v], [%[lp]], #4"
     offset_t = "uint16_t" if bits == "16" else "uint32_t"
     body = [load, "add %[src], %[b], %[v]"]
     for q, w in enumerate(ws):
-        body += [f"ldr %[v], [%[src], #{4 * q}]", add.format(w=w)]
+        body += [f"ldr %[v], [%[src], #{at[q]}]", add.format(w=w)]
     if kind == "ssub8":  # the sums start at zero
         first, init = [], " = 0"
     else:  # the first tap's words are the sums (a run has at least one tap)
-        first = [load, "add %[src], %[b], %[v]"] + [f"ldr {w}, [%[src], #{4 * q}]" for q, w in enumerate(ws)]
+        first = [load, "add %[src], %[b], %[v]"] + [f"ldr {w}, [%[src], #{at[q]}]" for q, w in enumerate(ws)]
         first += ["cmp %[lp], %[le]", "bcs 2f"]
         init = ""
     loop = "\\n\\t".join(first + ["1:"] + body + ["cmp %[lp], %[le]", "bcc 1b", "2:"])
@@ -344,7 +333,7 @@ def run_helper(name: str) -> str:
     acc2[{2 * q}] = e; acc2[{2 * q + 1}] = o;""" for q in range(g))
     return f"""\
 #if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
-/* A run of taps [lp, le) ({kind}) over {4 * g} positions from b, widened into acc2[0 .. {2 * g}). */
+/* A run of taps [lp, le) ({kind}) over {4 * g} positions from b ({rows} rows of {wpr} words, {step} bytes apart), widened into acc2[0 .. {2 * g}). */
 static void {name}(const unsigned char *b, const {offset_t} *lp, const {offset_t} *le, uint32_t *acc2)
 {{
     uint32_t {", ".join(f"w{q}{init}" for q in range(g))}, src, v, e, o;

@@ -107,7 +107,7 @@ def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
         k.narrow_run = limit // max(top, 1) if limit // max(top, 1) >= 4 else 0
     seg_len = k.segments[1]
     k.chunk = min(CHUNK, 1 << max(0, (seg_len - 1).bit_length()))
-    a.root.slack = max(a.root.slack, k.chunk * k.x_step + 1, CHUNK + 1 if k.block_rows > 1 else 0)
+    a.root.slack = max(a.root.slack, k.chunk * k.x_step + 1)
     return before
 
 

@@ -18,6 +18,8 @@ CTYPES = {"uint8": ("uint8_t", 1, 0, 255), "int8": ("int8_t", 1, -128, 127),
           "int32": ("int32_t", 4, -2**31, 2**31 - 1)}
 ALIGN = 64  # bytes: every tensor starts on a cache line (and a 512-bit vector)
 CHUNK = 64  # output positions per vector block of a shift layer
+# Words (four byte lanes each) a DSP-extension run adds in registers: 8 + its pointers fill the core's 13.
+DSP_WORDS = 8
 # The most thresholds counted in 16-bit lanes on cores with the DSP extension (more: a search).
 COUNT_LANES = 16
 # Buckets a channel's many thresholds are cut into for the DSP search (bytes of stack).
@@ -320,13 +322,15 @@ class ShiftLayer(Kernel):
 
     @property
     def block_rows(self) -> int:
-        """The most output rows one block may cover where blocks sum lanes (the DSP form):
-        consecutive rows of a row-by-row layer, as many as fit ``CHUNK`` positions of its input
-        rows (1: row by row)."""
+        """Output rows one block covers where blocks sum lanes (the DSP form): consecutive rows
+        of a row-by-row layer whose rows take whole words, as many as fill :data:`DSP_WORDS`
+        words (an 8x8 map: 4 rows of 2 words; 1: row by row, also where a row takes more than
+        half the words)."""
         nseg, seg_len = self.segments[:2]
-        if nseg < 2 or self.x_step != 1 or seg_len > self.in_step:
+        wpr = -(-seg_len // 4)
+        if nseg < 2 or self.x_step != 1 or seg_len > self.in_step or 2 * wpr > DSP_WORDS:
             return 1
-        return max(1, min(nseg, CHUNK // self.in_step))
+        return min(nseg, DSP_WORDS // wpr)
 
     @property
     def groups_count(self) -> int:
