@@ -22,14 +22,15 @@ class DspPrinter:
     """DSP-extension blocks for :class:`.emit._Source`; ``self.p`` is the program."""
 
     def dsp_rows(self, k: ShiftLayer) -> int:
-        """Output rows a DSP block covers: :attr:`.program.ShiftLayer.block_rows`, or 1 where the
-        output stage is the portable one (its arrays hold one ``chunk``)."""
-        return k.block_rows if self.dsp_stage(k) else 1
+        """Output rows of a DSP tile: :attr:`.program.ShiftLayer.block_rows`, or 0 (blocks of
+        ``chunk`` positions) where the output stage is the portable one (its arrays hold one
+        ``chunk``)."""
+        return k.block_rows if self.dsp_stage(k) else 0
 
     def dsp_rows_loop(self, k: ShiftLayer, w: Width, off_t: str) -> str:
-        """The segment loop of a row-by-row layer in blocks of several rows: a block is a tile of
-        ``rows`` input rows (``in_step`` apart) of ``wpr`` words each, its words loaded by the run
-        helper at constant offsets, so no column between rows is computed. Where the rows do not
+        """The segment loop of a row-by-row layer in tiles: a block is ``rows`` input rows
+        (``in_step`` apart) of whole words each, loaded by the run helper at constant offsets, so
+        no column between or past the rows is computed. Where the rows do not
         divide evenly, the last block starts early and recomputes rows of the one before (it
         reads no row past the map). Each row's levels are copied out."""
         a, out = k.inputs[0], k.output
@@ -40,14 +41,21 @@ class DspPrinter:
         back = last + rows - nseg
         early = (f"\n            if (seg == {last}u) {{ ip -= {back * step}u; op -= {back * out_step}u; }}"
                  "  /* the last block overlaps the one before */" if back else "")
-        return f"""\
-        for (seg = 0; seg < {nseg}u; seg += {rows}u, ip += {rows * step}u, op += {rows * out_step}u) {{{early}
-            const {a.ctype} *const base = ip;
+        if rows == 1:  # the levels go straight to the row
+            body = f"""\
+            const unsigned n = {seg_len}u;  /* one row of {width} positions, {seg_len} in use */
+{self.dsp_block(k, w, off_t, "", width, "op", (1, step))}"""
+        else:
+            body = f"""\
             {out.ctype} dst[{rows * width}], *row_op = op;
             const unsigned n = {rows * width}u;  /* {rows} rows of {width} positions, {step} apart in the input */
 {self.dsp_block(k, w, off_t, "", rows * width, "dst", (rows, step))}
             for (j = 0; j < {rows}u; j++, row_op += {out_step}u)
-                memcpy(row_op, dst + j * {width}u, {seg_len * out.itemsize}u);
+                memcpy(row_op, dst + j * {width}u, {seg_len * out.itemsize}u);"""
+        return f"""\
+        for (seg = 0; seg < {nseg}u; seg += {rows}u, ip += {rows * step}u, op += {rows * out_step}u) {{{early}
+            const {a.ctype} *const base = ip;
+{body}
         }}"""
 
     def dsp_block(self, k: ShiftLayer, w: Width, off_t: str, stage: str, ch: int, dst: str,

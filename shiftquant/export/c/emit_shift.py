@@ -73,7 +73,7 @@ class ShiftLayerPrinter:
     def segments(self, k: ShiftLayer, w: Width, off_t: str, stage: str) -> str:
         """The loop over a channel's segments of output positions, a block of ``chunk`` positions
         at a time: portable C, and where the layer has one the DSP-extension form (:mod:`.emit_dsp`)
-        for the cores that have it (several rows a block where they fit)."""
+        for the cores that have it (tiles of whole-word rows where they fit)."""
         a = k.inputs[0]
         nseg, seg_len, _, out_step, _ = k.segments
         ch = k.chunk
@@ -89,7 +89,7 @@ class ShiftLayerPrinter:
         portable = loop(f"            {w.acc} acc[{ch}];\n{self.horner(k, w)}\n{stage}")
         if not k.dsp_form:
             return portable
-        dsp = loop(self.dsp_block(k, w, off_t, stage, ch, "op + p")) if self.dsp_rows(k) == 1 else self.dsp_rows_loop(k, w, off_t)
+        dsp = self.dsp_rows_loop(k, w, off_t) if self.dsp_rows(k) else loop(self.dsp_block(k, w, off_t, stage, ch, "op + p"))
         return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{dsp}\n#else\n{portable}\n#endif"
 
     def horner(self, k: ShiftLayer, w: Width) -> str:

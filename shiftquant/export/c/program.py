@@ -322,13 +322,15 @@ class ShiftLayer(Kernel):
 
     @property
     def block_rows(self) -> int:
-        """Output rows one block covers where blocks sum lanes (the DSP form): consecutive rows
-        of a row-by-row layer whose rows take whole words, as many as fill :data:`DSP_WORDS`
-        words (an 8x8 map: 4 rows of 2 words; 1: row by row, also where a row takes more than
-        half the words)."""
+        """Output rows of a tile, the block where blocks sum lanes (the DSP form): consecutive
+        rows of a row-by-row layer, each of whole words, as many as fill :data:`DSP_WORDS` words
+        (an 8x8 map: 4 rows of 2 words; a 28-wide one: 1 row of 7 words); 0 where a row takes
+        more words or the layer's positions are strided."""
         nseg, seg_len = self.segments[:2]
         wpr = -(-seg_len // 4)
-        if nseg < 2 or self.x_step != 1 or seg_len > self.in_step or 2 * wpr > DSP_WORDS:
+        if self.x_step != 1 or wpr > DSP_WORDS:
+            return 0
+        if nseg < 2 or seg_len > self.in_step:
             return 1
         return min(nseg, DSP_WORDS // wpr)
 
