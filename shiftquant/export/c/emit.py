@@ -23,7 +23,7 @@ import numpy as np
 from ..format.pixels import describe_input
 from .ctext import array, generated_text
 from .emit_dsp import DspPrinter, dsp_helper
-from .emit_shift import ShiftLayerPrinter
+from .emit_shift import ShiftLayerPrinter, group_codes_helper
 from .emit_split import SplitPrinter
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
@@ -177,6 +177,8 @@ class _Source(ShiftLayerPrinter, DspPrinter, SplitPrinter, ThresholdPrinter, Tok
     def helper_text(name: str) -> str:
         if name in HELPERS:
             return HELPERS[name]
+        if name.startswith("sq_group_codes_"):
+            return group_codes_helper(name)
         if name.startswith("sq_"):
             return dsp_helper(name)
         assert name == "clear_border"

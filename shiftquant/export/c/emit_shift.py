@@ -266,26 +266,20 @@ class ShiftLayerPrinter:
     def weights_block(self, k: ShiftLayer, off_t: str) -> str:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the
         channel begins in it): decoded from the packed codes, or read from the tables."""
-        nm, ng, mask = k.name, k.groups_count, (1 << k.code_bits) - 1
+        nm, ng = k.name, k.groups_count
         if self.p.weights == "tables":
             return f"""\
         const {off_t} *list = {nm}_list;
         const uint32_t *start = {nm}_start + {nm}_ch_w[co];"""
+        self.helpers.add(f"sq_group_codes_{k.code_bits}")
         return f"""\
         {off_t} list[{max(k.taps, 1)}];
         unsigned start[{ng + 2}];
         {{   /* decode this channel's codes: input offsets grouped by exponent and sign */
             uint8_t grp[{max(k.taps, 1)}];
             unsigned fill[{ng + 1}], t, g;
-            uint32_t bit = {nm}_ch_w[co];
             for (g = 0; g < {ng + 2}u; g++) start[g] = 0;
-            for (t = 0; t < {k.taps}u; t++, bit += {k.code_bits}u) {{
-                uint32_t window;  /* four bytes from the code's first: codes have at most 16 bits, three zero bytes end them */
-                memcpy(&window, {nm}_codes + (bit >> 3), 4u);
-                g = {nm}_group[(SQ_LE32(window) >> (bit & 7u)) & {mask}u];
-                grp[t] = (uint8_t)g;
-                start[g + 1u]++;
-            }}
+            sq_group_codes_{k.code_bits}({nm}_codes, {nm}_ch_w[co], grp, grp + {k.taps}u, {nm}_group, start + 1);
             for (g = 0; g < {ng + 1}u; g++) {{ start[g + 1u] += start[g]; fill[g] = start[g]; }}
             {self.place_taps(k, off_t)}
         }}"""
@@ -305,3 +299,31 @@ class ShiftLayerPrinter:
                 for (t = 0, ci = 0; ci < {k.cin_g}u; ci++, base += {step}u)
                     for (w = 0; w < {len(window)}u; w++, t++) list[fill[grp[t]]++] = ({off_t})(base + {k.name}_tap[w]);
             }}"""
+
+
+def group_codes_helper(name: str) -> str:
+    """The text of helper ``sq_group_codes_BITS``: a channel's packed ``BITS``-bit codes to the
+    group of each tap, counting each group's taps; one 32-bit read per window of as many whole
+    codes as it holds."""
+    bits = int(name.rsplit("_", 1)[1])
+    per, mask = 25 // bits, (1 << bits) - 1  # a window is shifted by up to 7 bits
+    return f"""\
+/* grp[t] = group[code t] for the {bits}-bit codes from bit `bit` of codes, t < grp_end - grp; count[g] counts group g.
+   Four bytes from a code's first hold {per} codes; three zero bytes end the codes. */
+static void sq_group_codes_{bits}(const uint8_t *codes, uint32_t bit, uint8_t *grp, uint8_t *const grp_end,
+                                 const uint8_t *group, unsigned *count)
+{{
+    while (grp < grp_end) {{
+        uint8_t *const end = grp_end - grp > {per} ? grp + {per} : grp_end;
+        uint32_t window;
+        memcpy(&window, codes + (bit >> 3), 4u);
+        window = SQ_LE32(window) >> (bit & 7u);
+        bit += {per * bits}u;
+        do {{
+            const unsigned g = group[window & {mask}u];
+            *grp++ = (uint8_t)g;
+            count[g]++;
+            window >>= {bits}u;
+        }} while (grp < end);
+    }}
+}}"""
