@@ -15,7 +15,7 @@ from .ctext import Width
 from .program import COUNT_LANES, DSP_WORDS as WORDS, SEARCH_BUCKETS as BUCKETS, ShiftLayer
 
 # Horner's doubling of the words in use, lane by lane.
-DOUBLE = "for (i = 0; i < 2u * nw; i++) acc2[i] = (uint32_t)__sadd16((int16x2_t)acc2[i], (int16x2_t)acc2[i]);"
+DOUBLE = "sq_double_lanes(acc2, acc2 + 2u * nw, {times});"
 
 
 class DspPrinter:
@@ -65,6 +65,7 @@ class DspPrinter:
         portable one, writing ``op[p + i]``) on the unpacked ``acc``. ``tile``: (rows, input row
         step) where the block's words lie on several rows (:meth:`dsp_rows_loop`)."""
         exps, nm = k.exponents, k.name
+        self.helpers.add("sq_double_lanes")
         nwords, g = ch // 4, min(WORDS, ch // 4)
         gap = f"{nm}_gap[e]" if self.exponent_loop(k) else "gaps[e]"
         gaps = [0] + [a - b for a, b in zip(exps, exps[1:])]
@@ -74,11 +75,11 @@ class DspPrinter:
         if not self.exponent_loop(k):
             lines.append(f"            static const uint8_t gaps[{len(exps)}] = {{{', '.join(map(str, gaps))}}};")
         lines += [f"            for (e = 0; e < {len(exps)}u; e++) {{  /* weights ±2^t, t in {exps} */",
-                  f"                for (j = 0; j < {gap}; j++) " + DOUBLE,
+                  "                " + DOUBLE.format(times=gap),
                   self.dsp_runs(k, off_t, "2u * e", g, "+", tile), self.dsp_runs(k, off_t, "2u * e + 1u", g, "-", tile),
                   "            }"]
         if exps and exps[-1] > 0:
-            lines.append(f"            for (j = 0; j < {exps[-1]}u; j++) " + DOUBLE)
+            lines.append("            " + DOUBLE.format(times=f"{exps[-1]}u"))
         how = self.dsp_stage(k)
         lines.append(self.dsp_count(k, how, dst) if how else f"""\
             {{
@@ -275,6 +276,23 @@ static void sq_search_{count}(const uint32_t *acc2, unsigned n, const int16_t *t
 """
 
 
+DOUBLE_LANES_HELPER = """\
+#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
+/* Horner's shift of the 16-bit lanes of [acc2, end) (an even count of words): doubled `times` times,
+   each lane wrapping as a uint16_t accumulator does (SADD16); two words a step. */
+static void sq_double_lanes(uint32_t *acc2, uint32_t *const end, unsigned times)
+{
+    for (; times; times--) {
+        uint32_t *w = acc2, a, b;
+        __asm__ volatile("1:\\n\\tldrd %[a], %[b], [%[w]]\\n\\tsadd16 %[a], %[a], %[a]\\n\\tsadd16 %[b], %[b], %[b]\\n\\t"
+                "strd %[a], %[b], [%[w]], #8\\n\\tcmp %[w], %[end]\\n\\tbcc 1b"
+                : [w] "+r"(w), [a] "=&r"(a), [b] "=&r"(b) : [end] "r"(end) : "cc", "memory");
+    }
+}
+#endif
+"""
+
+
 COUNT_PAIRS_HELPER = """\
 #if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
 /* r[i] = l0 + sum_k [v[i] >= t_k] * s_k for i < n, two values a step, over the used (t_k, s_k)
@@ -307,7 +325,9 @@ def dsp_helper(name: str) -> str:
     :func:`search_helper` or a :func:`run_helper`)."""
     if name.startswith("sq_search_"):
         return search_helper(name)
-    return {"sq_count_lanes": COUNT_LANES_HELPER, "sq_count_pairs": COUNT_PAIRS_HELPER}.get(name) or run_helper(name)
+    known = {"sq_count_lanes": COUNT_LANES_HELPER, "sq_count_pairs": COUNT_PAIRS_HELPER,
+             "sq_double_lanes": DOUBLE_LANES_HELPER}
+    return known.get(name) or run_helper(name)
 
 
 def run_helper(name: str) -> str:
