@@ -139,7 +139,7 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
     program, build, result = _on_target(rt.source, images, tmp_path)
     assert np.array_equal(result.logits, rt.run_int(images)[0])
     source = (tmp_path / "mcu" / "net.c").read_text()
-    for form in ("sq_run_sadd8_", "sq_run_ssub8_", "sq_run_add_7_", "sq_run_addsub_7_", "sq_count_lanes(",
+    for form in ("sq_run_ssum_", "sq_run_add_7_", "sq_run_addsub_7_", "sq_count_lanes(",
                  "sq_search_255(", "sq_count_pairs(", "_lut[", "_2x4s", "_4x2s", "the last block overlaps"):
         assert form in source, form
     dsp = [k for k in program.kernels if getattr(k, "dsp_form", False) and k.requant is not None]

@@ -2,8 +2,9 @@
 ``__ARM_FEATURE_SIMD32``), as the kernel printer's methods (:class:`.emit._Source`).
 
 Four output positions share every weight, so a tap adds one 32-bit word of four input bytes:
-``SADD8`` / ``SSUB8`` for signed inputs, a plain add for unsigned ones (a run's sum provably fits
-the byte: ``narrow_run``), eight words per tap in registers. A run is widened into the 16-bit
+``SADD8`` / ``SSUB8`` for signed inputs (one run takes both signs of an exponent's taps), a plain
+add for unsigned ones (a run per sign; a run's sum provably fits the byte: ``narrow_run``), up to
+eight words per tap in registers. A run is widened into the 16-bit
 accumulators with ``SXTAB16`` / ``UXTAB16``, two lanes an instruction: ``acc2[2i]`` holds positions
 ``4i`` and ``4i + 2``, ``acc2[2i + 1]`` positions ``4i + 1`` and ``4i + 3``. Horner's shift between exponents
 is ``SADD16`` (per-lane doubling, wrapping as the ``uint16_t`` accumulator does). The thresholds
@@ -76,7 +77,8 @@ class DspPrinter:
             lines.append(f"            static const uint8_t gaps[{len(exps)}] = {{{', '.join(map(str, gaps))}}};")
         lines += [f"            for (e = 0; e < {len(exps)}u; e++) {{  /* weights ±2^t, t in {exps} */",
                   "                " + DOUBLE.format(times=gap),
-                  self.dsp_runs(k, off_t, "2u * e", g, "+", tile), self.dsp_runs(k, off_t, "2u * e + 1u", g, "-", tile),
+                  *([self.dsp_runs(k, off_t, "2u * e", g, "±", tile)] if k.inputs[0].lo < 0 else
+                    [self.dsp_runs(k, off_t, "2u * e", g, "+", tile), self.dsp_runs(k, off_t, "2u * e + 1u", g, "-", tile)]),
                   "            }"]
         if exps and exps[-1] > 0:
             lines.append("            " + DOUBLE.format(times=f"{exps[-1]}u"))
@@ -95,16 +97,23 @@ class DspPrinter:
     def dsp_runs(self, k: ShiftLayer, off_t: str, group: str, g: int, sign: str, tile: tuple[int, int]) -> str:
         """``acc2`` (sign)= the inputs of the taps of ``list[start[group] .. start[group + 1])``,
         in runs of ``narrow_run`` taps summed in byte lanes, ``g`` words per tap on ``tile[0]``
-        rows ``tile[1]`` apart (:func:`run_helper`)."""
-        kind = ("sadd8" if sign == "+" else "ssub8") if k.inputs[0].lo < 0 else ("add" if sign == "+" else "addsub")
+        rows ``tile[1]`` apart (:func:`run_helper`). Signed inputs (``sign`` ``±``) take both
+        groups of an exponent in one run: the ``+`` taps to ``start[group + 1]``, then the ``-``
+        ones (a run's sum fits a signed byte whatever its taps' signs)."""
+        both = sign == "±"
+        kind = "ssum" if both else "add" if sign == "+" else "addsub"
         words = f"{g}" if tile[0] == 1 else f"{tile[0]}x{g // tile[0]}s{tile[1]}"
         name = f"sq_run_{kind}_{words}_{16 if off_t == 'uint16_t' else 32}"
         self.helpers.add(name)
+        last = f"{group} + {2 if both else 1}u"
+        mid = (f"""
+                    const unsigned mid = start[{group} + 1u] < j ? j : start[{group} + 1u] > end ? end : start[{group} + 1u];"""
+               if both else "")
         return f"""\
-                for (j = start[{group}]; j < start[{group} + 1u];) {{
-                    const unsigned end = start[{group} + 1u] - j > {k.narrow_run}u ? j + {k.narrow_run}u : start[{group} + 1u];
+                for (j = start[{group}]; j < start[{last}];) {{
+                    const unsigned end = start[{last}] - j > {k.narrow_run}u ? j + {k.narrow_run}u : start[{last}];{mid}
                     for (i = 0; i < nw; i += {g}u)
-                        {name}((const unsigned char *)base + 4u * i, list + j, list + end, acc2 + 2u * i);
+                        {name}((const unsigned char *)base + 4u * i, list + j, {"list + mid, " if both else ""}list + end, acc2 + 2u * i);
                     j = end;
                 }}"""
 
@@ -177,15 +186,15 @@ unsigned used = 0;
 }}""".split("\n"))
 
 
-# How a run's byte sums are kept (its inputs' signedness and the taps' sign): the instruction adding
-# a tap's word, and the widening of the run's word into a pair of 16-bit lane words (e: bytes 0 and
-# 2, o: bytes 1 and 3; signed runs carry their sign, unsigned ones are added or subtracted).
+# How a run's byte sums are kept, by its inputs' signedness: the instruction adding a tap's word, the
+# one subtracting it (signed inputs: a run takes both signs of an exponent's taps; unsigned inputs have
+# a run per sign), and the widening of the run's word into a pair of 16-bit lane words (e: bytes 0 and 2,
+# o: bytes 1 and 3; signed runs carry their sign, unsigned ones are added or subtracted).
 RUN_KINDS = {
-    "sadd8": ("sadd8 {w}, {w}, %[v]", ("sxtab16 %[e], %[e], {w}", "sxtab16 %[o], %[o], {w}, ror #8")),
-    "ssub8": ("ssub8 {w}, {w}, %[v]", ("sxtab16 %[e], %[e], {w}", "sxtab16 %[o], %[o], {w}, ror #8")),
-    "add": ("add {w}, {w}, %[v]", ("uxtab16 %[e], %[e], {w}", "uxtab16 %[o], %[o], {w}, ror #8")),
-    "addsub": ("add {w}, {w}, %[v]", ("uxtb16 %[v], {w}", "ssub16 %[e], %[e], %[v]",
-                                      "uxtb16 %[v], {w}, ror #8", "ssub16 %[o], %[o], %[v]")),
+    "ssum": ("sadd8", "ssub8", ("sxtab16 %[e], %[e], {w}", "sxtab16 %[o], %[o], {w}, ror #8")),
+    "add": ("add", None, ("uxtab16 %[e], %[e], {w}", "uxtab16 %[o], %[o], {w}, ror #8")),
+    "addsub": ("add", None, ("uxtb16 %[v], {w}", "ssub16 %[e], %[e], %[v]", "uxtb16 %[v], {w}, ror #8",
+                             "ssub16 %[o], %[o], %[v]")),
 }
 
 
@@ -332,42 +341,52 @@ def dsp_helper(name: str) -> str:
 
 def run_helper(name: str) -> str:
     """The text of helper ``sq_run_KIND_G_BITS`` (or ``sq_run_KIND_RxWsS_BITS``: ``R`` rows of
-    ``W`` words, ``S`` bytes apart): one run of taps over ``G`` words (4G positions) in
+    ``W`` words, ``S`` bytes apart): one run of taps over ``G`` words (4G positions) summed in
     registers, then widened into ``acc2`` (``G`` pairs of lane words). Assembly, so the 8 sums,
     the pointers and the loaded word stay in the core's 13 registers: per tap a load of its
-    offset, an add, and a load and a lane add per word."""
+    offset, an add, and a load and a lane add per word. The first added tap's words are loaded
+    as the sums (zeros where a signed run adds none). A signed run (``ssum``) adds its taps
+    ``[lp, mid)`` and subtracts ``[mid, le)``; ``le`` is read from memory between the two."""
     _, _, kind, words, bits = name.split("_")
     rows, wpr, step = (int(v) for v in words.replace("s", "x").split("x")) if "x" in words else (1, int(words), 0)
-    g, (add, widen) = rows * wpr, RUN_KINDS[kind]
+    g, (add, sub, widen) = rows * wpr, RUN_KINDS[kind]
     at = [q // wpr * step + 4 * (q % wpr) for q in range(g)]  # each word's byte offset from the tap's input
-    ws = [f"%[w{q}]" for q in range(g)]
     load = "ldrh %[v], [%[lp]], #2" if bits == "16" else "ldr %[v], [%[lp]], #4"
     offset_t = "uint16_t" if bits == "16" else "uint32_t"
-    body = [load, "add %[src], %[b], %[v]"]
-    for q, w in enumerate(ws):
-        body += [f"ldr %[v], [%[src], #{at[q]}]", add.format(w=w)]
-    if kind == "ssub8":  # the sums start at zero
-        first, init = [], " = 0"
-    else:  # the first tap's words are the sums (a run has at least one tap)
-        first = [load, "add %[src], %[b], %[v]"] + [f"ldr {w}, [%[src], #{at[q]}]" for q, w in enumerate(ws)]
-        first += ["cmp %[lp], %[le]", "bcs 2f"]
-        init = ""
-    loop = "\\n\\t".join(first + ["1:"] + body + ["cmp %[lp], %[le]", "bcc 1b", "2:"])
-    outs = ", ".join(f"[w{q}] \"{'+' if init else '=&'}r\"(w{q})" for q in range(g))
+
+    def tap(op: str | None) -> list[str]:  # op None: the words are the sums
+        body = [load, "add %[src], %[b], %[v]"]
+        for q in range(g):
+            body += [f"ldr %[w{q}], [%[src], #{at[q]}]"] if op is None else \
+                [f"ldr %[v], [%[src], #{at[q]}]", f"{op} %[w{q}], %[w{q}], %[v]"]
+        return body
+
+    first = ["cmp %[lp], %[stop]", "bcs 5f", *tap(None), "b 2f", "5:", *(f"mov %[w{q}], #0" for q in range(g)), "b 6f"] \
+        if sub else [*tap(None), "b 2f"]  # a run of one sign has at least one tap
+    code = [*first, "1:", *tap(add), "2:", "cmp %[lp], %[stop]", "bcc 1b", "6:"]
+    if sub:
+        code += ["ldr %[stop], %[le]", "cmp %[lp], %[stop]", "bcs 4f", "3:", *tap(sub), "cmp %[lp], %[stop]", "bcc 3b",
+                 "4:"]
+    text = "\\n\\t".join(code)
     widen_asm = "\\n\\t".join(x.format(w="%[w]") for x in widen)
     widens = "\n".join(f"""\
     e = acc2[{2 * q}]; o = acc2[{2 * q + 1}];
     __asm__("{widen_asm}" : [e] "+r"(e), [o] "+r"(o), [v] "=&r"(v) : [w] "r"(w{q}));
     acc2[{2 * q}] = e; acc2[{2 * q + 1}] = o;""" for q in range(g))
+    taps = "[lp, mid) added, [mid, le) subtracted" if sub else f"[lp, le) ({kind})"
+    mid = f"const {offset_t} *mid, " if sub else ""
     return f"""\
 #if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
-/* A run of taps [lp, le) ({kind}) over {4 * g} positions from b ({rows} rows of {wpr} words, {step} bytes apart), widened into acc2[0 .. {2 * g}). */
-static void {name}(const unsigned char *b, const {offset_t} *lp, const {offset_t} *le, uint32_t *acc2)
+/* A run of taps {taps} over {4 * g} positions from b ({rows} rows of {wpr} words, {step} bytes apart),
+   widened into acc2[0 .. {2 * g}). */
+static void {name}(const unsigned char *b, const {offset_t} *lp, {mid}const {offset_t} *le, uint32_t *acc2)
 {{
-    uint32_t {", ".join(f"w{q}{init}" for q in range(g))}, src, v, e, o;
-    __asm__("{loop}"
-            : {outs}, [lp] "+r"(lp), [src] "=&r"(src), [v] "=&r"(v)
-            : [b] "r"(b), [le] "r"(le) : "cc", "memory");
+    uint32_t {", ".join(f"w{q}" for q in range(g))}, src, v, e, o;
+    const {offset_t} *stop = {"mid" if sub else "le"};
+    __asm__("{text}"
+            : {", ".join(f'[w{q}] "=&r"(w{q})' for q in range(g))}, [lp] "+r"(lp), [stop] "+r"(stop), [src] "=&r"(src),
+              [v] "=&r"(v)
+            : [b] "r"(b){', [le] "m"(le)' if sub else ""} : "cc", "memory");
 {widens}
 }}
 #endif
