@@ -87,6 +87,7 @@ def test_resnet20_runs_on_a_cortex_m4_bit_for_bit(tmp_path, capsys):
     assert np.array_equal((result.logits * unit).astype(np.float32), ref)  # the PyTorch hard model
     assert len({tuple(row) for row in ints}) == len(images)  # a distinct output per image
     assert not _multiplies_in_shift_layers(build.elf.parent / "net.o")  # shift-adds on the Cortex-M4 too
+    assert "warning" not in build.warnings, build.warnings
     # The model's object holds every constant the lowering counted, its .bss the arena.
     assert build.flash_bytes >= program.flash_bytes and build.sections["bss"] >= program.arena_bytes
     summary = bundle_summary(str(rt.source), cortex_m=True)
@@ -138,6 +139,7 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (8, 3, 28, 28)).astype(np.uint8)
     program, build, result = _on_target(rt.source, images, tmp_path)
     assert np.array_equal(result.logits, rt.run_int(images)[0])
+    assert "warning" not in build.warnings, build.warnings  # -Wall: both forms' constants, one compiled
     source = (tmp_path / "mcu" / "net.c").read_text()
     for form in ("sq_run_ssum_", "sq_run_add_7_", "sq_run_addsub_7_", "sq_count_lanes(",
                  "sq_search_255(", "sq_count_pairs(", "_lut[", "_2x4s", "_4x2s", "the last block overlaps"):

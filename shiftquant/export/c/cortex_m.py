@@ -192,6 +192,7 @@ class Build:
     flash_bytes: int  # the model's .text + .rodata + .data
     ram_bytes: int  # the model's .data + .bss, plus its stack scratch
     sections: dict  # the model object's text / data / bss as arm-none-eabi-size reports them
+    warnings: str = ""  # what the compiler said about the model's C (-Wall)
 
 
 def tools_missing() -> list[str]:
@@ -204,13 +205,16 @@ def build(outdir, name: str = "model", stack_bytes: int = 0) -> Build:
         raise CompilerNotFoundError(f"{CC} not found: install the Arm GNU toolchain (Debian: gcc-arm-none-eabi "
                                     "libnewlib-arm-none-eabi)")
     out = Path(outdir)
+    said = []
     for args in ([CC, *CFLAGS, "-c", f"{name}.c", "-o", f"{name}.o"],
                  [CC, *CFLAGS, "startup.c", "main.c", f"{name}.o", *LDFLAGS, "-o", f"{name}.elf"]):
         done = subprocess.run(args, cwd=out, capture_output=True, text=True)
         if done.returncode != 0:
             raise CodegenError(f"{' '.join(args[:2])}... failed:\n{done.stderr[-2000:]}")
+        said.append(done.stderr)
     text, data, bss = _size(out / f"{name}.o")
-    return Build(out / f"{name}.elf", text + data, data + bss + stack_bytes, {"text": text, "data": data, "bss": bss})
+    return Build(out / f"{name}.elf", text + data, data + bss + stack_bytes, {"text": text, "data": data, "bss": bss},
+                 said[0])
 
 
 def measure(bundle) -> Build:

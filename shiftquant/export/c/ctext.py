@@ -20,7 +20,7 @@ def array(ctype: str, name: str, values, per_line: int = 24) -> str:
         vals = ["0"]
     lines = [", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
     body = ",\n    ".join(lines)
-    return f"static const {ctype} {name}[{len(vals)}] = {{\n    {body}\n}};\n"
+    return f"static const {ctype} {name}[{len(vals)}] SQ_ONE_FORM = {{\n    {body}\n}};\n"
 
 
 def smallest(values, signed: bool = True) -> str:

@@ -70,6 +70,13 @@ _PRELUDE = """\
 #else
 #define SQ_SWAR 0
 #endif
+/* Constants and pointers that only one of a kernel's two forms reads, the DSP-extension one or the
+   portable one: on cores with the extension the other is not compiled. */
+#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__)
+#define SQ_ONE_FORM __attribute__((unused))
+#else
+#define SQ_ONE_FORM
+#endif
 """ + MACROS
 
 

@@ -49,7 +49,7 @@ class SplitPrinter:
         const unsigned i0 = {nm}_from[p], i1 = {nm}_to[p];
         const int x0 = {nm}_px[p] - {s * b};  /* column i reads x = {s} i + x0 */
 #endif
-        {f"const {cmp} *thr = {nm}_thr;" if th is not None else ""}
+        {f"const {cmp} *thr SQ_ONE_FORM = {nm}_thr;" if th is not None else ""}
         for (c = 0; c < {c}u; c++, ip += {a.plane}u, out += {out.plane}u) {{
             for (u = 0; u < {rows}; u++) {{
                 const int y = {s} * (u - {b}) + {nm}_py[p];

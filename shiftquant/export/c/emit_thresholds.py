@@ -185,7 +185,7 @@ unsigned k0 = 0, k1 = 0;
 {self.signature(k)}
 {{
     unsigned c, seg, p, i, k;
-    const {cmp} *thr = {nm}_thr;
+    const {cmp} *thr SQ_ONE_FORM = {nm}_thr;
     for (c = 0; c < {c}u; c++, a += {a.plane}u, out += {out.plane}u) {{
         const {a.ctype} *ip = a + {first_in}u;
         {out.ctype} *ob = out;
