@@ -105,7 +105,8 @@ def test_a_vit_runs_on_a_cortex_m4_bit_for_bit(tmp_path):
     model, rt, path, images = exported("timm vit_tiny_patch16_224", tmp_path, images=4)
     with torch.no_grad():
         ref = model(PIXELS.to_float(images)).numpy()
-    _, _, result = _on_target(path, images, tmp_path, "vit")
+    _, build, result = _on_target(path, images, tmp_path, "vit")
+    assert "warning" not in build.warnings, build.warnings
     ints, unit = rt.run_int(images)
     assert np.array_equal(result.logits, ints)
     assert np.array_equal((result.logits * unit).astype(np.float32), ref)
