@@ -154,7 +154,7 @@ def test_a_crafted_bundle_runs_on_a_cortex_m4_as_the_reference_runs_it(tmp_path)
     """A bundle nobody trained: the residual grid's 255 thresholds of three layers replaced by
     ascending tables the loader accepts but no export writes (every one at the int32 maximum or
     minimum, random ones across the proven range and far beyond it, one jump from the lowest to
-    the highest; stored as int64). The binary search of the Cortex-M4's shift layers and the host
+    the highest; stored as int64). The bucketed count of the Cortex-M4's shift layers and the host
     C give the reference runtime's logits bit for bit, and the logits did change."""
     from shiftquant.export.format.bundle import read_bundle, write_bundle
 

@@ -205,16 +205,16 @@ def build(outdir, name: str = "model", stack_bytes: int = 0) -> Build:
         raise CompilerNotFoundError(f"{CC} not found: install the Arm GNU toolchain (Debian: gcc-arm-none-eabi "
                                     "libnewlib-arm-none-eabi)")
     out = Path(outdir)
-    said = []
+    said = {}  # the compiler's messages, per output
     for args in ([CC, *CFLAGS, "-c", f"{name}.c", "-o", f"{name}.o"],
                  [CC, *CFLAGS, "startup.c", "main.c", f"{name}.o", *LDFLAGS, "-o", f"{name}.elf"]):
         done = subprocess.run(args, cwd=out, capture_output=True, text=True)
         if done.returncode != 0:
             raise CodegenError(f"{' '.join(args[:2])}... failed:\n{done.stderr[-2000:]}")
-        said.append(done.stderr)
+        said[args[-1]] = done.stderr
     text, data, bss = _size(out / f"{name}.o")
     return Build(out / f"{name}.elf", text + data, data + bss + stack_bytes, {"text": text, "data": data, "bss": bss},
-                 said[0])
+                 said[f"{name}.o"])
 
 
 def measure(bundle) -> Build:
