@@ -12,6 +12,13 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): a worker per core, at most four. Each worker imports
+    torch and builds models of its own; four bound the memory a many-core machine would use."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
