@@ -11,6 +11,7 @@ import torch
 import shiftquant as sq
 from shiftquant.export.c import CodegenError, CompilerNotFoundError, CRuntime
 from shiftquant.export.c import backend as c_backend
+from shiftquant.export.c.emit import emit
 from tests.export.models import build, pixel_batches, quantized_pixels
 from tests.export.test_parity import hard_and_runtime
 
@@ -93,12 +94,13 @@ def test_strict_c99_without_multiplies_in_the_shift_kernels(resnet20, weights, l
 
 def assert_no_multiply_in_shift_kernels(rt, tmp_path, flags):
     """objdump of ``tmp_path/net.c`` compiled with ``flags``: one function per shift layer, and no
-    multiply instruction in any of them."""
+    multiply instruction in any of them or in the helpers they call for their weights."""
     shift_layers = sum(1 for n in rt.nodes if n["op"].startswith("shift_"))
     functions = kernels_of(compile_object(tmp_path, "net", flags))
     kernels = {f: ops for f, ops in functions.items() if "_shift_" in f}
     assert len({f.split(".")[0] for f in kernels}) == shift_layers, sorted(kernels)
-    found = {f: sorted({op for op in ops if MULTIPLY.match(op)}) for f, ops in kernels.items()}
+    helpers = {f: ops for f, ops in functions.items() if f.startswith(("sq_group_codes_", "sq_code_sums_"))}
+    found = {f: sorted({op for op in ops if MULTIPLY.match(op)}) for f, ops in {**kernels, **helpers}.items()}
     assert not any(found.values()), (flags, {f: ops for f, ops in found.items() if ops})
 
 
@@ -142,8 +144,35 @@ def test_c_equals_reference_and_pytorch_exactly(name, bits, acts, tmp_path):
     model, batches, px, rt = hard_and_runtime(name, 1, bits, acts, tmp_path)
     forms = [("packed", "shared"), ("packed", "minimal")] + ([] if name == "resnet20" else [("tables", "shared")])
     for weights, borders in forms:
-        assert_three_way(model, batches, px, rt, f"{name} s{bits} {'WA' if acts else 'W'} {weights} {borders}",
-                         weights, borders)
+        native = assert_three_way(model, batches, px, rt, f"{name} s{bits} {'WA' if acts else 'W'} {weights} {borders}",
+                                  weights, borders)
+        if name == "mlp" and weights == "packed":  # one position a channel: its taps summed by code
+            assert "sq_code_sums_" in emit(native.program)[1]
+
+
+@pytest.mark.parametrize("weights", ["packed", "tables"])
+def test_one_position_layers_with_kernel_windows_three_ways(weights, tmp_path):
+    """Layers with one output position per channel whose taps are a kernel window, not one per
+    input channel: a 3x3 convolution of a 3x3 map (its window repeats per input channel) and a
+    depthwise 3x3 convolution of a 1x1 map (padded: one input channel, its window read as taps).
+    Packed weights sum their taps by code (``sq_code_sums_*_16``); C == reference == PyTorch."""
+    from torch import nn
+
+    from tests.export.models import deploy_exported
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3),
+                          nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(16, 10)).eval()
+    px = sq.PixelInput((0.5,), (0.25,), 255)
+    rt, pixels, ref = deploy_exported(model, (8, 1, 9, 9), px, tmp_path / "m.sqb")
+    native = CRuntime(rt, weights=weights)
+    assert rt.manifest["integer_only"], rt.float_ops
+    assert np.array_equal(native.run(pixels), ref) and np.array_equal(rt.run(pixels), ref)
+    assert np.array_equal(native.run_int(pixels)[0], rt.run_int(pixels)[0])
+    windows = re.findall(r"sq_code_sums_\w+_16\(", emit(native.program)[1])
+    assert len(windows) == (3 if weights == "packed" else 0), windows  # one helper, called by both layers
 
 
 def test_resnet20_and_resnet18_three_ways(resnet20, tmp_path):

@@ -132,7 +132,7 @@ def _resnet8_with_negated_channels(path, size: int = 32):
 def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
     """A ResNet-8 whose BatchNorm flips some channels' sign (decreasing requantizations): on the
     Cortex-M4 its shift layers sum byte lanes (signed and unsigned inputs), count few thresholds
-    in lanes and search the residual grid's many, blocks are tiles of whole-word rows (a 28-wide row
+    in lanes and search the residual grid's many (from buckets; by bisection on the 7x7 maps), blocks are tiles of whole-word rows (a 28-wide row
     in 7 words, 2 rows of 14, 4 rows of 7, the last tile of a 7-row map overlapping the one before), the input
     stages go through level tables and lane pairs: all of it bit for bit with the reference, and
     no multiply or divide in a shift layer or the helpers it calls."""
@@ -143,7 +143,8 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
     assert "warning" not in build.warnings, build.warnings  # -Wall: both forms' constants, one compiled
     source = (tmp_path / "mcu" / "net.c").read_text()
     for form in ("sq_run_ssum_", "sq_run_add_7_", "sq_run_addsub_7_", "sq_count_lanes(",
-                 "sq_search_255(", "sq_count_pairs(", "_lut[", "_2x4s", "_4x2s", "the last block overlaps"):
+                 "sq_search_255(", "sq_bsearch_255(", "sq_count_pairs(", "_lut[", "_2x4s", "_4x2s",
+                 "the last block overlaps"):
         assert form in source, form
     dsp = [k for k in program.kernels if getattr(k, "dsp_form", False) and k.requant is not None]
     assert any(any(k.requant.negate) for k in dsp)

@@ -1,5 +1,5 @@
-"""The Cortex-M output stage for many thresholds (``sq_search_COUNT`` with its buckets) counts
-``#(thr[k] <= v)`` exactly for any ascending table a bundle may carry: compiled from the emitted
+"""The Cortex-M output stages for many thresholds (``sq_search_COUNT`` with its buckets, and
+``sq_bsearch_255``'s binary search for channels of few positions) count ``#(thr[k] <= v)`` exactly for any ascending table a bundle may carry: compiled from the emitted
 text for this host (the helpers are plain C) and run on tables no export writes (all equal at
 either end of int16, one jump, clusters, a line, random ones) and on values across int16, both
 as they are and negated."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shiftquant.export.c.emit import _PRELUDE
-from shiftquant.export.c.emit_dsp import search_helper
+from shiftquant.export.c.emit_dsp import BSEARCH_255_HELPER, search_helper
 from shiftquant.export.c.program import SEARCH_BUCKETS
 from tests.export.test_codegen import STRICT
 
@@ -47,7 +47,7 @@ def test_the_bucketed_search_counts_every_ascending_table_exactly(tmp_path):
                         [-32768, 32767, 0, thr[0], thr[-1], thr[-1] - 1, thr[COUNT // 2], -thr[COUNT // 2]]]
             acc = ((acc + 32768) % 65536) - 32768
             v = -acc if negate else acc
-            want.append(-128 + (thr[None, :] <= v[:, None]).sum(1))
+            want += [-128 + (thr[None, :] <= v[:, None]).sum(1)] * 2  # the bucketed count, the binary search
             words = ", ".join(f"{w}u" for w in _lanes(acc))
             cases.append(f"""\
     {{
@@ -59,10 +59,13 @@ def test_the_bucketed_search_counts_every_ascending_table_exactly(tmp_path):
         sq_search_{COUNT}(acc2, {POSITIONS}u, thr, buckets, shift, {"0xFFFFFFFFu" if negate else "0u"}, -128, out);
         for (i = 0; i < {POSITIONS}u; i++) printf("%d ", (int)(signed char)out[i]);
         printf("\\n");
+        sq_bsearch_{COUNT}(acc2, {POSITIONS}u, thr, {"0xFFFFFFFFu" if negate else "0u"}, -128, out);
+        for (i = 0; i < {POSITIONS}u; i++) printf("%d ", (int)(signed char)out[i]);
+        printf("\\n");
     }}""")
     s16 = re.search(r"^#define SQ_S16.*$", _PRELUDE, re.M).group(0)
     text = ("#include <stdint.h>\n#include <stdio.h>\n#define SQ_SWAR 1\n#define __ARM_FEATURE_SIMD32 1\n"
-            f"{s16}\n{search_helper(f'sq_search_{COUNT}')}\nint main(void)\n{{\n" + "\n".join(cases)
+            f"{s16}\n{search_helper(f'sq_search_{COUNT}')}\n{BSEARCH_255_HELPER}\nint main(void)\n{{\n" + "\n".join(cases)
             + "\n    return 0;\n}\n")
     (tmp_path / "search.c").write_text(text)
     subprocess.run([shutil.which("cc"), *STRICT, "-O2", "search.c", "-o", "search"], cwd=tmp_path, check=True)

@@ -24,6 +24,7 @@ from ..format.pixels import describe_input
 from .ctext import array, generated_text
 from .emit_dsp import DspPrinter, dsp_helper
 from .emit_shift import ShiftLayerPrinter, group_codes_helper
+from .emit_single import OnePositionPrinter, code_sums_helper
 from .emit_split import SplitPrinter
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
@@ -153,7 +154,7 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 """
 
 
-class _Source(ShiftLayerPrinter, DspPrinter, SplitPrinter, ThresholdPrinter, TokenPrinter):
+class _Source(ShiftLayerPrinter, OnePositionPrinter, DspPrinter, SplitPrinter, ThresholdPrinter, TokenPrinter):
     def __init__(self, p: Program):
         self.p = p
         self.parts: list[str] = []
@@ -186,6 +187,8 @@ class _Source(ShiftLayerPrinter, DspPrinter, SplitPrinter, ThresholdPrinter, Tok
             return HELPERS[name]
         if name.startswith("sq_group_codes_"):
             return group_codes_helper(name)
+        if name.startswith("sq_code_sums_"):
+            return code_sums_helper(name)
         if name.startswith("sq_"):
             return dsp_helper(name)
         assert name == "clear_border"

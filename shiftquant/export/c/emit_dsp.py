@@ -13,7 +13,7 @@ leave as one word. The code is the same arithmetic as the portable block, lane f
 from __future__ import annotations
 
 from .ctext import Width
-from .program import COUNT_LANES, DSP_WORDS as WORDS, SEARCH_BUCKETS as BUCKETS, ShiftLayer
+from .program import BUCKETS_FROM, COUNT_LANES, DSP_WORDS as WORDS, SEARCH_BUCKETS as BUCKETS, ShiftLayer
 
 # Horner's doubling of the words in use, lane by lane.
 DOUBLE = "sq_double_lanes(acc2, acc2 + 2u * nw, {times});"
@@ -120,14 +120,17 @@ class DspPrinter:
     def dsp_stage(self, k: ShiftLayer) -> str | None:
         """How the output stage runs on the lanes: ``"count"`` (few thresholds, counted two lanes
         at a time), ``"search"`` (many ascending thresholds a level apart, counted
-        from each value's bucket on), or None (the portable stage on the unpacked accumulators). Both need
-        byte levels and int16 thresholds and steps."""
+        from each value's bucket on; ``"bsearch"``: 255 of them binary-searched, where a channel
+        has fewer than :data:`.program.BUCKETS_FROM` positions), or None (the portable stage on the
+        unpacked accumulators). All need byte levels and int16 thresholds and steps."""
         th, out = k.requant, k.output
         if th is None or out.itemsize != 1 or not all(-32768 <= v <= 32767 for v in list(th.levels) + list(th.steps)):
             return None
         if th.count <= COUNT_LANES:
             return "count"
-        return "search" if th.ascending and set(th.steps) == {1} else None
+        if not (th.ascending and set(th.steps) == {1}):
+            return None
+        return "bsearch" if th.count == 255 and k.segments[0] * k.segments[1] < BUCKETS_FROM else "search"
 
     def dsp_prologue(self, k: ShiftLayer, w: Width) -> str:
         """Per output channel, before its blocks: the thresholds the lane stage compares. Those
@@ -139,7 +142,10 @@ class DspPrinter:
             return ""
         th, nm = k.requant, k.name
         source = "thr_c" if self.delta_packed(k) else f"{nm}_thr + {nm}_ch_thr[co]"
-        if how == "search":
+        if how == "bsearch":
+            code = f"        const {w.sacc} *const thr_l = {source};"
+            self.helpers.add(f"sq_bsearch_{th.count}")
+        elif how == "search":
             code = (f"        const {w.sacc} *const thr_l = {source};\n"
                     f"        unsigned char buckets[{BUCKETS}];  /* where a value's count of thresholds starts */\n"
                     f"        const unsigned shift = sq_buckets_{th.count}(thr_l, buckets);")
@@ -154,6 +160,9 @@ class DspPrinter:
         value's bucket (:func:`search_helper`)."""
         th = k.requant
         m = f"(uint32_t)({self.sign_mask(k)})" if any(th.negate) else "0u"
+        if how == "bsearch":
+            self.helpers.add(f"sq_bsearch_{th.count}")
+            return f"            sq_bsearch_{th.count}(acc2, n, thr_l, {m}, {th.levels[0]}, (unsigned char *)({dst}));"
         if how == "search":
             self.helpers.add(f"sq_search_{th.count}")
             return (f"            sq_search_{th.count}(acc2, n, thr_l, buckets, shift, {m}, {th.levels[0]}, "
@@ -285,6 +294,35 @@ static void sq_search_{count}(const uint32_t *acc2, unsigned n, const int16_t *t
 """
 
 
+BSEARCH_255_HELPER = """\
+#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
+/* op[q] = l0 + #(thr[k] <= v) for the n lanes of acc2 (as sq_search_255), by a binary search of the
+   255 ascending thresholds: eight compares a value, nothing to build per channel. */
+__attribute__((always_inline)) static inline int32_t sq_bcount_255(int32_t v, const int16_t *thr)
+{
+    unsigned at = 0, half;
+    for (half = 128u; half; half >>= 1)  /* at + half <= 255: every read is in the row */
+        if (thr[at + half - 1u] <= v) at += half;
+    return (int32_t)at;
+}
+
+static void sq_bsearch_255(const uint32_t *acc2, unsigned n, const int16_t *thr, uint32_t m, int32_t l0,
+                           unsigned char *op)
+{
+    const int32_t neg = (int32_t)(m & 1u);
+    unsigned q;
+    for (q = 0; q < n; q += 4u, acc2 += 2) {
+        const uint32_t e = acc2[0] ^ m, o = acc2[1] ^ m;
+        op[q] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(e & 0xFFFFu) + neg, thr));
+        if (q + 1u < n) op[q + 1u] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(o & 0xFFFFu) + neg, thr));
+        if (q + 2u < n) op[q + 2u] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(e >> 16) + neg, thr));
+        if (q + 3u < n) op[q + 3u] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(o >> 16) + neg, thr));
+    }
+}
+#endif
+"""
+
+
 DOUBLE_LANES_HELPER = """\
 #if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
 /* Horner's shift of the 16-bit lanes of [acc2, end) (an even count of words): doubled `times` times,
@@ -334,6 +372,8 @@ def dsp_helper(name: str) -> str:
     :func:`search_helper` or a :func:`run_helper`)."""
     if name.startswith("sq_search_"):
         return search_helper(name)
+    if name.startswith("sq_bsearch_"):
+        return BSEARCH_255_HELPER
     known = {"sq_count_lanes": COUNT_LANES_HELPER, "sq_count_pairs": COUNT_PAIRS_HELPER,
              "sq_double_lanes": DOUBLE_LANES_HELPER}
     return known.get(name) or run_helper(name)

@@ -4,6 +4,8 @@ threshold code itself: :mod:`.emit_thresholds`)."""
 from __future__ import annotations
 
 from .ctext import Width, array, smallest
+from .emit_single import walk_stage, walks
+from .emit_thresholds import decode_thresholds, delta_arrays
 from .program import ShiftLayer
 
 # A shift layer's per-channel bases (``NAME_ch_out`` ...), each array in its narrowest type.
@@ -23,18 +25,24 @@ class ShiftLayerPrinter:
         consts = [f"/* {k.label}: {k.cin_g * k.groups} -> {k.cout} channels, kernel {k.kernel[0]}x{k.kernel[1]}, "
                   f"stride {k.stride}, padding {k.padding}, groups {k.groups}; weights 0 or ±2^t, t in "
                   f"{k.exponents}; |accumulator| <= {k.bound} ({k.acc_bits} bits) */\n"]
-        if packed:
+        single = self.one_position(k)
+        if single:
+            consts += self.position_consts(k, off_t)
+        elif packed:
             consts += [array("uint8_t", f"{nm}_codes", k.codes), array("uint8_t", f"{nm}_group", k.group_of_code()),
                        array(off_t, f"{nm}_tap", k.stored_taps())]
         else:
             offsets, starts = k.grouped_taps()
             consts += [array(off_t, f"{nm}_list", offsets), array("uint32_t", f"{nm}_start", starts)]
-        if self.exponent_loop(k):
+        if self.exponent_loop(k) and not single:
             exps = k.exponents
             consts.append(array("uint8_t", f"{nm}_gap", [0] + [a - b for a, b in zip(exps, exps[1:])]))
         stage_consts, stage, rows = self.output_stage(k, w)
+        decode = decode_thresholds(nm, k.requant.deltas, w.sacc) if self.delta_packed(k) else ""
+        if single and walks(k, self.delta_packed(k)):  # one value: walk the thresholds' line, decode none
+            stage_consts, stage, decode = self.signs(k) + delta_arrays(nm, k.requant.deltas), walk_stage(
+                k, w, self.sign_mask(k)), ""
         consts.append(stage_consts)
-        decode = self.decode_thresholds(k, w) if self.delta_packed(k) else ""
         # Per output channel: its output plane, its group's first input plane, where its weights
         # start (code bit or table row) and where its thresholds start.
         cout_g = k.cout // k.groups
@@ -47,22 +55,26 @@ class ShiftLayerPrinter:
                 consts.append(array(smallest(values, signed=False), f"{nm}_ch_{column}", values))
             else:
                 zero.append(f"{nm}_ch_{column}[co]")
+        if single:
+            weights, body, names = "", self.position_sums(k, w, off_t, stage), "i"
+        else:
+            weights, body, names = self.weights_block(k, off_t), self.segments(k, w, off_t, stage), "seg, i, j, e"
         text = "".join(consts) + f"""
 {self.signature(k)}
 {{
     int co;
     SQ_PARALLEL_FOR
     for (co = 0; co < {k.cout}; co++) {{
-{self.weights_block(k, off_t)}
+{weights}
 {decode}
 {self.dsp_prologue(k, w)}
         const {a.ctype} *ip = a + {nm}_ch_in[co] + {in0}u;
         {out.ctype} *ob = out + {nm}_ch_out[co];
         {out.ctype} *op = ob + {out0}u;
-        unsigned seg, i, j, e;
-{self.segments(k, w, off_t, stage)}
+        unsigned {names};
+{body}
         {self.clear_border(out)}
-        (void)ob; (void)e;
+        (void)ob;{"" if names == "i" else " (void)e;"}
     }}
 }}
 """
@@ -161,16 +173,8 @@ class ShiftLayerPrinter:
         count_consts, code = self.count(th, w.sacc, nm, None if packed else f"{nm}_thr", "v", "r", f"{ch}u", "thr",
                                         pairs)
         if packed:
-            d = th.deltas
-            index_t = "uint8_t" if d.index_bytes == 1 else "uint16_t"
-            consts += (array(smallest(d.first), f"{nm}_first", d.first) + array(smallest(d.step), f"{nm}_dstep", d.step)
-                       + array(index_t, f"{nm}_dstart", d.start) + array(index_t, f"{nm}_dend", d.end))
-            if d.den is None:
-                consts += array("uint8_t", f"{nm}_excess", d.packed)
-            else:
-                consts += "".join(array(smallest(v, signed=False), f"{nm}_{part}", v)
-                                  for part, v in (("frac", d.frac), ("den", d.den), ("rem", d.rem)))
-            rows = [int(b) for b in d.row_bits]
+            consts += delta_arrays(nm, th.deltas)
+            rows = [int(b) for b in th.deltas.row_bits]
         else:
             rows = [co * th.count for co in range(k.cout)]
         source = "thr_c" if packed else f"{nm}_thr + {nm}_ch_thr[co]"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .ctext import array, smallest
 from .emit_dsp import lane_thresholds
-from .program import CHUNK, COUNT_LANES, Map, ShiftLayer, Thresholds
+from .program import CHUNK, COUNT_LANES, DeltaPack, Map, ShiftLayer, Thresholds, packed_in_range
 
 # Scalar cores map inputs of fewer values than this through a table of their levels (one byte each).
 LUT_SPAN = 257
@@ -126,39 +126,6 @@ unsigned k0 = 0, k1 = 0;
         return self.p.weights == "packed" and k.requant is not None and k.requant.deltas is not None
 
     @staticmethod
-    def decode_thresholds(k: ShiftLayer, w) -> str:
-        """This channel's thresholds from their first value and their steps (:class:`.program.DeltaPack`:
-        a line's, or the smallest step plus packed excesses), clamped as the table would be."""
-        nm, d, count = k.name, k.requant.deltas, k.requant.count
-        if d.den is not None:
-            what = "on a line: t += step, and one more each time the remainder reaches den"
-            state = (f"uint32_t rem = {nm}_rem[co];\n            const uint32_t frac = {nm}_frac[co], "
-                     f"den = {nm}_den[co];")
-            advance = "t += step;\n                    rem += frac;\n                    if (rem >= den) { rem -= den; t++; }"
-        else:
-            what = f"delta-packed: {d.bits} bits per step beyond the smallest"
-            state = f"uint32_t bit = {nm}_ch_thr[co];\n            (void)bit;"
-            excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
-                      f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
-            advance = f"t += step{excess};\n                    bit += {d.bits}u;"
-        return f"""        {w.sacc} thr_c[{count}];
-        {{   /* this channel's thresholds, {what};
-                those before start are {d.head}, those from end on {d.tail} */
-            int32_t t = {nm}_first[co];
-            const int32_t step = {nm}_dstep[co];
-            const unsigned first = {nm}_dstart[co], end = {nm}_dend[co];
-            {state}
-            unsigned kk;
-            for (kk = 0; kk < {count}u; kk++) {{
-                if (kk > first && kk < end) {{
-                    {advance}
-                }}
-                const int32_t v = kk < first ? {d.head} : kk >= end ? {d.tail} : t;
-                thr_c[kk] = ({w.sacc})(v < {d.lo} ? {d.lo} : v > {d.hi} ? {d.hi} : v);
-            }}
-        }}"""
-
-    @staticmethod
     def compare_type(a) -> str:
         """The C type input ``a``'s values are compared with thresholds in (thresholds clamp to
         one past its largest value)."""
@@ -206,3 +173,53 @@ unsigned k0 = 0, k1 = 0;
     }}
 }}
 """
+
+
+def decode_thresholds(nm: str, d: DeltaPack, sacc: str) -> str:
+    """This channel's thresholds from their first value and their steps (:class:`.program.DeltaPack`:
+    a line's, or the smallest step plus packed excesses), clamped as the table would be: the
+    ``start`` head values, the packed ones (a step and a store each; clamped only where one
+    leaves the table's range), the tail values."""
+    count = d.count
+    if d.den is not None:
+        what = "on a line: t += step, and one more each time the remainder reaches den"
+        state = (f"uint32_t rem = {nm}_rem[co];\n            const uint32_t frac = {nm}_frac[co], "
+                 f"den = {nm}_den[co];")
+        advance = "t += step;\n                    rem += frac;\n                    if (rem >= den) { rem -= den; t++; }"
+    else:
+        what = f"delta-packed: {d.bits} bits per step beyond the smallest"
+        state = f"uint32_t bit = {nm}_ch_thr[co];\n            (void)bit;"
+        excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
+                  f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
+        advance = f"t += step{excess};\n                    bit += {d.bits}u;"
+    clamp = lambda v: min(max(v, d.lo), d.hi)
+    value = "t" if packed_in_range(d) else f"t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t"
+    return f"""        {sacc} thr_c[{count}];
+        {{   /* this channel's thresholds, {what};
+                those before start are {clamp(d.head)}, those from end on {clamp(d.tail)} */
+            int32_t t = {nm}_first[co];
+            const int32_t step = {nm}_dstep[co];
+            const unsigned first = {nm}_dstart[co], end = {nm}_dend[co] < {count}u ? {nm}_dend[co] : {count}u;
+            {state}
+            unsigned kk;
+            for (kk = 0; kk < first && kk < end; kk++) thr_c[kk] = {clamp(d.head)};
+            if (kk < end) {{  /* no step past the last: it could leave int32 */
+                thr_c[kk] = ({sacc})({value});
+                for (kk++; kk < end; kk++) {{
+                    {advance}
+                    thr_c[kk] = ({sacc})({value});
+                }}
+            }}
+            for (; kk < {count}u; kk++) thr_c[kk] = {clamp(d.tail)};
+        }}"""
+
+
+def delta_arrays(nm: str, d: DeltaPack) -> str:
+    """The constants :func:`decode_thresholds` reads (besides ``NAME_ch_thr``, the excesses' first bit per channel)."""
+    index_t = "uint8_t" if d.index_bytes == 1 else "uint16_t"
+    text = (array(smallest(d.first), f"{nm}_first", d.first) + array(smallest(d.step), f"{nm}_dstep", d.step)
+            + array(index_t, f"{nm}_dstart", d.start) + array(index_t, f"{nm}_dend", d.end))
+    if d.den is None:
+        return text + array("uint8_t", f"{nm}_excess", d.packed)
+    return text + "".join(array(smallest(v, signed=False), f"{nm}_{part}", v)
+                          for part, v in (("frac", d.frac), ("den", d.den), ("rem", d.rem)))

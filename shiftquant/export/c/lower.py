@@ -408,7 +408,7 @@ def _packed_thresholds(raw: np.ndarray, bound: int, weights: str):
 
 def _stack_bytes(k: Kernel, weights: str) -> int:
     """Scratch a kernel keeps on the stack (an upper bound): a shift layer's decoded tap lists and
-    group starts and its delta-packed thresholds (packed weights), and its vector blocks
+    group starts or its sums per code, its delta-packed thresholds (packed weights), and its vector blocks
     (accumulators, byte sums, output stage); in the DSP form also a block's lane words, its
     levels, the lane thresholds and the helpers' saved registers (:mod:`.emit_dsp`)."""
     if not isinstance(k, ShiftLayer):
@@ -416,4 +416,6 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
     dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
-    return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp
+    # one position per channel, packed: a 32-bit sum per code (:mod:`.emit_single`)
+    sums = 4 << k.code_bits if weights == "packed" and k.segments[0] * k.segments[1] == 1 else 0
+    return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp + sums

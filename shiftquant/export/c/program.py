@@ -24,6 +24,10 @@ DSP_WORDS = 8
 COUNT_LANES = 16
 # Buckets a channel's many thresholds are cut into for the DSP search (bytes of stack).
 SEARCH_BUCKETS = 128
+# Below this many positions per channel, the DSP form binary-searches the residual grid's 255
+# thresholds instead: building a channel's buckets (about 3.1 k instructions) costs more than they
+# save over its few values (measured on a Cortex-M4: buckets still pay at 64 positions).
+BUCKETS_FROM = 64
 WINDOW = 24  # beyond this many thresholds, a block counts only those between its extremes
 LOOKUP_SPAN = 4096  # tables mode: many levels become a lookup table over at most this many values
 
@@ -242,6 +246,21 @@ def fit_line(u: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def unpack_deltas(p: DeltaPack) -> np.ndarray:
     """The clamped (C, K) table a :class:`DeltaPack` stands for: what the C decodes."""
+    return np.clip(decoded_deltas(p), p.lo, p.hi)
+
+
+def packed_in_range(p: DeltaPack) -> bool:
+    """Whether every packed threshold (those from ``start`` to ``end``) decodes within ``[lo, hi]``
+    already, so that the C need not clamp them."""
+    table = decoded_deltas(p)
+    inside = (table >= p.lo) & (table <= p.hi)
+    k = np.arange(p.count)
+    packed = (k >= p.start[:, None]) & (k < p.end[:, None])
+    return bool(inside[packed].all())
+
+
+def decoded_deltas(p: DeltaPack) -> np.ndarray:
+    """The (C, K) table of a :class:`DeltaPack` before clamping."""
     from ..format.bundle import unpack_codes
 
     c, k = p.first.size, p.count
@@ -260,7 +279,7 @@ def unpack_deltas(p: DeltaPack) -> np.ndarray:
         at += max(e - s - 1, 0)
         table[i, :s], table[i, e:] = p.head, p.tail
         table[i, s:e] = int(p.first[i]) + np.concatenate([[0], np.cumsum(steps)])[:e - s]
-    return np.clip(table, p.lo, p.hi)
+    return table
 
 
 @dataclass
