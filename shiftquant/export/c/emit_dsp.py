@@ -300,9 +300,14 @@ BSEARCH_255_HELPER = """\
    255 ascending thresholds: eight compares a value, nothing to build per channel. */
 __attribute__((always_inline)) static inline int32_t sq_bcount_255(int32_t v, const int16_t *thr)
 {
-    unsigned at = 0, half;
-    for (half = 128u; half; half >>= 1)  /* at + half <= 255: every read is in the row */
-        if (thr[at + half - 1u] <= v) at += half;
+    unsigned at = thr[127] <= v ? 128u : 0u;  /* at + half <= 255: every read is in the row */
+    at += thr[at + 63u] <= v ? 64u : 0u;
+    at += thr[at + 31u] <= v ? 32u : 0u;
+    at += thr[at + 15u] <= v ? 16u : 0u;
+    at += thr[at + 7u] <= v ? 8u : 0u;
+    at += thr[at + 3u] <= v ? 4u : 0u;
+    at += thr[at + 1u] <= v ? 2u : 0u;
+    at += thr[at] <= v ? 1u : 0u;
     return (int32_t)at;
 }
 

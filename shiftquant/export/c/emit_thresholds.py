@@ -178,37 +178,35 @@ unsigned k0 = 0, k1 = 0;
 def decode_thresholds(nm: str, d: DeltaPack, sacc: str) -> str:
     """This channel's thresholds from their first value and their steps (:class:`.program.DeltaPack`:
     a line's, or the smallest step plus packed excesses), clamped as the table would be: the
-    ``start`` head values, the packed ones (a step and a store each; clamped only where one
-    leaves the table's range), the tail values."""
+    ``start`` head values, the packed ones (a store and a step each, in unsigned arithmetic:
+    the step past the last may leave int32; clamped only where one leaves the table's range),
+    the tail values."""
     count = d.count
     if d.den is not None:
         what = "on a line: t += step, and one more each time the remainder reaches den"
         state = (f"uint32_t rem = {nm}_rem[co];\n            const uint32_t frac = {nm}_frac[co], "
                  f"den = {nm}_den[co];")
-        advance = "t += step;\n                    rem += frac;\n                    if (rem >= den) { rem -= den; t++; }"
+        advance = "t += step;\n                rem += frac;\n                if (rem >= den) { rem -= den; t++; }"
     else:
         what = f"delta-packed: {d.bits} bits per step beyond the smallest"
         state = f"uint32_t bit = {nm}_ch_thr[co];\n            (void)bit;"
-        excess = (f" + (int32_t)((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
+        excess = (f" + ((((uint32_t){nm}_excess[bit >> 3] | ((uint32_t){nm}_excess[(bit >> 3) + 1u] << 8))"
                   f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
-        advance = f"t += step{excess};\n                    bit += {d.bits}u;"
+        advance = f"t += step{excess};\n                bit += {d.bits}u;"
     clamp = lambda v: min(max(v, d.lo), d.hi)
-    value = "t" if packed_in_range(d) else f"t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t"
+    value = "(int32_t)t" if packed_in_range(d) else f"(int32_t)t < {d.lo} ? {d.lo} : (int32_t)t > {d.hi} ? {d.hi} : (int32_t)t"
     return f"""        {sacc} thr_c[{count}];
         {{   /* this channel's thresholds, {what};
                 those before start are {clamp(d.head)}, those from end on {clamp(d.tail)} */
-            int32_t t = {nm}_first[co];
-            const int32_t step = {nm}_dstep[co];
+            uint32_t t = (uint32_t){nm}_first[co];
+            const uint32_t step = (uint32_t){nm}_dstep[co];
             const unsigned first = {nm}_dstart[co], end = {nm}_dend[co] < {count}u ? {nm}_dend[co] : {count}u;
             {state}
             unsigned kk;
             for (kk = 0; kk < first && kk < end; kk++) thr_c[kk] = {clamp(d.head)};
-            if (kk < end) {{  /* no step past the last: it could leave int32 */
+            for (; kk < end; kk++) {{  /* t unsigned: the step past the last may leave int32 */
                 thr_c[kk] = ({sacc})({value});
-                for (kk++; kk < end; kk++) {{
-                    {advance}
-                    thr_c[kk] = ({sacc})({value});
-                }}
+                {advance}
             }}
             for (; kk < {count}u; kk++) thr_c[kk] = {clamp(d.tail)};
         }}"""
