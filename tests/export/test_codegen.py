@@ -151,19 +151,20 @@ def test_c_equals_reference_and_pytorch_exactly(name, bits, acts, tmp_path):
 
 
 @pytest.mark.parametrize("weights", ["packed", "tables"])
-def test_one_position_layers_with_kernel_windows_three_ways(weights, tmp_path):
-    """Layers with one output position per channel whose taps are a kernel window, not one per
-    input channel: a 3x3 convolution of a 3x3 map (its window repeats per input channel) and a
-    depthwise 3x3 convolution of a 1x1 map (padded: one input channel, its window read as taps).
-    Packed weights sum their taps by code (``sq_code_sums_*_16``); C == reference == PyTorch."""
+def test_few_position_layers_three_ways(weights, tmp_path):
+    """Layers with at most four output positions per channel, which packed weights sum by code:
+    a 2x2 convolution of a 3x3 map (four positions, a window repeating per input channel), a 1x1
+    convolution of the 2x2 map (four positions, one tap per input channel), a 2x2 convolution down
+    to 1x1 and a depthwise 3x3 convolution of the 1x1 map (padded: one input channel, its window
+    read as taps), a Linear. C == reference == PyTorch on every batch."""
     from torch import nn
 
     from tests.export.models import deploy_exported
 
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3),
-                          nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU(),
+    block = lambda cin, cout, kernel, **kw: [nn.Conv2d(cin, cout, kernel, **kw), nn.BatchNorm2d(cout), nn.ReLU()]
+    model = nn.Sequential(*block(1, 8, 3, padding=1), nn.MaxPool2d(3), *block(8, 16, 2), *block(16, 16, 1),
+                          *block(16, 16, 2), *block(16, 16, 3, padding=1, groups=16),
                           nn.Flatten(), nn.Linear(16, 10)).eval()
     px = sq.PixelInput((0.5,), (0.25,), 255)
     rt, pixels, ref = deploy_exported(model, (8, 1, 9, 9), px, tmp_path / "m.sqb")
@@ -171,8 +172,9 @@ def test_one_position_layers_with_kernel_windows_three_ways(weights, tmp_path):
     assert rt.manifest["integer_only"], rt.float_ops
     assert np.array_equal(native.run(pixels), ref) and np.array_equal(rt.run(pixels), ref)
     assert np.array_equal(native.run_int(pixels)[0], rt.run_int(pixels)[0])
-    windows = re.findall(r"sq_code_sums_\w+_16\(", emit(native.program)[1])
-    assert len(windows) == (3 if weights == "packed" else 0), windows  # one helper, called by both layers
+    helpers = set(re.findall(r"sq_code_sums_\w+(?=\()", emit(native.program)[1]))
+    kinds = {h.split("_", 5)[5] for h in helpers}  # the offsets' kind, and the positions where several
+    assert kinds == ({"16x4", "sx4", "16", "s"} if weights == "packed" else set()), helpers
 
 
 def test_resnet20_and_resnet18_three_ways(resnet20, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shiftquant.export.c.ctext import Width, array
-from shiftquant.export.c.emit_single import walk_stage
+from shiftquant.export.c.emit_few import walk_stage
 from shiftquant.export.c.emit_thresholds import decode_thresholds, delta_arrays
 from shiftquant.export.c.program import pack_deltas, packed_in_range, unpack_deltas
 from tests.export.test_codegen import STRICT

@@ -89,7 +89,7 @@ def _sections(objfile) -> set[str]:
 
 
 GENERATED = re.compile(r"^(net_(invoke|run|arena|(shift|in|relu|add|maxpool|sum|winsum|phases|move|planes|tokens|codes|bt"
-                       r"|matmul|shiftmax|layernorm|const)_\d+(_[a-z]+)*)|sq_(clear_border|pot_code|bits|isqrt|floor_div|group_codes_\d|code_sums_\d+_u?int\d+_(s|\d+))"
+                       r"|matmul|shiftmax|layernorm|const)_\d+(_[a-z]+)*)|sq_(clear_border|pot_code|bits|isqrt|floor_div|group_codes_\d|code_sums_\d+_u?int\d+_(s|\d+)(x\d)?)"
                        r"|\.L\w+)(\.\w+)*$")  # .L*: the compiler's local constants
 
 

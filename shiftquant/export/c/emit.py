@@ -24,7 +24,7 @@ from ..format.pixels import describe_input
 from .ctext import array, generated_text
 from .emit_dsp import DspPrinter, dsp_helper
 from .emit_shift import ShiftLayerPrinter, group_codes_helper
-from .emit_single import OnePositionPrinter, code_sums_helper
+from .emit_few import FewPositionsPrinter, code_sums_helper
 from .emit_split import SplitPrinter
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
@@ -154,7 +154,7 @@ static void sq_clear_border(unsigned char *plane, unsigned rows, unsigned width,
 """
 
 
-class _Source(ShiftLayerPrinter, OnePositionPrinter, DspPrinter, SplitPrinter, ThresholdPrinter, TokenPrinter):
+class _Source(ShiftLayerPrinter, FewPositionsPrinter, DspPrinter, SplitPrinter, ThresholdPrinter, TokenPrinter):
     def __init__(self, p: Program):
         self.p = p
         self.parts: list[str] = []

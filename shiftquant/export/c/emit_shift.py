@@ -4,7 +4,7 @@ threshold code itself: :mod:`.emit_thresholds`)."""
 from __future__ import annotations
 
 from .ctext import Width, array, smallest
-from .emit_single import walk_stage, walks
+from .emit_few import positions, walk_stage, walks
 from .emit_thresholds import decode_thresholds, delta_arrays
 from .program import ShiftLayer
 
@@ -25,8 +25,8 @@ class ShiftLayerPrinter:
         consts = [f"/* {k.label}: {k.cin_g * k.groups} -> {k.cout} channels, kernel {k.kernel[0]}x{k.kernel[1]}, "
                   f"stride {k.stride}, padding {k.padding}, groups {k.groups}; weights 0 or ±2^t, t in "
                   f"{k.exponents}; |accumulator| <= {k.bound} ({k.acc_bits} bits) */\n"]
-        single = self.one_position(k)
-        if single:
+        few = self.few_positions(k)
+        if few:
             consts += self.position_consts(k, off_t)
         elif packed:
             consts += [array("uint8_t", f"{nm}_codes", k.codes), array("uint8_t", f"{nm}_group", k.group_of_code()),
@@ -34,12 +34,12 @@ class ShiftLayerPrinter:
         else:
             offsets, starts = k.grouped_taps()
             consts += [array(off_t, f"{nm}_list", offsets), array("uint32_t", f"{nm}_start", starts)]
-        if self.exponent_loop(k) and not single:
+        if self.exponent_loop(k) and not few:
             exps = k.exponents
             consts.append(array("uint8_t", f"{nm}_gap", [0] + [a - b for a, b in zip(exps, exps[1:])]))
         stage_consts, stage, rows = self.output_stage(k, w)
         decode = decode_thresholds(nm, k.requant.deltas, w.sacc) if self.delta_packed(k) else ""
-        if single and walks(k, self.delta_packed(k)):  # one value: walk the thresholds' line, decode none
+        if few and positions(k) == 1 and walks(k, self.delta_packed(k)):  # one value: walk the line, decode none
             stage_consts, stage, decode = self.signs(k) + delta_arrays(nm, k.requant.deltas), walk_stage(
                 k, w, self.sign_mask(k)), ""
         consts.append(stage_consts)
@@ -55,7 +55,7 @@ class ShiftLayerPrinter:
                 consts.append(array(smallest(values, signed=False), f"{nm}_ch_{column}", values))
             else:
                 zero.append(f"{nm}_ch_{column}[co]")
-        if single:
+        if few:
             weights, body, names = "", self.position_sums(k, w, off_t, stage), "i"
         else:
             weights, body, names = self.weights_block(k, off_t), self.segments(k, w, off_t, stage), "seg, i, j, e"

@@ -416,6 +416,6 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
     dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
-    # one position per channel, packed: a 32-bit sum per code (:mod:`.emit_single`)
-    sums = 4 << k.code_bits if weights == "packed" and k.segments[0] * k.segments[1] == 1 else 0
+    # few positions per channel, packed: 32-bit sums per code, up to four per code (:mod:`.emit_few`)
+    sums = 16 << k.code_bits if weights == "packed" and k.segments[0] * k.segments[1] <= 4 else 0
     return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp + sums
