@@ -175,6 +175,30 @@ def test_few_position_layers_three_ways(weights, tmp_path):
     helpers = set(re.findall(r"sq_code_sums_\w+(?=\()", emit(native.program)[1]))
     kinds = {h.split("_", 5)[5] for h in helpers}  # the offsets' kind, and the positions where several
     assert kinds == ({"16x4", "sx4", "16", "s"} if weights == "packed" else set()), helpers
+    if weights == "packed" and shutil.which("objdump"):  # the 1x1 layer's taps a plane apart: no multiply for it
+        sq.codegen(rt, tmp_path, "net")
+        for flags in (["-O2"], ["-O3", "-march=native"]):
+            assert_no_multiply_in_shift_kernels(rt, tmp_path, flags)
+
+
+def test_few_positions_whose_offsets_leave_16_bits_take_the_general_form(tmp_path):
+    """Four positions whose rows are 65,536 bytes apart in the input (a 1x1 convolution with a
+    vertical stride of 32,768): their offsets do not fit the by-code form's 16-bit table, so the
+    layer keeps the general form, and C == reference."""
+    from torch import nn
+
+    from tests.export.models import deploy_exported
+
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(1, 8, 1, stride=(32768, 1)), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(32, 10)).eval()
+    px = sq.PixelInput((0.5,), (0.25,), 255)
+    rt, pixels, _ = deploy_exported(model, (2, 1, 32769, 2), px, tmp_path / "m.sqb")
+    for borders in ("shared", "minimal"):
+        native = CRuntime(rt, weights="packed", borders=borders)
+        assert np.array_equal(native.run_int(pixels)[0], rt.run_int(pixels)[0]), borders
+        layers = [k for k in native.program.kernels if getattr(k, "in_step", 0) >= 1 << 16]
+        assert layers, borders  # the case is there
 
 
 def test_resnet20_and_resnet18_three_ways(resnet20, tmp_path):

@@ -29,7 +29,7 @@ ARM_MULTIPLY = re.compile(r"^(mul|mla|mls|[su]mull|[su]mlal|smul\w*|smla\w*|smls
 
 
 # The helpers the shift layers call on cores with the DSP extension (runs of taps, threshold stages).
-SHIFT_HELPERS = re.compile(r"^sq_(run|count|search)_")
+SHIFT_HELPERS = re.compile(r"^sq_(run|count|search|bsearch|group_codes|code_sums)_")
 
 
 def _multiplies_in_shift_layers(obj) -> dict:

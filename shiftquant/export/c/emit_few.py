@@ -15,11 +15,8 @@ class FewPositionsPrinter:
     """Few-position shift layers for :class:`.emit._Source`; ``self.p`` is the program."""
 
     def few_positions(self, k: ShiftLayer) -> bool:
-        """Whether ``k`` takes the by-code form: packed weights, at most :data:`FEW` output
-        positions (codes of at most 4 bits where more than one: 16 sums per position), no DSP form."""
-        count = positions(k)
-        return (self.p.weights == "packed" and not k.dsp_form and k.chunk >= k.segments[1]
-                and (count == 1 or (count <= FEW and k.code_bits <= 4)))
+        """Whether ``k`` takes the by-code form (:func:`takes_few`)."""
+        return takes_few(k, self.p.weights)
 
     @staticmethod
     def position_consts(k: ShiftLayer, off_t: str) -> list[str]:
@@ -76,6 +73,21 @@ class FewPositionsPrinter:
 {stage}
             }}
         }}"""
+
+
+def takes_few(k: ShiftLayer, weights: str) -> bool:
+    """Whether ``k`` takes the by-code form: packed weights, at most :data:`FEW` output positions
+    (codes of at most 4 bits where more than one: 16 sums per position, and the positions'
+    offsets in 16 bits), no DSP form."""
+    count = positions(k)
+    if weights != "packed" or k.dsp_form or k.chunk < k.segments[1] or count > FEW:
+        return False
+    return count == 1 or (k.code_bits <= 4 and max(position_offsets(k)) < 1 << 16)
+
+
+def sums_bytes(k: ShiftLayer, weights: str) -> int:
+    """The stack its sums take where ``k`` takes the by-code form, else 0."""
+    return (4 * sums_stride(positions(k))) << k.code_bits if takes_few(k, weights) else 0
 
 
 def positions(k: ShiftLayer) -> int:
@@ -181,16 +193,16 @@ def code_sums_helper(name: str) -> str:
 /* s[code of tap t] += x[t * step] for t < taps, their {bits}-bit codes from bit `bit` of codes (three zero bytes end them){"; " + str(count) + " positions pos[q] apart" if count > 1 else ""}. */
 static void {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, uint32_t step, unsigned taps{pos}, uint32_t *s)
 {{
-    while (taps) {{
-        unsigned m = taps > {per}u ? {per}u : taps;
-        uint32_t window;
-        {refill}
-        taps -= m;
-        do {{
-            {add("*x")}
-            x += step;
-            window >>= {bits}u;
-        }} while (--m);
+    uint32_t window = 0;
+    unsigned left = 0;
+    for (; taps; taps--, x += step) {{  /* one loop: a counted inner one had gcc compute its end with a multiply */
+        if (!left) {{
+            {refill.replace(chr(10) + "            ", chr(10) + "                ")}
+            left = {per}u;
+        }}
+        {add("*x")}
+        window >>= {bits}u;
+        left--;
     }}
 }}"""
     return f"""\

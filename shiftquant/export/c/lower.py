@@ -29,6 +29,7 @@ from ..graph.reasons import float_reasons
 from ..ops.schema import MAX_ELEMENTS
 from . import tokens
 from .arena import plan_arena
+from .emit_few import sums_bytes
 from .gather import storage_shape
 from .layout import resolve_layouts
 from .program import (
@@ -408,7 +409,7 @@ def _packed_thresholds(raw: np.ndarray, bound: int, weights: str):
 
 def _stack_bytes(k: Kernel, weights: str) -> int:
     """Scratch a kernel keeps on the stack (an upper bound): a shift layer's decoded tap lists and
-    group starts or its sums per code, its delta-packed thresholds (packed weights), and its vector blocks
+    group starts or its sums per code and position, its delta-packed thresholds (packed weights), and its vector blocks
     (accumulators, byte sums, output stage); in the DSP form also a block's lane words, its
     levels, the lane thresholds and the helpers' saved registers (:mod:`.emit_dsp`)."""
     if not isinstance(k, ShiftLayer):
@@ -416,6 +417,5 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
     dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
-    # few positions per channel, packed: 32-bit sums per code, up to four per code (:mod:`.emit_few`)
-    sums = 16 << k.code_bits if weights == "packed" and k.segments[0] * k.segments[1] <= 4 else 0
-    return k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp + sums
+    return (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp
+            + sums_bytes(k, weights))
