@@ -177,9 +177,6 @@ def code_sums_helper(name: str) -> str:
     off, count = (off.split("x")[0], int(off.split("x")[1])) if "x" in off else (off, 1)
     bits = int(bits)
     per, mask = 25 // bits, (1 << bits) - 1
-    refill = f"""memcpy(&window, codes + (bit >> 3), 4u);
-            window = SQ_LE32(window) >> (bit & 7u);
-            bit += {per * bits}u;"""
     pos = ", const uint16_t *pos" if count > 1 else ""
     shift = sums_stride(count).bit_length() - 1
 
@@ -188,26 +185,27 @@ def code_sums_helper(name: str) -> str:
             return f"s[window & {mask}u] += (uint32_t)(int32_t){src};"
         return (f"{{ uint32_t *const sc = s + ((window & {mask}u) << {shift}); const {ctype}_t *const xt = &{src}; "
                 f"unsigned q; for (q = 0; q < {count}u; q++) sc[q] += (uint32_t)(int32_t)xt[pos[q]]; }}")
+
+    def tap(src: str, pad: str) -> str:  # the next code (a new window of codes where one is used up), its sums
+        lines = ["if (!left) {", "    memcpy(&window, codes + (bit >> 3), 4u);",
+                 "    window = SQ_LE32(window) >> (bit & 7u);", f"    bit += {per * bits}u;", f"    left = {per}u;", "}",
+                 add(src), f"window >>= {bits}u;", "left--;"]
+        return "\n".join(pad + line for line in lines)
+    positions_note = f"; {count} positions pos[q] apart" if count > 1 else ""
     if off == "s":
         return f"""\
-/* s[code of tap t] += x[t * step] for t < taps, their {bits}-bit codes from bit `bit` of codes (three zero bytes end them){"; " + str(count) + " positions pos[q] apart" if count > 1 else ""}. */
+/* s[code of tap t] += x[t * step] for t < taps, their {bits}-bit codes from bit `bit` of codes (three zero bytes end them){positions_note}. */
 static void {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, uint32_t step, unsigned taps{pos}, uint32_t *s)
 {{
     uint32_t window = 0;
     unsigned left = 0;
     for (; taps; taps--, x += step) {{  /* one loop: a counted inner one had gcc compute its end with a multiply */
-        if (!left) {{
-            {refill.replace(chr(10) + "            ", chr(10) + "                ")}
-            left = {per}u;
-        }}
-        {add("*x")}
-        window >>= {bits}u;
-        left--;
+{tap("*x", " " * 8)}
     }}
 }}"""
     return f"""\
 /* s[code of tap t] += x[ci * step + win[w]] for the taps t = ci * wlen + w (ci < cin, w < wlen), their {bits}-bit
-   codes from bit `bit` of codes (three zero bytes end them){"; " + str(count) + " positions pos[q] apart" if count > 1 else ""}. */
+   codes from bit `bit` of codes (three zero bytes end them){positions_note}. */
 static void {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, const uint{off}_t *win, unsigned wlen,
                                 uint32_t step, unsigned cin{pos}, uint32_t *s)
 {{
@@ -215,12 +213,6 @@ static void {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, const
     unsigned ci, w, left = 0;
     for (ci = 0; ci < cin; ci++, x += step)
         for (w = 0; w < wlen; w++) {{
-            if (!left) {{
-                {refill.replace(chr(10) + "            ", chr(10) + "                ")}
-                left = {per}u;
-            }}
-            {add("x[win[w]]")}
-            window >>= {bits}u;
-            left--;
+{tap("x[win[w]]", " " * 12)}
         }}
 }}"""
