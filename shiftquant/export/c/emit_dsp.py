@@ -130,7 +130,7 @@ class DspPrinter:
             return "count"
         if not (th.ascending and set(th.steps) == {1}):
             return None
-        return "bsearch" if th.count == 255 and k.segments[0] * k.segments[1] < BUCKETS_FROM else "search"
+        return "bsearch" if th.count == 255 and k.positions < BUCKETS_FROM else "search"
 
     def dsp_prologue(self, k: ShiftLayer, w: Width) -> str:
         """Per output channel, before its blocks: the thresholds the lane stage compares. Those
@@ -277,21 +277,32 @@ __attribute__((always_inline)) static inline int32_t sq_count_{count}(int32_t v,
 
 /* op[q] = l0 + #(thr[k] <= v) for the n lanes of acc2 (position 4i + q: word 2i + (q & 1), half q & 2;
    v = -acc where m is all ones), through the buckets of sq_buckets_{count}. */
-static void sq_search_{count}(const uint32_t *acc2, unsigned n, const int16_t *thr, const unsigned char *start,
-                            unsigned shift, uint32_t m, int32_t l0, unsigned char *op)
-{{
-    const int32_t lo = thr[0], hi = thr[{last}], neg = (int32_t)(m & 1u);
-    unsigned q;
-    for (q = 0; q < n; q += 4u, acc2 += 2) {{
-        const uint32_t e = acc2[0] ^ m, o = acc2[1] ^ m;
-        op[q] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(e & 0xFFFFu) + neg, thr, start, shift, lo, hi));
-        if (q + 1u < n) op[q + 1u] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(o & 0xFFFFu) + neg, thr, start, shift, lo, hi));
-        if (q + 2u < n) op[q + 2u] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(e >> 16) + neg, thr, start, shift, lo, hi));
-        if (q + 3u < n) op[q + 3u] = (unsigned char)(uint32_t)(l0 + sq_count_{count}(SQ_S16(o >> 16) + neg, thr, start, shift, lo, hi));
-    }}
-}}
+{lane_levels(f"sq_search_{count}", "const unsigned char *start, unsigned shift, ",
+             f"sq_count_{count}({{v}}, thr, start, shift, lo, hi)", f"const int32_t lo = thr[0], hi = thr[{last}];")}
 #endif
 """
+
+
+def lane_levels(name: str, params: str, count: str, locals_: str = "") -> str:
+    """The text of a lane stage ``name``: ``op[q] = l0 + count`` for the ``n`` lanes of acc2
+    (position 4i + q: word 2i + (q & 1), half q & 2; v = -acc where m is all ones), ``count`` a C
+    expression of the value ``{v}``; ``params`` come after ``thr``, ``locals_`` before the loop."""
+    value = lambda word, half: count.format(v=f"SQ_S16({word}{' >> 16' if half else ' & 0xFFFFu'}) + neg")
+    return f"""\
+static void {name}(const uint32_t *acc2, unsigned n, const int16_t *thr, {params}uint32_t m, int32_t l0,
+                   unsigned char *op)
+{{
+    const int32_t neg = (int32_t)(m & 1u);
+    unsigned q;
+    {locals_}
+    for (q = 0; q < n; q += 4u, acc2 += 2) {{
+        const uint32_t e = acc2[0] ^ m, o = acc2[1] ^ m;
+        op[q] = (unsigned char)(uint32_t)(l0 + {value("e", False)});
+        if (q + 1u < n) op[q + 1u] = (unsigned char)(uint32_t)(l0 + {value("o", False)});
+        if (q + 2u < n) op[q + 2u] = (unsigned char)(uint32_t)(l0 + {value("e", True)});
+        if (q + 3u < n) op[q + 3u] = (unsigned char)(uint32_t)(l0 + {value("o", True)});
+    }}
+}}"""
 
 
 BSEARCH_255_HELPER = """\
@@ -311,19 +322,7 @@ __attribute__((always_inline)) static inline int32_t sq_bcount_255(int32_t v, co
     return (int32_t)at;
 }
 
-static void sq_bsearch_255(const uint32_t *acc2, unsigned n, const int16_t *thr, uint32_t m, int32_t l0,
-                           unsigned char *op)
-{
-    const int32_t neg = (int32_t)(m & 1u);
-    unsigned q;
-    for (q = 0; q < n; q += 4u, acc2 += 2) {
-        const uint32_t e = acc2[0] ^ m, o = acc2[1] ^ m;
-        op[q] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(e & 0xFFFFu) + neg, thr));
-        if (q + 1u < n) op[q + 1u] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(o & 0xFFFFu) + neg, thr));
-        if (q + 2u < n) op[q + 2u] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(e >> 16) + neg, thr));
-        if (q + 3u < n) op[q + 3u] = (unsigned char)(uint32_t)(l0 + sq_bcount_255(SQ_S16(o >> 16) + neg, thr));
-    }
-}
+""" + lane_levels("sq_bsearch_255", "", "sq_bcount_255({v}, thr)") + """
 #endif
 """
 

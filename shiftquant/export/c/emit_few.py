@@ -6,7 +6,8 @@ itself over many positions but costs about twice the sums themselves at one."""
 from __future__ import annotations
 
 from .ctext import Width, array
-from .program import ShiftLayer, packed_in_range
+from .emit_thresholds import LINE_STEP, stored_value
+from .program import ShiftLayer
 
 FEW = 4  # the most positions per channel summed by code
 
@@ -25,14 +26,14 @@ class FewPositionsPrinter:
         codes = [array("uint8_t", f"{k.name}_codes", k.codes)]
         if not strided(k):
             codes.append(array(off_t, f"{k.name}_tap", k.stored_taps()))
-        if positions(k) > 1:
+        if k.positions > 1:
             codes.append(array("uint16_t", f"{k.name}_pos", position_offsets(k)))
         return codes
 
     def position_sums(self, k: ShiftLayer, w: Width, off_t: str, stage: str) -> str:
         """The channel's accumulators from sums per code and position (``sq_code_sums_*``), then
         ``stage`` storing each segment's at ``op``."""
-        pattern, nm, count = k.tap_pattern(), k.name, positions(k)
+        pattern, nm, count = k.tap_pattern(), k.name, k.positions
         stride, several = sums_stride(count), count > 1
         head = f"sq_code_sums_{k.code_bits}_{k.inputs[0].ctype[:-2]}"
         tail = (f"x{count}", f", {nm}_pos") if several else ("", "")
@@ -79,7 +80,7 @@ def takes_few(k: ShiftLayer, weights: str) -> bool:
     """Whether ``k`` takes the by-code form: packed weights, at most :data:`FEW` output positions
     (codes of at most 4 bits where more than one: 16 sums per position, and the positions'
     offsets in 16 bits), no DSP form."""
-    count = positions(k)
+    count = k.positions
     if weights != "packed" or k.dsp_form or k.chunk < k.segments[1] or count > FEW:
         return False
     return count == 1 or (k.code_bits <= 4 and max(position_offsets(k)) < 1 << 16)
@@ -87,12 +88,7 @@ def takes_few(k: ShiftLayer, weights: str) -> bool:
 
 def sums_bytes(k: ShiftLayer, weights: str) -> int:
     """The stack its sums take where ``k`` takes the by-code form, else 0."""
-    return (4 * sums_stride(positions(k))) << k.code_bits if takes_few(k, weights) else 0
-
-
-def positions(k: ShiftLayer) -> int:
-    """Output positions per channel."""
-    return k.segments[0] * k.segments[1]
+    return (4 * sums_stride(k.positions)) << k.code_bits if takes_few(k, weights) else 0
 
 
 def sums_stride(count: int) -> int:
@@ -107,11 +103,10 @@ def position_offsets(k: ShiftLayer) -> list[int]:
 
 
 def walks(k: ShiftLayer, packed_thresholds: bool) -> bool:
-    """Whether a one-position layer counts its value's thresholds by walking their line
-    (:func:`walk_stage`): delta-packed lines, rising, a level apart."""
+    """Whether a by-code layer of one position counts its value's thresholds by walking their line
+    (:func:`walk_stage`): delta-packed lines (``packed_thresholds``), rising, a level apart."""
     th = k.requant
-    return (packed_thresholds and th is not None and th.deltas is not None and th.deltas.den is not None
-            and th.ascending and set(th.steps) == {1})
+    return packed_thresholds and k.positions == 1 and th.deltas.den is not None and th.ascending and set(th.steps) == {1}
 
 
 def walk_stage(k: ShiftLayer, w: Width, sign_mask: str) -> str:
@@ -122,7 +117,7 @@ def walk_stage(k: ShiftLayer, w: Width, sign_mask: str) -> str:
     nm, th = k.name, k.requant
     d, count = th.deltas, th.count
     clamp = lambda v: min(max(v, d.lo), d.hi)
-    value = "t" if packed_in_range(d) else f"(t < {d.lo} ? {d.lo} : t > {d.hi} ? {d.hi} : t)"
+    step = LINE_STEP.replace("\n", "\n                        ")
     return f"""\
             {{   /* one value: its thresholds counted along the channel's line, up to the first above it */
                 const int32_t m = {sign_mask};
@@ -130,16 +125,14 @@ def walk_stage(k: ShiftLayer, w: Width, sign_mask: str) -> str:
                 const unsigned first = {nm}_dstart[co], end = {nm}_dend[co] < {count}u ? {nm}_dend[co] : {count}u;
                 unsigned c = 0;
                 if ({clamp(d.head)} <= v) {{
-                    int32_t t = {nm}_first[co];
-                    const int32_t step = {nm}_dstep[co];
+                    uint32_t t = (uint32_t){nm}_first[co];
+                    const uint32_t step = (uint32_t){nm}_dstep[co];
                     uint32_t rem = {nm}_rem[co];
                     const uint32_t frac = {nm}_frac[co], den = {nm}_den[co];
                     c = first < end ? first : end;
-                    while (c < end && {value} <= v) {{
+                    while (c < end && {stored_value(d)} <= v) {{
                         c++;
-                        t += step;
-                        rem += frac;
-                        if (rem >= den) {{ rem -= den; t++; }}
+                        {step}
                     }}
                     if (c == end && {clamp(d.tail)} <= v) c = {count}u;
                 }}

@@ -4,7 +4,7 @@ threshold code itself: :mod:`.emit_thresholds`)."""
 from __future__ import annotations
 
 from .ctext import Width, array, smallest
-from .emit_few import positions, walk_stage, walks
+from .emit_few import walk_stage, walks
 from .emit_thresholds import decode_thresholds, delta_arrays
 from .program import ShiftLayer
 
@@ -38,10 +38,11 @@ class ShiftLayerPrinter:
             exps = k.exponents
             consts.append(array("uint8_t", f"{nm}_gap", [0] + [a - b for a, b in zip(exps, exps[1:])]))
         stage_consts, stage, rows = self.output_stage(k, w)
-        decode = decode_thresholds(nm, k.requant.deltas, w.sacc) if self.delta_packed(k) else ""
-        if few and positions(k) == 1 and walks(k, self.delta_packed(k)):  # one value: walk the line, decode none
+        if few and walks(k, self.delta_packed(k)):  # one value: walk the thresholds' line, decode none
             stage_consts, stage, decode = self.signs(k) + delta_arrays(nm, k.requant.deltas), walk_stage(
                 k, w, self.sign_mask(k)), ""
+        else:
+            decode = decode_thresholds(nm, k.requant.deltas, w.sacc) if self.delta_packed(k) else ""
         consts.append(stage_consts)
         # Per output channel: its output plane, its group's first input plane, where its weights
         # start (code bit or table row) and where its thresholds start.
@@ -56,9 +57,10 @@ class ShiftLayerPrinter:
             else:
                 zero.append(f"{nm}_ch_{column}[co]")
         if few:
-            weights, body, names = "", self.position_sums(k, w, off_t, stage), "i"
+            weights, body, names, unused = "", self.position_sums(k, w, off_t, stage), "i", "(void)ob;"
         else:
             weights, body, names = self.weights_block(k, off_t), self.segments(k, w, off_t, stage), "seg, i, j, e"
+            unused = "(void)ob; (void)e;"
         text = "".join(consts) + f"""
 {self.signature(k)}
 {{
@@ -74,7 +76,7 @@ class ShiftLayerPrinter:
         unsigned {names};
 {body}
         {self.clear_border(out)}
-        (void)ob;{"" if names == "i" else " (void)e;"}
+        {unused}
     }}
 }}
 """

@@ -186,7 +186,7 @@ def decode_thresholds(nm: str, d: DeltaPack, sacc: str) -> str:
         what = "on a line: t += step, and one more each time the remainder reaches den"
         state = (f"uint32_t rem = {nm}_rem[co];\n            const uint32_t frac = {nm}_frac[co], "
                  f"den = {nm}_den[co];")
-        advance = "t += step;\n                rem += frac;\n                if (rem >= den) { rem -= den; t++; }"
+        advance = LINE_STEP.replace("\n", "\n                ")
     else:
         what = f"delta-packed: {d.bits} bits per step beyond the smallest"
         state = f"uint32_t bit = {nm}_ch_thr[co];\n            (void)bit;"
@@ -194,7 +194,6 @@ def decode_thresholds(nm: str, d: DeltaPack, sacc: str) -> str:
                   f" >> (bit & 7u)) & {(1 << d.bits) - 1}u)" if d.bits else "")
         advance = f"t += step{excess};\n                bit += {d.bits}u;"
     clamp = lambda v: min(max(v, d.lo), d.hi)
-    value = "(int32_t)t" if packed_in_range(d) else f"(int32_t)t < {d.lo} ? {d.lo} : (int32_t)t > {d.hi} ? {d.hi} : (int32_t)t"
     return f"""        {sacc} thr_c[{count}];
         {{   /* this channel's thresholds, {what};
                 those before start are {clamp(d.head)}, those from end on {clamp(d.tail)} */
@@ -205,11 +204,21 @@ def decode_thresholds(nm: str, d: DeltaPack, sacc: str) -> str:
             unsigned kk;
             for (kk = 0; kk < first && kk < end; kk++) thr_c[kk] = {clamp(d.head)};
             for (; kk < end; kk++) {{  /* t unsigned: the step past the last may leave int32 */
-                thr_c[kk] = ({sacc})({value});
+                thr_c[kk] = ({sacc})({stored_value(d)});
                 {advance}
             }}
             for (; kk < {count}u; kk++) thr_c[kk] = {clamp(d.tail)};
         }}"""
+
+
+# A line's next threshold (``t`` unsigned: :func:`decode_thresholds` steps once past the last).
+LINE_STEP = "t += step;\nrem += frac;\nif (rem >= den) { rem -= den; t++; }"
+
+
+def stored_value(d: DeltaPack) -> str:
+    """The C value of stored threshold ``t``, clamped to the table's range only where one leaves it
+    (:func:`.program.packed_in_range`)."""
+    return "(int32_t)t" if packed_in_range(d) else f"((int32_t)t < {d.lo} ? {d.lo} : (int32_t)t > {d.hi} ? {d.hi} : (int32_t)t)"
 
 
 def delta_arrays(nm: str, d: DeltaPack) -> str:

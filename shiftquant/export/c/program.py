@@ -341,6 +341,11 @@ class ShiftLayer(Kernel):
         return bool(self.narrow_run) and self.x_step == 1 and self.chunk % 4 == 0 and self.acc_bits == 16
 
     @property
+    def positions(self) -> int:
+        """Output positions per channel."""
+        return self.segments[0] * self.segments[1]
+
+    @property
     def block_rows(self) -> int:
         """Output rows of a tile, the block where blocks sum lanes (the DSP form): consecutive
         rows of a row-by-row layer, each of whole words, as many as fill :data:`DSP_WORDS` words
