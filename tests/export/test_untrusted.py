@@ -285,15 +285,19 @@ _HARNESS = """\
 #include <stdio.h>
 #include <stdlib.h>
 #include "net.h"
-/* n inputs from argv[1] -> n outputs to argv[2]: heap buffers of exactly the stated sizes. */
+/* n inputs from argv[1] -> n outputs to argv[2]: heap buffers of exactly the stated sizes; the arena
+   filled with the little-endian word argv[4] where given. */
 int main(int argc, char **argv)
 {
-    int i, n = atoi(argv[3]);
+    int i, n = argc > 3 ? atoi(argv[3]) : 0;
     FILE *f = fopen(argv[1], "rb");
     net_input_t *in = malloc(sizeof(net_input_t) * NET_INPUT_SIZE * n);
     int32_t *out = malloc(sizeof(int32_t) * NET_OUTPUT_SIZE * n);
     void *arena = malloc(NET_ARENA_BYTES);
-    if (argc != 4 || !f || !in || !out || !arena) return 2;
+    size_t j;
+    if (argc < 4 || argc > 5 || !f || !in || !out || !arena) return 2;
+    for (j = 0; argc == 5 && j < NET_ARENA_BYTES; j++)
+        ((unsigned char *)arena)[j] = (unsigned char)(strtoul(argv[4], NULL, 0) >> (8u * (j & 3u)));
     if (fread(in, sizeof(net_input_t) * NET_INPUT_SIZE, n, f) != (size_t)n) return 3;
     fclose(f);
     for (i = 0; i < n; i++) net_invoke(in + (size_t)i * NET_INPUT_SIZE, out + (size_t)i * NET_OUTPUT_SIZE, arena);
@@ -306,9 +310,9 @@ int main(int argc, char **argv)
 """
 
 
-def _c_run(path, x, workdir, sanitized: set):
-    """The C backend's logits, and for C not yet seen, the same C under the sanitizers: its outputs
-    must equal the library's, with no report."""
+def _c_run(path, x, workdir, sanitized: set, fill: str | None = None):
+    """The C backend's logits, and for C not yet seen, the same C under the sanitizers (the arena
+    filled with the word ``fill`` where given): its outputs must equal the library's, with no report."""
     rt = sq.load_bundle(path)
     native = CRuntime(rt, threads=1, name="net")
     out = native.run(x)
@@ -325,12 +329,27 @@ def _c_run(path, x, workdir, sanitized: set):
     inputs.tofile(d / "in.bin")
     done = subprocess.run(["cc", *SANITIZE, "net.c", "main.c", "-o", "main"], cwd=d, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    run = subprocess.run(["./main", "in.bin", "out.bin", str(len(inputs))], cwd=d, capture_output=True, text=True,
+    run = subprocess.run(["./main", "in.bin", "out.bin", str(len(inputs)), *([fill] if fill else [])], cwd=d, capture_output=True, text=True,
                          env={"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
     assert run.returncode == 0 and not run.stderr, run.stderr[-3000:]
     ints = np.fromfile(d / "out.bin", dtype=np.int32).reshape(native.execute(x).shape)
     assert np.array_equal(ints, native.execute(x)), "sanitized build differs from the library"
     return out, digest, "sanitized"
+
+
+@pytest.mark.parametrize("name", ["cnn", "plain"])
+def test_lanes_past_a_blocks_values_run_clean_under_sanitizers(name, tmp_path):
+    """A layer sums whole blocks of lanes; those past its values sum whatever the arena holds. With
+    every arena word INT32_MIN, 32-bit accumulators (W2A4) and channels compared negated, negating
+    such a lane overflowed int32 (a UBSan report) before the negation went unsigned."""
+    model, batches, px = quantized_pixels(name, 0, weight_shift_bits=2, act_shift_bits=4)
+    p = batches["calibration"][:3]
+    rt = sq.export(model, tmp_path / f"{name}.sqb", px.to_float(p[:1]), px)
+    native = CRuntime(rt, threads=1, name="net")
+    source = emit(native.program)[1]
+    assert re.search(r"uint32_t acc\[\d+\]", source) and "_neg[co >> 3]" in source  # the case, not another
+    out, _, how = _c_run(tmp_path / f"{name}.sqb", p, tmp_path, set(), fill="0x80000000")
+    assert how == "sanitized"
 
 
 def test_c_fuzz_refuses_or_agrees_with_the_reference_and_runs_clean_under_sanitizers(bundles, tmp_path):

@@ -35,3 +35,11 @@ class Width:
         self.acc, self.sacc = ("uint16_t", "int16_t") if bits == 16 else ("uint32_t", "int32_t")
         self.signed = "SQ_S16" if bits == 16 else "SQ_S32"
         self.shift = "unsigned" if bits == 16 else "uint32_t"  # shifted without promotion to int
+
+    def compared(self, acc: str, m: str) -> str:
+        """Accumulator ``acc`` as the signed value its thresholds compare, negated where ``m`` (an
+        ``int32_t``) is all ones. 32 bits negate in unsigned arithmetic: a block's lanes past its
+        values sum arena bytes, and there ``-INT32_MIN`` would be a signed overflow."""
+        if self.sacc == "int16_t":
+            return f"(int16_t)((SQ_S16({acc}) ^ {m}) - {m})"
+        return f"SQ_S32(((uint32_t)({acc}) ^ (uint32_t){m}) - (uint32_t){m})"

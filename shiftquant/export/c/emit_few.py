@@ -121,7 +121,7 @@ def walk_stage(k: ShiftLayer, w: Width, sign_mask: str) -> str:
     return f"""\
             {{   /* one value: its thresholds counted along the channel's line, up to the first above it */
                 const int32_t m = {sign_mask};
-                const int32_t v = ({w.sacc})((({w.signed}(acc[0])) ^ m) - m);
+                const int32_t v = {w.compared("acc[0]", "m")};
                 const unsigned first = {nm}_dstart[co], end = {nm}_dend[co] < {count}u ? {nm}_dend[co] : {count}u;
                 unsigned c = 0;
                 if ({clamp(d.head)} <= v) {{

@@ -164,8 +164,9 @@ class ShiftLayerPrinter:
                 const int32_t base = {nm}_lutlo[co], m = {self.sign_mask(k)};
                 int32_t x[{ch}];
                 for (i = 0; i < {ch}u; i++) {{
-                    const int32_t d = ((({w.signed}(acc[i])) ^ m) - m) - base;
-                    x[i] = d < 0 ? 0 : d > {span - 1} ? {span - 1} : d;
+                    const int32_t v = {w.compared("acc[i]", "m")};
+                    const uint32_t d = (uint32_t)v - (uint32_t)base;  /* v - base where v >= base */
+                    x[i] = v < base ? 0 : d > {span - 1}u ? {span - 1} : (int32_t)d;
                 }}
                 for (i = 0; i < n; i++) op[p + i] = ({out.ctype})lut[x[i]];
             }}""", [co * span for co in range(k.cout)]
@@ -187,7 +188,7 @@ class ShiftLayerPrinter:
                 {w.sacc} v[{ch}];
                 {rtype} r[{ch}];
                 unsigned k;
-                for (i = 0; i < {ch}u; i++) v[i] = ({w.sacc})((({w.signed}(acc[i])) ^ m) - m);
+                for (i = 0; i < {ch}u; i++) v[i] = {w.compared("acc[i]", "m")};
                 {code}
                 for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
                 (void)k;
