@@ -151,6 +151,23 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
     assert not _multiplies_in_shift_layers(build.elf.parent / "net.o")
 
 
+def test_column_kernels_build_without_warnings_on_a_cortex_m4(tmp_path):
+    """3x1 kernels on 8x1 maps: their few thresholds are counted in lanes on the Cortex-M4, so the
+    portable stage's two-values-a-step count is compiled for no core, and its helper is not
+    written (-Wall warned it unused before); bit for bit with the reference."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, (3, 1)), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, (3, 1)), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+    px = sq.PixelInput((0.5,), (0.25,))
+    rt, pixels, _ = deploy_exported(model, (8, 1, 8, 1), px, tmp_path / "col.sqb", weight_shift_bits=2,
+                                    act_shift_bits=2)
+    program, build, result = _on_target(rt.source, pixels[:4], tmp_path)
+    assert np.array_equal(result.logits, rt.run_int(pixels[:4])[0])
+    assert "sq_count_lanes(" in (tmp_path / "mcu" / "net.c").read_text()
+    assert "warning" not in build.warnings, build.warnings
+
+
 def test_a_crafted_bundle_runs_on_a_cortex_m4_as_the_reference_runs_it(tmp_path):
     """A bundle nobody trained: the residual grid's 255 thresholds of three layers replaced by
     ascending tables the loader accepts but no export writes (every one at the int32 maximum or

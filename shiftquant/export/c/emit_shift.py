@@ -37,8 +37,10 @@ class ShiftLayerPrinter:
         if self.exponent_loop(k) and not few:
             exps = k.exponents
             consts.append(array("uint8_t", f"{nm}_gap", [0] + [a - b for a, b in zip(exps, exps[1:])]))
-        stage_consts, stage, rows = self.output_stage(k, w)
-        if few and walks(k, self.delta_packed(k)):  # one value: walk the thresholds' line, decode none
+        walk = few and walks(k, self.delta_packed(k))
+        in_lanes = not few and k.dsp_form and self.dsp_stage(k) is not None  # DSP cores count in lanes
+        stage_consts, stage, rows = self.output_stage(k, w, dsp_cores=not (walk or in_lanes))
+        if walk:  # one value: walk the thresholds' line, decode none
             stage_consts, stage, decode = self.signs(k) + delta_arrays(nm, k.requant.deltas), walk_stage(
                 k, w, self.sign_mask(k)), ""
         else:
@@ -136,9 +138,10 @@ class ShiftLayerPrinter:
         """Whether :meth:`horner` loops over the exponents (packed weights, more than one)."""
         return len(k.exponents) > 1 and self.p.weights == "packed"
 
-    def output_stage(self, k: ShiftLayer, w: Width) -> tuple[str, str, list[int]]:
+    def output_stage(self, k: ShiftLayer, w: Width, dsp_cores: bool = True) -> tuple[str, str, list[int]]:
         """``(constants, code, threshold row per channel)`` storing a block's ``n`` results at
-        ``op[p]``: requantized levels, integer logits, or the accumulators."""
+        ``op[p]``: requantized levels, integer logits, or the accumulators. ``dsp_cores``: whether
+        cores with the DSP extension run this code (not where they count in lanes)."""
         nm, ch, out = k.name, k.chunk, k.output
         zeros = [0] * k.cout
         if k.logit_bias is not None:
@@ -174,7 +177,7 @@ class ShiftLayerPrinter:
         packed = self.delta_packed(k)
         pairs = (-k.bound, k.bound) if rtype == w.sacc == "int16_t" else None
         count_consts, code = self.count(th, w.sacc, nm, None if packed else f"{nm}_thr", "v", "r", f"{ch}u", "thr",
-                                        pairs)
+                                        pairs, dsp_cores)
         if packed:
             consts += delta_arrays(nm, th.deltas)
             rows = [int(b) for b in th.deltas.row_bits]

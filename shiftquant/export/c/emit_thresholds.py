@@ -16,14 +16,14 @@ class ThresholdPrinter:
     """Threshold code for :class:`.emit._Source`; ``self.p`` is the program."""
 
     def count(self, th: Thresholds, cmp_ctype: str, name: str, table: str | None, v: str, r: str, n: str,
-              row: str, pairs: tuple[int, int] | None = None) -> tuple[str, str]:
+              row: str, pairs: tuple[int, int] | None = None, dsp_cores: bool = True) -> tuple[str, str]:
         """Constants and code mapping ``v[0..n)`` through the threshold row ``row`` of ``th`` into
         ``r``: ``r = levels[0] + sum_k [v >= t_k] * step_k``, a vectorizable count. With many
         levels only the thresholds between the block's smallest and largest value are counted
         (those below both count for every lane, those above for none), found by binary search.
         ``pairs = (lo, hi)``: ``v`` and ``r`` are int16 arrays and ``lo <= v <= hi``; cores with
         the DSP extension then count two values a step (``sq_count_pairs``) where the
-        thresholds are few."""
+        thresholds are few, unless ``dsp_cores`` is false (they never run this code)."""
         levels, steps = th.levels, th.steps
         consts = array(cmp_ctype, table, th.table) if table else ""  # None: the caller decodes the rows
         uniform = len(set(steps)) <= 1
@@ -70,7 +70,7 @@ unsigned k0 = 0, k1 = 0;
             }}"""
         if pairs and th.table.shape[0] == 1 and pairs[1] - pairs[0] < LUT_SPAN:
             return self.lut_count(th, name, v, r, n, pairs, consts, code)
-        dsp = self.pairs_count(th, name, v, r, n, row, pairs)
+        dsp = self.pairs_count(th, name, v, r, n, row, pairs) if dsp_cores else ""
         if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
             if not th.window and table_needed:  # only the scalar cores' code reads it
                 consts += "#if SQ_SWAR\n" + array(smallest(levels), f"{name}_levels", levels) + "#endif\n"
