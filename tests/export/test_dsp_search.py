@@ -1,6 +1,7 @@
 """The Cortex-M output stages for many thresholds (``sq_search_COUNT`` with its buckets, and
 ``sq_bsearch_255``'s binary search for channels of few positions) count ``#(thr[k] <= v)`` exactly for any ascending table a bundle may carry: compiled from the emitted
-text for this host (the helpers are plain C) and run on tables no export writes (all equal at
+text for this host (the helpers are plain C but for two Arm instructions, USAT and SXTAH, given
+their meaning in C here; the Cortex-M4 tests run them on the target) and run on tables no export writes (all equal at
 either end of int16, one jump, clusters, a line, random ones) and on values across int16, both
 as they are and negated."""
 import re
@@ -15,7 +16,13 @@ from shiftquant.export.c.emit_dsp import BSEARCH_255_HELPER, search_helper
 from shiftquant.export.c.program import SEARCH_BUCKETS
 from tests.export.test_codegen import STRICT
 
-COUNT, POSITIONS = 255, 61  # positions: not a whole number of words
+COUNT, POSITIONS = 255, 63  # positions: not a whole number of words (a tail of 3 lanes: both words, both halves)
+
+# What the helpers' Arm instructions do: USAT (saturate to [0, 2^bits)) and SXTAH of a high half.
+ARM_IN_C = """\
+static int32_t __usat(int32_t x, unsigned bits) { return x < 0 ? 0 : x >= (1 << bits) ? (1 << bits) - 1 : x; }
+static int32_t sq_add_hi16(int32_t a, uint32_t w) { return a + SQ_S16(w >> 16); }
+"""
 
 
 def _tables(rng) -> list[np.ndarray]:
@@ -65,7 +72,7 @@ def test_the_bucketed_search_counts_every_ascending_table_exactly(tmp_path):
     }}""")
     s16 = re.search(r"^#define SQ_S16.*$", _PRELUDE, re.M).group(0)
     text = ("#include <stdint.h>\n#include <stdio.h>\n#define SQ_SWAR 1\n#define __ARM_FEATURE_SIMD32 1\n"
-            f"{s16}\n{search_helper(f'sq_search_{COUNT}')}\n{BSEARCH_255_HELPER}\nint main(void)\n{{\n" + "\n".join(cases)
+            f"{s16}\n{ARM_IN_C}\n{search_helper(f'sq_search_{COUNT}')}\n{BSEARCH_255_HELPER}\nint main(void)\n{{\n" + "\n".join(cases)
             + "\n    return 0;\n}\n")
     (tmp_path / "search.c").write_text(text)
     subprocess.run([shutil.which("cc"), *STRICT, "-O2", "search.c", "-o", "search"], cwd=tmp_path, check=True)

@@ -67,6 +67,13 @@ _PRELUDE = """\
 #include <arm_acle.h>
 /* A 16-bit value in both halves of a word (two lanes). */
 #define SQ_BOTH16(x) (((uint32_t)(uint16_t)(x) << 16) | (uint16_t)(x))
+/* a + the signed high half of w: one SXTAH (the low half's SQ_S16(w & 0xFFFFu) + a compiles to one). */
+__attribute__((always_inline)) static inline int32_t sq_add_hi16(int32_t a, uint32_t w)
+{
+    int32_t r;
+    __asm__("sxtah %0, %1, %2, ror #16" : "=r"(r) : "r"(a), "r"(w));
+    return r;
+}
 #endif
 #else
 #define SQ_SWAR 0

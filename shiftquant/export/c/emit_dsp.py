@@ -249,36 +249,37 @@ def search_helper(name: str) -> str:
     last = count - 1  # at most 255: the levels are bytes, a level apart
     return f"""\
 #if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)
-/* start[b] = #(thr[k] <= thr[0] + (b << shift)) over the {count} ascending thresholds; returns shift,
-   the smallest with (thr[{last}] - thr[0]) >> shift < {BUCKETS}. */
+/* start[b] = #(thr[k] <= base + (b << shift)) over the {count} ascending thresholds, base = thr[0] - 1;
+   returns shift, the smallest with (thr[{last}] - base) >> shift < {BUCKETS}. */
 static unsigned sq_buckets_{count}(const int16_t *thr, unsigned char *start)
 {{
-    const int32_t lo = thr[0], span = (int32_t)thr[{last}] - lo;
+    const int32_t base = (int32_t)thr[0] - 1, span = (int32_t)thr[{last}] - base;
     unsigned shift = 0, b, k = 0;
     while ((span >> shift) >= {BUCKETS}) shift++;
     for (b = 0; b < {BUCKETS}u; b++) {{
-        const int32_t edge = lo + (int32_t)(b << shift);
+        const int32_t edge = base + (int32_t)(b << shift);
         while (k < {count}u && thr[k] <= edge) k++;
         start[b] = (unsigned char)k;
     }}
     return shift;
 }}
 
-/* #(thr[k] <= v): all or none outside [thr[0], thr[{last}]), else from v's bucket on (thr[{last}] > v ends it). */
+/* #(thr[k] <= v): all from thr[{last}] on, else from v's bucket on (thr[{last}] > v ends it). A value
+   below base saturates to 0, bucket 0 (its count starts at 0: thr[0] > base): no branch for it. */
 __attribute__((always_inline)) static inline int32_t sq_count_{count}(int32_t v, const int16_t *thr, const unsigned char *start, unsigned shift,
-                                     int32_t lo, int32_t hi)
+                                     int32_t base, int32_t hi)
 {{
     unsigned k;
     if (v >= hi) return {count};
-    if (v < lo) return 0;
-    for (k = start[(uint32_t)(v - lo) >> shift]; thr[k] <= v; k++) {{}}
+    for (k = start[(uint32_t)__usat(v - base, 16) >> shift]; thr[k] <= v; k++) {{}}  /* v - base < hi - base <= 2^16 */
     return (int32_t)k;
 }}
 
 /* op[q] = l0 + #(thr[k] <= v) for the n lanes of acc2 (position 4i + q: word 2i + (q & 1), half q & 2;
    v = -acc where m is all ones), through the buckets of sq_buckets_{count}. */
 {lane_levels(f"sq_search_{count}", "const unsigned char *start, unsigned shift, ",
-             f"sq_count_{count}({{v}}, thr, start, shift, lo, hi)", f"const int32_t lo = thr[0], hi = thr[{last}];")}
+             f"sq_count_{count}({{v}}, thr, start, shift, base, hi)",
+             f"const int32_t base = (int32_t)thr[0] - 1, hi = thr[{last}];")}
 #endif
 """
 
@@ -286,8 +287,9 @@ __attribute__((always_inline)) static inline int32_t sq_count_{count}(int32_t v,
 def lane_levels(name: str, params: str, count: str, locals_: str = "") -> str:
     """The text of a lane stage ``name``: ``op[q] = l0 + count`` for the ``n`` lanes of acc2
     (position 4i + q: word 2i + (q & 1), half q & 2; v = -acc where m is all ones), ``count`` a C
-    expression of the value ``{v}``; ``params`` come after ``thr``, ``locals_`` before the loop."""
-    value = lambda word, half: count.format(v=f"SQ_S16({word}{' >> 16' if half else ' & 0xFFFFu'}) + neg")
+    expression of the value ``{v}``; ``params`` come after ``thr``, ``locals_`` before the loop.
+    Whole words of four lanes unchecked (one SXTAH a value), then the last one to three."""
+    level = lambda at, v: f"op[{at}] = (unsigned char)(uint32_t)(l0 + {count.format(v=v)});"
     return f"""\
 static void {name}(const uint32_t *acc2, unsigned n, const int16_t *thr, {params}uint32_t m, int32_t l0,
                    unsigned char *op)
@@ -295,12 +297,16 @@ static void {name}(const uint32_t *acc2, unsigned n, const int16_t *thr, {params
     const int32_t neg = (int32_t)(m & 1u);
     unsigned q;
     {locals_}
-    for (q = 0; q < n; q += 4u, acc2 += 2) {{
+    for (q = 0; q + 4u <= n; q += 4u, acc2 += 2) {{
         const uint32_t e = acc2[0] ^ m, o = acc2[1] ^ m;
-        op[q] = (unsigned char)(uint32_t)(l0 + {value("e", False)});
-        if (q + 1u < n) op[q + 1u] = (unsigned char)(uint32_t)(l0 + {value("o", False)});
-        if (q + 2u < n) op[q + 2u] = (unsigned char)(uint32_t)(l0 + {value("e", True)});
-        if (q + 3u < n) op[q + 3u] = (unsigned char)(uint32_t)(l0 + {value("o", True)});
+        {level("q", "SQ_S16(e & 0xFFFFu) + neg")}
+        {level("q + 1u", "SQ_S16(o & 0xFFFFu) + neg")}
+        {level("q + 2u", "sq_add_hi16(neg, e)")}
+        {level("q + 3u", "sq_add_hi16(neg, o)")}
+    }}
+    for (; q < n; q++) {{  /* the last 1 to 3 lanes */
+        const uint32_t w = (acc2[q & 1u] ^ m) >> (q & 2u ? 16u : 0u);
+        {level("q", "SQ_S16(w & 0xFFFFu) + neg")}
     }}
 }}"""
 
