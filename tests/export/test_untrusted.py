@@ -310,11 +310,12 @@ int main(int argc, char **argv)
 """
 
 
-def _c_run(path, x, workdir, sanitized: set, fill: str | None = None):
+def _c_run(path, x, workdir, sanitized: set, fill: str | None = None, weights: str | None = None):
     """The C backend's logits, and for C not yet seen, the same C under the sanitizers (the arena
-    filled with the word ``fill`` where given): its outputs must equal the library's, with no report."""
+    filled with the word ``fill`` where given; ``weights`` as :class:`CRuntime` takes it): its
+    outputs must equal the library's, with no report."""
     rt = sq.load_bundle(path)
-    native = CRuntime(rt, threads=1, name="net")
+    native = CRuntime(rt, threads=1, name="net", weights=weights)
     out = native.run(x)
     header, source = emit(native.program)
     digest = hashlib.sha256((header + source).encode()).hexdigest()
@@ -350,6 +351,18 @@ def test_lanes_past_a_blocks_values_run_clean_under_sanitizers(name, tmp_path):
     assert re.search(r"uint32_t acc\[\d+\]", source) and "_neg[co >> 3]" in source  # the case, not another
     out, _, how = _c_run(tmp_path / f"{name}.sqb", p, tmp_path, set(), fill="0x80000000")
     assert how == "sanitized"
+
+
+@pytest.mark.parametrize("name, bits", [("cnn", 3), ("plain", 2), ("resnet20", 2)])
+def test_packed_weights_run_clean_under_sanitizers(name, bits, tmp_path):
+    """Packed weights: each channel's codes read a 32-bit window at a time, whole windows then the
+    last few codes; no read past the codes (reading a window after the last code overflowed the
+    array, an ASan report) and the same outputs as the library."""
+    model, batches, px = quantized_pixels(name, 0, weight_shift_bits=bits, act_shift_bits=2)
+    p = batches["calibration"][:2]
+    rt = sq.export(model, tmp_path / f"{name}.sqb", px.to_float(p[:1]), px)
+    assert "sq_group_codes_" in emit(CRuntime(rt, threads=1, name="net", weights="packed").program)[1]
+    assert _c_run(tmp_path / f"{name}.sqb", p, tmp_path, set(), weights="packed")[2] == "sanitized"
 
 
 def test_c_fuzz_refuses_or_agrees_with_the_reference_and_runs_clean_under_sanitizers(bundles, tmp_path):
