@@ -287,10 +287,11 @@ class ShiftLayerPrinter:
         unsigned start[{ng + 2}];
         {{   /* decode this channel's codes: input offsets grouped by exponent and sign */
             uint8_t grp[{max(k.taps, 1)}];
-            unsigned fill[{ng + 1}], t, g;
+            {off_t} *fill[{ng + 1}];  /* where each group's next offset goes */
+            unsigned t, g;
             for (g = 0; g < {ng + 2}u; g++) start[g] = 0;
             sq_group_codes_{k.code_bits}({nm}_codes, {nm}_ch_w[co], grp, grp + {k.taps}u, {nm}_group, start + 1);
-            for (g = 0; g < {ng + 1}u; g++) {{ start[g + 1u] += start[g]; fill[g] = start[g]; }}
+            for (g = 0; g < {ng + 1}u; g++) {{ start[g + 1u] += start[g]; fill[g] = list + start[g]; }}
             {self.place_taps(k, off_t)}
         }}"""
 
@@ -301,13 +302,13 @@ class ShiftLayerPrinter:
         that step, not a table of every tap, where they do)."""
         pattern = k.tap_pattern()
         if pattern is None:
-            return f"for (t = 0; t < {k.taps}u; t++) list[fill[grp[t]]++] = {k.name}_tap[t];"
+            return f"for (t = 0; t < {k.taps}u; t++) *fill[grp[t]]++ = {k.name}_tap[t];"
         window, step = pattern
         return f"""{{
                 unsigned ci, w;
                 uint32_t base = 0;
                 for (t = 0, ci = 0; ci < {k.cin_g}u; ci++, base += {step}u)
-                    for (w = 0; w < {len(window)}u; w++, t++) list[fill[grp[t]]++] = ({off_t})(base + {k.name}_tap[w]);
+                    for (w = 0; w < {len(window)}u; w++, t++) *fill[grp[t]]++ = ({off_t})(base + {k.name}_tap[w]);
             }}"""
 
 
