@@ -389,29 +389,12 @@ def dsp_helper(name: str) -> str:
     return known.get(name) or run_helper(name)
 
 
-def tap_loop(tap, words, op: str, label: int, pairs: bool) -> list[str]:
-    """Assembly adding (``op``) the taps ``[lp, stop)`` of a run into its sums: ``tap(op)`` one
-    tap, ``words(op)`` the words at ``src``. With 16-bit offsets (``pairs``) two taps a step: one
-    load of both offsets, each tap's input one UXTAH from ``b``, one compare and branch (37
-    instructions for two taps of 8 words, against 40); an odd count enters at the second tap, its
-    offset loaded alone into the high half."""
-    n = lambda i, d="": f"{label}{i}{d}"
-    if not pairs:
-        return [f"b {n(2, 'f')}", f"{n(1)}:", *tap(op), f"{n(2)}:", "cmp %[lp], %[stop]", f"bcc {n(1, 'b')}"]
-    return ["sub %[src], %[stop], %[lp]", "tst %[src], #2", f"beq {n(1, 'f')}",
-            "ldrh %[u], [%[lp]], #2", "lsl %[u], %[u], #16", f"b {n(4, 'f')}",
-            f"{n(1)}:", "cmp %[lp], %[stop]", f"bcs {n(3, 'f')}",
-            f"{n(2)}:", "ldr %[u], [%[lp]], #4", "uxtah %[src], %[b], %[u]", *words(op),
-            f"{n(4)}:", "uxtah %[src], %[b], %[u], ror #16", *words(op), "cmp %[lp], %[stop]", f"bcc {n(2, 'b')}",
-            f"{n(3)}:"]
-
-
 def run_helper(name: str) -> str:
     """The text of helper ``sq_run_KIND_G_BITS`` (or ``sq_run_KIND_RxWsS_BITS``: ``R`` rows of
     ``W`` words, ``S`` bytes apart): one run of taps over ``G`` words (4G positions) summed in
     registers, then widened into ``acc2`` (``G`` pairs of lane words). Assembly, so the 8 sums,
-    the pointers, the loaded word and a pair of offsets stay in the core's 14 registers: per tap
-    its input's address from its offset (:func:`tap_loop`), and a load and a lane add per word. The first added tap's words are loaded
+    the pointers and the loaded word stay in the core's 13 registers: per tap a load of its
+    offset, an add, and a load and a lane add per word. The first added tap's words are loaded
     as the sums (zeros where a signed run adds none). A signed run (``ssum``) adds its taps
     ``[lp, mid)`` and subtracts ``[mid, le)``; ``le`` is read from memory between the two."""
     _, _, kind, words, bits = name.split("_")
@@ -422,17 +405,18 @@ def run_helper(name: str) -> str:
     offset_t = "uint16_t" if bits == "16" else "uint32_t"
 
     def tap(op: str | None) -> list[str]:  # op None: the words are the sums
-        return [load, "add %[src], %[b], %[v]", *(f"ldr %[w{q}], [%[src], #{at[q]}]" for q in range(g))] \
-            if op is None else [load, "add %[src], %[b], %[v]", *words(op)]
+        body = [load, "add %[src], %[b], %[v]"]
+        for q in range(g):
+            body += [f"ldr %[w{q}], [%[src], #{at[q]}]"] if op is None else \
+                [f"ldr %[v], [%[src], #{at[q]}]", f"{op} %[w{q}], %[w{q}], %[v]"]
+        return body
 
-    def words(op: str) -> list[str]:  # the tap at src added with op
-        return [x for q in range(g) for x in (f"ldr %[v], [%[src], #{at[q]}]", f"{op} %[w{q}], %[w{q}], %[v]")]
-
-    pairs = bits == "16"
-    first = ["cmp %[lp], %[stop]", "bcs 5f", *tap(None), *tap_loop(tap, words, add, 1, pairs), "b 6f", "5:",
-             *(f"mov %[w{q}], #0" for q in range(g)), "6:"] \
-        if sub else [*tap(None), *tap_loop(tap, words, add, 1, pairs)]  # a run of one sign has at least one tap
-    code = [*first, "ldr %[stop], %[le]", *tap_loop(tap, words, sub, 3, pairs)] if sub else first
+    first = ["cmp %[lp], %[stop]", "bcs 5f", *tap(None), "b 2f", "5:", *(f"mov %[w{q}], #0" for q in range(g)), "b 6f"] \
+        if sub else [*tap(None), "b 2f"]  # a run of one sign has at least one tap
+    code = [*first, "1:", *tap(add), "2:", "cmp %[lp], %[stop]", "bcc 1b", "6:"]
+    if sub:
+        code += ["ldr %[stop], %[le]", "cmp %[lp], %[stop]", "bcs 4f", "3:", *tap(sub), "cmp %[lp], %[stop]", "bcc 3b",
+                 "4:"]
     text = "\\n\\t".join(code)
     widen_asm = "\\n\\t".join(x.format(w="%[w]") for x in widen)
     widens = "\n".join(f"""\
@@ -447,11 +431,11 @@ def run_helper(name: str) -> str:
    widened into acc2[0 .. {2 * g}). */
 static void {name}(const unsigned char *b, const {offset_t} *lp, {mid}const {offset_t} *le, uint32_t *acc2)
 {{
-    uint32_t {", ".join(f"w{q}" for q in range(g))}, src, v, {"u, " if pairs else ""}e, o;
+    uint32_t {", ".join(f"w{q}" for q in range(g))}, src, v, e, o;
     const {offset_t} *stop = {"mid" if sub else "le"};
     __asm__("{text}"
             : {", ".join(f'[w{q}] "=&r"(w{q})' for q in range(g))}, [lp] "+r"(lp), [stop] "+r"(stop), [src] "=&r"(src),
-              [v] "=&r"(v){', [u] "=&r"(u)' if pairs else ""}
+              [v] "=&r"(v)
             : [b] "r"(b){', [le] "m"(le)' if sub else ""} : "cc", "memory");
 {widens}
 }}
