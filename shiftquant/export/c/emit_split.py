@@ -11,6 +11,21 @@ from .program import CHUNK, Split
 class SplitPrinter:
     """The phase split for :class:`.emit._Source`; ``self.count`` is :class:`.emit_thresholds.ThresholdPrinter`'s."""
 
+    def split_stage(self, k: Split) -> tuple[str, str, str, str, str, str | None]:
+        """``(constants, stage, compare type, scalar cores' level type, vector units' level type,
+        lut)``: the fused input stage mapping ``v`` to ``r`` (each pixel through its channel's
+        thresholds), a copy where there is none; ``lut``, where the scalar cores' stage is a
+        table of levels, the C of column ``i``'s level straight from it."""
+        a, th, nm = k.inputs[0], k.thresholds, k.name
+        if th is None:
+            return "", "for (i = 0; i < n; i++) r[i] = v[i];", a.ctype, a.ctype, a.ctype, None
+        cmp, vtype = self.compare_type(a), smallest(th.levels)  # vector units: the levels' type
+        rtype = "int16_t" if cmp == "int16_t" and vtype != "int32_t" else vtype  # scalar cores: pairs of int16
+        pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
+        consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
+        lut = f"{nm}_lut[src[(int)({k.stride}u * i) + x0] - ({pairs[0]})]" if self.takes_lut(th, pairs) else None
+        return consts, stage, cmp, rtype, vtype, lut
+
     def split(self, k: Split) -> str:
         a, out = k.inputs[0], k.output
         c, h, w = a.shape
@@ -20,20 +35,22 @@ class SplitPrinter:
         ys, xs = [py - ph for py, _ in k.phases], [px - pw for _, px in k.phases]
         block = min(CHUNK, row)
         th, nm = k.thresholds, k.name
-        if th is None:
-            consts, stage, cmp, rtype, next_row = "", "for (i = 0; i < n; i++) r[i] = v[i];", a.ctype, a.ctype, ""
-            vtype = rtype
-        else:  # the fused input stage: each pixel through its channel's thresholds
-            cmp, vtype = self.compare_type(a), smallest(th.levels)  # vector units: the levels' type
-            rtype = "int16_t" if cmp == "int16_t" and vtype != "int32_t" else vtype  # scalar cores: pairs of int16
-            pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
-            consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
-            next_row = f"thr += {th.count}u;" if th.table.shape[0] > 1 else ""
+        consts, stage, cmp, rtype, vtype, lut = self.split_stage(k)
+        next_row = f"thr += {th.count}u;" if th is not None and th.table.shape[0] > 1 else ""
         what = "thresholded and split" if th is not None else "split"
         # Per phase, the output columns [i0, i1) that read the input (x = s (i - b) + px in [0, w)).
         cols = [[i for i in range(row) if 0 <= s * (i - b) + x < w] for x in xs]
         i0, i1 = [c[0] if c else 0 for c in cols], [c[-1] + 1 if c else 0 for c in cols]
         size = out.itemsize
+        scalar = f"for (i = lo; i < hi; i++) o[i] = ({out.ctype}){lut};" if lut else f"""\
+for (q = lo; q < hi; q += {block}u) {{
+                    const unsigned n = hi - q < {block}u ? hi - q : {block}u;
+                    {cmp} v[{block}];
+                    {rtype} r[{block}];
+                    for (i = 0; i < n; i++) v[i] = ({cmp})src[(int)({s}u * (q + i)) + x0];
+                    {stage}
+                    for (i = 0; i < n; i++) o[q + i] = ({out.ctype})r[i];
+                }}"""
         return consts + f"""\
 /* {k.label}: its input {what} into {len(k.phases)} phases modulo {s} for the stride-{s} convolution */
 {self.signature(k)}
@@ -60,14 +77,7 @@ class SplitPrinter:
                 const unsigned lo = inside ? i0 : 0u, hi = inside ? i1 : 0u;
                 memset(o, 0, lo * {size}u);
                 memset(o + hi, 0, ({row}u - hi) * {size}u);
-                for (q = lo; q < hi; q += {block}u) {{
-                    const unsigned n = hi - q < {block}u ? hi - q : {block}u;
-                    {cmp} v[{block}];
-                    {rtype} r[{block}];
-                    for (i = 0; i < n; i++) v[i] = ({cmp})src[(int)({s}u * (q + i)) + x0];
-                    {stage}
-                    for (i = 0; i < n; i++) o[q + i] = ({out.ctype})r[i];
-                }}
+                {scalar}
 #else  /* vector units: whole rows (a constant count), the columns outside the input zeroed */
                 for (q = 0; q < {row}u; q += {block}u) {{
                     const unsigned n = {row}u - q < {block}u ? {row}u - q : {block}u;
@@ -89,5 +99,6 @@ class SplitPrinter:
         }}
     }}
     (void)k;
+    (void)q;
 }}
 """

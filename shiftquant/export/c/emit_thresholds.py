@@ -68,7 +68,7 @@ unsigned k0 = 0, k1 = 0;
                 {load_step}
                 for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
             }}"""
-        if pairs and th.table.shape[0] == 1 and pairs[1] - pairs[0] < LUT_SPAN:
+        if self.takes_lut(th, pairs):
             return self.lut_count(th, name, v, r, n, pairs, consts, code)
         dsp = self.pairs_count(th, name, v, r, n, row, pairs) if dsp_cores else ""
         if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
@@ -89,6 +89,12 @@ unsigned k0 = 0, k1 = 0;
             {code}
 #endif"""
         return consts, code
+
+    @staticmethod
+    def takes_lut(th: Thresholds, pairs: tuple[int, int] | None) -> bool:
+        """Whether :meth:`count` maps each value through a level table on scalar cores
+        (:meth:`lut_count`: ``NAME_lut[v - lo]``): one threshold row, few input values."""
+        return bool(pairs) and th.table.shape[0] == 1 and pairs[1] - pairs[0] < LUT_SPAN
 
     @staticmethod
     def lut_count(th: Thresholds, name: str, v: str, r: str, n: str, pairs: tuple[int, int], consts: str,
@@ -147,6 +153,19 @@ unsigned k0 = 0, k1 = 0;
             first_in, first_out = a.border * a.row + a.border, out.border * out.row + out.border
             step_in, step_out = a.row, out.row
         block = min(CHUNK, length)
+        blocks = f"""\
+                {cmp} v[{block}];
+                {rtype} r[{block}];
+                for (i = 0; i < n; i++) v[i] = ({cmp})ip[p + i];
+                {code}
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];"""
+        if self.takes_lut(th, pairs):  # scalar cores: each value's level straight from the table
+            blocks = f"""\
+#if SQ_SWAR
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype}){nm}_lut[ip[p + i] - ({pairs[0]})];
+#else
+{blocks}
+#endif"""
         return consts + f"""
 /* input stage of {k.label}: thresholds on its integer input -> its input levels */
 {self.signature(k)}
@@ -160,11 +179,7 @@ unsigned k0 = 0, k1 = 0;
         for (seg = 0; seg < {nseg}u; seg++, ip += {step_in}u, op += {step_out}u) {{
             for (p = 0; p < {length}u; p += {block}u) {{
                 const unsigned n = {length}u - p < {block}u ? {length}u - p : {block}u;
-                {cmp} v[{block}];
-                {rtype} r[{block}];
-                for (i = 0; i < n; i++) v[i] = ({cmp})ip[p + i];
-                {code}
-                for (i = 0; i < n; i++) op[p + i] = ({out.ctype})r[i];
+{blocks}
             }}
         }}
         {self.clear_border(out)}
