@@ -15,7 +15,7 @@ import torch
 import shiftquant as sq
 from shiftquant.cli import bundle_summary, main
 from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
-from shiftquant.export.c import cortex_m
+from shiftquant.export.c import codegen, cortex_m
 from shiftquant.models import resnet8, resnet20
 from tests.export.models import deploy_exported
 from tests.export.test_mobile import PIXELS, exported
@@ -155,6 +155,20 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
         done = subprocess.run([shutil.which("arm-none-eabi-gcc"), "-std=c99", "-mcpu=cortex-m4", "-mthumb", *flags,
                                "-c", "net.c", "-o", "debug.o"], cwd=tmp_path / "mcu", capture_output=True, text=True)
         assert done.returncode == 0, (flags, done.stderr[-1500:])
+
+
+def test_tables_weights_build_and_run_on_a_cortex_m4(tmp_path):
+    """``shiftquant codegen --weights tables`` writes the same portable C: on a Cortex-M4 its
+    residual-grid layers count in lanes from the thresholds, which the host's level tables had
+    left out (the build failed: ``*_thr`` undeclared); bit for bit with the reference."""
+    rt = _resnet8_with_negated_channels(tmp_path / "r8.sqb", 16)
+    images = np.random.default_rng(1).integers(0, 256, (2, 3, 16, 16)).astype(np.uint8)
+    cortex_m.write_project(rt.source, tmp_path / "mcu", "net", images)
+    tables = codegen(rt.source, tmp_path / "mcu", "net", weights="tables", borders="minimal")
+    assert "_lutlo" in (tmp_path / "mcu" / "net.c").read_text()  # the host's level tables are there
+    build = cortex_m.build(tmp_path / "mcu", "net", tables.stack_bytes)
+    assert "warning" not in build.warnings, build.warnings
+    assert np.array_equal(cortex_m.run(build.elf).logits, rt.run_int(images)[0])
 
 
 def test_column_kernels_build_without_warnings_on_a_cortex_m4(tmp_path):

@@ -161,6 +161,11 @@ class ShiftLayerPrinter:
             lut, base = lookup
             span, lut_t = lut.shape[1], smallest(th.levels)
             consts += array(lut_t, f"{nm}_lut", lut) + array("int32_t", f"{nm}_lutlo", base)
+            if k.dsp_form and self.dsp_stage(k):  # cores with the DSP extension count the thresholds themselves
+                at = [co * th.count for co in range(k.cout)]
+                consts += ("#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n" + array(w.sacc, f"{nm}_thr", th.table)
+                           + array(smallest(at, signed=False), f"{nm}_thr_at", at) + "#endif\n")
+                self.lane_rows[nm] = f"{nm}_thr + {nm}_thr_at[co]"
             return consts, f"""\
             {{   /* the level of every accumulator value between the channel's first and last threshold */
                 const {lut_t} *lut = {nm}_lut + {nm}_ch_thr[co];
@@ -292,24 +297,23 @@ class ShiftLayerPrinter:
             for (g = 0; g < {ng + 2}u; g++) start[g] = 0;
             sq_group_codes_{k.code_bits}({nm}_codes, {nm}_ch_w[co], grp, grp + {k.taps}u, {nm}_group, start + 1);
             for (g = 0; g < {ng + 1}u; g++) {{ start[g + 1u] += start[g]; fill[g] = list + start[g]; }}
-            {self.place_taps(k, off_t)}
+            {place_taps(k, off_t)}
         }}"""
 
-    @staticmethod
-    def place_taps(k: ShiftLayer, off_t: str) -> str:
-        """Each tap's input offset into its group's place in ``list``: the offsets of one input
-        channel's kernel window repeat at a fixed step per channel (read from that window and
-        that step, not a table of every tap, where they do)."""
-        pattern = k.tap_pattern()
-        if pattern is None:
-            return f"for (t = 0; t < {k.taps}u; t++) *fill[grp[t]]++ = {k.name}_tap[t];"
-        window, step = pattern
-        return f"""{{
-                unsigned ci, w;
-                uint32_t base = 0;
-                for (t = 0, ci = 0; ci < {k.cin_g}u; ci++, base += {step}u)
-                    for (w = 0; w < {len(window)}u; w++, t++) *fill[grp[t]]++ = ({off_t})(base + {k.name}_tap[w]);
-            }}"""
+def place_taps(k: ShiftLayer, off_t: str) -> str:
+    """Each tap's input offset into its group's place in ``list``: the offsets of one input
+    channel's kernel window repeat at a fixed step per channel (read from that window and
+    that step, not a table of every tap, where they do)."""
+    pattern = k.tap_pattern()
+    if pattern is None:
+        return f"for (t = 0; t < {k.taps}u; t++) *fill[grp[t]]++ = {k.name}_tap[t];"
+    window, step = pattern
+    return f"""{{
+            unsigned ci, w;
+            uint32_t base = 0;
+            for (t = 0, ci = 0; ci < {k.cin_g}u; ci++, base += {step}u)
+                for (w = 0; w < {len(window)}u; w++, t++) *fill[grp[t]]++ = ({off_t})(base + {k.name}_tap[w]);
+        }}"""
 
 
 def group_codes_helper(name: str) -> str:
