@@ -36,8 +36,8 @@ import torch
 
 import shiftquant as sq
 from shiftquant.cli import bundle_summary
-from shiftquant.export.c import cortex_m
 from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
+from shiftquant.export.c import cortex_m
 from shiftquant.models import build_model, load_weights
 
 SHAPES = {"resnet8": (3, 32, 32), "resnet20": (1, 28, 28)}

@@ -182,7 +182,7 @@ def test_column_kernels_build_without_warnings_on_a_cortex_m4(tmp_path):
     px = sq.PixelInput((0.5,), (0.25,))
     rt, pixels, _ = deploy_exported(model, (8, 1, 8, 1), px, tmp_path / "col.sqb", weight_shift_bits=2,
                                     act_shift_bits=2)
-    program, build, result = _on_target(rt.source, pixels[:4], tmp_path)
+    _, build, result = _on_target(rt.source, pixels[:4], tmp_path)
     assert np.array_equal(result.logits, rt.run_int(pixels[:4])[0])
     assert "sq_count_lanes(" in (tmp_path / "mcu" / "net.c").read_text()
     assert "warning" not in build.warnings, build.warnings

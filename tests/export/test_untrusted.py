@@ -349,7 +349,7 @@ def test_lanes_past_a_blocks_values_run_clean_under_sanitizers(name, tmp_path):
     native = CRuntime(rt, threads=1, name="net")
     source = emit(native.program)[1]
     assert re.search(r"uint32_t acc\[\d+\]", source) and "_neg[co >> 3]" in source  # the case, not another
-    out, _, how = _c_run(tmp_path / f"{name}.sqb", p, tmp_path, set(), fill="0x80000000")
+    _, _, how = _c_run(tmp_path / f"{name}.sqb", p, tmp_path, set(), fill="0x80000000")
     assert how == "sanitized"
 
 
