@@ -27,6 +27,7 @@ Each row then gives the hard model's accuracy on the first 1,000 test images.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -63,6 +64,7 @@ def random_model(name: str) -> tuple[torch.nn.Module, sq.PixelInput, np.ndarray,
         rng.integers(0, 256, (64, c, h, w)).astype(np.uint8), None
 
 
+@functools.lru_cache(maxsize=None)  # read once per run, not per model and width
 def fashion_pixels(split: str, channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST ``split`` as uint8 pixels ``(N, channels, size, size)`` (padded with zeros,
     repeated over channels) and labels."""

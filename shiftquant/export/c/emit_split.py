@@ -23,7 +23,7 @@ class SplitPrinter:
         rtype = "int16_t" if cmp == "int16_t" and vtype != "int32_t" else vtype  # scalar cores: pairs of int16
         pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
         consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
-        lut = f"{nm}_lut[src[(int)({k.stride}u * i) + x0] - ({pairs[0]})]" if self.takes_lut(th, pairs) else None
+        lut = self.lut_level(nm, pairs, f"src[(int)({k.stride}u * i) + x0]") if self.takes_lut(th, pairs) else None
         return consts, stage, cmp, rtype, vtype, lut
 
     def split(self, k: Split) -> str:

@@ -97,6 +97,11 @@ unsigned k0 = 0, k1 = 0;
         return bool(pairs) and th.table.shape[0] == 1 and pairs[1] - pairs[0] < LUT_SPAN
 
     @staticmethod
+    def lut_level(name: str, pairs: tuple[int, int], x: str) -> str:
+        """The C of value ``x``'s level from :meth:`lut_count`'s table (``pairs`` as it takes them)."""
+        return f"{name}_lut[{x} - ({pairs[0]})]"
+
+    @staticmethod
     def lut_count(th: Thresholds, name: str, v: str, r: str, n: str, pairs: tuple[int, int], consts: str,
                   code: str) -> tuple[str, str]:
         """:meth:`count` of one threshold row over few input values: on scalar cores each value's
@@ -106,7 +111,7 @@ unsigned k0 = 0, k1 = 0;
         consts += "#if SQ_SWAR\n" + array(smallest(table), f"{name}_lut", table) + "#endif\n"
         return consts, f"""\
 #if SQ_SWAR
-            for (i = 0; i < {n}; i++) {r}[i] = {name}_lut[{v}[i] - ({lo})];
+            for (i = 0; i < {n}; i++) {r}[i] = {ThresholdPrinter.lut_level(name, pairs, f"{v}[i]")};
 #else
             {code}
 #endif"""
@@ -162,7 +167,7 @@ unsigned k0 = 0, k1 = 0;
         if self.takes_lut(th, pairs):  # scalar cores: each value's level straight from the table
             blocks = f"""\
 #if SQ_SWAR
-                for (i = 0; i < n; i++) op[p + i] = ({out.ctype}){nm}_lut[ip[p + i] - ({pairs[0]})];
+                for (i = 0; i < n; i++) op[p + i] = ({out.ctype}){self.lut_level(nm, pairs, "ip[p + i]")};
 #else
 {blocks}
 #endif"""
