@@ -155,6 +155,48 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
         done = subprocess.run([shutil.which("arm-none-eabi-gcc"), "-std=c99", "-mcpu=cortex-m4", "-mthumb", *flags,
                                "-c", "net.c", "-o", "debug.o"], cwd=tmp_path / "mcu", capture_output=True, text=True)
         assert done.returncode == 0, (flags, done.stderr[-1500:])
+    # The same C in ARM state (-marm: Cortex-A and -R cores without NEON take the DSP forms too),
+    # where LDRD/STRD take only an even, consecutive register pair.
+    assert np.array_equal(_run_in_arm_state(tmp_path / "mcu", images.shape[0]), result.logits)
+    done = subprocess.run([shutil.which("arm-none-eabi-gcc"), "-std=c99", "-mcpu=cortex-r5", "-marm", "-Os", "-Wall",
+                           "-c", "net.c", "-o", "r5.o"], cwd=tmp_path / "mcu", capture_output=True, text=True)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-1500:]
+
+
+ARM_STATE_MAIN = """#include <stdint.h>
+#include <stdio.h>
+#include "net.h"
+#include "inputs.h"
+int main(void)
+{
+    static int32_t logits[NET_OUTPUT_SIZE];
+    int i, j;
+    for (i = 0; i < SQ_IMAGES; i++) {
+        net_run(sq_images[i], logits);
+        printf("image");
+        for (j = 0; j < NET_OUTPUT_SIZE; j++) printf(" %ld", (long)logits[j]);
+        printf("\\n");
+    }
+    return 0;
+}
+"""
+
+
+def _run_in_arm_state(mcu, images):
+    """The logits of a project's model (named ``net``) on its images, built for a Cortex-A15 in ARM state
+    (``-marm``, no NEON: the DSP forms) and run on QEMU's ``virt`` board through newlib's
+    semihosting."""
+    (mcu / "arm_state.c").write_text(ARM_STATE_MAIN)
+    done = subprocess.run([shutil.which("arm-none-eabi-gcc"), "-std=c99", "-mcpu=cortex-a15", "-marm", "-Os", "-Wall",
+                           "arm_state.c", "net.c", "--specs=nano.specs", "--specs=rdimon.specs",
+                           "-Wl,-Ttext-segment=0x40000000", "-o", "arm_state.elf"], cwd=mcu, capture_output=True, text=True)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-1500:]
+    ran = subprocess.run([shutil.which("qemu-system-arm"), "-M", "virt", "-cpu", "cortex-a15", "-nographic", "-nodefaults",
+                          "-semihosting-config", "enable=on,target=native", "-kernel", "arm_state.elf"],
+                         cwd=mcu, capture_output=True, text=True, timeout=300)
+    rows = [line.split()[1:] for line in ran.stdout.splitlines() if line.startswith("image")]
+    assert ran.returncode == 0 and len(rows) == images, (ran.stdout[-500:], ran.stderr[-500:])
+    return np.asarray(rows, dtype=np.int64)
 
 
 def test_tables_weights_build_and_run_on_a_cortex_m4(tmp_path):

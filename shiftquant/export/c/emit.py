@@ -74,6 +74,18 @@ __attribute__((always_inline)) static inline int32_t sq_add_hi16(int32_t a, uint
     __asm__("sxtah %0, %1, %2, ror #16" : "=r"(r) : "r"(a), "r"(w));
     return r;
 }
+/* Two words at p into t and s in the helpers' assembly (p += 8 with _NEXT, the store alike): one
+   LDRD/STRD in Thumb-2; ARM state (-marm) takes only an even, consecutive register pair there, so
+   two LDR/STR. */
+#ifdef __thumb2__
+#define SQ_LDRD(t, s, p) "ldrd %[" #t "], %[" #s "], [%[" #p "]]\\n\\t"
+#define SQ_LDRD_NEXT(t, s, p) "ldrd %[" #t "], %[" #s "], [%[" #p "]], #8\\n\\t"
+#define SQ_STRD_NEXT(t, s, p) "strd %[" #t "], %[" #s "], [%[" #p "]], #8\\n\\t"
+#else
+#define SQ_LDRD(t, s, p) "ldr %[" #t "], [%[" #p "]]\\n\\tldr %[" #s "], [%[" #p "], #4]\\n\\t"
+#define SQ_LDRD_NEXT(t, s, p) "ldr %[" #t "], [%[" #p "]], #4\\n\\tldr %[" #s "], [%[" #p "]], #4\\n\\t"
+#define SQ_STRD_NEXT(t, s, p) "str %[" #t "], [%[" #p "]], #4\\n\\tstr %[" #s "], [%[" #p "]], #4\\n\\t"
+#endif
 #endif
 #else
 #define SQ_SWAR 0

@@ -223,7 +223,7 @@ static void sq_count_lanes(const uint32_t *acc2, unsigned nw, const uint32_t *ts
         const uint32_t *tp = ts;
         uint32_t re = l0, ro = l0, t, s, d, word;
         if (used)  /* SSUB16 sets a flag per lane where v >= t, SEL takes the step there */
-            __asm__("1:\\n\\tldrd %[t], %[s], [%[tp]], #8\\n\\t"
+            __asm__("1:\\n\\t" SQ_LDRD_NEXT(t, s, tp)
                     "ssub16 %[d], %[ve], %[t]\\n\\tsel %[d], %[s], %[z]\\n\\tsadd16 %[re], %[re], %[d]\\n\\t"
                     "ssub16 %[d], %[vo], %[t]\\n\\tsel %[d], %[s], %[z]\\n\\tsadd16 %[ro], %[ro], %[d]\\n\\t"
                     "cmp %[tp], %[te]\\n\\tbcc 1b"
@@ -341,8 +341,8 @@ static void sq_double_lanes(uint32_t *acc2, uint32_t *const end, unsigned times)
 {
     for (; times; times--) {
         uint32_t *w = acc2, a, b;
-        __asm__ volatile("1:\\n\\tldrd %[a], %[b], [%[w]]\\n\\tsadd16 %[a], %[a], %[a]\\n\\tsadd16 %[b], %[b], %[b]\\n\\t"
-                "strd %[a], %[b], [%[w]], #8\\n\\tcmp %[w], %[end]\\n\\tbcc 1b"
+        __asm__ volatile("1:\\n\\t" SQ_LDRD(a, b, w) "sadd16 %[a], %[a], %[a]\\n\\tsadd16 %[b], %[b], %[b]\\n\\t"
+                SQ_STRD_NEXT(a, b, w) "cmp %[w], %[end]\\n\\tbcc 1b"
                 : [w] "+r"(w), [a] "=&r"(a), [b] "=&r"(b) : [end] "r"(end) : "cc", "memory");
     }
 }
@@ -364,7 +364,7 @@ static void sq_count_pairs(const int16_t *v, int16_t *r, unsigned n, const uint3
         if (i + 1u < n) memcpy(&x, v + i, 4u);
         else x = SQ_BOTH16(v[i]);
         if (used)
-            __asm__("1:\\n\\tldrd %[t], %[s], [%[tp]], #8\\n\\t"
+            __asm__("1:\\n\\t" SQ_LDRD_NEXT(t, s, tp)
                     "ssub16 %[d], %[x], %[t]\\n\\tsel %[d], %[s], %[z]\\n\\tsadd16 %[y], %[y], %[d]\\n\\t"
                     "cmp %[tp], %[te]\\n\\tbcc 1b"
                     : [y] "+r"(y), [tp] "+r"(tp), [t] "=&r"(t), [s] "=&r"(s), [d] "=&r"(d)
