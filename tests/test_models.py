@@ -84,3 +84,46 @@ def test_the_plain_cnns_build_by_name_and_classify_28_px():
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ConfigError, match="pool.*max or avg"):
         lenet5(pool="lp")
+
+
+def _safetensors_bytes(header: dict | bytes, data: bytes, length: int | None = None) -> bytes:
+    import json
+    import struct
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(head) if length is None else length) + head + data
+
+
+def test_hostile_safetensors_files_are_refused_as_checkpoint_errors(tmp_path):
+    """Any bytes a downloaded .safetensors may hold become a CheckpointError naming the file (never
+    safetensors' own error type), and a tensor of the wrong kind is refused by name."""
+    import numpy as np
+    model = resnet20(num_classes=10, in_chans=1)
+    good = tmp_path / "good.safetensors"
+    save_file(model.state_dict(), str(good))
+    whole = good.read_bytes()
+    t = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+    cases = {
+        "random": np.random.default_rng(0).bytes(200),
+        "empty": b"",
+        "header past the end": _safetensors_bytes({"w": t}, bytes(16), length=10**6),
+        "header too large": _safetensors_bytes({"w": t}, bytes(16), length=2**63),
+        "header not json": _safetensors_bytes(b"{not json", bytes(16)),
+        "header not utf-8": _safetensors_bytes(b'{"\xff\xfe": 1}', bytes(16)),
+        "offsets past the data": _safetensors_bytes({"w": dict(t, data_offsets=[0, 4096])}, bytes(16)),
+        "unknown dtype": _safetensors_bytes({"w": dict(t, dtype="Q7")}, bytes(16)),
+        "shape against offsets": _safetensors_bytes({"w": dict(t, shape=[1000, 1000])}, bytes(16)),
+        "negative shape": _safetensors_bytes({"w": dict(t, shape=[-2, -2])}, bytes(16)),
+        "truncated": whole[:len(whole) // 2],
+        "header only": whole[:8 + int.from_bytes(whole[:8], "little")],
+    }
+    for why, blob in cases.items():
+        path = tmp_path / f"{why.replace(' ', '_')}.safetensors"
+        path.write_bytes(blob)
+        with pytest.raises(CheckpointError, match=path.name):
+            read_state_dict(path)
+    ints = {k: (v.to(torch.int32) if k == "conv1.weight" else v) for k, v in model.state_dict().items()}
+    save_file(ints, str(tmp_path / "ints.safetensors"))
+    before = model.conv1.weight.detach().clone()
+    with pytest.raises(CheckpointError, match=r"conv1\.weight: expected .*float32, found .*int32"):
+        load_weights(model, tmp_path / "ints.safetensors")
+    assert torch.equal(model.conv1.weight, before)  # nothing loaded

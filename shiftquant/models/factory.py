@@ -104,13 +104,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
+    from safetensors import SafetensorError
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             obj = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
+            SafetensorError) as exc:
         raise CheckpointError(f"cannot read weights from {path}: {type(exc).__name__}: {exc}"[:500]) from None
     for key in _NESTED_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -132,7 +134,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not set(sd) <= set(own):
         sd = {k: v for k, v in sd.items() if not k.startswith("teacher.")}
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    wrong = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    wrong = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape
+             or own[k].is_floating_point() != sd[k].is_floating_point()]
     if missing or unexpected or wrong:
         detail = []
         if missing:
@@ -141,6 +144,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             detail.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
         if wrong:
             k = sorted(wrong)[0]
-            detail.append(f"shape of {k}: expected {tuple(own[k].shape)}, found {tuple(sd[k].shape)}")
+            detail.append(f"{k}: expected {tuple(own[k].shape)} {own[k].dtype}, found {tuple(sd[k].shape)} {sd[k].dtype}")
         raise CheckpointError(f"{path} does not fit {type(model).__name__}: " + "; ".join(detail))
     model.load_state_dict(sd)
