@@ -74,6 +74,36 @@ def compile_object(directory, name, flags):
     return directory / f"{name}.o"
 
 
+def deepest_call(directory, name, compiler, flags) -> tuple[int, dict[str, int]]:
+    """Stack bytes of the deepest call ``directory/name.c`` can make, compiled by ``compiler`` with
+    ``flags`` and ``-fstack-usage``: the entry points' frames, the largest layer's and the largest
+    helper's (``sq_*``: a layer calls helpers, and no helper calls a layer); and every frame."""
+    done = subprocess.run([compiler, "-std=c99", *flags, "-fstack-usage", "-c", f"{name}.c", "-o", "su.o"],
+                          cwd=directory, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]
+    frames = {}
+    for line in (directory / "su.su").read_text().splitlines():
+        where, size, kind = line.split("\t")
+        assert kind == "static", line  # no frame that grows at run time
+        frames[where.rsplit(":", 1)[1]] = int(size)
+    entry = frames.get(f"{name}_run", 0) + frames[f"{name}_invoke"]
+    layers = [b for f, b in frames.items() if f.startswith(f"{name}_") and f not in (f"{name}_run", f"{name}_invoke")]
+    helpers = [b for f, b in frames.items() if f.startswith("sq_")]
+    return entry + max(layers) + max(helpers, default=0), frames
+
+
+@pytest.mark.parametrize("model", ["resnet20", "cnn"])
+def test_the_stated_stack_bytes_bound_the_deepest_call(model, resnet20, tmp_path):
+    """``NAME_STACK_BYTES``, which the stated RAM adds to the arena, is at least the stack the C
+    takes (gcc's -fstack-usage on the host, unoptimized and optimized, packed and tables weights)."""
+    rt = resnet20[3] if model == "resnet20" else hard_and_runtime(model, 0, 2, True, tmp_path)[3]
+    for weights in ("packed", "tables"):
+        program = sq.codegen(rt, tmp_path, "net", weights=weights)
+        for flags in (["-O0"], ["-O2"], ["-O3", "-march=native"]):
+            deepest, frames = deepest_call(tmp_path, "net", shutil.which("cc"), flags)
+            assert 0 < deepest <= program.stack_bytes, (weights, flags, deepest, program.stack_bytes, frames)
+
+
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
 @pytest.mark.parametrize("weights,levels", [("packed", [["-O0"], ["-O3", "-march=native", "-fopenmp"]]),
                                             ("tables", [["-O3", "-march=native", "-fopenmp"]])])

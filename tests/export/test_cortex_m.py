@@ -18,6 +18,7 @@ from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
 from shiftquant.export.c import codegen, cortex_m
 from shiftquant.models import resnet8, resnet20
 from tests.export.models import deploy_exported
+from tests.export.test_codegen import deepest_call
 from tests.export.test_mobile import PIXELS, exported
 
 pytestmark = pytest.mark.skipif(bool(cortex_m.tools_missing()),
@@ -155,6 +156,9 @@ def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):
         done = subprocess.run([shutil.which("arm-none-eabi-gcc"), "-std=c99", "-mcpu=cortex-m4", "-mthumb", *flags,
                                "-c", "net.c", "-o", "debug.o"], cwd=tmp_path / "mcu", capture_output=True, text=True)
         assert done.returncode == 0, (flags, done.stderr[-1500:])
+        deepest, frames = deepest_call(tmp_path / "mcu", "net", shutil.which("arm-none-eabi-gcc"),
+                                       ["-mcpu=cortex-m4", "-mthumb", *flags])
+        assert deepest <= program.stack_bytes, (flags, deepest, program.stack_bytes, frames)  # the stated RAM's stack
     # The same C in ARM state (-marm: Cortex-A and -R cores without NEON take the DSP forms too),
     # where LDRD/STRD take only an even, consecutive register pair.
     assert np.array_equal(_run_in_arm_state(tmp_path / "mcu", images.shape[0]), result.logits)

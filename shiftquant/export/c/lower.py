@@ -411,11 +411,12 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
     """Scratch a kernel keeps on the stack (an upper bound): a shift layer's decoded tap lists and
     group starts or its sums per code and position, its delta-packed thresholds (packed weights), and its vector blocks
     (accumulators, byte sums, output stage); in the DSP form also a block's lane words, its
-    levels, the lane thresholds and the helpers' saved registers (:mod:`.emit_dsp`)."""
+    levels, the lane thresholds and the helpers' saved registers (:mod:`.emit_dsp`). The group
+    starts are 4 bytes each, the fill pointers 8 (a 64-bit host's; 4 on a Cortex-M)."""
     if not isinstance(k, ShiftLayer):
         return 0
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
     dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
-    return (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (2 * k.groups_count + 3) + 13 * k.chunk + decoded + dsp
+    return (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (k.groups_count + 2) + 8 * (k.groups_count + 1) + 13 * k.chunk + decoded + dsp
             + sums_bytes(k, weights))
