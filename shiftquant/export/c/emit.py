@@ -178,7 +178,6 @@ class _Source(ShiftLayerPrinter, FewPositionsPrinter, DspPrinter, SplitPrinter, 
         self.p = p
         self.parts: list[str] = []
         self.helpers: set[str] = set()
-        self.lane_rows: dict[str, str] = {}  # per shift layer: its channel's thresholds for the lane stages
 
     def text(self) -> str:
         p = self.p

@@ -141,7 +141,9 @@ class DspPrinter:
         if how is None:
             return ""
         th, nm = k.requant, k.name
-        source = "thr_c" if self.delta_packed(k) else self.lane_rows.get(nm, f"{nm}_thr + {nm}_ch_thr[co]")
+        source = ("thr_c" if self.delta_packed(k)  # decoded onto the stack
+                  else f"{nm}_thr + {nm}_thr_at[co]" if th.looked_up(self.p.weights)  # _ch_thr: the level table's rows
+                  else f"{nm}_thr + {nm}_ch_thr[co]")
         if how == "bsearch":
             code = f"        const {w.sacc} *const thr_l = {source};"
             self.helpers.add(f"sq_bsearch_{th.count}")

@@ -156,16 +156,14 @@ class ShiftLayerPrinter:
             return "", f"            for (i = 0; i < n; i++) op[p + i] = {w.signed}(acc[i]);", zeros
         th = k.requant
         consts = self.signs(k)
-        lookup = th.lookup() if self.p.weights == "tables" and th.window else None
-        if lookup is not None:  # tables mode, many levels: one lookup per value
-            lut, base = lookup
+        if th.looked_up(self.p.weights):  # tables mode, many levels: one lookup per value
+            lut, base = th.lookup()
             span, lut_t = lut.shape[1], smallest(th.levels)
             consts += array(lut_t, f"{nm}_lut", lut) + array("int32_t", f"{nm}_lutlo", base)
             if k.dsp_form and self.dsp_stage(k):  # cores with the DSP extension count the thresholds themselves
                 at = [co * th.count for co in range(k.cout)]
                 consts += ("#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n" + array(w.sacc, f"{nm}_thr", th.table)
                            + array(smallest(at, signed=False), f"{nm}_thr_at", at) + "#endif\n")
-                self.lane_rows[nm] = f"{nm}_thr + {nm}_thr_at[co]"
             return consts, f"""\
             {{   /* the level of every accumulator value between the channel's first and last threshold */
                 const {lut_t} *lut = {nm}_lut + {nm}_ch_thr[co];

@@ -115,14 +115,18 @@ class Thresholds:
     def steps(self) -> list[int]:
         return [b - a for a, b in zip(self.levels, self.levels[1:])]
 
-    def lookup(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def looked_up(self, weights: str) -> bool:
+        """Whether the ``weights`` form stores these thresholds as a level table (:meth:`lookup`):
+        tables weights, many ascending thresholds, a span of at most ``LOOKUP_SPAN`` values."""
+        span = int((self.table[:, -1] - self.table[:, 0]).max()) + 2
+        return weights == "tables" and self.window and span <= LOOKUP_SPAN
+
+    def lookup(self) -> tuple[np.ndarray, np.ndarray]:
         """``(table (channels, span), base (channels,))``: the level of every value ``base_c + i``
         for ``i`` in ``[0, span)``, from one below the first threshold to the last (values beyond
-        either end clamp to it); None when the span exceeds ``LOOKUP_SPAN``."""
+        either end clamp to it); where :meth:`looked_up`."""
         base = self.table[:, 0] - 1
         span = int((self.table[:, -1] - base).max()) + 1
-        if span > LOOKUP_SPAN:
-            return None
         levels = np.asarray(self.levels)
         rows = [levels[np.searchsorted(t, b + np.arange(span), side="right")] for t, b in zip(self.table, base)]
         return np.stack(rows), base
@@ -593,10 +597,8 @@ class Program:
                     nonzero = int((np.asarray(k.group_of_code())[k.weight_codes] < k.groups_count).sum())
                     total += int_bytes(k.tap_offsets) * nonzero + 4 * k.cout * (k.groups_count + 1)
                 total += k.base_bytes(self.weights)
-                lookup = k.requant.lookup() if k.requant is not None and k.requant.window \
-                    and self.weights == "tables" else None
-                if lookup is not None:
-                    total += lookup[0].size * (1 if max(map(abs, k.requant.levels)) < 128 else 2) + 4 * k.cout
+                if k.requant is not None and k.requant.looked_up(self.weights):
+                    total += k.requant.lookup()[0].size * (1 if max(map(abs, k.requant.levels)) < 128 else 2) + 4 * k.cout
                 elif k.requant is not None and k.requant.deltas is not None and self.weights == "packed":
                     total += k.requant.deltas.nbytes + _sign_bytes(k.requant)
                 elif k.requant is not None:
