@@ -22,7 +22,7 @@ class SplitPrinter:
         cmp, vtype = self.compare_type(a), smallest(th.levels)  # vector units: the levels' type
         rtype = "int16_t" if cmp == "int16_t" and vtype != "int32_t" else vtype  # scalar cores: pairs of int16
         pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
-        consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
+        consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs, fused_lut=True)
         lut = self.lut_level(nm, pairs, f"src[(int)({k.stride}u * i) + x0]") if self.takes_lut(th, pairs) else None
         return consts, stage, cmp, rtype, vtype, lut
 

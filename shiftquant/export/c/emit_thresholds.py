@@ -16,14 +16,17 @@ class ThresholdPrinter:
     """Threshold code for :class:`.emit._Source`; ``self.p`` is the program."""
 
     def count(self, th: Thresholds, cmp_ctype: str, name: str, table: str | None, v: str, r: str, n: str,
-              row: str, pairs: tuple[int, int] | None = None, dsp_cores: bool = True) -> tuple[str, str]:
+              row: str, pairs: tuple[int, int] | None = None, dsp_cores: bool = True,
+              fused_lut: bool = False) -> tuple[str, str]:
         """Constants and code mapping ``v[0..n)`` through the threshold row ``row`` of ``th`` into
         ``r``: ``r = levels[0] + sum_k [v >= t_k] * step_k``, a vectorizable count. With many
         levels only the thresholds between the block's smallest and largest value are counted
         (those below both count for every lane, those above for none), found by binary search.
         ``pairs = (lo, hi)``: ``v`` and ``r`` are int16 arrays and ``lo <= v <= hi``; cores with
         the DSP extension then count two values a step (``sq_count_pairs``) where the
-        thresholds are few, unless ``dsp_cores`` is false (they never run this code)."""
+        thresholds are few, unless ``dsp_cores`` is false (they never run this code). Where scalar
+        cores map each value through a level table (:meth:`takes_lut`), ``fused_lut``: the caller
+        reads it itself (:meth:`lut_level`), the code is the vector units' alone."""
         levels, steps = th.levels, th.steps
         consts = array(cmp_ctype, table, th.table) if table else ""  # None: the caller decodes the rows
         uniform = len(set(steps)) <= 1
@@ -69,7 +72,8 @@ unsigned k0 = 0, k1 = 0;
                 for (i = 0; i < {n}; i++) {r}[i] = ({r}[i] + {add});
             }}"""
         if self.takes_lut(th, pairs):
-            return self.lut_count(th, name, v, r, n, pairs, consts, code)
+            consts += self.lut_table(th, name, pairs)
+            return consts, code if fused_lut else self.lut_count(name, v, r, n, pairs, code)
         dsp = self.pairs_count(th, name, v, r, n, row, pairs) if dsp_cores else ""
         if th.ascending and th.count >= 4:  # scalar cores: a binary search per value
             if not th.window and table_needed:  # only the scalar cores' code reads it
@@ -93,23 +97,26 @@ unsigned k0 = 0, k1 = 0;
     @staticmethod
     def takes_lut(th: Thresholds, pairs: tuple[int, int] | None) -> bool:
         """Whether :meth:`count` maps each value through a level table on scalar cores
-        (:meth:`lut_count`: ``NAME_lut[v - lo]``): one threshold row, few input values."""
+        (:meth:`lut_table`: ``NAME_lut[v - lo]``): one threshold row, few input values."""
         return bool(pairs) and th.table.shape[0] == 1 and pairs[1] - pairs[0] < LUT_SPAN
 
     @staticmethod
     def lut_level(name: str, pairs: tuple[int, int], x: str) -> str:
-        """The C of value ``x``'s level from :meth:`lut_count`'s table (``pairs`` as it takes them)."""
+        """The C of value ``x``'s level from :meth:`lut_table` (``pairs`` as it takes them)."""
         return f"{name}_lut[{x} - ({pairs[0]})]"
 
     @staticmethod
-    def lut_count(th: Thresholds, name: str, v: str, r: str, n: str, pairs: tuple[int, int], consts: str,
-                  code: str) -> tuple[str, str]:
-        """:meth:`count` of one threshold row over few input values: on scalar cores each value's
-        level from a table (one entry per value of ``[lo, hi]``), elsewhere ``code``."""
+    def lut_table(th: Thresholds, name: str, pairs: tuple[int, int]) -> str:
+        """The scalar cores' table of levels of one threshold row: one entry per value of ``pairs``."""
         lo, hi = pairs
         table = [th.levels[0] + sum(s for t, s in zip(th.table[0], th.steps) if t <= x) for x in range(lo, hi + 1)]
-        consts += "#if SQ_SWAR\n" + array(smallest(table), f"{name}_lut", table) + "#endif\n"
-        return consts, f"""\
+        return "#if SQ_SWAR\n" + array(smallest(table), f"{name}_lut", table) + "#endif\n"
+
+    @staticmethod
+    def lut_count(name: str, v: str, r: str, n: str, pairs: tuple[int, int], code: str) -> str:
+        """:meth:`count` of one threshold row over few input values: on scalar cores each value's
+        level from :meth:`lut_table`, elsewhere ``code``."""
+        return f"""\
 #if SQ_SWAR
             for (i = 0; i < {n}; i++) {r}[i] = {ThresholdPrinter.lut_level(name, pairs, f"{v}[i]")};
 #else
@@ -149,7 +156,7 @@ unsigned k0 = 0, k1 = 0;
         cmp = self.compare_type(a)
         rtype = "int16_t" if all(-32768 <= v <= 32767 for v in th.levels) else "int32_t"
         pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
-        consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs)
+        consts, code = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", "n", "thr", pairs, fused_lut=True)
         c, h, w = a.shape
         if a.row == out.row:  # one geometry: the whole plane at once (its border is cleared after)
             nseg, length, first_in, first_out, step_in, step_out = 1, a.plane, 0, 0, 0, 0
