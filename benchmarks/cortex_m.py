@@ -1,4 +1,5 @@
-"""Flash, RAM and instructions per inference on a Cortex-M4 (QEMU's mps2-an386), measured.
+"""Flash, RAM and instructions per inference on a Cortex-M4 (QEMU's mps2-an386), measured; with
+``--targets``, on the other cores of ``cortex_m.TARGETS`` too (the same bundle).
 
 Each model is exported at the ``deploy`` preset (integer-only, uint8 pixels in), its C built by
 ``shiftquant.export.c.cortex_m`` (``arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os``, newlib-nano)
@@ -22,7 +23,7 @@ over 3 channels; trained by this script, 4 epochs, about 5 minutes, where the fi
 Each row then gives the hard model's accuracy on the first 1,000 test images.
 
     python benchmarks/cortex_m.py [--models resnet8 resnet20] [--bits 3 2] [--images 4] [--weights random|trained]
-                                  [--json out.json]
+                                  [--targets cortex-m4 cortex-m3 ...] [--json out.json]
 """
 from __future__ import annotations
 
@@ -116,7 +117,9 @@ def trained_model(name: str) -> tuple[torch.nn.Module, sq.PixelInput, np.ndarray
     return model, sq.PixelInput((MEAN,) * c, (STD,) * c), calib, *test
 
 
-def measure(name: str, bits: int, images: int, tmp: Path, weights: str = "random") -> dict:
+def measure(name: str, bits: int, images: int, tmp: Path, weights: str = "random",
+            targets: tuple[str, ...] = ("cortex-m4",)) -> list[dict]:
+    """One row per core of ``targets``: the model exported once, built and run on each."""
     model, px, calib, pixels, labels = (trained_model if weights == "trained" else random_model)(name)
     c, h, w = calib.shape[1:]
     path = tmp / f"{name}-w{bits}.sqb"
@@ -128,22 +131,26 @@ def measure(name: str, bits: int, images: int, tmp: Path, weights: str = "random
         torch.manual_seed(0)
         fit(model, px, *(a[:20000] for a in fashion_pixels("train", c, h)), 5e-4)
     rt = sq.export(model, path, px.to_float(calib[:1]), px)
-    program = cortex_m.write_project(rt, tmp / f"{name}-w{bits}", "net", pixels[:images])  # the first images run
-    built = cortex_m.build(tmp / f"{name}-w{bits}", "net", program.stack_bytes)
-    run = cortex_m.run(built.elf)
-    assert np.array_equal(run.logits, rt.run_int(pixels[:images])[0]), "target != reference"
     macs = bundle_summary(str(path))["macs"]["total"]
-    per_image = float(np.median(run.instructions))
     with torch.no_grad():  # the share of zero weights: the kernels skip them
         hard = [m.weight_quantizer(m.weight) for m in model.modules() if getattr(m, "weight_quantizer", None)]
         zero = sum(int((q == 0).sum()) for q in hard) / sum(q.numel() for q in hard)
         accuracy = None if labels is None else float(  # the hard model, first 1,000 test images
             (model(px.to_float(pixels[:1000])).argmax(1).numpy() == labels[:1000]).mean())
-    return {"model": name, "bits": f"W{bits}A{bits}", "weights": weights, "input": [c, h, w], "macs": macs,
-            "flash_bytes": built.flash_bytes, "ram_bytes": built.ram_bytes, "sections": built.sections,
-            "host_estimate_flash": program.flash_bytes, "instructions_per_image": per_image,
-            "instructions_per_mac": per_image / macs, "zero_weights": zero,
-            "test_accuracy_1000": accuracy}
+    rows = []
+    for target in targets:
+        out = tmp / f"{name}-w{bits}-{target}"
+        program = cortex_m.write_project(rt, out, "net", pixels[:images], target)  # the first images run
+        built = cortex_m.build(out, "net", program.stack_bytes, target)
+        run = cortex_m.run(built.elf, target=target)
+        assert np.array_equal(run.logits, rt.run_int(pixels[:images])[0]), "target != reference"
+        per_image = float(np.median(run.instructions))
+        rows.append({"model": name, "bits": f"W{bits}A{bits}", "weights": weights, "target": target,
+                     "input": [c, h, w], "macs": macs, "flash_bytes": built.flash_bytes, "ram_bytes": built.ram_bytes,
+                     "sections": built.sections, "host_estimate_flash": program.flash_bytes,
+                     "instructions_per_image": per_image, "instructions_per_mac": per_image / macs,
+                     "zero_weights": zero, "test_accuracy_1000": accuracy})
+    return rows
 
 
 def main() -> None:
@@ -152,6 +159,7 @@ def main() -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[3, 2])
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--weights", choices=("random", "trained"), default="random")
+    p.add_argument("--targets", nargs="+", choices=list(cortex_m.TARGETS), default=["cortex-m4"])
     p.add_argument("--json")
     args = p.parse_args()
     if cortex_m.tools_missing():
@@ -159,14 +167,14 @@ def main() -> None:
                          "qemu-system-arm)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            for bits in args.bits:
-                r = measure(name, bits, args.images, Path(tmp), args.weights)
+        for name, bits in ((n, b) for n in args.models for b in args.bits):
+            for r in measure(name, bits, args.images, Path(tmp), args.weights, tuple(args.targets)):
                 rows.append(r)
-                print(f"{r['model']:>9} {r['bits']}: {r['macs'] / 1e6:.2f} M MACs, flash {r['flash_bytes']:,} B, "
-                      f"RAM {r['ram_bytes']:,} B, {r['instructions_per_image'] / 1e6:.1f} M instructions per image, "
-                      f"{r['instructions_per_mac']:.2f} per MAC ({r['weights']} weights, {100 * r['zero_weights']:.0f} % zero)",
-                      flush=True)
+                print(f"{r['model']:>9} {r['bits']} {r['target']}: {r['macs'] / 1e6:.2f} M MACs, "
+                      f"flash {r['flash_bytes']:,} B, RAM {r['ram_bytes']:,} B, "
+                      f"{r['instructions_per_image'] / 1e6:.1f} M instructions per image, "
+                      f"{r['instructions_per_mac']:.2f} per MAC ({r['weights']} weights, "
+                      f"{100 * r['zero_weights']:.0f} % zero)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .errors import ShiftQuantError
+from .export.c.cortex_m import TARGETS
 
 
 def _export(args) -> None:
@@ -139,10 +140,11 @@ def _codegen(args) -> None:
     if args.target != "host":
         images = None if args.images is None else np.load(args.images, allow_pickle=False)
         program = cortex_m.write_project(args.bundle, out, args.name, images, args.target)
-        print(f"wrote a {args.target} project for QEMU's {cortex_m.MACHINE} to {out} (make && make run); "
-              f"model flash {program.flash_bytes:,} bytes of constants, RAM {program.ram_bytes:,} bytes")
+        print(f"wrote a {args.target} project for QEMU's {cortex_m.TARGETS[args.target].machine} to {out} "
+              f"(make && make run); model flash {program.flash_bytes:,} bytes of constants, RAM "
+              f"{program.ram_bytes:,} bytes")
         if not cortex_m.tools_missing():
-            built = cortex_m.build(out, args.name, program.stack_bytes)
+            built = cortex_m.build(out, args.name, program.stack_bytes, args.target)
             cortex_m.stamp_header(out / f"{args.name}.h", args.name, built)
             print(f"built {built.elf.name} with {cortex_m.CC} -Os: the model takes {built.flash_bytes:,} bytes of "
                   f"flash (code and constants) and {built.ram_bytes:,} bytes of RAM")
@@ -379,12 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--name", default="model", help="C prefix of the files and functions (default: model)")
     g.add_argument("--weights", choices=["packed", "tables"], default="packed",
                    help="packed: the bundle's bit-packed codes (least flash); tables: precomputed offsets (fastest)")
-    g.add_argument("--target", choices=["host", "cortex-m4"], default="host",
-                   help="cortex-m4: also a bare-metal project (startup, main, linker script, Makefile) for QEMU's "
-                        "mps2-an386, built with arm-none-eabi-gcc -Os (packed weights)")
+    g.add_argument("--target", choices=["host", *TARGETS], default="host",
+                   help="cortex-mN: also a bare-metal project (startup, main, linker script, Makefile) for the QEMU "
+                        "board with that core (mps2-an385, -an386, -an500, -an505, mps3-an547), built with "
+                        "arm-none-eabi-gcc -Os (packed weights)")
     g.add_argument("--borders", choices=["shared", "minimal"], default="shared",
                    help="host target: shared (one border per image size: long vector loops, the default) or "
-                        "minimal (a border only where a padded convolution reads: least RAM); cortex-m4: minimal")
+                        "minimal (a border only where a padded convolution reads: least RAM); cortex-mN: minimal")
     g.add_argument("--images", help="with --target: a .npy of integer inputs (n, C, H, W) the project's main runs")
     g.set_defaults(fn=_codegen)
     v = sub.add_parser("sensitivity", help="per-layer sensitivity to each width (KL, hard), table and heat map")

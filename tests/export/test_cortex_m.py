@@ -50,10 +50,10 @@ def _multiplies_in_shift_layers(obj) -> dict:
     return found
 
 
-def _on_target(bundle, images, tmp_path, name="net", capsys=None):
+def _on_target(bundle, images, tmp_path, name="net", capsys=None, target="cortex-m4"):
     """The project written (and built) by the CLI, built again from Python and run in QEMU."""
     np.save(tmp_path / "images.npy", images)
-    main(["codegen", str(bundle), str(tmp_path / "mcu"), "--name", name, "--target", "cortex-m4",
+    main(["codegen", str(bundle), str(tmp_path / "mcu"), "--name", name, "--target", target,
           "--images", str(tmp_path / "images.npy")])
     printed = capsys.readouterr().out if capsys is not None else ""
     assert {"Makefile", "link.ld", "startup.c", "main.c", "inputs.h", f"{name}.c"} <= {
@@ -61,14 +61,15 @@ def _on_target(bundle, images, tmp_path, name="net", capsys=None):
     header = (tmp_path / "mcu" / f"{name}.h").read_text()
     main(["codegen", str(bundle), str(tmp_path / "host"), "--name", name])  # host C: the same Cortex-M4 sizes
     host_header = (tmp_path / "host" / f"{name}.h").read_text()
-    program = cortex_m.write_project(bundle, tmp_path / "mcu", name, images)  # the same files: sizes
-    build = cortex_m.build(tmp_path / "mcu", name, program.stack_bytes)
-    for text in (header, host_header):
-        assert f"#define {name.upper()}_CORTEX_M4_FLASH_BYTES ({build.flash_bytes})" in text
-        assert f"#define {name.upper()}_CORTEX_M4_RAM_BYTES ({build.ram_bytes})" in text
+    program = cortex_m.write_project(bundle, tmp_path / "mcu", name, images, target)  # the same files: sizes
+    build = cortex_m.build(tmp_path / "mcu", name, program.stack_bytes, target)
+    core = target.upper().replace("-", "_")
+    for text in (header, host_header) if target == "cortex-m4" else (header,):  # the host's header: a Cortex-M4's
+        assert f"#define {name.upper()}_{core}_FLASH_BYTES ({build.flash_bytes})" in text
+        assert f"#define {name.upper()}_{core}_RAM_BYTES ({build.ram_bytes})" in text
     if capsys is not None:  # the CLI printed the sizes of the same build
         assert f"takes {build.flash_bytes:,} bytes of flash" in printed and f"{build.ram_bytes:,} bytes of RAM" in printed
-    return program, build, cortex_m.run(build.elf)
+    return program, build, cortex_m.run(build.elf, target=target)
 
 
 def test_resnet20_runs_on_a_cortex_m4_bit_for_bit(tmp_path, capsys):
@@ -128,6 +129,26 @@ def _resnet8_with_negated_channels(path, size: int = 32):
     px = sq.PixelInput((0.5,) * 3, (0.25,) * 3)
     # 3-bit codes (zero, sign, 2^0 .. 2^-3): activations of at most 8 steps sum 15 taps in a byte
     return deploy_exported(model, (8, 3, size, size), px, path, weight_shift_bits=2, act_shift_bits=2)[0]
+
+
+@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m7", "cortex-m33", "cortex-m55"])
+def test_the_other_cores_run_the_model_bit_for_bit(target, tmp_path):
+    """The ResNet-8 of the DSP forms' test on the other cores' boards: the Cortex-M3 (no DSP
+    extension: plain 32-bit adds of byte lanes, binary searches), M7, M33 (secure state, its own
+    memory map) and M55 (the DSP forms, not Helium); bit for bit, warning-free at -Wall, no multiply
+    in a shift layer. The Cortex-M0+ (Armv6-M; QEMU has no board with the RAM) is compiled only."""
+    rt = _resnet8_with_negated_channels(tmp_path / "r8.sqb", 28)
+    images = np.random.default_rng(1).integers(0, 256, (2, 3, 28, 28)).astype(np.uint8)
+    program, build, result = _on_target(rt.source, images, tmp_path, target=target)
+    assert np.array_equal(result.logits, rt.run_int(images)[0])
+    assert "warning" not in build.warnings, build.warnings
+    assert not _multiplies_in_shift_layers(build.elf.parent / "net.o")
+    assert f"-mcpu={target}" in (tmp_path / "mcu" / "Makefile").read_text()
+    assert (result.instructions > 9.5e6).all()  # counted: at least one instruction per MAC
+    if target == "cortex-m3":
+        done = subprocess.run([shutil.which("arm-none-eabi-gcc"), "-std=c99", "-mcpu=cortex-m0plus", "-mthumb", "-Os",
+                               "-Wall", "-c", "net.c", "-o", "m0.o"], cwd=tmp_path / "mcu", capture_output=True, text=True)
+        assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-1500:]
 
 
 def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):

@@ -1,15 +1,16 @@
-"""A bundle's C on a Cortex-M: a bare-metal project for QEMU's ``mps2-an386`` (a Cortex-M4), built
-with the Arm GNU toolchain and run in ``qemu-system-arm``.
+"""A bundle's C on a Cortex-M: a bare-metal project for one of QEMU's Arm MPS2/MPS3 boards (the
+Cortex-M3, M4, M7, M33 and M55 of :data:`TARGETS`), built with the Arm GNU toolchain and run in
+``qemu-system-arm``.
 
 :func:`write_project` writes the generated model (``NAME.h``, ``NAME.c``), the images it runs on
 (``inputs.h``), a startup file (vector table, ``.data`` copy, ``.bss`` clear), a ``main`` that
 runs every image and prints its integer logits and the SysTick ticks it took through semihosting
-(newlib-nano, no other library), a linker script and a ``Makefile``. :func:`build` compiles it
-(``arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os``) and measures the model's flash (``.text`` +
-``.rodata`` + ``.data`` of the model's object) and RAM (its ``.data`` + ``.bss``, plus its stack
-scratch) with ``arm-none-eabi-size``. :func:`run` runs the image in QEMU with ``-icount
-shift=0`` (the virtual clock advances 1 ns per instruction), so SysTick's ticks count
-instructions: ``main`` first times a loop of known length to find instructions per tick.
+(newlib-nano, no other library), a linker script for the board's memory map and a ``Makefile``.
+:func:`build` compiles it (``arm-none-eabi-gcc -mcpu=CORE -mthumb -Os``) and measures the model's
+flash (``.text`` + ``.rodata`` + ``.data`` of the model's object) and RAM (its ``.data`` +
+``.bss``, plus its stack scratch) with ``arm-none-eabi-size``. :func:`run` runs the image in QEMU
+with ``-icount shift=0`` (the virtual clock advances 1 ns per instruction), so SysTick's ticks
+count instructions: ``main`` first times a loop of known length to find instructions per tick.
 """
 from __future__ import annotations
 
@@ -24,37 +25,61 @@ import numpy as np
 
 from ...errors import CodegenError, CompilerNotFoundError, ConfigError
 
-TARGETS = ("cortex-m4",)
+
+@dataclass(frozen=True)
+class Target:
+    """A core and the QEMU board that has it: where code (as flash) and data (RAM) live there."""
+
+    machine: str  # qemu-system-arm -M
+    flash: int  # origin of the code memory the core boots from (its vector table)
+    ram: int  # origin of the data memory
+    ram_length: str  # its size, as the linker script writes it
+    what: str  # which form of the C the core runs
+
+
+TARGETS = {
+    "cortex-m3": Target("mps2-an385", 0x00000000, 0x20000000, "4M",
+                        "no DSP extension: byte lanes in plain 32-bit adds, binary searches"),
+    "cortex-m4": Target("mps2-an386", 0x00000000, 0x20000000, "4M", "the DSP extension's forms (SADD8, SXTAB16, SEL)"),
+    "cortex-m7": Target("mps2-an500", 0x00000000, 0x20000000, "4M", "the DSP extension's forms"),
+    "cortex-m33": Target("mps2-an505", 0x10000000, 0x38000000, "2M", "the DSP extension's forms (secure state)"),
+    "cortex-m55": Target("mps3-an547", 0x00000000, 0x20000000, "512K", "the DSP extension's forms (not Helium)"),
+}
 CC, SIZE, QEMU = "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"
-MACHINE = "mps2-an386"
-CFLAGS = ["-std=c99", "-mcpu=cortex-m4", "-mthumb", "-Os", "-ffunction-sections", "-fdata-sections", "-Wall"]
 LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs", "-Wl,--gc-sections", "-T", "link.ld"]
+
+
+def cflags(target: str) -> list[str]:
+    """The compiler's flags for ``target``'s core."""
+    return ["-std=c99", f"-mcpu={target}", "-mthumb", "-Os", "-ffunction-sections", "-fdata-sections", "-Wall"]
+
+
 SPIN = 1_000_000  # iterations of the two-instruction calibration loop
 
 LINKER = """\
-/* mps2-an386 (Cortex-M4): code and constants in SSRAM1 (as flash), data in SSRAM2/3. */
+/* {machine} ({core}): code and constants in its boot memory (as flash), data in its RAM. */
 ENTRY(Reset_Handler)
 MEMORY
-{
-    FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 4M
-    RAM (rwx)  : ORIGIN = 0x20000000, LENGTH = 4M
-}
+{{
+    FLASH (rx) : ORIGIN = {flash:#010x}, LENGTH = 4M
+    RAM (rwx)  : ORIGIN = {ram:#010x}, LENGTH = {ram_length}
+}}
 _estack = ORIGIN(RAM) + LENGTH(RAM);
 SECTIONS
-{
-    .isr_vector : { KEEP(*(.isr_vector)) } > FLASH
-    .text : { *(.text*) *(.rodata*) KEEP(*(.init)) KEEP(*(.fini)) . = ALIGN(8); } > FLASH
-    .ARM.exidx : { *(.ARM.exidx*) } > FLASH
+{{
+    .isr_vector : {{ KEEP(*(.isr_vector)) }} > FLASH
+    .text : {{ *(.text*) *(.rodata*) KEEP(*(.init)) KEEP(*(.fini)) . = ALIGN(8); }} > FLASH
+    .ARM.exidx : {{ *(.ARM.exidx*) }} > FLASH
     _sidata = LOADADDR(.data);
-    .data : { . = ALIGN(8); _sdata = .; *(.data*) . = ALIGN(8); _edata = .; } > RAM AT > FLASH
-    .bss (NOLOAD) : { . = ALIGN(8); _sbss = .; *(.bss*) *(COMMON) . = ALIGN(8); _ebss = .; } > RAM
+    .data : {{ . = ALIGN(8); _sdata = .; *(.data*) . = ALIGN(8); _edata = .; }} > RAM AT > FLASH
+    .bss (NOLOAD) : {{ . = ALIGN(8); _sbss = .; *(.bss*) *(COMMON) . = ALIGN(8); _ebss = .; }} > RAM
     end = .;
     _end = .;
-}
+}}
 """
 
 STARTUP = """\
-/* Cortex-M4 startup: the vector table, .data copied from flash, .bss cleared, then main. */
+/* Cortex-M startup: the vector table, .data copied from flash, .bss cleared, then main. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -138,11 +163,11 @@ int main(void)
 """
 
 
-def _makefile(name: str) -> str:
+def _makefile(name: str, target: str) -> str:
     return f"""\
-# Builds {name}.elf for QEMU's {MACHINE} (Cortex-M4) and runs it: make && make run
+# Builds {name}.elf for QEMU's {TARGETS[target].machine} ({target}) and runs it: make && make run
 CC = {CC}
-CFLAGS = {' '.join(CFLAGS)}
+CFLAGS = {' '.join(cflags(target))}
 LDFLAGS = {' '.join(LDFLAGS)}
 
 {name}.elf: startup.c main.c {name}.c {name}.h inputs.h link.ld
@@ -150,8 +175,13 @@ LDFLAGS = {' '.join(LDFLAGS)}
 \t{SIZE} $@
 
 run: {name}.elf
-\t{QEMU} -M {MACHINE} -nographic -icount shift=0 -semihosting-config enable=on,target=native -kernel {name}.elf
+\t{' '.join(_qemu(target, name + '.elf'))}
 """
+
+
+def _qemu(target: str, elf: str) -> list[str]:
+    return [QEMU, "-M", TARGETS[target].machine, "-nographic", "-icount", "shift=0", "-semihosting-config",
+            "enable=on,target=native", "-kernel", elf]
 
 
 def _inputs(images: np.ndarray, ctype: str, size: int) -> str:
@@ -168,7 +198,7 @@ def write_project(bundle, outdir, name: str = "model", images=None, target: str 
     from . import codegen
 
     if target not in TARGETS:
-        raise ConfigError("target", target, " or ".join(map(repr, TARGETS)))
+        raise ConfigError("target", target, ", ".join(map(repr, TARGETS)))
     program = codegen(bundle, outdir, name, borders="minimal")  # least RAM and fewest instructions
     if program.input_kind != "pixels" or program.output_kind != "logits":
         raise CodegenError("a microcontroller project needs an integer-only bundle (pixels in, integer logits out)")
@@ -178,7 +208,10 @@ def write_project(bundle, outdir, name: str = "model", images=None, target: str 
         raise ConfigError("images", f"shape {list(images.shape)}", f"(n, {size}) integers {program.input.lo} to "
                           f"{program.input.hi}")
     out = Path(outdir)
-    files = {"link.ld": LINKER, "startup.c": STARTUP, "Makefile": _makefile(name),
+    board = TARGETS[target]
+    linker = LINKER.format(machine=board.machine, core=target, flash=board.flash, ram=board.ram,
+                           ram_length=board.ram_length)
+    files = {"link.ld": linker, "startup.c": STARTUP, "Makefile": _makefile(name, target),
              "main.c": MAIN.format(name=name, up=name.upper(), spin=SPIN, spin2=2 * SPIN),
              "inputs.h": _inputs(images, program.input.ctype, size)}
     for fname, text in files.items():
@@ -193,51 +226,58 @@ class Build:
     ram_bytes: int  # the model's .data + .bss, plus its stack scratch
     sections: dict  # the model object's text / data / bss as arm-none-eabi-size reports them
     warnings: str = ""  # what the compiler said about the model's C (-Wall)
+    target: str = "cortex-m4"
 
 
 def tools_missing() -> list[str]:
     return [t for t in (CC, SIZE, QEMU) if shutil.which(t) is None]
 
 
-def build(outdir, name: str = "model", stack_bytes: int = 0) -> Build:
-    """Compile the project of :func:`write_project`; the model's sizes from its object file."""
+def build(outdir, name: str = "model", stack_bytes: int = 0, target: str = "cortex-m4") -> Build:
+    """Compile the project :func:`write_project` wrote for ``target``; the model's sizes from its
+    object file."""
     if shutil.which(CC) is None:
         raise CompilerNotFoundError(f"{CC} not found: install the Arm GNU toolchain (Debian: gcc-arm-none-eabi "
                                     "libnewlib-arm-none-eabi)")
-    out = Path(outdir)
+    if target not in TARGETS:
+        raise ConfigError("target", target, ", ".join(map(repr, TARGETS)))
+    out, flags = Path(outdir), cflags(target)
     said = {}  # the compiler's messages, per output
-    for args in ([CC, *CFLAGS, "-c", f"{name}.c", "-o", f"{name}.o"],
-                 [CC, *CFLAGS, "startup.c", "main.c", f"{name}.o", *LDFLAGS, "-o", f"{name}.elf"]):
+    for args in ([CC, *flags, "-c", f"{name}.c", "-o", f"{name}.o"],
+                 [CC, *flags, "startup.c", "main.c", f"{name}.o", *LDFLAGS, "-o", f"{name}.elf"]):
         done = subprocess.run(args, cwd=out, capture_output=True, text=True)
         if done.returncode != 0:
             raise CodegenError(f"{' '.join(args[:2])}... failed:\n{done.stderr[-2000:]}")
         said[args[-1]] = done.stderr
     text, data, bss = _size(out / f"{name}.o")
     return Build(out / f"{name}.elf", text + data, data + bss + stack_bytes, {"text": text, "data": data, "bss": bss},
-                 said[f"{name}.o"])
+                 said[f"{name}.o"], target)
 
 
-def measure(bundle) -> Build:
-    """The model's Cortex-M4 sizes: its project written and built in a temporary folder."""
+def measure(bundle, target: str = "cortex-m4") -> Build:
+    """The model's sizes on ``target``: its project written and built in a temporary folder."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        program = write_project(bundle, tmp, "model")
-        return build(tmp, "model", program.stack_bytes)
+        program = write_project(bundle, tmp, "model", target=target)
+        return build(tmp, "model", program.stack_bytes, target)
 
 
-STAMP = "/* Built for a Cortex-M4"
+STAMP = "/* Built for a Cortex-M"
 
 
 def stamp_header(header, name: str, built: Build) -> None:
-    """Add the measured Cortex-M4 flash and RAM of ``built`` to the generated header ``header``."""
+    """Add the measured flash and RAM of ``built`` to the generated header ``header``
+    (``NAME_CORTEX_M4_FLASH_BYTES`` for a Cortex-M4), replacing any earlier build's."""
     path, up = Path(header), name.upper()
-    lines = [line for line in path.read_text().splitlines() if not line.startswith((STAMP, f"#define {up}_CORTEX_M4_"))]
+    core = built.target.upper().replace("-", "_")
+    lines = [line for line in path.read_text().splitlines() if not line.startswith((STAMP, f"#define {up}_CORTEX_M"))]
     end = max(i for i, line in enumerate(lines) if line.startswith("#endif"))
-    lines[end:end] = [f"{STAMP} ({' '.join([CC, *CFLAGS])}, arm-none-eabi-size of the model's object): flash is "
-                      ".text + .rodata + .data, RAM .data + .bss + stack scratch. */",
-                      f"#define {up}_CORTEX_M4_FLASH_BYTES ({built.flash_bytes})",
-                      f"#define {up}_CORTEX_M4_RAM_BYTES ({built.ram_bytes})", ""]
+    lines[end:end] = [f"{STAMP}{built.target[len('cortex-m'):]} ({' '.join([CC, *cflags(built.target)])}, "
+                      "arm-none-eabi-size of the model's object): flash is .text + .rodata + .data, RAM .data + .bss "
+                      "+ stack scratch. */",
+                      f"#define {up}_{core}_FLASH_BYTES ({built.flash_bytes})",
+                      f"#define {up}_{core}_RAM_BYTES ({built.ram_bytes})", ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -253,13 +293,13 @@ class Run:
     instructions: np.ndarray  # per image, from SysTick ticks and the calibration loop
 
 
-def run(elf, timeout: float = 600.0) -> Run:
-    """Run a built project in QEMU; its logits and instructions per image."""
+def run(elf, timeout: float = 600.0, target: str = "cortex-m4") -> Run:
+    """Run a project built for ``target`` in QEMU; its logits and instructions per image."""
     if shutil.which(QEMU) is None:
         raise CompilerNotFoundError(f"{QEMU} not found (Debian: qemu-system-arm)")
-    args = [QEMU, "-M", MACHINE, "-nographic", "-icount", "shift=0", "-semihosting-config",
-            "enable=on,target=native", "-kernel", os.fspath(elf)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if target not in TARGETS:
+        raise ConfigError("target", target, ", ".join(map(repr, TARGETS)))
+    done = subprocess.run(_qemu(target, os.fspath(elf)), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise CodegenError(f"{QEMU} exited with {done.returncode}: {done.stderr[-1000:]}")
     cal = re.search(r"^calibration (\d+) (\d+)$", done.stdout, re.M)

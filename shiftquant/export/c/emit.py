@@ -90,9 +90,9 @@ __attribute__((always_inline)) static inline int32_t sq_add_hi16(int32_t a, uint
 #else
 #define SQ_SWAR 0
 #endif
-/* Constants and pointers that only one of a kernel's two forms reads, the DSP-extension one or the
-   portable one: on cores with the extension the other is not compiled. */
-#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__)
+/* Constants and pointers that only one of a kernel's forms reads: the vector units' (the host), the
+   scalar cores' or the DSP extension's; on a scalar core the others are not compiled. */
+#if SQ_SWAR && defined(__GNUC__)
 #define SQ_ONE_FORM __attribute__((unused))
 #else
 #define SQ_ONE_FORM
