@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .ctext import Width, array, smallest
 from .emit_few import walk_stage, walks
+from .emit_swar import swar_runs
 from .emit_thresholds import decode_thresholds, delta_arrays
 from .program import ShiftLayer
 
@@ -217,8 +218,7 @@ class ShiftLayerPrinter:
             return "0"
         return f"(({k.name}_neg[co >> 3] >> (co & 7)) & 1) ? -1 : 0"
 
-    @staticmethod
-    def sum_taps(k: ShiftLayer, acc: str, src: str, first, end, sign: str) -> str:
+    def sum_taps(self, k: ShiftLayer, acc: str, src: str, first, end, sign: str) -> str:
         """``acc (sign)= sum of the inputs of taps list[start[first] .. start[end])``: directly in the
         accumulator's width, or in runs of ``narrow_run`` taps summed in byte lanes (64 per 512-bit
         register; the bound of a run's sum, taps x largest input, fits the byte) then widened."""
@@ -244,37 +244,19 @@ class ShiftLayerPrinter:
             }}"""
         if ch % 4 or k.x_step != 1:
             return host
-        # 32-bit cores without vector units (Cortex-M4/M7/M33): four byte lanes per add, a plain
-        # add for unsigned bytes (no lane carries: the run's sum fits a byte), SADD8 for signed.
-        add = (lambda w, v: f"{w} + {v}") if a.lo >= 0 else (
-            lambda w, v: f"(uint32_t)__sadd8((int32_t){w}, (int32_t){v})")
-        words = min(4, ch // 4)  # words summed in registers over a run's taps (16 positions)
-        loads = " ".join(f"memcpy(&v{q}, src + {4 * q}u, 4u); w{q} = {add(f'w{q}', f'v{q}')};" for q in range(words))
-        return f"""\
-#if SQ_SWAR{"" if a.lo >= 0 else " && defined(__ARM_FEATURE_SIMD32)"}
-            for (j = start[{first}]; j < start[{end}];) {{
-                const unsigned end = start[{end}] - j > {k.narrow_run}u ? j + {k.narrow_run}u : start[{end}];
-                const unsigned nw = ((n + {4 * words - 1}u) >> {(4 * words).bit_length() - 1}) << {words.bit_length() - 1};
-                uint32_t s32[{ch // 4}];
-                for (i = 0; i < nw; i += {words}u) {{  /* the block's words in use */
-                    uint32_t {", ".join(f"w{q} = 0" for q in range(words))};
-                    unsigned jj;
-                    for (jj = j; jj < end; jj++) {{
-                        const unsigned char *src = (const unsigned char *)(base + list[jj]) + 4u * i;
-                        uint32_t {", ".join(f"v{q}" for q in range(words))};
-                        {loads}
-                    }}
-                    {" ".join(f"s32[i + {q}u] = w{q};" for q in range(words))}
-                }}
-                j = end;
-                {{
-                    const {byte} *s8 = (const {byte} *)s32;
-                    {widen("nw * 4u")}
-                }}
-            }}
-#else
-{host}
-#endif"""
+        # 32-bit cores without vector units (the Cortex-M family): four byte lanes per add, a plain
+        # add for unsigned bytes (no lane carries: the run's sum fits a byte), SADD8 for signed ones
+        # where the core has the DSP extension; without it, each signed byte x biased to x + 2^p >= 0
+        # (XOR 0x80, then a lane-wise subtract that cannot borrow), summed as unsigned, the runs'
+        # n 2^p taken off when widened.
+        if a.lo >= 0:
+            return f"#if SQ_SWAR\n{swar_runs(k, acc, first, end, sign)}\n#else\n{host}\n#endif"
+        p = max(0, (-a.lo - 1).bit_length())  # 2^p >= -lo
+        biased = swar_runs(k, acc, first, end, sign, bias=p)
+        return (f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{swar_runs(k, acc, first, end, sign)}\n"
+                f"#elif SQ_SWAR\n{biased}\n#else\n{host}\n#endif") if biased else (
+                f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{swar_runs(k, acc, first, end, sign)}\n"
+                f"#else\n{host}\n#endif")
 
     def weights_block(self, k: ShiftLayer, off_t: str) -> str:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the
