@@ -26,6 +26,7 @@ from .emit_dsp import DspPrinter, dsp_helper
 from .emit_shift import ShiftLayerPrinter, group_codes_helper
 from .emit_few import FewPositionsPrinter, code_sums_helper
 from .emit_split import SplitPrinter
+from .emit_swar import swar_helper
 from .emit_thresholds import ThresholdPrinter
 from .emit_tokens import HELPERS, MACROS, TokenPrinter
 from .program import (Add, Concat, Gather, GateShift, GlobalSum, Kernel, LayerNormInt, Lookup, Map, MatMul,
@@ -94,8 +95,10 @@ __attribute__((always_inline)) static inline int32_t sq_add_hi16(int32_t a, uint
    scalar cores' or the DSP extension's; on a scalar core the others are not compiled. */
 #if SQ_SWAR && defined(__GNUC__)
 #define SQ_ONE_FORM __attribute__((unused))
+#define SQ_NOINLINE __attribute__((noinline))  /* a helper's loop keeps its registers to itself */
 #else
 #define SQ_ONE_FORM
+#define SQ_NOINLINE
 #endif
 """ + MACROS
 
@@ -208,6 +211,8 @@ class _Source(ShiftLayerPrinter, FewPositionsPrinter, DspPrinter, SplitPrinter, 
             return group_codes_helper(name)
         if name.startswith("sq_code_sums_"):
             return code_sums_helper(name)
+        if name.startswith("sq_swar_"):
+            return swar_helper(name)
         if name.startswith("sq_"):
             return dsp_helper(name)
         assert name == "clear_border"

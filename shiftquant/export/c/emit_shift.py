@@ -20,7 +20,7 @@ class ShiftLayerPrinter:
         a, out = k.inputs[0], k.output
         nm = k.name
         w = Width(k.acc_bits)
-        off_t = "uint16_t" if max(k.tap_offsets, default=0) < 1 << 16 else "uint32_t"
+        off_t = k.offset_ctype
         out0, in0 = k.segments[2], k.segments[4]
         packed = self.p.weights == "packed"
         consts = [f"/* {k.label}: {k.cin_g * k.groups} -> {k.cout} channels, kernel {k.kernel[0]}x{k.kernel[1]}, "
@@ -249,14 +249,12 @@ class ShiftLayerPrinter:
         # where the core has the DSP extension; without it, each signed byte x biased to x + 2^p >= 0
         # (XOR 0x80, then a lane-wise subtract that cannot borrow), summed as unsigned, the runs'
         # n 2^p taken off when widened.
+        own = swar_runs(k, acc, first, end, sign, self.helpers)
         if a.lo >= 0:
-            return f"#if SQ_SWAR\n{swar_runs(k, acc, first, end, sign)}\n#else\n{host}\n#endif"
-        p = max(0, (-a.lo - 1).bit_length())  # 2^p >= -lo
-        biased = swar_runs(k, acc, first, end, sign, bias=p)
-        return (f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{swar_runs(k, acc, first, end, sign)}\n"
-                f"#elif SQ_SWAR\n{biased}\n#else\n{host}\n#endif") if biased else (
-                f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{swar_runs(k, acc, first, end, sign)}\n"
-                f"#else\n{host}\n#endif")
+            return f"#if SQ_SWAR\n{own}\n#else\n{host}\n#endif"
+        biased = swar_runs(k, acc, first, end, sign, self.helpers, bias=max(0, (-a.lo - 1).bit_length()))  # 2^p >= -lo
+        scalar = f"#elif SQ_SWAR\n{biased}\n" if biased else ""
+        return f"#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)\n{own}\n{scalar}#else\n{host}\n#endif"
 
     def weights_block(self, k: ShiftLayer, off_t: str) -> str:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the

@@ -338,6 +338,11 @@ class ShiftLayer(Kernel):
         return self.cin_g * self.kernel[0] * self.kernel[1]
 
     @property
+    def offset_ctype(self) -> str:
+        """The C type of the input offsets of a channel's taps."""
+        return "uint16_t" if max(self.tap_offsets, default=0) < 1 << 16 else "uint32_t"
+
+    @property
     def dsp_form(self) -> bool:
         """Whether the layer's blocks have a form for cores with the Arm DSP extension
         (:mod:`.emit_dsp`): byte inputs summed in runs along a row, a 16-bit accumulator,
