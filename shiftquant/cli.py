@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="packed: the bundle's bit-packed codes (least flash); tables: precomputed offsets (fastest)")
     g.add_argument("--target", choices=["host", *TARGETS], default="host",
                    help="cortex-mN: also a bare-metal project (startup, main, linker script, Makefile) for the QEMU "
-                        "board with that core (mps2-an385, -an386, -an500, -an505, mps3-an547), built with "
+                        "board with that core (microbit, mps2-an385, -an386, -an500, -an505, mps3-an547), built with "
                         "arm-none-eabi-gcc -Os (packed weights)")
     g.add_argument("--borders", choices=["shared", "minimal"], default="shared",
                    help="host target: shared (one border per image size: long vector loops, the default) or "

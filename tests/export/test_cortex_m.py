@@ -16,7 +16,7 @@ import shiftquant as sq
 from shiftquant.cli import bundle_summary, main
 from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
 from shiftquant.export.c import codegen, cortex_m
-from shiftquant.models import resnet8, resnet20
+from shiftquant.models import lenet5, resnet8, resnet20
 from tests.export.models import deploy_exported
 from tests.export.test_codegen import deepest_call
 from tests.export.test_mobile import PIXELS, exported
@@ -150,6 +150,23 @@ def test_the_other_cores_run_the_model_bit_for_bit(target, tmp_path):
         done = subprocess.run([shutil.which("arm-none-eabi-gcc"), "-std=c99", "-mcpu=cortex-m0plus", "-mthumb", "-Os",
                                "-Wall", "-c", "net.c", "-o", "m0.o"], cwd=tmp_path / "mcu", capture_output=True, text=True)
         assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-1500:]
+
+
+def test_a_lenet_runs_on_a_cortex_m0_bit_for_bit(tmp_path):
+    """The smallest core (Armv6-M: Thumb-1, no unaligned access, no DSP extension) on the
+    micro:bit's 16 kB of RAM: LeNet-5 with its pools, bit for bit with the PyTorch hard model."""
+    torch.manual_seed(0)
+    model = lenet5(num_classes=10, in_chans=1).eval()
+    px = sq.PixelInput((0.5,), (0.25,))
+    rt, _, _ = deploy_exported(model, (8, 1, 28, 28), px, tmp_path / "lenet.sqb")
+    images = np.random.default_rng(2).integers(0, 256, (3, 1, 28, 28)).astype(np.uint8)
+    program, build, result = _on_target(rt.source, images, tmp_path, target="cortex-m0")
+    with torch.no_grad():
+        ref = model(px.to_float(images)).numpy()
+    ints, unit = rt.run_int(images)
+    assert np.array_equal(result.logits, ints) and np.array_equal((result.logits * unit).astype(np.float32), ref)
+    assert "warning" not in build.warnings, build.warnings
+    assert build.ram_bytes < 16 * 1024 and "LENGTH = 16K" in (tmp_path / "mcu" / "link.ld").read_text()
 
 
 def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):

@@ -1,6 +1,6 @@
-"""A bundle's C on a Cortex-M: a bare-metal project for one of QEMU's Arm MPS2/MPS3 boards (the
-Cortex-M3, M4, M7, M33 and M55 of :data:`TARGETS`), built with the Arm GNU toolchain and run in
-``qemu-system-arm``.
+"""A bundle's C on a Cortex-M: a bare-metal project for one of QEMU's Arm boards (the Cortex-M0 of
+the micro:bit, the M3, M4, M7, M33 and M55 of the MPS2/MPS3 boards: :data:`TARGETS`), built with
+the Arm GNU toolchain and run in ``qemu-system-arm``.
 
 :func:`write_project` writes the generated model (``NAME.h``, ``NAME.c``), the images it runs on
 (``inputs.h``), a startup file (vector table, ``.data`` copy, ``.bss`` clear), a ``main`` that
@@ -33,17 +33,22 @@ class Target:
     machine: str  # qemu-system-arm -M
     flash: int  # origin of the code memory the core boots from (its vector table)
     ram: int  # origin of the data memory
-    ram_length: str  # its size, as the linker script writes it
+    flash_length: str  # their sizes, as the linker script writes them
+    ram_length: str
     what: str  # which form of the C the core runs
 
 
 TARGETS = {
-    "cortex-m3": Target("mps2-an385", 0x00000000, 0x20000000, "4M",
+    "cortex-m0": Target("microbit", 0x00000000, 0x20000000, "256K", "16K",
+                        "Armv6-M, no DSP extension (small models: the board has 16 kB of RAM)"),
+    "cortex-m3": Target("mps2-an385", 0x00000000, 0x20000000, "4M", "4M",
                         "no DSP extension: byte lanes in plain 32-bit adds, binary searches"),
-    "cortex-m4": Target("mps2-an386", 0x00000000, 0x20000000, "4M", "the DSP extension's forms (SADD8, SXTAB16, SEL)"),
-    "cortex-m7": Target("mps2-an500", 0x00000000, 0x20000000, "4M", "the DSP extension's forms"),
-    "cortex-m33": Target("mps2-an505", 0x10000000, 0x38000000, "2M", "the DSP extension's forms (secure state)"),
-    "cortex-m55": Target("mps3-an547", 0x00000000, 0x20000000, "512K", "the DSP extension's forms (not Helium)"),
+    "cortex-m4": Target("mps2-an386", 0x00000000, 0x20000000, "4M", "4M",
+                        "the DSP extension's forms (SADD8, SXTAB16, SEL)"),
+    "cortex-m7": Target("mps2-an500", 0x00000000, 0x20000000, "4M", "4M", "the DSP extension's forms"),
+    "cortex-m33": Target("mps2-an505", 0x10000000, 0x38000000, "4M", "2M", "the DSP extension's forms (secure state)"),
+    "cortex-m55": Target("mps3-an547", 0x00000000, 0x20000000, "4M", "512K",
+                         "the DSP extension's forms (not Helium)"),
 }
 CC, SIZE, QEMU = "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"
 LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs", "-Wl,--gc-sections", "-T", "link.ld"]
@@ -61,7 +66,7 @@ LINKER = """\
 ENTRY(Reset_Handler)
 MEMORY
 {{
-    FLASH (rx) : ORIGIN = {flash:#010x}, LENGTH = 4M
+    FLASH (rx) : ORIGIN = {flash:#010x}, LENGTH = {flash_length}
     RAM (rwx)  : ORIGIN = {ram:#010x}, LENGTH = {ram_length}
 }}
 _estack = ORIGIN(RAM) + LENGTH(RAM);
@@ -133,7 +138,7 @@ static uint32_t ticks(void)
 
 static void spin(uint32_t n)
 {{
-    __asm volatile("1: subs %0, %0, #1\\n bne 1b" : "+r"(n) : : "cc");
+    __asm volatile(".syntax unified\\n1: subs %0, %0, #1\\n bne 1b" : "+r"(n) : : "cc");  /* Armv6-M too */
 }}
 
 int main(void)
@@ -210,7 +215,7 @@ def write_project(bundle, outdir, name: str = "model", images=None, target: str 
     out = Path(outdir)
     board = TARGETS[target]
     linker = LINKER.format(machine=board.machine, core=target, flash=board.flash, ram=board.ram,
-                           ram_length=board.ram_length)
+                           flash_length=board.flash_length, ram_length=board.ram_length)
     files = {"link.ld": linker, "startup.c": STARTUP, "Makefile": _makefile(name, target),
              "main.c": MAIN.format(name=name, up=name.upper(), spin=SPIN, spin2=2 * SPIN),
              "inputs.h": _inputs(images, program.input.ctype, size)}
