@@ -14,6 +14,7 @@ import torch
 
 import shiftquant as sq
 from shiftquant.cli import bundle_summary, main
+from shiftquant.errors import ConfigError
 from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
 from shiftquant.export.c import codegen, cortex_m
 from shiftquant.models import lenet5, resnet8, resnet20
@@ -167,6 +168,9 @@ def test_a_lenet_runs_on_a_cortex_m0_bit_for_bit(tmp_path):
     assert np.array_equal(result.logits, ints) and np.array_equal((result.logits * unit).astype(np.float32), ref)
     assert "warning" not in build.warnings, build.warnings
     assert build.ram_bytes < 16 * 1024 and "LENGTH = 16K" in (tmp_path / "mcu" / "link.ld").read_text()
+    big = _resnet8_with_negated_channels(tmp_path / "r8.sqb", 28)  # over 16 kB: refused by name, with the cores that fit
+    with pytest.raises(ConfigError, match=r"target='cortex-m0'.*microbit has 16KB.*'cortex-m3'"):
+        cortex_m.write_project(big.source, tmp_path / "big", "net", None, "cortex-m0")
 
 
 def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):

@@ -189,6 +189,11 @@ def _qemu(target: str, elf: str) -> list[str]:
             "enable=on,target=native", "-kernel", elf]
 
 
+def _bytes(length: str) -> int:
+    """A linker script's length ("16K", "4M") in bytes."""
+    return int(length[:-1]) << {"K": 10, "M": 20}[length[-1]]
+
+
 def _inputs(images: np.ndarray, ctype: str, size: int) -> str:
     rows = [", ".join(str(int(v)) for v in image.reshape(-1)) for image in images]
     body = ",\n    ".join("{" + r + "}" for r in rows)
@@ -207,13 +212,17 @@ def write_project(bundle, outdir, name: str = "model", images=None, target: str 
     program = codegen(bundle, outdir, name, borders="minimal")  # least RAM and fewest instructions
     if program.input_kind != "pixels" or program.output_kind != "logits":
         raise CodegenError("a microcontroller project needs an integer-only bundle (pixels in, integer logits out)")
+    board = TARGETS[target]
+    if program.ram_bytes > _bytes(board.ram_length):
+        fits = [t for t, b in TARGETS.items() if program.ram_bytes <= _bytes(b.ram_length)]
+        raise ConfigError("target", target, f"a core whose board has the {program.ram_bytes:,} bytes of RAM this model "
+                          f"needs ({board.machine} has {board.ram_length}B): " + ", ".join(map(repr, fits)))
     size = int(np.prod(program.input.shape))
     images = np.zeros((1, size), np.int64) if images is None else np.asarray(images).reshape(len(images), -1)
     if images.shape[1] != size or images.min(initial=0) < program.input.lo or images.max(initial=0) > program.input.hi:
         raise ConfigError("images", f"shape {list(images.shape)}", f"(n, {size}) integers {program.input.lo} to "
                           f"{program.input.hi}")
     out = Path(outdir)
-    board = TARGETS[target]
     linker = LINKER.format(machine=board.machine, core=target, flash=board.flash, ram=board.ram,
                            flash_length=board.flash_length, ram_length=board.ram_length)
     files = {"link.ld": linker, "startup.c": STARTUP, "Makefile": _makefile(name, target),

@@ -25,7 +25,7 @@ def swar_runs(k: ShiftLayer, acc: str, first, end, sign: str, helpers: set, bias
     kind = "u" if a.lo >= 0 else "s" if bias is None else "b"
     run, cut, taken = k.narrow_run, "0u", "0"
     if kind == "b":
-        run = 255 // (a.hi + (1 << bias))
+        run = 255 // max(a.hi + (1 << bias), 1)  # a biased lane is at most hi + 2^p
         if run < 4:
             return ""
         cut, taken = f"{(128 - (1 << bias)) * 0x01010101:#010x}u", f"(int32_t)((end - j) << {bias})"
