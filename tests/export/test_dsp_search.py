@@ -80,3 +80,37 @@ def test_the_bucketed_search_counts_every_ascending_table_exactly(tmp_path):
     assert len(out) == len(want)
     for line, expected in zip(out, want):
         assert [int(x) for x in line.split()] == expected.tolist()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.parametrize("count", [255, 7, 8, 20])
+def test_the_scalar_cores_bisection_counts_any_ascending_table(count, tmp_path):
+    """The scalar cores' count of thresholds ``<= x`` (``emit_thresholds.bisect``: unrolled for
+    2^k - 1 of them, a loop otherwise) equals numpy's over the same tables and every int16 value."""
+    from shiftquant.export.c.emit_thresholds import bisect
+    rng = np.random.default_rng(count)
+    tables = [t[:count] for t in _tables(rng)]  # ascending prefixes
+    x = np.arange(-32768, 32768, 7, dtype=np.int64)
+    rows = ",\n".join("{" + ", ".join(map(str, t)) + "}" for t in tables)
+    (tmp_path / "b.c").write_text(f"""#include <stdint.h>
+#include <stdio.h>
+static const int16_t tables[{len(tables)}][{count}] = {{{rows}}};
+int main(void)
+{{
+    int t;
+    int32_t v;
+    for (t = 0; t < {len(tables)}; t++) {{
+        const int16_t *thr = tables[t];
+        for (v = -32768; v < 32768; v += 7) {{
+            const int16_t x = (int16_t)v;
+            {bisect("thr", count)}
+            printf("%u\\n", at);
+        }}
+    }}
+    return 0;
+}}
+""")
+    subprocess.run([shutil.which("cc"), *STRICT, "-O1", "b.c", "-o", "b"], cwd=tmp_path, check=True)
+    got = np.array(subprocess.run([tmp_path / "b"], capture_output=True, text=True, check=True).stdout.split(), np.int64)
+    want = np.concatenate([np.searchsorted(t, x, side="right") for t in tables])
+    assert np.array_equal(got, want)

@@ -82,11 +82,7 @@ unsigned k0 = 0, k1 = 0;
 #if SQ_SWAR{dsp}
             for (i = 0; i < {n}; i++) {{
                 const {cmp_ctype} x = {v}[i];
-                unsigned at = 0, len = {th.count}u;
-                while (len > 0) {{
-                    const unsigned half = len >> 1;
-                    if ({row}[at + half] <= x) {{ at += half + 1u; len -= half + 1u; }} else len = half;
-                }}
+                {bisect(row, th.count)}
                 {r}[i] = {level("at")};
             }}
 #else
@@ -200,6 +196,21 @@ unsigned k0 = 0, k1 = 0;
     }}
 }}
 """
+
+
+def bisect(row: str, count: int) -> str:
+    """C leaving in ``at`` the number of the ``count`` ascending thresholds of ``row`` that are
+    ``<= x``: for 2^k - 1 of them (the residual grid's 255) k compares unrolled, one a step with no
+    branch (every read is in the row: ``at + step - 1 <= count - 1``); otherwise a loop."""
+    if count & (count + 1):
+        return f"""unsigned at = 0, len = {count}u;
+                while (len > 0) {{
+                    const unsigned half = len >> 1;
+                    if ({row}[at + half] <= x) {{ at += half + 1u; len -= half + 1u; }} else len = half;
+                }}"""
+    steps = [1 << b for b in reversed(range(count.bit_length()))]
+    return "unsigned at = 0;\n" + "\n".join(f"                at += {row}[at + {step - 1}u] <= x ? {step}u : 0u;"
+                                             for step in steps)
 
 
 def decode_thresholds(nm: str, d: DeltaPack, sacc: str) -> str:
