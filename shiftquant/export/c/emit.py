@@ -59,6 +59,13 @@ _PRELUDE = """\
 #else
 #define SQ_LE32(w) (w)
 #endif
+/* v = the four bytes at p as a little-endian word: one load where the core reads unaligned words,
+   four byte loads where it cannot (Armv6-M: a memcpy there is a call). */
+#if defined(__arm__) && !defined(__ARM_FEATURE_UNALIGNED)
+#define SQ_LOAD_LE32(v, p) ((v) = (uint32_t)(p)[0] | (uint32_t)(p)[1] << 8 | (uint32_t)(p)[2] << 16 | (uint32_t)(p)[3] << 24)
+#else
+#define SQ_LOAD_LE32(v, p) (memcpy(&(v), (p), 4u), (v) = SQ_LE32(v))
+#endif
 /* 32-bit cores without vector units (the Cortex-M family): shift layers add four byte lanes at a
    time in 32-bit words; where the core has the DSP extension, in the sq_run_* helpers (SADD8,
    SXTAB16 into 16-bit lanes) with their output stages in lanes (SSUB16 and SEL). */

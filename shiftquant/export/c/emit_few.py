@@ -180,8 +180,7 @@ def code_sums_helper(name: str) -> str:
                 f"unsigned q; for (q = 0; q < {count}u; q++) sc[q] += (uint32_t)(int32_t)xt[pos[q]]; }}")
 
     def tap(src: str, pad: str) -> str:  # the next code (a new window of codes where one is used up), its sums
-        lines = ["if (!left) {", "    memcpy(&window, codes + (bit >> 3), 4u);",
-                 "    window = SQ_LE32(window) >> (bit & 7u);", f"    bit += {per * bits}u;", f"    left = {per}u;", "}",
+        lines = ["if (!left) {", "    SQ_LOAD_LE32(window, codes + (bit >> 3));", "    window >>= bit & 7u;", f"    bit += {per * bits}u;", f"    left = {per}u;", "}",
                  add(src), f"window >>= {bits}u;", "left--;"]
         return "\n".join(pad + line for line in lines)
     positions_note = f"; {count} positions pos[q] apart" if count > 1 else ""

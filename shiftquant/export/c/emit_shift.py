@@ -312,13 +312,13 @@ static void sq_group_codes_{bits}(const uint8_t *codes, uint32_t bit, uint8_t *g
     uint32_t window;
     unsigned g;
     for (; grp_end - grp >= {per}; grp += {per}, bit += {per * bits}u) {{  /* whole windows */
-        memcpy(&window, codes + (bit >> 3), 4u);
-        window = SQ_LE32(window) >> (bit & 7u);
+        SQ_LOAD_LE32(window, codes + (bit >> 3));
+        window >>= bit & 7u;
 {unrolled}
     }}
     if (grp == grp_end) return;
-    memcpy(&window, codes + (bit >> 3), 4u);  /* the last codes, fewer than a window */
-    for (window = SQ_LE32(window) >> (bit & 7u); grp < grp_end; window >>= {bits}u) {{
+    SQ_LOAD_LE32(window, codes + (bit >> 3));  /* the last codes, fewer than a window */
+    for (window >>= bit & 7u; grp < grp_end; window >>= {bits}u) {{
         g = group[window & {mask}u];
         *grp++ = (uint8_t)g;
         count[g]++;

@@ -49,7 +49,7 @@ def swar_helper(name: str) -> str:
     _, _, kind, words, sign, off, width = name.split("_")
     g, (add, lane) = int(words), KINDS[kind]
     op, off_t, acc_t = "+" if sign == "add" else "-", f"uint{off}_t", f"uint{width}_t"
-    loads = " ".join(f"memcpy(&v, src + {4 * q}u, 4u); w{q} = {add.format(w=f'w{q}', v='v')};" for q in range(g))
+    loads = " ".join(f"SQ_LOAD_LE32(v, src + {4 * q}u); w{q} = {add.format(w=f'w{q}', v='v')};" for q in range(g))
     widen = "\n".join(f"        acc[{4 * q + b}] = ({acc_t})(acc[{4 * q + b}] {op} ({acc_t}){lane.format(w=f'w{q}', s=8 * b)});"
                       for q in range(g) for b in range(4))
     guard = "#if SQ_SWAR && defined(__ARM_FEATURE_SIMD32)" if kind == "s" else "#if SQ_SWAR"
