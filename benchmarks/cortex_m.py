@@ -42,7 +42,7 @@ from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
 from shiftquant.export.c import cortex_m
 from shiftquant.models import build_model, load_weights
 
-SHAPES = {"resnet8": (3, 32, 32), "resnet20": (1, 28, 28)}
+SHAPES = {"resnet8": (3, 32, 32), "resnet20": (1, 28, 28), "lenet5": (1, 28, 28), "lenet5_avg": (1, 28, 28)}
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 TRAINED = {"resnet8": ARTIFACTS / "fmnist-r8-float.safetensors", "resnet20": ARTIFACTS / "fmnist-r20-float.safetensors"}
 

@@ -134,8 +134,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not set(sd) <= set(own):
         sd = {k: v for k, v in sd.items() if not k.startswith("teacher.")}
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    wrong = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape
-             or own[k].is_floating_point() != sd[k].is_floating_point()]
+    wrong = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape  # integers for floats: not weights
+             or (own[k].is_floating_point() and not sd[k].is_floating_point())]
     if missing or unexpected or wrong:
         detail = []
         if missing:

@@ -4,6 +4,7 @@ bare-metal project for QEMU's mps2-an386 (a Cortex-M4); built with ``arm-none-ea
 model's bit for bit: a ResNet-20 on 20 Fashion-MNIST test images and a ViT on generated pixels.
 The model's flash and RAM come from ``arm-none-eabi-size``, instructions per image from SysTick
 under ``-icount`` (calibrated by a loop of known length)."""
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -153,7 +154,46 @@ def test_the_other_cores_run_the_model_bit_for_bit(target, tmp_path):
         assert done.returncode == 0 and "warning" not in done.stderr, done.stderr[-1500:]
 
 
-def test_a_lenet_runs_on_a_cortex_m0_bit_for_bit(tmp_path):
+class _NegativeInputs(torch.nn.Module):
+    """A padded 5x5 convolution whose input is clamped below zero: every value it reads but the
+    padding is negative (a review found the biased byte lanes overflowing on the zeros)."""
+
+    def __init__(self, w: int = 16, size: int = 8):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, w, 3, padding=1, bias=False), torch.nn.BatchNorm2d(w),
+                                        torch.nn.ReLU())
+        self.b = torch.nn.Sequential(torch.nn.Conv2d(w, w, 3, padding=1, bias=False), torch.nn.BatchNorm2d(w))
+        self.c = torch.nn.Sequential(torch.nn.Conv2d(w, w, 5, padding=2, bias=False), torch.nn.BatchNorm2d(w),
+                                     torch.nn.ReLU())
+        self.head = torch.nn.Linear(w * size * size, 10)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.c(torch.clamp(self.b(self.stem(x)), max=-0.3)), 1))
+
+
+def test_negative_inputs_and_their_zero_padding_sum_exactly_on_a_cortex_m3(tmp_path):
+    """On the Cortex-M3 (signed bytes biased to x + 2^p >= 0), an input whose values are all
+    negative is padded with zeros, which bias to more than any value: the runs are cut for them."""
+    torch.manual_seed(3)
+    model = _NegativeInputs().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-0.4, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    px = sq.PixelInput((0.5,), (0.25,))
+    rt, _, _ = deploy_exported(model, (8, 1, 8, 8), px, tmp_path / "neg.sqb", act_shift_bits=None, act_uniform_bits=5)
+    images = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8)).astype(np.uint8)
+    program, build, result = _on_target(rt.source, images, tmp_path, target="cortex-m3")
+    negative = [k for k in program.kernels if getattr(k, "inputs", None) and k.inputs[0].hi < 0 and k.narrow_run]
+    assert negative, "no shift layer reads negative bytes"
+    assert "sq_swar_b_" in (tmp_path / "mcu" / "net.c").read_text()
+    assert np.array_equal(result.logits, rt.run_int(images)[0])
+
+
+def test_a_lenet_runs_on_a_cortex_m0_bit_for_bit(tmp_path, monkeypatch):
     """The smallest core (Armv6-M: Thumb-1, no unaligned access, no DSP extension) on the
     micro:bit's 16 kB of RAM: LeNet-5 with its pools, bit for bit with the PyTorch hard model."""
     torch.manual_seed(0)
@@ -171,6 +211,10 @@ def test_a_lenet_runs_on_a_cortex_m0_bit_for_bit(tmp_path):
     big = _resnet8_with_negated_channels(tmp_path / "r8.sqb", 28)  # over 16 kB: refused by name, with the cores that fit
     with pytest.raises(ConfigError, match=r"target='cortex-m0'.*microbit has 16KB.*'cortex-m3'"):
         cortex_m.write_project(big.source, tmp_path / "big", "net", None, "cortex-m0")
+    small = dataclasses.replace(cortex_m.TARGETS["cortex-m0"], flash_length="1K")  # constants beyond a board's flash
+    monkeypatch.setitem(cortex_m.TARGETS, "cortex-m0", small)
+    with pytest.raises(ConfigError, match=r"target='cortex-m0'.*bytes of flash for its constants.*microbit has 1KB"):
+        cortex_m.write_project(rt.source, tmp_path / "small", "net", None, "cortex-m0")
 
 
 def test_the_dsp_forms_run_bit_for_bit_on_a_cortex_m4(tmp_path):

@@ -47,7 +47,7 @@ TARGETS = {
                         "the DSP extension's forms (SADD8, SXTAB16, SEL)"),
     "cortex-m7": Target("mps2-an500", 0x00000000, 0x20000000, "4M", "4M", "the DSP extension's forms"),
     "cortex-m33": Target("mps2-an505", 0x10000000, 0x38000000, "4M", "2M", "the DSP extension's forms (secure state)"),
-    "cortex-m55": Target("mps3-an547", 0x00000000, 0x20000000, "4M", "512K",
+    "cortex-m55": Target("mps3-an547", 0x00000000, 0x20000000, "512K", "512K",  # its ITCM and DTCM
                          "the DSP extension's forms (not Helium)"),
 }
 CC, SIZE, QEMU = "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"
@@ -213,10 +213,12 @@ def write_project(bundle, outdir, name: str = "model", images=None, target: str 
     if program.input_kind != "pixels" or program.output_kind != "logits":
         raise CodegenError("a microcontroller project needs an integer-only bundle (pixels in, integer logits out)")
     board = TARGETS[target]
-    if program.ram_bytes > _bytes(board.ram_length):
-        fits = [t for t, b in TARGETS.items() if program.ram_bytes <= _bytes(b.ram_length)]
-        raise ConfigError("target", target, f"a core whose board has the {program.ram_bytes:,} bytes of RAM this model "
-                          f"needs ({board.machine} has {board.ram_length}B): " + ", ".join(map(repr, fits)))
+    for what, need, length in (("RAM", program.ram_bytes, lambda b: b.ram_length),
+                               ("flash for its constants", program.flash_bytes, lambda b: b.flash_length)):
+        if need > _bytes(length(board)):  # the linker checks the rest (code, newlib, the stack it leaves)
+            fits = [t for t, b in TARGETS.items() if need <= _bytes(length(b))]
+            raise ConfigError("target", target, f"a core whose board has the {need:,} bytes of {what} this model "
+                              f"needs ({board.machine} has {length(board)}B): " + ", ".join(map(repr, fits)))
     size = int(np.prod(program.input.shape))
     images = np.zeros((1, size), np.int64) if images is None else np.asarray(images).reshape(len(images), -1)
     if images.shape[1] != size or images.min(initial=0) < program.input.lo or images.max(initial=0) > program.input.hi:

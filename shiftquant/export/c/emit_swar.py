@@ -25,7 +25,9 @@ def swar_runs(k: ShiftLayer, acc: str, first, end, sign: str, helpers: set, bias
     kind = "u" if a.lo >= 0 else "s" if bias is None else "b"
     run, cut, taken = k.narrow_run, "0u", "0"
     if kind == "b":
-        run = 255 // max(a.hi + (1 << bias), 1)  # a biased lane is at most hi + 2^p
+        # a biased lane is at most max(hi, 0) + 2^p: borders and padding are zeros even where every
+        # value of the tensor is negative
+        run = 255 // (max(a.hi, 0) + (1 << bias))
         if run < 4:
             return ""
         cut, taken = f"{(128 - (1 << bias)) * 0x01010101:#010x}u", f"(int32_t)((end - j) << {bias})"
