@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +35,27 @@ class Target:
     ram: int  # origin of the data memory
     flash_length: str  # their sizes, as the linker script writes them
     ram_length: str
-    what: str  # which form of the C the core runs
 
 
+# The M0 and M3 have no DSP extension (byte lanes in plain 32-bit adds, binary searches); the M4, M7,
+# M33 (in secure state) and M55 (not Helium) run the DSP extension's forms.
 TARGETS = {
-    "cortex-m0": Target("microbit", 0x00000000, 0x20000000, "256K", "16K",
-                        "Armv6-M, no DSP extension (small models: the board has 16 kB of RAM)"),
-    "cortex-m3": Target("mps2-an385", 0x00000000, 0x20000000, "4M", "4M",
-                        "no DSP extension: byte lanes in plain 32-bit adds, binary searches"),
-    "cortex-m4": Target("mps2-an386", 0x00000000, 0x20000000, "4M", "4M",
-                        "the DSP extension's forms (SADD8, SXTAB16, SEL)"),
-    "cortex-m7": Target("mps2-an500", 0x00000000, 0x20000000, "4M", "4M", "the DSP extension's forms"),
-    "cortex-m33": Target("mps2-an505", 0x10000000, 0x38000000, "4M", "2M", "the DSP extension's forms (secure state)"),
-    "cortex-m55": Target("mps3-an547", 0x00000000, 0x20000000, "512K", "512K",  # its ITCM and DTCM
-                         "the DSP extension's forms (not Helium)"),
+    "cortex-m0": Target("microbit", 0x00000000, 0x20000000, "256K", "16K"),  # Armv6-M: small models
+    "cortex-m3": Target("mps2-an385", 0x00000000, 0x20000000, "4M", "4M"),
+    "cortex-m4": Target("mps2-an386", 0x00000000, 0x20000000, "4M", "4M"),
+    "cortex-m7": Target("mps2-an500", 0x00000000, 0x20000000, "4M", "4M"),
+    "cortex-m33": Target("mps2-an505", 0x10000000, 0x38000000, "4M", "2M"),
+    "cortex-m55": Target("mps3-an547", 0x00000000, 0x20000000, "512K", "512K"),  # its ITCM and DTCM
 }
+
+
+def board(target: str) -> Target:
+    """The board of core ``target``; a ConfigError naming the cores there are otherwise."""
+    if target not in TARGETS:
+        raise ConfigError("target", target, ", ".join(map(repr, TARGETS)))
+    return TARGETS[target]
+
+
 CC, SIZE, QEMU = "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"
 LDFLAGS = ["-nostartfiles", "--specs=nano.specs", "--specs=rdimon.specs", "-Wl,--gc-sections", "-T", "link.ld"]
 
@@ -207,27 +213,24 @@ def write_project(bundle, outdir, name: str = "model", images=None, target: str 
     lowered program."""
     from . import codegen
 
-    if target not in TARGETS:
-        raise ConfigError("target", target, ", ".join(map(repr, TARGETS)))
+    target_board = board(target)
     program = codegen(bundle, outdir, name, borders="minimal")  # least RAM and fewest instructions
     if program.input_kind != "pixels" or program.output_kind != "logits":
         raise CodegenError("a microcontroller project needs an integer-only bundle (pixels in, integer logits out)")
-    board = TARGETS[target]
     for what, need, length in (("RAM", program.ram_bytes, lambda b: b.ram_length),
                                ("flash for its constants", program.flash_bytes, lambda b: b.flash_length)):
-        if need > _bytes(length(board)):  # the linker checks the rest (code, newlib, the stack it leaves)
+        if need > _bytes(length(target_board)):  # the linker checks the rest (code, newlib, the stack it leaves)
             fits = [t for t, b in TARGETS.items() if need <= _bytes(length(b))]
             raise ConfigError("target", target, f"a core whose board has the {need:,} bytes of {what} this model "
-                              f"needs ({board.machine} has {length(board)}B): " + ", ".join(map(repr, fits)))
+                              f"needs ({target_board.machine} has {length(target_board)}B): "
+                              + ", ".join(map(repr, fits)))
     size = int(np.prod(program.input.shape))
     images = np.zeros((1, size), np.int64) if images is None else np.asarray(images).reshape(len(images), -1)
     if images.shape[1] != size or images.min(initial=0) < program.input.lo or images.max(initial=0) > program.input.hi:
         raise ConfigError("images", f"shape {list(images.shape)}", f"(n, {size}) integers {program.input.lo} to "
                           f"{program.input.hi}")
     out = Path(outdir)
-    linker = LINKER.format(machine=board.machine, core=target, flash=board.flash, ram=board.ram,
-                           flash_length=board.flash_length, ram_length=board.ram_length)
-    files = {"link.ld": linker, "startup.c": STARTUP, "Makefile": _makefile(name, target),
+    files = {"link.ld": LINKER.format(core=target, **asdict(target_board)), "startup.c": STARTUP, "Makefile": _makefile(name, target),
              "main.c": MAIN.format(name=name, up=name.upper(), spin=SPIN, spin2=2 * SPIN),
              "inputs.h": _inputs(images, program.input.ctype, size)}
     for fname, text in files.items():
@@ -255,8 +258,7 @@ def build(outdir, name: str = "model", stack_bytes: int = 0, target: str = "cort
     if shutil.which(CC) is None:
         raise CompilerNotFoundError(f"{CC} not found: install the Arm GNU toolchain (Debian: gcc-arm-none-eabi "
                                     "libnewlib-arm-none-eabi)")
-    if target not in TARGETS:
-        raise ConfigError("target", target, ", ".join(map(repr, TARGETS)))
+    board(target)
     out, flags = Path(outdir), cflags(target)
     said = {}  # the compiler's messages, per output
     for args in ([CC, *flags, "-c", f"{name}.c", "-o", f"{name}.o"],
@@ -313,8 +315,7 @@ def run(elf, timeout: float = 600.0, target: str = "cortex-m4") -> Run:
     """Run a project built for ``target`` in QEMU; its logits and instructions per image."""
     if shutil.which(QEMU) is None:
         raise CompilerNotFoundError(f"{QEMU} not found (Debian: qemu-system-arm)")
-    if target not in TARGETS:
-        raise ConfigError("target", target, ", ".join(map(repr, TARGETS)))
+    board(target)
     done = subprocess.run(_qemu(target, os.fspath(elf)), capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise CodegenError(f"{QEMU} exited with {done.returncode}: {done.stderr[-1000:]}")

@@ -115,18 +115,22 @@ class Thresholds:
     def steps(self) -> list[int]:
         return [b - a for a, b in zip(self.levels, self.levels[1:])]
 
+    @property
+    def lookup_span(self) -> int:
+        """Values a channel's level table (:meth:`lookup`) covers: from one below its first
+        threshold to its last, in the widest channel."""
+        return int((self.table[:, -1] - self.table[:, 0]).max()) + 2
+
     def looked_up(self, weights: str) -> bool:
         """Whether the ``weights`` form stores these thresholds as a level table (:meth:`lookup`):
         tables weights, many ascending thresholds, a span of at most ``LOOKUP_SPAN`` values."""
-        span = int((self.table[:, -1] - self.table[:, 0]).max()) + 2
-        return weights == "tables" and self.window and span <= LOOKUP_SPAN
+        return weights == "tables" and self.window and self.lookup_span <= LOOKUP_SPAN
 
     def lookup(self) -> tuple[np.ndarray, np.ndarray]:
         """``(table (channels, span), base (channels,))``: the level of every value ``base_c + i``
         for ``i`` in ``[0, span)``, from one below the first threshold to the last (values beyond
         either end clamp to it); where :meth:`looked_up`."""
-        base = self.table[:, 0] - 1
-        span = int((self.table[:, -1] - base).max()) + 1
+        base, span = self.table[:, 0] - 1, self.lookup_span
         levels = np.asarray(self.levels)
         rows = [levels[np.searchsorted(t, b + np.arange(span), side="right")] for t, b in zip(self.table, base)]
         return np.stack(rows), base
