@@ -127,6 +127,11 @@ def test_hostile_safetensors_files_are_refused_as_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"conv1\.weight: expected .*float32, found .*int32"):
         load_weights(model, tmp_path / "ints.safetensors")
     assert torch.equal(model.conv1.weight, before)  # nothing loaded
+    long = dict(model.state_dict(), **{"x\n" * 100000: torch.zeros(1)})  # a hostile name: the message stays short
+    save_file(long, str(tmp_path / "long.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected 1 keys") as refused:
+        load_weights(model, tmp_path / "long.safetensors")
+    assert len(str(refused.value)) < 1000
     floats = {k: (v.float() if k.endswith("num_batches_tracked") else v) for k, v in model.state_dict().items()}
     save_file(floats, str(tmp_path / "floats.safetensors"))  # a float counter for an integer buffer: loads
     load_weights(model, tmp_path / "floats.safetensors")

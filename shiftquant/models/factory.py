@@ -126,6 +126,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _shown(keys: list[str], most: int = 80) -> list[str]:
+    """Keys as an error message shows them: each cut to ``most`` characters."""
+    return [k if len(k) <= most else k[:most] + "..." for k in keys]
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local weight file into a float ``model``; refuses (changing nothing) when it does not fit."""
     sd = read_state_dict(path)
@@ -139,9 +144,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if missing or unexpected or wrong:
         detail = []
         if missing:
-            detail.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            detail.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+            detail.append(f"missing {len(missing)} keys (e.g. {_shown(missing[:3])})")
+        if unexpected:  # a file's own names: any length, any characters
+            detail.append(f"unexpected {len(unexpected)} keys (e.g. {_shown(unexpected[:3])})")
         if wrong:
             k = sorted(wrong)[0]
             detail.append(f"{k}: expected {tuple(own[k].shape)} {own[k].dtype}, found {tuple(sd[k].shape)} {sd[k].dtype}")
