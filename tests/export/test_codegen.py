@@ -231,6 +231,26 @@ def test_few_positions_whose_offsets_leave_16_bits_take_the_general_form(tmp_pat
         assert layers, borders  # the case is there
 
 
+def test_an_input_and_a_linear_layer_over_65535_wide_export_and_run_three_ways(tmp_path):
+    """A 1x1x70,000 input and a flattened head of 70,000 features, W2A2: the input's shape and the
+    head's weight shape pass the bundle's bounds (a dimension may hold up to 2^24 values, as a
+    node may), and C == reference == PyTorch."""
+    from torch import nn
+
+    from tests.export.models import deploy_exported
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(70000, 3)).eval()
+    px = sq.PixelInput((0.5,), (0.25,), 255)
+    rt, pixels, ref = deploy_exported(model, (2, 1, 1, 70000), px, tmp_path / "m.sqb", weight_shift_bits=2,
+                                      act_shift_bits=2)  # at W3A3 its accumulator would pass float32's 2^24
+    head = next(n for n in rt.manifest["nodes"] if n["op"] == "shift_linear")
+    assert head["weight_shape"] == [3, 70000] and rt.manifest["nodes"][0]["shape"] == [1, 1, 70000]
+    assert np.array_equal(rt.run(pixels), ref)
+    assert np.array_equal(CRuntime(rt).run_int(pixels)[0], rt.run_int(pixels)[0])
+
+
 def test_resnet20_and_resnet18_three_ways(resnet20, tmp_path):
     assert_three_way(*resnet20, "resnet20 s2 WA", "tables")
     native = assert_three_way(*hard_and_runtime("resnet18", 0, 1, True, tmp_path), "resnet18 s1 WA", "packed",

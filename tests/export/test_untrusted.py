@@ -450,6 +450,17 @@ def test_add_shifts_beyond_30_are_refused(resnet, tmp_path):
     _both_refuse(tmp_path / "shift.sqb", "shifts must be 0 to 30")
 
 
+def test_integer_fields_beyond_their_bounds_are_refused_naming_the_range(bundles, tmp_path):
+    for edit, match in ((lambda conv, linear: conv.update(stride=[70000, 1]), "stride must be 2 integers from 1 to 65535"),
+                        (lambda conv, linear: linear.update(weight_shape=[linear["weight_shape"][0], (1 << 24) + 1]),
+                         "weight_shape must be 2 integers from 1 to 16777216")):
+        manifest, tensors = read_bundle(bundles["plain"][0])
+        conv = next(n for n in manifest["nodes"] if n["op"] == "shift_conv2d")
+        edit(conv, next(n for n in manifest["nodes"] if n["op"] == "shift_linear"))
+        write_bundle(tmp_path / "big.sqb", manifest, tensors)
+        _both_refuse(tmp_path / "big.sqb", match)
+
+
 def test_a_small_bundle_cannot_ask_for_unbounded_memory(bundles, tmp_path, monkeypatch):
     from shiftquant.export.format import bundle as bundle_format
 

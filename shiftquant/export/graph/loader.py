@@ -18,7 +18,7 @@ from ...errors import BundleError
 from .. import ops
 from ..format.ints import FLOAT, INT_TYPES, holds
 from ..ops.quantizers import check_act_quantizer, quantize_input
-from ..ops.schema import MAX_RANK, is_int
+from ..ops.schema import MAX_INT, MAX_RANK, is_int
 from ..ops.shift import dequantize
 
 MAX_NAME = 256  # characters of a node name
@@ -67,11 +67,11 @@ class Graph:
             raise BundleError(f"{self.source}: tensor {key!r} has shape {t.shape}, expected {tuple(shape)}")
         return t
 
-    def ints(self, node: dict, value, what: str, n: int = 1, low: int = 0) -> list[int]:
-        """``value`` as ``n`` integers in ``[low, 2^16)`` (one integer stands for ``n`` equal ones)."""
+    def ints(self, node: dict, value, what: str, n: int = 1, low: int = 0, high: int = MAX_INT) -> list[int]:
+        """``value`` as ``n`` integers in ``[low, high)`` (one integer stands for ``n`` equal ones)."""
         v = [value] * n if is_int(value) else value
-        if not isinstance(v, list) or len(v) != n or not all(is_int(i) and low <= i < 1 << 16 for i in v):
-            self.fail(node, f"{what} must be {n} integers >= {low}")
+        if not isinstance(v, list) or len(v) != n or not all(is_int(i) and low <= i < high for i in v):
+            self.fail(node, f"{what} must be {n} integer{'s' if n > 1 else ''} from {low} to {high - 1}")
         return v
 
     def number(self, node: dict, value, what: str, low: float = 0.0) -> float:

@@ -21,6 +21,7 @@ from shiftquant.errors import ExportError
 
 MAX_RANK = 8  # dimensions of any value
 MAX_ELEMENTS = 1 << 24  # values per example of any one node (a 224 px ResNet-18 needs 802,816)
+MAX_INT = 1 << 16  # the bound of an integer field (strides, paddings, windows), unless its Field says more
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 NOT_YET = "not supported yet: no integer form of this op in the exporter (tracked by the integer-only work)"
 
@@ -39,14 +40,16 @@ class Field:
     """One manifest field of an op: ``kind`` names its validator (:data:`KINDS`), ``doc`` its meaning.
 
     ``count``: how many integers an ``ints`` field holds (one integer stands for ``count`` equal
-    ones); ``low``: the least value of a number or of each integer; ``optional``: may be absent or
-    null; ``choices``: the values a ``choice`` field allows."""
+    ones); ``low``: the least value of a number or of each integer; ``high``: the bound (excluded)
+    of each integer; ``optional``: may be absent or null; ``choices``: the values a ``choice`` field
+    allows."""
 
     name: str
     kind: str
     doc: str
     count: int = 1
     low: float = 0
+    high: int = MAX_INT
     optional: bool = False
     choices: tuple = ()
 
@@ -59,12 +62,12 @@ class Field:
     @property
     def limits(self) -> str:
         """The type and limits, in words (the docs' table)."""
-        text = {"ints": f"{self.count} integer{'s' if self.count > 1 else ''} >= {int(self.low)}",
+        text = {"ints": f"{self.count} integer{'s' if self.count > 1 else ''} {int(self.low)}..{self.high - 1}",
                 "number": f"number >= {self.low:g}" if self.low > -FLOAT32_MAX else "number",
                 "flag": "true / false", "choice": " / ".join(f"`{c}`" for c in self.choices),
                 "dim": "dimension", "dims": "list of dimensions, not the batch", "tensor": "tensor name",
                 "shape": "list of sizes, -1 for the batch", "perm": "permutation", "index": "index items",
-                "pads": "2, 4 or 6 widths", "sizes": "list of integers >= 1", "quantizer": "quantizer",
+                "pads": f"2, 4 or 6 widths 0..{MAX_INT - 1}", "sizes": f"list of integers 1..{MAX_ELEMENTS}", "quantizer": "quantizer",
                 "act_quantizer": "activation quantizer", "pixels": "pixels", "requant": "requant table",
                 "int_output": "int_output table", "table": "threshold table name",
                 "shift_list": "one integer 0..30 per input",
@@ -74,7 +77,7 @@ class Field:
 
 
 def _ints(rt, node, f: Field, v) -> None:
-    rt.ints(node, v, f.name, f.count, int(f.low))
+    rt.ints(node, v, f.name, f.count, int(f.low), f.high)
 
 
 def _number(rt, node, f: Field, v) -> None:
@@ -128,12 +131,12 @@ def _index(rt, node, f: Field, v) -> None:
 
 
 def _pads(rt, node, f: Field, v) -> None:
-    if not isinstance(v, list) or not v or len(v) % 2 or len(v) > 6 or not all(is_int(p) and 0 <= p < 1 << 16 for p in v):
-        rt.fail(node, f"{f.name} must be 2, 4 or 6 non-negative integers (last dimension first)")
+    if not isinstance(v, list) or not v or len(v) % 2 or len(v) > 6 or not all(is_int(p) and 0 <= p < MAX_INT for p in v):
+        rt.fail(node, f"{f.name} must be 2, 4 or 6 integers from 0 to {MAX_INT - 1} (last dimension first)")
 
 
 def _sizes(rt, node, f: Field, v) -> None:
-    rt.ints(node, v, f.name, len(v) if isinstance(v, list) and 0 < len(v) <= MAX_RANK else 1, 1)
+    rt.ints(node, v, f.name, len(v) if isinstance(v, list) and 0 < len(v) <= MAX_RANK else 1, 1, MAX_ELEMENTS + 1)
 
 
 def _batch_dim(rt, node, f: Field, v) -> None:

@@ -33,7 +33,7 @@ def _decode_weights(rt, node: dict) -> None:
     """Check every field of a shift layer and decode its weights to integers (``rt.weights``)."""
     spec = node["weight_quantizer"]
     conv = node["op"] == "shift_conv2d"
-    shape = rt.ints(node, node.get("weight_shape"), "weight_shape", 4 if conv else 2, 1)
+    shape = rt.ints(node, node.get("weight_shape"), "weight_shape", 4 if conv else 2, 1, MAX_ELEMENTS + 1)
     check_quantizer(rt, node, spec)
     if conv and shape[0] % node["groups"]:
         rt.fail(node, "groups must divide the output channels")
@@ -342,10 +342,10 @@ def _shift_macs(node: dict, shapes: dict, tensors) -> tuple[str, int]:
 
 register(
     OpDef("shift_conv2d", "input integers -> shift-add convolution -> output integers",
-          (Field("weight_shape", "ints", "(O, I / groups, kh, kw)", count=4, low=1),) + _LAYER + GEOMETRY, check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer",
+          (Field("weight_shape", "ints", "(O, I / groups, kh, kw)", count=4, low=1, high=MAX_ELEMENTS + 1),) + _LAYER + GEOMETRY, check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer",
           onnx=OnnxMap("thresholds (GreaterOrEqual, ReduceSum, Gather), Conv, thresholds", _onnx), macs=_shift_macs),
     OpDef("shift_linear", "input integers -> shift-add matrix product -> output integers",
-          (Field("weight_shape", "ints", "(O, I)", count=2, low=1),) + _LAYER,
+          (Field("weight_shape", "ints", "(O, I)", count=2, low=1, high=MAX_ELEMENTS + 1),) + _LAYER,
           check=_decode_weights, run=_run, shape=_shape, prove=_prove, c="shift_layer",
           onnx=OnnxMap("thresholds (GreaterOrEqual, ReduceSum, Gather), MatMul, thresholds", _onnx),
           macs=_shift_macs),
