@@ -1,4 +1,6 @@
 """Model factory and local weight loading (no code execution, clear refusals)."""
+import json
+
 import pytest
 import torch
 import torchvision
@@ -116,11 +118,15 @@ def test_hostile_safetensors_files_are_refused_as_checkpoint_errors(tmp_path):
         "truncated": whole[:len(whole) // 2],
         "header only": whole[:8 + int.from_bytes(whole[:8], "little")],
     }
+    twice = b'{"w": %s, "w": %s}' % (json.dumps(t).encode(), json.dumps(dict(t, shape=[4])).encode())
+    cases["a tensor name twice"] = _safetensors_bytes(twice, bytes(16))
     for why, blob in cases.items():
         path = tmp_path / f"{why.replace(' ', '_')}.safetensors"
         path.write_bytes(blob)
         with pytest.raises(CheckpointError, match=path.name):
             read_state_dict(path)
+    with pytest.raises(CheckpointError, match="duplicate key 'w'"):  # safetensors alone keeps the last
+        read_state_dict(tmp_path / "a_tensor_name_twice.safetensors")
     ints = {k: (v.to(torch.int32) if k == "conv1.weight" else v) for k, v in model.state_dict().items()}
     save_file(ints, str(tmp_path / "ints.safetensors"))
     before = model.conv1.weight.detach().clone()

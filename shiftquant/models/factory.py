@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..unique_json import safetensors_header
 from .plain_cnn import lenet5, lenet5_avg, vgg_small
 from .resnet_cifar import resnet8, resnet20, resnet_tiny
 
@@ -108,6 +109,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+            with path.open("rb") as f:  # its tensor names once each (safetensors keeps the last of two)
+                safetensors_header(f, path.stat().st_size)
             obj = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)

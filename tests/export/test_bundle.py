@@ -88,6 +88,41 @@ def test_resealed_tampering_is_caught_by_the_manifest_checks(small_bundle, tmp_p
         sq.load_bundle(tmp_path / "t2.sqb")
 
 
+def _sealed(blob: bytes) -> bytes:
+    """A bundle around a safetensors ``blob``, with a valid checksum (as ``write_bundle`` seals one)."""
+    import hashlib
+    import zlib
+    body = zlib.compress(blob, 9)
+    data = struct.pack("<8sIQ", MAGIC, FORMAT_VERSION, len(body)) + body
+    return data + hashlib.sha256(data).digest()
+
+
+def test_duplicate_json_keys_are_refused_in_the_manifest_and_the_tensor_header(small_bundle):
+    """Two equal keys in one JSON object mean the first to some readers, the last to Python's:
+    a resealed bundle holding them, in its manifest or in its safetensors header, is refused."""
+    import json
+
+    from safetensors.numpy import save
+
+    from shiftquant.export.format.bundle import read_bundle
+    manifest, tensors = read_bundle(small_bundle[0])
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    assert parse_bundle(_sealed(save(tensors, metadata={"manifest": text})))[0] == manifest  # the sealing is right
+    doubled = text.replace('"format":', '"format":"other","format":', 1)
+    with pytest.raises(BundleError, match="duplicate key 'format'"):
+        parse_bundle(_sealed(save(tensors, metadata={"manifest": doubled})))
+    blob = save(tensors, metadata={"manifest": text})
+    n = struct.unpack_from("<Q", blob)[0]
+    header = blob[8:8 + n].decode()
+    name = sorted(tensors)[0]
+    entry = header[header.index(f'"{name}":'):]
+    entry = entry[:entry.index("}") + 1]
+    twice = header.replace(entry, f"{entry},{entry}", 1).encode()
+    twice += b" " * (-len(twice) % 8)
+    with pytest.raises(BundleError, match=f"duplicate key '{name}'"):
+        parse_bundle(_sealed(struct.pack("<Q", len(twice)) + twice + blob[8 + n:]))
+
+
 def test_loaded_bundle_runs_and_rejects_wrong_input_shape(small_bundle):
     path, x = small_bundle
     rt = sq.load_bundle(path)

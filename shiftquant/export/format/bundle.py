@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import unique_json
 from ...errors import BundleError
+from ...unique_json import safetensors_header
 
 MAGIC = b"SQBUNDLE"
 FORMAT_VERSION = 3  # 2: requantization thresholds; 3: declared integer types, pixels, integer logits
@@ -101,10 +103,9 @@ def parse_bundle(data: bytes, name: str = "bundle") -> tuple[dict, dict[str, np.
             raise BundleError(f"{name}: the body inflates beyond {MAX_BODY} bytes, or is cut short")
         from safetensors.numpy import load
 
+        metadata = safetensors_header(body, len(body)).get("__metadata__") or {}  # unique keys, as the manifest's
+        manifest = unique_json.loads(metadata["manifest"])
         tensors = load(body)
-        header_len = struct.unpack_from("<Q", body)[0]
-        metadata = json.loads(body[8:8 + header_len]).get("__metadata__") or {}
-        manifest = json.loads(metadata["manifest"])
     except BundleError:
         raise
     except Exception as exc:  # a checksummed file that still does not parse: written by something else

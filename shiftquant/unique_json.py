@@ -1,0 +1,51 @@
+"""JSON read from files a user did not make, refusing duplicate keys.
+
+Python's ``json`` keeps the last of two equal keys, other readers the first: a file with both means
+different things to different tools (a reviewer's viewer and the loader). :func:`loads` refuses it.
+:func:`safetensors_header` reads a safetensors file's JSON header this way, its length proven
+against the file's before a byte of it is read.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from typing import BinaryIO
+
+# The most a safetensors header may take (safetensors' own limit): nothing larger is read.
+MAX_HEADER = 100_000_000
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object holds the same key twice."""
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            shown = key if len(key) <= 80 else key[:80] + "..."
+            raise DuplicateKeyError(f"duplicate key {shown!r} in a JSON object")
+        out[key] = value
+    return out
+
+
+def loads(text: str | bytes) -> object:
+    """``json.loads(text)``, refusing any object that holds a key twice (:class:`DuplicateKeyError`)."""
+    return json.loads(text, object_pairs_hook=_unique)
+
+
+def safetensors_header(source: bytes | BinaryIO, size: int) -> dict:
+    """The JSON header of a safetensors blob of ``size`` bytes: ``source`` is the blob, or a file
+    at its start. A ``ValueError`` when the header's length passes the blob's, or when it is not a
+    JSON object of unique keys; no more than the length field and the header are read."""
+    read = (lambda at, n: source[at:at + n]) if isinstance(source, bytes) else (lambda at, n: source.read(n))
+    first = read(0, 8)
+    if len(first) < 8:
+        raise ValueError(f"safetensors blob of {size} bytes has no header length")
+    n = struct.unpack("<Q", first)[0]
+    if n > min(size - 8, MAX_HEADER):
+        raise ValueError(f"safetensors header of {n} bytes does not fit the {size}-byte blob")
+    header = loads(read(8, n))
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    return header
