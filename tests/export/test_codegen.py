@@ -335,6 +335,19 @@ def test_float_ops_are_refused_by_name(tmp_path):
         sq.codegen(rt, tmp_path, "not a name")
 
 
+def test_the_vector_block_is_a_power_of_two_and_the_host_takes_the_wider_one(resnet20):
+    from shiftquant.export.c.lower import lower
+    from shiftquant.export.c.program import CHUNK, HOST_CHUNK, ShiftLayer
+
+    rt = resnet20[3]
+    for bad in (100, 2, 2048, True, "64"):
+        with pytest.raises(sq.ConfigError, match="chunk=.*a power of two from 4"):
+            lower(rt, chunk=bad)
+    host = CRuntime(rt).program
+    assert host.chunk == HOST_CHUNK > CHUNK == lower(rt).chunk
+    assert max(k.chunk for k in host.kernels if isinstance(k, ShiftLayer)) == HOST_CHUNK
+
+
 def test_cli_codegen_summary_and_run_with_the_c_backend(tmp_path, capsys):
     from shiftquant.cli import main
 

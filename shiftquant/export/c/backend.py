@@ -39,6 +39,7 @@ import torch
 from ...errors import BundleError, CodegenError, CompilerNotFoundError
 from .emit import emit
 from .lower import Program, lower
+from .program import HOST_CHUNK
 
 FLAGS = ["-std=c99", "-O3", "-march=native", "-fPIC", "-shared"]
 OPENMP = ["-fopenmp"]
@@ -320,9 +321,9 @@ class CRuntime:
 
         self.reference = reference
         self.manifest, self.nodes, self.float_ops = reference.manifest, reference.nodes, reference.float_ops
-        self.program: Program = lower(reference, name, weights or "tables", borders)
+        self.program: Program = lower(reference, name, weights or "tables", borders, HOST_CHUNK)
         if weights is None and self.program.flash_bytes > TABLES_UP_TO:  # big models: packed codes
-            self.program = lower(reference, name, "packed", borders)
+            self.program = lower(reference, name, "packed", borders, HOST_CHUNK)
         header, source = emit(self.program)
         self.library = build(name, header, source)
         self.threads = threads

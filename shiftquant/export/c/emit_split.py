@@ -5,7 +5,7 @@ columns outside the input zeroed); scalar cores only the columns that read the i
 from __future__ import annotations
 
 from .ctext import array, smallest
-from .program import CHUNK, Split
+from .program import Split
 
 
 class SplitPrinter:
@@ -33,7 +33,7 @@ class SplitPrinter:
         b, s = k.out_border, k.stride
         ph, pw = k.padding
         ys, xs = [py - ph for py, _ in k.phases], [px - pw for _, px in k.phases]
-        block = min(CHUNK, row)
+        block = min(self.p.chunk, row)
         th, nm = k.thresholds, k.name
         consts, stage, cmp, rtype, vtype, lut = self.split_stage(k)
         next_row = f"thr += {th.count}u;" if th is not None and th.table.shape[0] > 1 else ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .ctext import array, smallest
 from .emit_dsp import lane_thresholds
-from .program import CHUNK, COUNT_LANES, DeltaPack, Map, ShiftLayer, Thresholds, packed_in_range
+from .program import COUNT_LANES, DeltaPack, Map, ShiftLayer, Thresholds, packed_in_range
 
 # Scalar cores map inputs of fewer values than this through a table of their levels (one byte each).
 LUT_SPAN = 257
@@ -160,7 +160,7 @@ unsigned k0 = 0, k1 = 0;
             nseg, length = h, w
             first_in, first_out = a.border * a.row + a.border, out.border * out.row + out.border
             step_in, step_out = a.row, out.row
-        block = min(CHUNK, length)
+        block = min(self.p.chunk, length)
         blocks = f"""\
                 {cmp} v[{block}];
                 {rtype} r[{block}];

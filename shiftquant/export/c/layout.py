@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ...errors import CodegenError
 from .gather import plan
-from .program import CHUNK, Gather, Kernel, Map, ShiftLayer, Split
+from .program import Gather, Kernel, Map, ShiftLayer, Split
 
 
 def resolve_layouts(self) -> None:
@@ -106,7 +106,7 @@ def layer_geometry(self, k: ShiftLayer) -> list[Kernel]:
         top, limit = (a.hi, 255) if a.lo >= 0 else (max(-a.lo, a.hi), 127)
         k.narrow_run = limit // max(top, 1) if limit // max(top, 1) >= 4 else 0
     seg_len = k.segments[1]
-    k.chunk = min(CHUNK, 1 << max(0, (seg_len - 1).bit_length()))
+    k.chunk = min(self.chunk, 1 << max(0, (seg_len - 1).bit_length()))
     a.root.slack = max(a.root.slack, k.chunk * k.x_step + 1)
     return before
 

@@ -26,7 +26,7 @@ from ...errors import CodegenError, ConfigError
 from .. import ops
 from ..format.values import pair
 from ..graph.reasons import float_reasons
-from ..ops.schema import MAX_ELEMENTS
+from ..ops.schema import MAX_ELEMENTS, is_int
 from . import tokens
 from .arena import plan_arena
 from .emit_few import sums_bytes
@@ -35,6 +35,7 @@ from .layout import resolve_layouts
 from .program import (
     CHUNK,
     COUNT_LANES,
+    MAX_CHUNK,
     SEARCH_BUCKETS,
     Add,
     Concat,
@@ -70,7 +71,7 @@ BORDERS = ("shared", "minimal")
 DELTA_MIN = 32  # thresholds per channel from which packed weights store them delta-packed
 
 
-def lower(rt, name: str = "model", weights: str = "packed", borders: str = "shared") -> Program:
+def lower(rt, name: str = "model", weights: str = "packed", borders: str = "shared", chunk: int = CHUNK) -> Program:
     """The program of a loaded bundle: ``rt`` is the reference :class:`~..runtime.Runtime`, whose
     load has proven every shape, kind and range (``rt.facts``); the lowering sizes everything from
     those proofs.
@@ -82,13 +83,19 @@ def lower(rt, name: str = "model", weights: str = "packed", borders: str = "shar
     ``borders="shared"`` gives every image of one size the widest zero border any of them needs, so
     that a stride-1 convolution runs over a whole plane as one vector segment (fastest with vector
     units: the host); ``"minimal"`` gives a border only to what a padded convolution reads (least
-    RAM and fewest instructions on a scalar core: a microcontroller)."""
+    RAM and fewest instructions on a scalar core: a microcontroller).
+
+    ``chunk``: the most output positions a shift layer's vector block holds (a power of two, 4 to
+    :data:`.program.MAX_CHUNK`): :data:`.program.CHUNK` suits a microcontroller's stack; the host
+    backend takes :data:`.program.HOST_CHUNK` (fewer list reads per position)."""
     if weights not in WEIGHT_FORMATS:
         raise ConfigError("weights", weights, " or ".join(map(repr, WEIGHT_FORMATS)))
     if borders not in BORDERS:
         raise ConfigError("borders", borders, " or ".join(map(repr, BORDERS)))
+    if not is_int(chunk) or chunk < 4 or chunk > MAX_CHUNK or chunk & (chunk - 1):
+        raise ConfigError("chunk", chunk, f"a power of two from 4 to {MAX_CHUNK}")
     check_identifier(name)
-    return _Lowering(rt, name, weights, borders).run()
+    return _Lowering(rt, name, weights, borders, chunk).run()
 
 
 def check_identifier(name) -> str:
@@ -109,9 +116,9 @@ def _float(node: dict, what: str, manifest: dict | None = None) -> str:
 
 
 class _Lowering:
-    def __init__(self, rt, name, weights="packed", borders="shared"):
+    def __init__(self, rt, name, weights="packed", borders="shared", chunk=CHUNK):
         self.m, self.t, self.facts, self.name, self.weights = rt.manifest, rt.tensors, rt.facts, name, weights
-        self.borders = borders
+        self.borders, self.chunk = borders, chunk
         self.nodes = self.m["nodes"]
         self.index = {node["name"]: i for i, node in enumerate(self.nodes)}  # C identifiers number nodes
         self.kernels: list[Kernel] = []
@@ -179,7 +186,7 @@ class _Lowering:
         unit = float(out_node["int_output"]["unit"]) if kind == "logits" else None
         resolve_layouts(self)
         program = Program(self.name, self.kernels, self.all, self.input, self.input_kind, self.input_node,
-                          self.input_layer, output, kind, out_node, unit, self.weights)
+                          self.input_layer, output, kind, out_node, unit, self.weights, self.chunk)
         for t in self.all:  # with the borders and vector slack the layout added
             if t.elems + t.slack > MAX_ELEMENTS:
                 raise CodegenError(f"node {t.name!r}: its planes with their zero borders hold {t.elems + t.slack} "
@@ -417,6 +424,6 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
         return 0
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
-    dsp = 2 * CHUNK + k.output.itemsize * CHUNK + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
+    dsp = 2 * k.chunk + k.output.itemsize * k.chunk + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
     return (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (k.groups_count + 2) + 8 * (k.groups_count + 1) + 13 * k.chunk + decoded + dsp
             + sums_bytes(k, weights))
