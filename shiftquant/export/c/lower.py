@@ -424,6 +424,7 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
         return 0
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
-    dsp = 2 * k.chunk + k.output.itemsize * k.chunk + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
+    block = max(CHUNK, k.chunk)  # a tile (at most DSP_WORDS words, within CHUNK) or a block of chunk positions
+    dsp = 2 * block + k.output.itemsize * block + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
     return (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (k.groups_count + 2) + 8 * (k.groups_count + 1) + 13 * k.chunk + decoded + dsp
             + sums_bytes(k, weights))
