@@ -335,6 +335,32 @@ def test_float_ops_are_refused_by_name(tmp_path):
         sq.codegen(rt, tmp_path, "not a name")
 
 
+def test_input_stages_reach_the_levels_the_reference_proves(resnet20):
+    """A layer's thresholded input holds the levels its input can reach, as the reference's proof
+    has them: after a ReLU none below 0, so unsigned bytes (runs of 31 taps, not 15)."""
+    from shiftquant.export.c.lower import lower
+    from shiftquant.export.c.program import Map, ShiftLayer, Split
+    from shiftquant.export.ops.shift import _input_interval
+
+    rt = resnet20[3]
+    program = lower(rt, weights="packed", borders="minimal")
+    staged = {k.output.name: k for k in program.kernels if isinstance(k, Map)}
+    staged.update({k.output.name: k for k in program.kernels if isinstance(k, Split) and k.thresholds is not None})
+    checked = 0
+    for k in program.kernels:
+        node = next(n for n in rt.manifest["nodes"] if n["name"] == k.node)
+        if not isinstance(k, ShiftLayer) or node.get("input_thresholds") is None:
+            continue
+        a = k.inputs[0]
+        assert a.name in staged or a.name.endswith(".in"), a.name
+        assert (a.lo, a.hi) == _input_interval(rt, node, rt.facts[node["inputs"][0]]), k.node
+        checked += 1
+    unsigned = [k for k in program.kernels if isinstance(k, ShiftLayer) and k.inputs[0].lo == 0]
+    layers = [k for k in program.kernels if isinstance(k, ShiftLayer)]
+    assert checked >= 12  # every layer but the first (pixels through signed levels) reads unsigned bytes
+    assert unsigned == layers[1:] and all(k.narrow_run == 31 for k in unsigned)
+
+
 def test_the_vector_block_is_a_power_of_two_and_the_host_takes_the_wider_one(resnet20):
     from shiftquant.export.c.lower import lower
     from shiftquant.export.c.program import CHUNK, HOST_CHUNK, ShiftLayer

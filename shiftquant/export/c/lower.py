@@ -309,8 +309,10 @@ class _Lowering:
             table = table.T  # (1 or channels, L-1)
             levels = self.level_ints(node["input_quantizer"])
             table = np.clip(table, x.lo, x.hi + 1)
-            out = self.tensor(f"{node['name']}.in", dtype_for(min(levels), max(levels)), x.shape, min(levels),
-                              max(levels))
+            # The levels its inputs reach (rows ascend, the loader's check): as the reference's proof
+            # has them (a ReLU's output never reaches the levels below 0: unsigned bytes, longer runs).
+            lo, hi = levels[int((table <= x.lo).sum(1).min())], levels[int((table <= x.hi).sum(1).max())]
+            out = self.tensor(f"{node['name']}.in", dtype_for(lo, hi), x.shape, lo, hi)
             self.kernels.append(Map(self.cname("in", node), node["name"], [x], out,
                                     thresholds=Thresholds(np.ascontiguousarray(table), levels)))
             return out
