@@ -67,7 +67,7 @@ class Field:
                 "flag": "true / false", "choice": " / ".join(f"`{c}`" for c in self.choices),
                 "dim": "dimension", "dims": "list of dimensions, not the batch", "tensor": "tensor name",
                 "shape": "list of sizes, -1 for the batch", "perm": "permutation", "index": "index items",
-                "pads": f"2, 4 or 6 widths 0..{MAX_INT - 1}", "sizes": f"list of integers 1..{MAX_ELEMENTS}", "quantizer": "quantizer",
+                "pads": f"2, 4 or 6 widths 0..{MAX_INT - 1}", "sizes": f"list of 1 to {MAX_RANK} integers 1..{MAX_ELEMENTS}", "quantizer": "quantizer",
                 "act_quantizer": "activation quantizer", "pixels": "pixels", "requant": "requant table",
                 "int_output": "int_output table", "table": "threshold table name",
                 "shift_list": "one integer 0..30 per input",
@@ -136,7 +136,9 @@ def _pads(rt, node, f: Field, v) -> None:
 
 
 def _sizes(rt, node, f: Field, v) -> None:
-    rt.ints(node, v, f.name, len(v) if isinstance(v, list) and 0 < len(v) <= MAX_RANK else 1, 1, MAX_ELEMENTS + 1)
+    if not isinstance(v, list) or not 0 < len(v) <= MAX_RANK:
+        rt.fail(node, f"{f.name} must be a list of 1 to {MAX_RANK} integers from 1 to {MAX_ELEMENTS}")
+    rt.ints(node, v, f.name, len(v), 1, MAX_ELEMENTS + 1)
 
 
 def _batch_dim(rt, node, f: Field, v) -> None:

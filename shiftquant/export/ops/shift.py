@@ -44,7 +44,10 @@ def _decode_weights(rt, node: dict) -> None:
     count = math.prod(shape)
     if count > MAX_WEIGHTS:
         rt.fail(node, f"weight_shape {shape} holds more than {MAX_WEIGHTS} weights")
-    codes = unpack_codes(rt.tensor(node["weight_codes"]), int(spec["code_bits"]), count)
+    try:
+        codes = unpack_codes(rt.tensor(node["weight_codes"]), int(spec["code_bits"]), count)
+    except BundleError as exc:  # its message names neither the bundle nor the node
+        rt.fail(node, f"weight_codes: {exc}")
     ints = np.asarray(spec["levels"], dtype=np.float64) / float(spec["resolution"])
     if codes.size and int(codes.max()) >= len(ints):
         raise BundleError(f"{rt.source}: {node['name']}: weight code {int(codes.max())} has no level")
