@@ -397,13 +397,15 @@ def run_helper(name: str) -> str:
     registers, then widened into ``acc2`` (``G`` pairs of lane words). Assembly, so the 8 sums,
     the pointers and the loaded word stay in the core's 13 registers: per tap a load of its
     offset, an add, and a load and a lane add per word. The first added tap's words are loaded
-    as the sums (zeros where a signed run adds none). A signed run (``ssum``) adds its taps
-    ``[lp, mid)`` and subtracts ``[mid, le)``; ``le`` is read from memory between the two."""
+    as the sums (zeros where a signed run adds none); the rest go two a step (one loop test per
+    pair), one first where their count is odd. A signed run (``ssum``) adds its taps ``[lp, mid)``
+    and subtracts ``[mid, le)``; ``le`` is read from memory between the two."""
     _, _, kind, words, bits = name.split("_")
     rows, wpr, step = (int(v) for v in words.replace("s", "x").split("x")) if "x" in words else (1, int(words), 0)
     g, (add, sub, widen) = rows * wpr, RUN_KINDS[kind]
     at = [q // wpr * step + 4 * (q % wpr) for q in range(g)]  # each word's byte offset from the tap's input
-    load = "ldrh %[v], [%[lp]], #2" if bits == "16" else "ldr %[v], [%[lp]], #4"
+    size = 2 if bits == "16" else 4  # bytes of a tap's offset
+    load = f"{'ldrh' if size == 2 else 'ldr'} %[v], [%[lp]], #{size}"
     offset_t = "uint16_t" if bits == "16" else "uint32_t"
 
     def tap(op: str | None) -> list[str]:  # op None: the words are the sums
@@ -413,12 +415,15 @@ def run_helper(name: str) -> str:
                 [f"ldr %[v], [%[src], #{at[q]}]", f"{op} %[w{q}], %[w{q}], %[v]"]
         return body
 
-    first = ["cmp %[lp], %[stop]", "bcs 5f", *tap(None), "b 2f", "5:", *(f"mov %[w{q}], #0" for q in range(g)), "b 6f"] \
-        if sub else [*tap(None), "b 2f"]  # a run of one sign has at least one tap
-    code = [*first, "1:", *tap(add), "2:", "cmp %[lp], %[stop]", "bcc 1b", "6:"]
+    def pairs(op: str, top: int, check: int) -> list[str]:  # the taps [lp, stop) two a step, one first if odd
+        return ["sub %[v], %[stop], %[lp]", f"tst %[v], #{size}", f"beq {check}f", *tap(op), f"b {check}f",
+                f"{top}:", *tap(op), *tap(op), f"{check}:", "cmp %[lp], %[stop]", f"bcc {top}b"]
+
+    first = ["cmp %[lp], %[stop]", "bcs 5f", *tap(None), "b 7f", "5:", *(f"mov %[w{q}], #0" for q in range(g)), "b 6f",
+             "7:"] if sub else tap(None)  # a run of one sign has at least one tap
+    code = [*first, *pairs(add, 1, 2), "6:"]
     if sub:
-        code += ["ldr %[stop], %[le]", "cmp %[lp], %[stop]", "bcs 4f", "3:", *tap(sub), "cmp %[lp], %[stop]", "bcc 3b",
-                 "4:"]
+        code += ["ldr %[stop], %[le]", *pairs(sub, 3, 4)]
     text = "\\n\\t".join(code)
     widen_asm = "\\n\\t".join(x.format(w="%[w]") for x in widen)
     widens = "\n".join(f"""\
