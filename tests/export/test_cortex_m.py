@@ -193,6 +193,33 @@ def test_negative_inputs_and_their_zero_padding_sum_exactly_on_a_cortex_m3(tmp_p
     assert np.array_equal(result.logits, rt.run_int(images)[0])
 
 
+def test_run_helpers_with_32_bit_tap_offsets_run_bit_for_bit_on_a_cortex_m4(tmp_path):
+    """A 16-channel 70x70 map puts taps more than 65,535 bytes apart: the DSP run helpers that
+    read 32-bit offsets (two taps a step after the first, one first where their count is odd) sum
+    as the reference does; the signed first layer takes the ssum helper."""
+    from torch import nn
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(-0.4, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    px = sq.PixelInput((0.5,), (0.25,), 255)
+    rt, pixels, _ = deploy_exported(model, (2, 1, 70, 70), px, tmp_path / "wide.sqb", weight_shift_bits=2,
+                                    act_shift_bits=2)
+    images = pixels[:3]
+    _, _, result = _on_target(rt.source, images, tmp_path)
+    helpers = set(re.findall(r"static void (sq_run_\w+)\(", (tmp_path / "mcu" / "net.c").read_text()))
+    assert {"sq_run_add_8_32", "sq_run_addsub_8_32", "sq_run_ssum_8_16"} <= helpers, helpers
+    assert np.array_equal(result.logits, rt.run_int(images)[0])
+
+
 def test_a_lenet_runs_on_a_cortex_m0_bit_for_bit(tmp_path, monkeypatch):
     """The smallest core (Armv6-M: Thumb-1, no unaligned access, no DSP extension) on the
     micro:bit's 16 kB of RAM: LeNet-5 with its pools, bit for bit with the PyTorch hard model."""
