@@ -377,3 +377,40 @@ def test_a_crafted_bundle_runs_on_a_cortex_m4_as_the_reference_runs_it(tmp_path)
     assert "sq_search_255(" in (tmp_path / "mcu" / "net.c").read_text()
     assert np.array_equal(result.logits, want)
     assert np.array_equal(sq.load_bundle(tmp_path / "crafted.sqb", backend="c").run(images), crafted.run(images))
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m3"])
+def test_crafted_input_and_eight_level_thresholds_run_as_the_reference_runs_them(target, tmp_path):
+    """Input stages the loader accepts but no export writes: every threshold below the input's
+    range (the layer reads one level, 8, and its zero padding), every one above it (one negative
+    level), duplicates; and the 8-level requantizations' tables at the int32 extremes, random and
+    one jump (those of the levels below 0 always passed, so that the declared ranges hold). The C on the core (DSP forms on the M4, the scalar ones on the M3) and on the host
+    give the reference runtime's logits, which the crafting changed."""
+    from shiftquant.export.format.bundle import read_bundle, write_bundle
+
+    original = _resnet8_with_negated_channels(tmp_path / "r8.sqb")
+    manifest, tensors = read_bundle(tmp_path / "r8.sqb")
+    rng = np.random.default_rng(1)
+    stored = lambda thr: np.concatenate([thr[:1], np.diff(thr, axis=0)])  # a first row, then differences
+    tensors["layer2_0_conv1.input_thresholds"] = stored(np.full((8, 1), -2 ** 31, np.int64))  # all passed
+    tensors["layer1_0_conv1.input_thresholds"] = stored(np.full((8, 1), 2 ** 31 - 1, np.int64))  # none
+    dup = np.concatenate([np.full((4, 1), -2 ** 31), np.sort(rng.integers(0, 40, (4, 1)), axis=0) // 8 * 8])
+    tensors["layer3_0_conv1.input_thresholds"] = stored(dup)  # duplicates; levels below 0 unreached
+    for layer in ("layer1_0_conv1", "layer2_0_conv1", "layer3_0_conv1"):
+        key = f"{layer}.requant.thresholds"
+        thr = np.cumsum(tensors[key].astype(np.int64), axis=0)
+        thr[:4] = -2 ** 31  # levels -8 .. -1 always passed: the declared range [0, 8] holds
+        thr[4:, 0], thr[4:, 1] = -2 ** 31, 2 ** 31 - 1
+        thr[4:, 2] = np.sort(rng.integers(-300, 300, 4))
+        thr[4:6, 3], thr[6:, 3] = -2 ** 31, 2 ** 31 - 1
+        tensors[key] = stored(thr)
+    write_bundle(tmp_path / "crafted.sqb", manifest, tensors)
+    crafted = sq.load_bundle(tmp_path / "crafted.sqb")
+    images = np.random.default_rng(2).integers(0, 256, (4, 3, 32, 32)).astype(np.uint8)
+    want = crafted.run_int(images)[0]
+    assert not np.array_equal(want, original.run_int(images)[0])
+    program, _, result = _on_target(tmp_path / "crafted.sqb", images, tmp_path, target=target)
+    ranges = {k.node: (k.inputs[0].lo, k.inputs[0].hi) for k in program.kernels if k.name.split("_")[1] == "shift"}
+    assert ranges["layer2_0_conv1"] == (8, 8) and ranges["layer1_0_conv1"] == (-8, -8)  # the cases, not others
+    assert np.array_equal(result.logits, want)
+    assert np.array_equal(sq.load_bundle(tmp_path / "crafted.sqb", backend="c").run_int(images)[0], want)
