@@ -28,6 +28,11 @@ class RangeError(ShiftQuantError, ValueError):
     """A value outside what an integer kernel computes (a shiftmax's logit step, a LayerNorm row)."""
 
 
+class MalformedJSONError(ShiftQuantError, ValueError):
+    """JSON in a file a user did not make is not what it must be: a key twice in one object, or a
+    safetensors header that does not fit its file (its readers name the file and raise their own)."""
+
+
 class CheckpointError(ShiftQuantError):
     """A checkpoint or weight file is unreadable or of the wrong kind."""
 

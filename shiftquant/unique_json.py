@@ -11,12 +11,10 @@ import json
 import struct
 from typing import BinaryIO
 
+from .errors import MalformedJSONError
+
 # The most a safetensors header may take (safetensors' own limit): nothing larger is read.
 MAX_HEADER = 100_000_000
-
-
-class DuplicateKeyError(ValueError):
-    """A JSON object holds the same key twice."""
 
 
 def _unique(pairs: list[tuple[str, object]]) -> dict:
@@ -24,28 +22,29 @@ def _unique(pairs: list[tuple[str, object]]) -> dict:
     for key, value in pairs:
         if key in out:
             shown = key if len(key) <= 80 else key[:80] + "..."
-            raise DuplicateKeyError(f"duplicate key {shown!r} in a JSON object")
+            raise MalformedJSONError(f"duplicate key {shown!r} in a JSON object")
         out[key] = value
     return out
 
 
 def loads(text: str | bytes) -> object:
-    """``json.loads(text)``, refusing any object that holds a key twice (:class:`DuplicateKeyError`)."""
+    """``json.loads(text)``, refusing any object that holds a key twice (:class:`.MalformedJSONError`)."""
     return json.loads(text, object_pairs_hook=_unique)
 
 
 def safetensors_header(source: bytes | BinaryIO, size: int) -> dict:
     """The JSON header of a safetensors blob of ``size`` bytes: ``source`` is the blob, or a file
-    at its start. A ``ValueError`` when the header's length passes the blob's, or when it is not a
-    JSON object of unique keys; no more than the length field and the header are read."""
+    at its start. A :class:`.MalformedJSONError` when the header's length passes the blob's, or
+    when it is not a JSON object of unique keys (``json``'s own ``ValueError`` when it is not
+    JSON); no more than the length field and the header are read."""
     read = (lambda at, n: source[at:at + n]) if isinstance(source, bytes) else (lambda at, n: source.read(n))
     first = read(0, 8)
     if len(first) < 8:
-        raise ValueError(f"safetensors blob of {size} bytes has no header length")
+        raise MalformedJSONError(f"safetensors blob of {size} bytes has no header length")
     n = struct.unpack("<Q", first)[0]
     if n > min(size - 8, MAX_HEADER):
-        raise ValueError(f"safetensors header of {n} bytes does not fit the {size}-byte blob")
+        raise MalformedJSONError(f"safetensors header of {n} bytes does not fit the {size}-byte blob")
     header = loads(read(8, n))
     if not isinstance(header, dict):
-        raise ValueError("safetensors header is not a JSON object")
+        raise MalformedJSONError("safetensors header is not a JSON object")
     return header
