@@ -65,3 +65,9 @@ class CodegenError(ShiftQuantError):
 
 class CompilerNotFoundError(CodegenError):
     """No C compiler: the C backend cannot build its library (``backend="reference"`` needs none)."""
+
+
+def shown(text: str, most: int = 80) -> str:
+    """``text`` (a name read from a file: any length) as an error message shows it: cut to ``most``
+    characters."""
+    return text if len(text) <= most else text[:most] + "..."

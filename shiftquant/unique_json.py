@@ -11,7 +11,7 @@ import json
 import struct
 from typing import BinaryIO
 
-from .errors import MalformedJSONError
+from .errors import MalformedJSONError, shown
 
 # The most a safetensors header may take (safetensors' own limit): nothing larger is read.
 MAX_HEADER = 100_000_000
@@ -21,8 +21,7 @@ def _unique(pairs: list[tuple[str, object]]) -> dict:
     out = {}
     for key, value in pairs:
         if key in out:
-            shown = key if len(key) <= 80 else key[:80] + "..."
-            raise MalformedJSONError(f"duplicate key {shown!r} in a JSON object")
+            raise MalformedJSONError(f"duplicate key {shown(key)!r} in a JSON object")
         out[key] = value
     return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, shown
 from ..unique_json import safetensors_header
 from .plain_cnn import lenet5, lenet5_avg, vgg_small
 from .resnet_cifar import resnet8, resnet20, resnet_tiny
@@ -129,11 +129,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _shown(keys: list[str], most: int = 80) -> list[str]:
-    """Keys as an error message shows them: each cut to ``most`` characters."""
-    return [k if len(k) <= most else k[:most] + "..." for k in keys]
-
-
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local weight file into a float ``model``; refuses (changing nothing) when it does not fit."""
     sd = read_state_dict(path)
@@ -147,9 +142,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if missing or unexpected or wrong:
         detail = []
         if missing:
-            detail.append(f"missing {len(missing)} keys (e.g. {_shown(missing[:3])})")
+            detail.append(f"missing {len(missing)} keys (e.g. {[shown(k) for k in missing[:3]]})")
         if unexpected:  # a file's own names: any length, any characters
-            detail.append(f"unexpected {len(unexpected)} keys (e.g. {_shown(unexpected[:3])})")
+            detail.append(f"unexpected {len(unexpected)} keys (e.g. {[shown(k) for k in unexpected[:3]]})")
         if wrong:
             k = sorted(wrong)[0]
             detail.append(f"{k}: expected {tuple(own[k].shape)} {own[k].dtype}, found {tuple(sd[k].shape)} {sd[k].dtype}")

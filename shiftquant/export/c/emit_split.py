@@ -12,25 +12,26 @@ from .program import Split
 class SplitPrinter:
     """The phase split for :class:`.emit._Source`; ``self.count`` is :class:`.emit_thresholds.ThresholdPrinter`'s."""
 
-    def split_stage(self, k: Split, n: str = "n") -> tuple[str, str, str, str, str, str | None]:
-        """``(constants, stage, compare type, scalar cores' level type, vector units' level type,
-        lut)``: the fused input stage mapping ``v`` to ``r`` (each pixel through its channel's
-        thresholds), a copy where there is none; ``lut``, where the scalar cores' stage is a
-        table of levels, the C of column ``i``'s level straight from it."""
+    def split_stage(self, k: Split, n: str = "n") -> tuple[str, str, str, str, str | None]:
+        """``(constants, stage, compare type, level type, lut)``: the fused input stage mapping
+        ``v[0 .. n)`` to ``r`` (each pixel through its channel's thresholds; int16 levels where
+        the values compare as int16, pairs of them on the scalar cores), a copy where there is
+        none; ``lut``, where the scalar cores' stage is a table of levels, the C of column ``i``'s
+        level straight from it."""
         a, th, nm = k.inputs[0], k.thresholds, k.name
         if th is None:
-            return "", f"for (i = 0; i < {n}; i++) r[i] = v[i];", a.ctype, a.ctype, a.ctype, None
-        cmp, vtype = self.compare_type(a), smallest(th.levels)  # vector units: the levels' type
-        rtype = "int16_t" if cmp == "int16_t" and vtype != "int32_t" else vtype  # scalar cores: pairs of int16
+            return "", f"for (i = 0; i < {n}; i++) r[i] = v[i];", a.ctype, a.ctype, None
+        cmp, ltype = self.compare_type(a), smallest(th.levels)
+        rtype = "int16_t" if cmp == "int16_t" and ltype != "int32_t" else ltype
         pairs = (a.lo, a.hi) if cmp == rtype == "int16_t" else None
         consts, stage = self.count(th, cmp, nm, f"{nm}_thr", "v", "r", n, "thr", pairs, fused_lut=True)
         lut = self.lut_level(nm, pairs, f"src[(int)({k.stride}u * i) + x0]") if self.takes_lut(th, pairs) else None
-        return consts, stage, cmp, rtype, vtype, lut
+        return consts, stage, cmp, rtype, lut
 
     def split(self, k: Split) -> str:
         th, nm = k.thresholds, k.name
         ys, xs = [py - k.padding[0] for py, _ in k.phases], [px - k.padding[1] for _, px in k.phases]
-        consts, stage, cmp, rtype, vtype, lut = self.split_stage(k)
+        consts, stage, cmp, rtype, lut = self.split_stage(k)
         what = "thresholded and split" if th is not None else "split"
         return consts + f"""\
 /* {k.label}: its input {what} into {len(k.phases)} phases modulo {k.stride} for the stride-{k.stride} convolution */
@@ -93,7 +94,7 @@ for (q = lo; q < hi; q += {block}u) {{
     (void)k;
     (void)q;"""
 
-    def split_by_row(self, k: Split, cmp: str, vtype: str) -> str:
+    def split_by_row(self, k: Split, cmp: str, rtype: str) -> str:
         """Vector units: the output zeroed, then each input row's levels once, a block of
         contiguous columns at a time, stored into the phases that read that row."""
         a, out, nm = k.inputs[0], k.output, k.name
@@ -111,7 +112,7 @@ for (q = lo; q < hi; q += {block}u) {{
             for (q = 0; q < {w}u; q += {block}u) {{
                 const unsigned n = {w}u - q < {block}u ? {w}u - q : {block}u;
                 {cmp} v[{block}];
-                {vtype} r[{block}];
+                {rtype} r[{block}];
                 for (i = 0; i < {block}u; i++) v[i] = ({cmp})(i < n ? src[q + i] : 0);
                 {stage}
                 for (p = 0; p < {len(k.phases)}u; p++) {{  /* row y is phase p's row u where y = {s} (u - {b}) + py */
