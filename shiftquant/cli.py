@@ -12,6 +12,7 @@ import torch
 
 from .errors import ShiftQuantError
 from .export.c.cortex_m import TARGETS
+from .export.c.lower import WEIGHT_FORMATS
 
 
 def _export(args) -> None:
@@ -379,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("bundle")
     g.add_argument("outdir")
     g.add_argument("--name", default="model", help="C prefix of the files and functions (default: model)")
-    g.add_argument("--weights", choices=["packed", "tables"], default="packed",
-                   help="packed: the bundle's bit-packed codes (least flash); tables: precomputed offsets (fastest)")
+    g.add_argument("--weights", choices=list(WEIGHT_FORMATS), default="packed",
+                   help="packed: the bundle's bit-packed codes (least flash); tables: precomputed offsets and level "
+                        "tables (fastest); lists: the offsets without the level tables (large models on a host)")
     g.add_argument("--target", choices=["host", *TARGETS], default="host",
                    help="cortex-mN: also a bare-metal project (startup, main, linker script, Makefile) for the QEMU "
                         "board with that core (microbit, mps2-an385, -an386, -an500, -an505, mps3-an547), built with "

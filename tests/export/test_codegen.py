@@ -180,7 +180,7 @@ def test_c_equals_reference_and_pytorch_exactly(name, bits, acts, tmp_path):
             assert "sq_code_sums_" in emit(native.program)[1]
 
 
-@pytest.mark.parametrize("weights", ["packed", "tables"])
+@pytest.mark.parametrize("weights", ["packed", "tables", "lists"])
 def test_few_position_layers_three_ways(weights, tmp_path):
     """Layers with at most four output positions per channel, which packed weights sum by code:
     a 2x2 convolution of a 3x3 map (four positions, a window repeating per input channel), a 1x1
@@ -256,6 +256,29 @@ def test_resnet20_and_resnet18_three_ways(resnet20, tmp_path):
     native = assert_three_way(*hard_and_runtime("resnet18", 0, 1, True, tmp_path), "resnet18 s1 WA", "packed",
                               "minimal")
     assert native.program.flash_bytes < 0.3 * 4 * 11e6  # bit-packed: well under float32's 44 MB
+
+
+def test_the_host_takes_offset_lists_beyond_the_tables_budget_and_packed_codes_beyond_that(resnet20, monkeypatch):
+    """``lists`` weights: the grouped offsets of ``tables`` without its level tables (fewer bytes,
+    the thresholds searched), C == reference == PyTorch; the host backend picks tables, then lists,
+    then packed codes as each exceeds its budget (:data:`backend.HOST_FORMATS`)."""
+    from shiftquant.export.c import lower
+
+    model, batches, px, rt = resnet20
+    forms = {w: lower(rt, weights=w) for w in ("tables", "lists", "packed")}
+    sources = {w: emit(p)[1] for w, p in forms.items()}
+    assert forms["packed"].flash_bytes < forms["lists"].flash_bytes < forms["tables"].flash_bytes
+    level_table = r"_shift_\d+_lut\["  # a shift layer's level table (input stages keep their small ones)
+    assert re.search(level_table, sources["tables"]) and not re.search(level_table, sources["lists"])
+    assert all(re.search(r"_list\[", sources[w]) for w in ("tables", "lists")) and "sq_group_codes" in sources["packed"]
+    assert_three_way(model, batches, px, rt, "resnet20 lists", "lists")
+    pixels = np.concatenate(list(batches.values()))
+    size = forms["lists"].flash_bytes
+    for budget, chosen in ((size, "lists"), (size - 1, "packed")):
+        monkeypatch.setattr(c_backend, "HOST_FORMATS", (("tables", size - 1), ("lists", budget), ("packed", None)))
+        native = CRuntime(rt)
+        assert native.program.weights == chosen
+        assert np.array_equal(native.run_int(pixels)[0], rt.run_int(pixels)[0])
 
 
 def test_trained_weights_three_ways(tmp_path):

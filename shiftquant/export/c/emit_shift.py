@@ -260,7 +260,7 @@ class ShiftLayerPrinter:
         """Declarations giving ``list`` (input offsets) and ``start`` (where each group of the
         channel begins in it): decoded from the packed codes, or read from the tables."""
         nm, ng = k.name, k.groups_count
-        if self.p.weights == "tables":
+        if self.p.weights != "packed":  # tables or lists: grouped offsets, stored
             return f"""\
         const {off_t} *list = {nm}_list;
         const uint32_t *start = {nm}_start + {nm}_ch_w[co];"""

@@ -66,7 +66,7 @@ _BUILDERS = {"gather": tokens.gather, "matmul": tokens.matmul, "shiftmax": token
              "layer_norm": tokens.layer_norm}
 
 # ---------------------------------------------------------------------------------------------
-WEIGHT_FORMATS = ("packed", "tables")
+WEIGHT_FORMATS = ("packed", "tables", "lists")
 BORDERS = ("shared", "minimal")
 DELTA_MIN = 32  # thresholds per channel from which packed weights store them delta-packed
 
@@ -78,7 +78,11 @@ def lower(rt, name: str = "model", weights: str = "packed", borders: str = "shar
 
     ``weights="packed"`` keeps the bundle's bit-packed codes in flash (each shift layer decodes an
     output channel's codes when it starts it); ``"tables"`` stores every channel's input offsets
-    already grouped by exponent and sign (more flash, no decoding: the host backend's choice).
+    already grouped by exponent and sign (more flash, no decoding: the host backend's choice), and
+    a requantization onto many levels as a level table over the accumulator's values; ``"lists"``
+    the same offsets with the thresholds as they are, no level tables (a fraction of the tables'
+    bytes, and of their compile time, for a large model: the host's choice beyond
+    :data:`.backend.TABLES_UP_TO`).
 
     ``borders="shared"`` gives every image of one size the widest zero border any of them needs, so
     that a stride-1 convolution runs over a whole plane as one vector segment (fastest with vector

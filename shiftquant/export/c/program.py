@@ -125,7 +125,7 @@ class Thresholds:
 
     def looked_up(self, weights: str) -> bool:
         """Whether the ``weights`` form stores these thresholds as a level table (:meth:`lookup`):
-        tables weights, many ascending thresholds, a span of at most ``LOOKUP_SPAN`` values."""
+        tables weights (not lists), many ascending thresholds, a span of at most ``LOOKUP_SPAN`` values."""
         return weights == "tables" and self.window and self.lookup_span <= LOOKUP_SPAN
 
     def lookup(self) -> tuple[np.ndarray, np.ndarray]:
@@ -592,7 +592,7 @@ class Program:
     output_kind: str  # "logits" (integers on one grid) or "accumulators" (host dequantizes)
     output_node: dict
     logit_unit: float | None
-    weights: str = "packed"  # "packed": the bundle's codes; "tables": precomputed grouped offsets
+    weights: str = "packed"  # "packed": the bundle's codes; "tables", "lists": precomputed grouped offsets
     chunk: int = CHUNK  # the most positions of a vector block (shift layers, input stages, phase splits)
     arena_bytes: int = 0
     stack_bytes: int = 0
