@@ -151,10 +151,11 @@ def main() -> None:
                 print(f"{batch:>5} {threads:>7} {fp:>14.1f} {ref:>10.1f}" + "".join(f" {v:>16.1f}" for v in peer.values())
                       + f" {c:>10.1f} {c / fp:>8.2f}" + "".join(f" {c / v:>18.2f}" for v in peer.values()))
         program = native.program
-        print(f"C: flash {program.flash_bytes:,} bytes, RAM {program.ram_bytes:,} bytes; "
+        print(f"C: {program.weights} weights, flash {program.flash_bytes:,} bytes, RAM {program.ram_bytes:,} bytes; "
               f"bundle {bundle.stat().st_size:,} bytes; torch {torch.__version__}")
     if args.json:
-        Path(args.json).write_text(json.dumps({f"{args.model}_w3a3": rows}, indent=2))
+        c_program = {"weights": program.weights, "flash_bytes": program.flash_bytes, "ram_bytes": program.ram_bytes}
+        Path(args.json).write_text(json.dumps({f"{args.model}_w3a3": rows, "c_program": c_program}, indent=2))
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def test_the_stated_stack_bytes_bound_the_deepest_call(model, resnet20, tmp_path
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
 @pytest.mark.parametrize("weights,levels", [("packed", [["-O0"], ["-O3", "-march=native", "-fopenmp"]]),
-                                            ("tables", [["-O3", "-march=native", "-fopenmp"]])])
+                                            ("tables", [["-O3", "-march=native", "-fopenmp"]]),
+                                            ("lists", [["-O3", "-march=native", "-fopenmp"]])])
 def test_strict_c99_without_multiplies_in_the_shift_kernels(resnet20, weights, levels, tmp_path):
     _, _, _, rt = resnet20
     program = sq.codegen(rt, tmp_path, "net", weights=weights)
