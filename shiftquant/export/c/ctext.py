@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import CodegenError
+from ...errors import CodegenError, shown
 from .program import CTYPES, narrowest
 
 
 def generated_text(text: str) -> str:
     """Text the generator wrote from checked numbers, for a comment: refused if it could end one."""
     if "*/" in text or "/*" in text or "??" in text or not all(" " <= ch <= "~" for ch in text):
-        raise CodegenError(f"generated comment text is not plain: {text[:80]!r}")
+        raise CodegenError(f"generated comment text is not plain: {shown(text)!r}")
     return text
 
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from ...errors import BundleError
+from ...errors import BundleError, shown
 from .. import ops
 from ..format.ints import FLOAT, INT_TYPES, holds
 from ..ops.quantizers import check_act_quantizer, quantize_input
@@ -135,7 +135,7 @@ class Graph:
     def _check_node(self, node: dict, seen: set) -> None:
         if not valid_name(node.get("name")) or node["name"] in seen:
             raise BundleError(f"{self.source}: a node has a missing, repeated or malformed name (1 to "
-                              f"{MAX_NAME} printable characters): {str(node.get('name'))[:80]!r}")
+                              f"{MAX_NAME} printable characters): {shown(str(node.get('name')))!r}")
         if not isinstance(node.get("inputs"), list):
             self.fail(node, "inputs must be a list of node names")
         if node.get("module") is not None and not valid_name(node["module"]):
