@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ShiftQuantError
+from .errors import ConfigError, ShiftQuantError
 from .export.c.cortex_m import TARGETS
 from .export.c.lower import WEIGHT_FORMATS
 
@@ -138,6 +138,9 @@ def _codegen(args) -> None:
     from .export.c import codegen, cortex_m
 
     out = Path(args.outdir)
+    if args.target != "host" and args.weights != "packed":
+        raise ConfigError("--weights", args.weights, f"packed with --target {args.target} (a microcontroller "
+                          "project keeps the bundle's packed codes: least flash)")
     if args.target != "host":
         images = None if args.images is None else np.load(args.images, allow_pickle=False)
         program = cortex_m.write_project(args.bundle, out, args.name, images, args.target)
@@ -172,11 +175,11 @@ def c_sizes(rt, cortex_m: bool = False) -> dict:
 
     try:
         packed = lower(rt, weights="packed", borders="minimal")  # a microcontroller's choice: least flash and RAM
-        tables = lower(rt, weights="tables")
+        tables, lists = lower(rt, weights="tables"), lower(rt, weights="lists")
     except CodegenError as exc:
         return {"refused": str(exc)}
-    sizes = {"flash_packed": packed.flash_bytes, "flash_tables": tables.flash_bytes, "ram": packed.ram_bytes,
-             "int8_flash": packed.int8_flash_bytes}
+    sizes = {"flash_packed": packed.flash_bytes, "flash_tables": tables.flash_bytes, "flash_lists": lists.flash_bytes,
+             "ram": packed.ram_bytes, "int8_flash": packed.int8_flash_bytes}
     if cortex_m:
         try:
             built = target.measure(rt)
@@ -282,7 +285,7 @@ def _summary(args) -> None:
     c = s["c"]
     print(f"C code: no ({c['refused']})" if "refused" in c else
           f"C code (shiftquant codegen): flash {c['flash_packed']:,} bytes of constants with packed weights "
-          f"({c['flash_tables']:,} with tables), RAM {c['ram']:,} bytes (minimal borders); int8 equivalent: {c['int8_flash']:,} "
+          f"({c['flash_tables']:,} with tables, {c['flash_lists']:,} with lists), RAM {c['ram']:,} bytes (minimal borders); int8 equivalent: {c['int8_flash']:,} "
           "bytes (a byte per weight, an int32 bias per channel)")
     m4 = c.get("cortex_m4")
     if m4 is not None:

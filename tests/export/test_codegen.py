@@ -406,7 +406,12 @@ def test_cli_codegen_summary_and_run_with_the_c_backend(tmp_path, capsys):
     assert (tmp_path / "out" / "digits_net.c").exists() and (tmp_path / "out" / "digits_net.h").exists()
     assert "int digits_net_run(const uint8_t *input, int32_t *output)" in capsys.readouterr().out
     assert main(["summary", rt.source]) == 0
-    assert "C code (shiftquant codegen): flash" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "C code (shiftquant codegen): flash" in summary and " with lists)" in summary
+    # a microcontroller project keeps the packed codes: another form is refused, naming the field, nothing written
+    assert main(["codegen", rt.source, str(tmp_path / "mcu"), "--weights", "lists", "--target", "cortex-m4"]) != 0
+    assert "--weights='lists' is invalid: allowed packed with --target cortex-m4" in capsys.readouterr().err
+    assert not (tmp_path / "mcu").exists()
     runs = []
     for backend in ("reference", "c"):
         assert main(["run", rt.source, "--data", "digits", "--limit", "200", "--backend", backend]) == 0

@@ -318,7 +318,9 @@ def _in_cache_or_private(directory: Path, action):
 
 class CRuntime:
     """A bundle run by its generated C code. ``run(x)`` takes and returns what the reference
-    runtime's ``run`` does, and gives the same values bit for bit."""
+    runtime's ``run`` does, and gives the same values bit for bit. ``weights``: a form of
+    :func:`.lower.lower`; None: the first of :data:`HOST_FORMATS` within its budget of constants
+    (tables up to 4 MB, lists up to 16 MB, else packed codes)."""
 
     def __init__(self, reference, threads: int | None = None, name: str = "model", weights: str | None = None,
                  borders: str = "shared"):

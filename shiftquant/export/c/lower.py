@@ -81,8 +81,8 @@ def lower(rt, name: str = "model", weights: str = "packed", borders: str = "shar
     already grouped by exponent and sign (more flash, no decoding: the host backend's choice), and
     a requantization onto many levels as a level table over the accumulator's values; ``"lists"``
     the same offsets with the thresholds as they are, no level tables (a fraction of the tables'
-    bytes, and of their compile time, for a large model: the host's choice beyond
-    :data:`.backend.TABLES_UP_TO`).
+    bytes, and of their compile time, for a large model: the host backend's choice beyond
+    :data:`.backend.TABLES_UP_TO` up to :data:`.backend.LISTS_UP_TO`, :data:`.backend.HOST_FORMATS`).
 
     ``borders="shared"`` gives every image of one size the widest zero border any of them needs, so
     that a stride-1 convolution runs over a whole plane as one vector segment (fastest with vector
