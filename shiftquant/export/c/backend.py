@@ -90,11 +90,12 @@ int {name}_batch(int n, const void *input, int32_t *output, int threads)
 
 # The host backend stores weights as precomputed tables (fastest) up to this many bytes of
 # constants; beyond, as the offset lists without the level tables (those take most of a large
-# model's bytes and compile time), up to LISTS_UP_TO; beyond, as the packed codes. Measured on the
-# timm ViT-tiny of BENCHMARKS.md: lists 6.3 MB, built in 9 s, 3.4x faster than packed (0.8 MB,
-# 7 s); tables 25.8 MB, 33 s.
+# model's bytes and compile time), up to LISTS_UP_TO (built in under a minute, once: the library
+# is cached); beyond, as the packed codes. Measured (BENCHMARKS.md): the timm ViT-tiny as lists
+# 6.3 MB, built in 9 s, 3.5x faster than packed (0.8 MB, 7 s; tables 25.8 MB, 33 s); ResNet-18 at
+# 224 px as lists 30.3 MB, built in 41 s, 2.05x faster than packed (4.5 MB, 13 s).
 TABLES_UP_TO = 4 << 20
-LISTS_UP_TO = 16 << 20
+LISTS_UP_TO = 32 << 20
 HOST_FORMATS = (("tables", TABLES_UP_TO), ("lists", LISTS_UP_TO), ("packed", None))
 
 
@@ -320,7 +321,7 @@ class CRuntime:
     """A bundle run by its generated C code. ``run(x)`` takes and returns what the reference
     runtime's ``run`` does, and gives the same values bit for bit. ``weights``: a form of
     :func:`.lower.lower`; None: the first of :data:`HOST_FORMATS` within its budget of constants
-    (tables up to 4 MB, lists up to 16 MB, else packed codes)."""
+    (tables up to 4 MB, lists up to 32 MB, else packed codes)."""
 
     def __init__(self, reference, threads: int | None = None, name: str = "model", weights: str | None = None,
                  borders: str = "shared"):
