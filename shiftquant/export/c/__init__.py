@@ -19,8 +19,9 @@ def codegen(bundle, outdir: str | Path, name: str = "model", weights: str = "pac
     """Write ``NAME.h`` and ``NAME.c`` for a bundle (a path or a loaded runtime) into ``outdir``;
     returns the lowered program (``flash_bytes``, ``ram_bytes``, ...). ``weights``: ``"packed"``
     (the bundle's bit-packed codes, least flash), ``"tables"`` (precomputed offset and level
-    tables, fastest) or ``"lists"`` (the offsets without the level tables); ``borders``: ``"shared"`` (vector units) or ``"minimal"`` (least RAM: a
-    microcontroller); see :func:`.lower.lower`."""
+    tables, fastest) or ``"lists"`` (the offsets without the level tables); ``borders``:
+    ``"shared"`` (vector units) or ``"minimal"`` (least RAM: a microcontroller); see
+    :func:`.lower.lower`."""
     from ..reference.runtime import load_bundle
 
     check_identifier(name)  # before anything is read or written
