@@ -138,10 +138,10 @@ def _codegen(args) -> None:
     from .export.c import codegen, cortex_m
 
     out = Path(args.outdir)
-    if args.target != "host" and args.weights != "packed":
-        raise ConfigError("--weights", args.weights, f"packed with --target {args.target} (a microcontroller "
-                          "project keeps the bundle's packed codes: least flash)")
     if args.target != "host":
+        if args.weights != "packed":
+            raise ConfigError("--weights", args.weights, f"packed with --target {args.target} (a microcontroller "
+                              "project keeps the bundle's packed codes: least flash)")
         images = None if args.images is None else np.load(args.images, allow_pickle=False)
         program = cortex_m.write_project(args.bundle, out, args.name, images, args.target)
         print(f"wrote a {args.target} project for QEMU's {cortex_m.TARGETS[args.target].machine} to {out} "
