@@ -1,5 +1,6 @@
 """The C backend: strict C99 that compiles clean, shift-layer kernels without a multiply instruction,
 and logits identical (atol 0) to the reference runtime's and the PyTorch hard model's."""
+import platform
 import re
 import shutil
 import subprocess
@@ -133,6 +134,20 @@ def assert_no_multiply_in_shift_kernels(rt, tmp_path, flags):
     helpers = {f: ops for f, ops in functions.items() if f.startswith(("sq_group_codes_", "sq_code_sums_"))}
     found = {f: sorted({op for op in ops if MULTIPLY.match(op)}) for f, ops in {**kernels, **helpers}.items()}
     assert not any(found.values()), (flags, {f: ops for f, ops in found.items() if ops})
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None or platform.machine().lower() not in c_backend.X86,
+                    reason="no objdump, or not an x86 host")
+def test_the_host_library_zeroes_its_accumulators_without_rep_stos(resnet20):
+    """The host library's shift layers, as the backend builds them (its flags, its compiler), zero
+    their accumulators with stores, not with ``rep stos``, whose start-up cost more than the stores
+    on AMD's Zen (GCC's tuning there chose it: :data:`.backend.GCC_X86`)."""
+    _, _, _, rt = resnet20
+    native = CRuntime(rt, threads=1, weights="tables")
+    kernels = {f: ops for f, ops in kernels_of(native.library).items() if "_shift_" in f}
+    assert len({f.split(".")[0] for f in kernels}) == sum(n["op"].startswith("shift_") for n in rt.nodes)
+    assert not any("rep" in ops or "repz" in ops for ops in kernels.values()), \
+        sorted(f for f, ops in kernels.items() if "rep" in ops)
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="no objdump")
