@@ -32,12 +32,14 @@ class SplitPrinter:
         th, nm = k.thresholds, k.name
         ys, xs = [py - k.padding[0] for py, _ in k.phases], [px - k.padding[1] for _, px in k.phases]
         consts, stage, cmp, rtype, lut = self.split_stage(k)
+        i0, i1 = self.columns(k)
         what = "thresholded and split" if th is not None else "split"
         return consts + f"""\
 /* {k.label}: its input {what} into {len(k.phases)} phases modulo {k.stride} for the stride-{k.stride} convolution */
 {self.signature(k)}
 {{
 {array(smallest(ys), f"{nm}_py", ys)}{array(smallest(xs), f"{nm}_px", xs)}\
+{array(smallest(i0), f"{nm}_from", i0)}{array(smallest(i1), f"{nm}_to", i1)}\
     {f"const {cmp} *thr SQ_ONE_FORM = {nm}_thr;" if th is not None else ""}
 #if SQ_SWAR
 {self.split_by_phase(k, stage, cmp, rtype, lut)}
@@ -47,6 +49,15 @@ class SplitPrinter:
 }}
 """
 
+    @staticmethod
+    def columns(k: Split) -> tuple[list[int], list[int]]:
+        """Per phase, the output columns ``[from, to)`` that read the input: column ``i`` reads
+        ``x = s (i - b) + px``, in ``[0, w)``."""
+        w, row = k.inputs[0].shape[2], k.output.shape[2]
+        b, s = k.out_border, k.stride
+        cols = [[i for i in range(row) if 0 <= s * (i - b) + px - k.padding[1] < w] for _, px in k.phases]
+        return [c[0] if c else 0 for c in cols], [c[-1] + 1 if c else 0 for c in cols]
+
     def split_by_phase(self, k: Split, stage: str, cmp: str, rtype: str, lut: str | None) -> str:
         """Scalar cores: phase by phase, each output row from the input row it reads, only the
         columns that read the input (the others zeroed)."""
@@ -55,9 +66,6 @@ class SplitPrinter:
         _, rows, row = out.shape
         b, s = k.out_border, k.stride
         block = min(self.p.chunk, row)
-        # Per phase, the output columns [i0, i1) that read the input (x = s (i - b) + px in [0, w)).
-        cols = [[i for i in range(row) if 0 <= s * (i - b) + px - k.padding[1] < w] for _, px in k.phases]
-        i0, i1 = [c[0] if c else 0 for c in cols], [c[-1] + 1 if c else 0 for c in cols]
         size = out.itemsize
         scalar = f"for (i = lo; i < hi; i++) o[i] = ({out.ctype}){lut};" if lut else f"""\
 for (q = lo; q < hi; q += {block}u) {{
@@ -69,7 +77,6 @@ for (q = lo; q < hi; q += {block}u) {{
                     for (i = 0; i < n; i++) o[q + i] = ({out.ctype})r[i];
                 }}"""
         return f"""\
-{array(smallest(i0), f"{nm}_from", i0)}{array(smallest(i1), f"{nm}_to", i1)}\
     unsigned p, c, q, i, k;
     int u;
     for (p = 0; p < {len(k.phases)}u; p++) {{
@@ -101,8 +108,20 @@ for (q = lo; q < hi; q += {block}u) {{
         c, h, w = a.shape
         _, rows, row = out.shape
         b, s = k.out_border, k.stride
-        block = min(self.p.chunk, 1 << (w - 1).bit_length())  # a whole vector, its columns past the row zero
+        # a whole vector, its columns past the row zero; at least 32 lanes: GCC unrolls a shorter block
+        # into scalars instead of vectorizing its threshold count
+        block = min(self.p.chunk, max(32, 1 << (w - 1).bit_length()))
         stage = self.split_stage(k, f"{block}u")[1]
+        if w <= block:  # one block a row: each phase's columns are the contiguous [from, to)
+            store = f"""\
+                    for (x = {nm}_from[p]; x < {nm}_to[p]; x++)  /* column x reads r[{s} (x - {b}) + xs] */
+                        o[x] = ({out.ctype})r[{s} * (x - {b}) + xs];"""
+        else:
+            store = f"""\
+                    for (x = (int)q + ((xs - (int)q) % {s} + {s}) % {s}; x < (int)(q + n); x += {s}) {{
+                        const int j = (x - xs) / {s} + {b};  /* column x is the row's column j */
+                        if (j >= 0 && j < {row}) o[j] = ({out.ctype})r[x - (int)q];
+                    }}"""
         return f"""\
     unsigned p, c, y, q, i, k;
     memset(out, 0, {len(k.phases) * c * out.plane * out.itemsize}u);  /* borders, and what no input reaches */
@@ -113,7 +132,8 @@ for (q = lo; q < hi; q += {block}u) {{
                 const unsigned n = {w}u - q < {block}u ? {w}u - q : {block}u;
                 {cmp} v[{block}];
                 {rtype} r[{block}];
-                for (i = 0; i < {block}u; i++) v[i] = ({cmp})(i < n ? src[q + i] : 0);
+                for (i = 0; i < n; i++) v[i] = ({cmp})src[q + i];
+                for (; i < {block}u; i++) v[i] = 0;
                 {stage}
                 for (p = 0; p < {len(k.phases)}u; p++) {{  /* row y is phase p's row u where y = {s} (u - {b}) + py */
                     const int dy = (int)y - {nm}_py[p], xs = {nm}_px[p];
@@ -122,10 +142,7 @@ for (q = lo; q < hi; q += {block}u) {{
                     int x;
                     if (dy % {s} || u < 0 || u >= {rows}) continue;
                     o += u * {row};
-                    for (x = (int)q + ((xs - (int)q) % {s} + {s}) % {s}; x < (int)(q + n); x += {s}) {{
-                        const int j = (x - xs) / {s} + {b};  /* column x is the row's column j */
-                        if (j >= 0 && j < {row}) o[j] = ({out.ctype})r[x - (int)q];
-                    }}
+{store}
                 }}
             }}
         }}
