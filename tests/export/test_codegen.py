@@ -413,6 +413,31 @@ def test_the_vector_block_is_a_power_of_two_and_the_host_takes_the_wider_one(res
     assert max(k.chunk for k in host.kernels if isinstance(k, ShiftLayer)) == HOST_CHUNK
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_phase_splits_whose_rows_span_several_blocks_are_strict_and_exact(resnet20, tmp_path, monkeypatch):
+    """ResNet-20's stride-2 splits on blocks of 4 lanes: a row spans several blocks, so each phase
+    takes its columns block by block instead of as one contiguous run (the blocks of the default
+    chunks hold a whole row of this model). That form compiles with the strict flags
+    too, and the host runs it bit for bit."""
+    from shiftquant.export.c.lower import lower
+    from shiftquant.export.c.program import Split
+
+    _, batches, _, rt = resnet20
+    program = lower(rt, "net", "packed", "shared", 4)
+    splits = [k for k in program.kernels if isinstance(k, Split)]
+    assert splits and all(k.inputs[0].shape[2] > 4 for k in splits)
+    header, source = emit(program)
+    assert "net_phases" in source and "_from[p]; x <" not in source  # no one-block rows here
+    (tmp_path / "net.h").write_text(header)
+    (tmp_path / "net.c").write_text(source)
+    compile_object(tmp_path, "net", ["-O2"])
+    monkeypatch.setattr(c_backend, "HOST_CHUNK", 4)
+    native = CRuntime(rt, threads=1, weights="packed")
+    assert native.program.chunk == 4
+    pixels = np.concatenate(list(batches.values()))
+    assert np.array_equal(native.run_int(pixels)[0], rt.run_int(pixels)[0])
+
+
 def test_cli_codegen_summary_and_run_with_the_c_backend(tmp_path, capsys):
     from shiftquant.cli import main
 

@@ -32,14 +32,12 @@ class SplitPrinter:
         th, nm = k.thresholds, k.name
         ys, xs = [py - k.padding[0] for py, _ in k.phases], [px - k.padding[1] for _, px in k.phases]
         consts, stage, cmp, rtype, lut = self.split_stage(k)
-        i0, i1 = self.columns(k)
         what = "thresholded and split" if th is not None else "split"
         return consts + f"""\
 /* {k.label}: its input {what} into {len(k.phases)} phases modulo {k.stride} for the stride-{k.stride} convolution */
 {self.signature(k)}
 {{
 {array(smallest(ys), f"{nm}_py", ys)}{array(smallest(xs), f"{nm}_px", xs)}\
-{array(smallest(i0), f"{nm}_from", i0)}{array(smallest(i1), f"{nm}_to", i1)}\
     {f"const {cmp} *thr SQ_ONE_FORM = {nm}_thr;" if th is not None else ""}
 #if SQ_SWAR
 {self.split_by_phase(k, stage, cmp, rtype, lut)}
@@ -50,13 +48,14 @@ class SplitPrinter:
 """
 
     @staticmethod
-    def columns(k: Split) -> tuple[list[int], list[int]]:
-        """Per phase, the output columns ``[from, to)`` that read the input: column ``i`` reads
-        ``x = s (i - b) + px``, in ``[0, w)``."""
+    def columns(k: Split) -> str:
+        """``NAME_from`` and ``NAME_to``: per phase, the output columns ``[from, to)`` that read
+        the input (column ``i`` reads ``x = s (i - b) + px``, in ``[0, w)``)."""
         w, row = k.inputs[0].shape[2], k.output.shape[2]
         b, s = k.out_border, k.stride
         cols = [[i for i in range(row) if 0 <= s * (i - b) + px - k.padding[1] < w] for _, px in k.phases]
-        return [c[0] if c else 0 for c in cols], [c[-1] + 1 if c else 0 for c in cols]
+        i0, i1 = [c[0] if c else 0 for c in cols], [c[-1] + 1 if c else 0 for c in cols]
+        return array(smallest(i0), f"{k.name}_from", i0) + array(smallest(i1), f"{k.name}_to", i1)
 
     def split_by_phase(self, k: Split, stage: str, cmp: str, rtype: str, lut: str | None) -> str:
         """Scalar cores: phase by phase, each output row from the input row it reads, only the
@@ -77,6 +76,7 @@ for (q = lo; q < hi; q += {block}u) {{
                     for (i = 0; i < n; i++) o[q + i] = ({out.ctype})r[i];
                 }}"""
         return f"""\
+{self.columns(k)}\
     unsigned p, c, q, i, k;
     int u;
     for (p = 0; p < {len(k.phases)}u; p++) {{
@@ -123,6 +123,7 @@ for (q = lo; q < hi; q += {block}u) {{
                         if (j >= 0 && j < {row}) o[j] = ({out.ctype})r[x - (int)q];
                     }}"""
         return f"""\
+{self.columns(k) if w <= block else ""}\
     unsigned p, c, y, q, i, k;
     memset(out, 0, {len(k.phases) * c * out.plane * out.itemsize}u);  /* borders, and what no input reaches */
     for (c = 0; c < {c}u; c++) {{
