@@ -47,9 +47,10 @@ OPENMP = ["-fopenmp"]
 GCC_ONLY = ["-fno-loop-unroll-and-jam"]
 # GCC's x86 tuning for AMD's Zen zeroes a block's small accumulator arrays with `rep stos`, whose
 # start-up costs more than the stores: on ResNet-20 as tables, 7.7 % of the library's `perf` samples,
-# and without it the library ran 1.15-1.18x as fast (interleaved A/B runs, batch 1).
-GCC_X86 = ["-mstringop-strategy=vector_loop"]
-X86 = ("x86_64", "amd64", "i386", "i686")
+# and without it the library ran 1.15-1.18x as fast (interleaved A/B runs, batch 1). Stores in a
+# vector loop up to 2 KB; larger memsets (and every memcpy) stay calls to the C library.
+GCC_X86 = ["-mmemset-strategy=vector_loop:2048:noalign,libcall:-1:noalign"]
+X86 = ("x86_64", "amd64", "x86", "i386", "i686")
 
 _HOST = """\
 #include <stdlib.h>
