@@ -295,8 +295,8 @@ def build(name: str, header: str, source: str) -> Path:
     cc = find_compiler()
     host = _HOST.format(name=name, up=name.upper())
     about = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    flags = FLAGS + (GCC_ONLY + (GCC_X86 if platform.machine().lower() in X86 else [])
-                     if "Free Software Foundation" in about else [])
+    gcc = "Free Software Foundation" in about
+    flags = FLAGS + (GCC_ONLY if gcc else []) + (GCC_X86 if gcc and platform.machine().lower() in X86 else [])
     key = hashlib.sha256("\0".join([header, source, host, cc, about, _cpu(), *flags]).encode()).hexdigest()[:20]
     stem = f"{name}-{key}"
     directory = _directory()
