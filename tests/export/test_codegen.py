@@ -115,8 +115,9 @@ def test_strict_c99_without_multiplies_in_the_shift_kernels(resnet20, weights, l
     source = (tmp_path / "net.c").read_text()
     header = (tmp_path / "net.h").read_text()
     code = re.sub(r"/\*.*?\*/", "", source + header, flags=re.S)
-    # the C library's two headers, and the Arm compilers' intrinsics (SADD8) on cores with the DSP extension
-    assert set(re.findall(r"#include <(\w+\.h)>", code)) == {"stdint.h", "string.h", "arm_acle.h"}
+    # the C library's two headers, the Arm compilers' intrinsics (SADD8) on cores with the DSP
+    # extension, and x86's (VPSHUFB) on hosts with AVX2 (the channel lanes' form: test_c_lanes.py)
+    assert set(re.findall(r"#include <(\w+\.h)>", code)) == {"stdint.h", "string.h", "arm_acle.h", "immintrin.h"}
     assert not re.search(r"\b(float|double|malloc|calloc|free)\b", code)  # integer-only, static
     assert f"#define NET_ARENA_BYTES ({program.arena_bytes})" in header and "int net_run(" in header
     assert program.flash_bytes > 0 and 0 < program.arena_bytes <= program.ram_bytes

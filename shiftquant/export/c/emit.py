@@ -98,13 +98,24 @@ __attribute__((always_inline)) static inline int32_t sq_add_hi16(int32_t a, uint
 #else
 #define SQ_SWAR 0
 #endif
+/* x86 hosts with AVX2: shift layers of a few output positions also have a form in lanes of 32
+   output channels (a byte table lookup per tap, VPSHUFB: emit_lanes), which these builds run. */
+#if !SQ_SWAR && defined(__AVX2__)
+#include <immintrin.h>
+#define SQ_LANES 1
+#else
+#define SQ_LANES 0
+#endif
 /* Constants and pointers that only one of a kernel's forms reads: the vector units' (the host), the
-   scalar cores' or the DSP extension's; on a scalar core the others are not compiled. */
-#if SQ_SWAR && defined(__GNUC__)
+   channel lanes', the scalar cores' or the DSP extension's; where one is compiled the others are not. */
+#if (SQ_SWAR || SQ_LANES) && defined(__GNUC__)
 #define SQ_ONE_FORM __attribute__((unused))
-#define SQ_NOINLINE __attribute__((noinline))  /* a helper's loop keeps its registers to itself */
 #else
 #define SQ_ONE_FORM
+#endif
+#if SQ_SWAR && defined(__GNUC__)
+#define SQ_NOINLINE __attribute__((noinline))  /* a helper's loop keeps its registers to itself */
+#else
 #define SQ_NOINLINE
 #endif
 """ + MACROS

@@ -187,7 +187,7 @@ def code_sums_helper(name: str) -> str:
     if off == "s":
         return f"""\
 /* s[code of tap t] += x[t * step] for t < taps, their {bits}-bit codes from bit `bit` of codes (three zero bytes end them){positions_note}. */
-static void {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, uint32_t step, unsigned taps{pos}, uint32_t *s)
+static void SQ_ONE_FORM {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, uint32_t step, unsigned taps{pos}, uint32_t *s)
 {{
     uint32_t window = 0;
     unsigned left = 0;
@@ -198,7 +198,7 @@ static void {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, uint3
     return f"""\
 /* s[code of tap t] += x[ci * step + win[w]] for the taps t = ci * wlen + w (ci < cin, w < wlen), their {bits}-bit
    codes from bit `bit` of codes (three zero bytes end them){positions_note}. */
-static void {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, const uint{off}_t *win, unsigned wlen,
+static void SQ_ONE_FORM {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, const uint{off}_t *win, unsigned wlen,
                                 uint32_t step, unsigned cin{pos}, uint32_t *s)
 {{
     uint32_t window = 0;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .ctext import Width, array, smallest
 from .emit_few import walk_stage, walks
+from .emit_lanes import lane_consts, lanes_body, takes_lanes
 from .emit_swar import swar_runs
 from .emit_thresholds import decode_thresholds, delta_arrays
 from .program import ShiftLayer
@@ -64,9 +65,13 @@ class ShiftLayerPrinter:
         else:
             weights, body, names = self.weights_block(k, off_t), self.segments(k, w, off_t, stage), "seg, i, j, e"
             unused = "(void)ob; (void)e;"
+        lanes = takes_lanes(k, self.p.weights)
+        if lanes:
+            consts.append(lane_consts(k))
         text = "".join(consts) + f"""
 {self.signature(k)}
 {{
+{f"#if SQ_LANES{chr(10)}{lanes_body(k, w, stage, self.clear_border(out))}{chr(10)}#else" if lanes else ""}
     int co;
     SQ_PARALLEL_FOR
     for (co = 0; co < {k.cout}; co++) {{
@@ -81,6 +86,7 @@ class ShiftLayerPrinter:
         {self.clear_border(out)}
         {unused}
     }}
+{"#endif" if lanes else ""}
 }}
 """
         for name in zero:
@@ -306,7 +312,7 @@ def group_codes_helper(name: str) -> str:
     return f"""\
 /* grp[t] = group[code t] for the {bits}-bit codes from bit `bit` of codes, t < grp_end - grp; count[g] counts group g.
    Four bytes from a code's first hold {per} codes; three zero bytes end the codes. */
-static void sq_group_codes_{bits}(const uint8_t *codes, uint32_t bit, uint8_t *grp, uint8_t *const grp_end,
+static void SQ_ONE_FORM sq_group_codes_{bits}(const uint8_t *codes, uint32_t bit, uint8_t *grp, uint8_t *const grp_end,
                                  const uint8_t *group, unsigned *count)
 {{
     uint32_t window;

@@ -30,6 +30,7 @@ from ..ops.schema import MAX_ELEMENTS, is_int
 from . import tokens
 from .arena import plan_arena
 from .emit_few import sums_bytes
+from .emit_lanes import lanes_bytes
 from .gather import storage_shape
 from .layout import resolve_layouts
 from .program import (
@@ -425,12 +426,14 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
     group starts or its sums per code and position, its delta-packed thresholds (packed weights), and its vector blocks
     (accumulators, byte sums, output stage); in the DSP form also a block's lane words, its
     levels, the lane thresholds and the helpers' saved registers (:mod:`.emit_dsp`). The group
-    starts are 4 bytes each, the fill pointers 8 (a 64-bit host's; 4 on a Cortex-M)."""
+    starts are 4 bytes each, the fill pointers 8 (a 64-bit host's; 4 on a Cortex-M). Or, where the
+    layer has it and the build compiles it, the channel lanes' form (:mod:`.emit_lanes`)."""
     if not isinstance(k, ShiftLayer):
         return 0
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
                else 0)
     block = max(CHUNK, k.chunk)  # a tile (at most DSP_WORDS words, within CHUNK) or a block of chunk positions
     dsp = 2 * block + k.output.itemsize * block + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
-    return (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (k.groups_count + 2) + 8 * (k.groups_count + 1) + 13 * k.chunk + decoded + dsp
-            + sums_bytes(k, weights))
+    general = (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (k.groups_count + 2) + 8 * (k.groups_count + 1) + 13 * k.chunk
+               + decoded + dsp + sums_bytes(k, weights))
+    return max(general, lanes_bytes(k, weights))  # x86 hosts with AVX2 compile the channel lanes' form instead

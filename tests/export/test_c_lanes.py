@@ -1,0 +1,81 @@
+"""The channel lanes' form of few-position shift layers (x86 hosts with AVX2, ``emit_lanes``): the
+host library compiles and runs it (``VPSHUFB`` in those kernels), bit for bit with the reference
+runtime and the PyTorch hard model in every weights form and on two threads, strict C99 with no
+multiply, within the stated stack."""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import shiftquant as sq
+from shiftquant.export.c import CRuntime
+from shiftquant.export.c.emit_lanes import LANES, takes_lanes
+from shiftquant.export.c.program import ShiftLayer
+from tests.export.models import deploy_exported
+from tests.export.test_codegen import (
+    assert_no_multiply_in_shift_kernels,
+    compile_object,
+    deepest_call,
+    kernels_of,
+)
+from tests.export.test_integer_mobile import PIXELS
+
+
+def _native_avx2() -> bool:
+    """Whether the host library's build (``-march=native``) targets AVX2."""
+    cc = shutil.which("cc")
+    if cc is None or shutil.which("objdump") is None:
+        return False
+    macros = subprocess.run([cc, "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True,
+                            check=False).stdout
+    return "__AVX2__" in macros
+
+
+pytestmark = pytest.mark.skipif(not _native_avx2(), reason="the host compiler does not target AVX2 (or no objdump)")
+AVX2 = ["-O2", "-mavx2"]
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    """timm's MobileNetV2 (width 0.35) at 3x32x32, W3A3 with 2 shift bits (3-bit codes, inputs up
+    to 8: every product fits a byte): 1x1 and 2x2 maps at its end, 24 to 1280 channels."""
+    torch.manual_seed(1)
+    model = timm.create_model("mobilenetv2_035", num_classes=10).eval()
+    return deploy_exported(model, (8, 3, 32, 32), PIXELS, tmp_path_factory.mktemp("mbv2") / "m.sqb",
+                           weight_shift_bits=2, act_shift_bits=2)
+
+
+def lane_layers(program, weights: str) -> list[ShiftLayer]:
+    return [k for k in program.kernels if isinstance(k, ShiftLayer) and takes_lanes(k, weights)]
+
+
+@pytest.mark.parametrize("weights, threads", [("lists", 2), ("packed", 1)])
+def test_few_position_layers_run_in_channel_lanes_bit_for_bit(mobilenet, weights, threads, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path))
+    rt, pixels, ref = mobilenet
+    native = CRuntime(rt, threads=threads, weights=weights)
+    lanes = lane_layers(native.program, weights)
+    # one position and several (a 2x2 map over bordered rows), channels that fill whole blocks and not
+    assert any(k.positions == 1 for k in lanes) and any(k.positions > 1 for k in lanes), [k.positions for k in lanes]
+    assert any(k.cout % LANES for k in lanes) and any(k.cout % LANES == 0 for k in lanes)
+    shuffles = {f.split(".")[0] for f, ops in kernels_of(native.library).items() if "vpshufb" in ops}
+    assert {k.name for k in lanes} <= shuffles, sorted({k.name for k in lanes} - shuffles)  # compiled in: it runs
+    assert np.array_equal(native.run(pixels), ref)
+    rng = np.random.default_rng(3)
+    for x in (rng.integers(0, 256, pixels.shape), np.zeros(pixels.shape), np.full(pixels.shape, 255)):
+        x = x.astype(pixels.dtype)
+        assert np.array_equal(native.run_int(x)[0], rt.run_int(x)[0])
+
+
+def test_the_lanes_form_is_strict_c99_without_multiplies_within_the_stated_stack(mobilenet, tmp_path):
+    rt = mobilenet[0]
+    for weights in ("lists", "packed"):
+        program = sq.codegen(rt, tmp_path, "net", weights=weights)
+        assert lane_layers(program, weights)
+        compile_object(tmp_path, "net", [*AVX2, "-fopenmp"])  # -Wall -Wextra -Werror -pedantic
+        assert_no_multiply_in_shift_kernels(rt, tmp_path, AVX2)
+        deepest, frames = deepest_call(tmp_path, "net", shutil.which("cc"), AVX2)
+        assert 0 < deepest <= program.stack_bytes, (weights, deepest, program.stack_bytes, frames)
