@@ -1,7 +1,8 @@
-"""The channel lanes' form of few-position shift layers (x86 hosts with AVX2, ``emit_lanes``): the
-host library compiles and runs it (``VPSHUFB`` in those kernels), bit for bit with the reference
-runtime and the PyTorch hard model in every weights form and on two threads, strict C99 with no
-multiply, within the stated stack."""
+"""Few-position shift layers on the host: the channel lanes' form of ungrouped ones (x86 hosts with
+AVX2, ``emit_lanes``), which the host library compiles and runs (``VPSHUFB`` in those kernels), and
+the by-code form of depthwise ones in every weights form (``emit_few``): bit for bit with the
+reference runtime and the PyTorch hard model, packed and as lists, on two threads; strict C99
+with no multiply, within the stated stack."""
 import shutil
 import subprocess
 
@@ -12,6 +13,7 @@ import torch
 
 import shiftquant as sq
 from shiftquant.export.c import CRuntime
+from shiftquant.export.c.emit_few import takes_few
 from shiftquant.export.c.emit_lanes import LANES, takes_lanes
 from shiftquant.export.c.program import ShiftLayer
 from tests.export.models import deploy_exported
@@ -61,6 +63,7 @@ def test_few_position_layers_run_in_channel_lanes_bit_for_bit(mobilenet, weights
     # one position and several (a 2x2 map over bordered rows), channels that fill whole blocks and not
     assert any(k.positions == 1 for k in lanes) and any(k.positions > 1 for k in lanes), [k.positions for k in lanes]
     assert any(k.cout % LANES for k in lanes) and any(k.cout % LANES == 0 for k in lanes)
+    assert any(k.groups > 1 and takes_few(k, weights) for k in native.program.kernels if isinstance(k, ShiftLayer))
     shuffles = {f.split(".")[0] for f, ops in kernels_of(native.library).items() if "vpshufb" in ops}
     assert {k.name for k in lanes} <= shuffles, sorted({k.name for k in lanes} - shuffles)  # compiled in: it runs
     assert np.array_equal(native.run(pixels), ref)

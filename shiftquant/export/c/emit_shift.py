@@ -52,7 +52,7 @@ class ShiftLayerPrinter:
         # start (code bit or table row) and where its thresholds start.
         cout_g = k.cout // k.groups
         table = [[co * out.plane, (co // cout_g) * k.cin_g * a.plane,
-                  co * k.taps * k.code_bits if packed else co * (k.groups_count + 1), rows[co]]
+                  co * k.taps * k.code_bits if packed or few else co * (k.groups_count + 1), rows[co]]
                  for co in range(k.cout)]
         zero = []  # bases that are 0 for every channel: a constant, not an array
         for column, values in zip(CHANNEL_BASES, zip(*table)):

@@ -381,8 +381,10 @@ class ShiftLayer(Kernel):
     def base_bytes(self, weights: str) -> int:
         """The per-channel bases' bytes (:data:`.emit_shift.CHANNEL_BASES`; one that is 0 for every
         channel is a constant), the thresholds' not counted."""
+        from .emit_few import takes_few
+
         last = self.cout - 1
-        step = self.taps * self.code_bits if weights == "packed" else self.groups_count + 1
+        step = self.taps * self.code_bits if weights == "packed" or takes_few(self, weights) else self.groups_count + 1
         ends = (last * self.output.plane, (self.groups - 1) * self.cin_g * self.inputs[0].plane, last * step)
         return self.cout * sum(0 if e == 0 else _smallest_size([e], signed=False) for e in ends)
 
@@ -600,10 +602,12 @@ class Program:
     @property
     def flash_bytes(self) -> int:
         """Bytes of constant data: packed codes, tap tables, thresholds, per-channel constants."""
+        from .emit_few import takes_few  # the by-code form keeps packed codes in any weights form
+
         total = 0
         for k in self.kernels:
             if isinstance(k, ShiftLayer):
-                if self.weights == "packed":
+                if self.weights == "packed" or takes_few(k, self.weights):
                     total += k.codes.size + len(k.code_shift) + int_bytes(k.tap_offsets) * len(k.stored_taps())
                 else:
                     nonzero = int((np.asarray(k.group_of_code())[k.weight_codes] < k.groups_count).sum())
