@@ -14,7 +14,7 @@ import torch
 import shiftquant as sq
 from shiftquant.export.c import CRuntime
 from shiftquant.export.c.emit_few import takes_few
-from shiftquant.export.c.emit_lanes import LANES, takes_lanes
+from shiftquant.export.c.emit_lanes import LANES, run_length, takes_lanes
 from shiftquant.export.c.program import ShiftLayer
 from tests.export.models import deploy_exported
 from tests.export.test_codegen import (
@@ -40,30 +40,45 @@ pytestmark = pytest.mark.skipif(not _native_avx2(), reason="the host compiler do
 AVX2 = ["-O2", "-mavx2"]
 
 
+def _mobilenet(tmp_path_factory, size: int, bits: int):
+    torch.manual_seed(1)
+    model = timm.create_model("mobilenetv2_035", num_classes=10).eval()
+    return deploy_exported(model, (8, 3, size, size), PIXELS, tmp_path_factory.mktemp("mbv2") / "m.sqb",
+                           weight_shift_bits=bits, act_shift_bits=bits)
+
+
 @pytest.fixture(scope="module")
 def mobilenet(tmp_path_factory):
     """timm's MobileNetV2 (width 0.35) at 3x32x32, W3A3 with 2 shift bits (3-bit codes, inputs up
-    to 8: every product fits a byte): 1x1 and 2x2 maps at its end, 24 to 1280 channels."""
-    torch.manual_seed(1)
-    model = timm.create_model("mobilenetv2_035", num_classes=10).eval()
-    return deploy_exported(model, (8, 3, 32, 32), PIXELS, tmp_path_factory.mktemp("mbv2") / "m.sqb",
-                           weight_shift_bits=2, act_shift_bits=2)
+    to 8: every product fits a byte, one a run): 1x1 and 2x2 maps at its end, 24 to 1280 channels."""
+    return _mobilenet(tmp_path_factory, 32, 2)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_1bit(tmp_path_factory):
+    """The same at 3x40x40 with 1 shift bit (inputs up to 2, weights ±1 and ±2): runs of many taps
+    summed in bytes before they are widened."""
+    return _mobilenet(tmp_path_factory, 40, 1)
 
 
 def lane_layers(program, weights: str) -> list[ShiftLayer]:
     return [k for k in program.kernels if isinstance(k, ShiftLayer) and takes_lanes(k, weights)]
 
 
-@pytest.mark.parametrize("weights, threads", [("lists", 2), ("packed", 1)])
-def test_few_position_layers_run_in_channel_lanes_bit_for_bit(mobilenet, weights, threads, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model, weights, threads", [("mobilenet", "lists", 2), ("mobilenet", "packed", 1),
+                                                    ("mobilenet_1bit", "lists", 2)])
+def test_few_position_layers_run_in_channel_lanes_bit_for_bit(model, weights, threads, request, tmp_path, monkeypatch):
     monkeypatch.setenv("SHIFTQUANT_CACHE_DIR", str(tmp_path))
-    rt, pixels, ref = mobilenet
+    rt, pixels, ref = request.getfixturevalue(model)
     native = CRuntime(rt, threads=threads, weights=weights)
     lanes = lane_layers(native.program, weights)
-    # one position and several (a 2x2 map over bordered rows), channels that fill whole blocks and not
-    assert any(k.positions == 1 for k in lanes) and any(k.positions > 1 for k in lanes), [k.positions for k in lanes]
-    assert any(k.cout % LANES for k in lanes) and any(k.cout % LANES == 0 for k in lanes)
-    assert any(k.groups > 1 and takes_few(k, weights) for k in native.program.kernels if isinstance(k, ShiftLayer))
+    runs = {min(run_length(k), k.taps) for k in lanes}
+    assert runs == {1} if model == "mobilenet" else max(runs) > 8, runs  # one product a run, or many
+    assert lanes
+    if model == "mobilenet":  # one position and several (a 2x2 map over bordered rows), channels that fill
+        assert any(k.positions == 1 for k in lanes) and any(k.positions > 1 for k in lanes)  # whole blocks and not
+        assert any(k.cout % LANES for k in lanes) and any(k.cout % LANES == 0 for k in lanes)
+        assert any(k.groups > 1 and takes_few(k, weights) for k in native.program.kernels if isinstance(k, ShiftLayer))
     shuffles = {f.split(".")[0] for f, ops in kernels_of(native.library).items() if "vpshufb" in ops}
     assert {k.name for k in lanes} <= shuffles, sorted({k.name for k in lanes} - shuffles)  # compiled in: it runs
     assert np.array_equal(native.run(pixels), ref)
@@ -80,5 +95,8 @@ def test_the_lanes_form_is_strict_c99_without_multiplies_within_the_stated_stack
         assert lane_layers(program, weights)
         compile_object(tmp_path, "net", [*AVX2, "-fopenmp"])  # -Wall -Wextra -Werror -pedantic
         assert_no_multiply_in_shift_kernels(rt, tmp_path, AVX2)
-        deepest, frames = deepest_call(tmp_path, "net", shutil.which("cc"), AVX2)
-        assert 0 < deepest <= program.stack_bytes, (weights, deepest, program.stack_bytes, frames)
+        for flags in (AVX2, ["-O0", "-mavx2"]):  # unoptimized, the intrinsics' temporaries spill
+            deepest, frames = deepest_call(tmp_path, "net", shutil.which("cc"), flags)
+            assert 0 < deepest <= program.stack_bytes, (weights, flags, deepest, program.stack_bytes, frames)
+        assert f"x86 hosts with AVX2 compile {program.lanes_flash_bytes} more" in (tmp_path / "net.h").read_text()
+        assert program.lanes_flash_bytes > sum(k.cout * k.taps for k in lane_layers(program, weights))  # a byte a code

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ctext import Width, array
+from .ctext import Width, array, smallest
 from .emit_few import position_offsets
-from .program import ShiftLayer
+from .program import ShiftLayer, int_bytes
 
 LANES = 32  # output channels per block: one 256-bit register of byte lanes
 POSITIONS = 8  # the most output positions per channel (a 2x2 map over bordered rows is 6; at 17, a ViT-tiny
@@ -51,10 +51,40 @@ def takes_lanes(k: ShiftLayer, weights: str) -> bool:
             and (input_span(k)[1] - input_span(k)[0] + 1) * TABLE <= 1 << 16)
 
 
+# Stack the form's frame takes beside its arrays: the output stage's locals, and the 256-bit
+# temporaries an unoptimized build (-O0) spills, 32-byte aligned (gcc's -fstack-usage: up to
+# about 800 bytes on timm's mobilenetv2_035).
+FRAME = 1024
+
+
 def lanes_bytes(k: ShiftLayer, weights: str) -> int:
     """The stack the form takes where ``k`` has it (its row offsets, a block's sums, the output
-    stage's arrays of a block of positions), else 0."""
-    return 2 * k.positions * k.taps + 2 * LANES * k.positions + 13 * k.chunk + 64 if takes_lanes(k, weights) else 0
+    stage's arrays of a block of positions, :data:`FRAME`), else 0."""
+    return 2 * k.positions * k.taps + 2 * LANES * k.positions + 13 * k.chunk + FRAME if takes_lanes(k, weights) else 0
+
+
+def lanes_flash_bytes(k: ShiftLayer, weights: str) -> int:
+    """The form's constants where ``k`` has it (compiled on x86 hosts with AVX2 only), else 0."""
+    if not takes_lanes(k, weights):
+        return 0
+    lo, hi = input_span(k)
+    lin, blocks = _input_offsets(k), _blocks(k)
+    return ((hi - lo + 1) * TABLE + blocks * LANES * k.taps + int_bytes(lin) * len(lin)
+            + int_bytes(_block_offsets(k)) * blocks)
+
+
+def _blocks(k: ShiftLayer) -> int:
+    return -(-k.cout // LANES)
+
+
+def _input_offsets(k: ShiftLayer) -> list[int]:
+    """Per position and tap, its input's offset from the layer's input (``NAME_lin``)."""
+    return [k.segments[4] + p + t for p in position_offsets(k) for t in k.tap_offsets]
+
+
+def _block_offsets(k: ShiftLayer) -> list[int]:
+    """Where each block's codes start in ``NAME_lcode``."""
+    return [b * LANES * k.taps for b in range(_blocks(k))]
 
 
 def lane_consts(k: ShiftLayer) -> str:
@@ -63,14 +93,14 @@ def lane_consts(k: ShiftLayer) -> str:
     lo, hi = input_span(k)
     values = value_of_code(k)
     rows = [[v * x for v in values] + [0] * (TABLE - len(values)) for x in range(lo, hi + 1)]
-    blocks = -(-k.cout // LANES)
+    blocks = _blocks(k)
     codes = np.zeros((blocks * LANES, k.taps), np.uint8)
     codes[:k.cout] = k.weight_codes
     lanes = codes.reshape(blocks, LANES, k.taps).transpose(0, 2, 1)  # (block, tap, lane)
+    lin, starts = _input_offsets(k), _block_offsets(k)
     return ("#if SQ_LANES\n" + array("int8_t", f"{k.name}_prod", rows) + array("uint8_t", f"{k.name}_lcode", lanes)
-            + array("uint32_t", f"{k.name}_lin", [k.segments[4] + p + t for p in position_offsets(k)
-                                                  for t in k.tap_offsets])
-            + array("uint32_t", f"{k.name}_lblk", [b * LANES * k.taps for b in range(blocks)]) + "#endif\n")
+            + array(smallest(lin, signed=False), f"{k.name}_lin", lin)
+            + array(smallest(starts, signed=False), f"{k.name}_lblk", starts) + "#endif\n")
 
 
 def lanes_body(k: ShiftLayer, w: Width, stage: str, clear: str) -> str:
@@ -81,7 +111,7 @@ def lanes_body(k: ShiftLayer, w: Width, stage: str, clear: str) -> str:
     lo, hi = input_span(k)
     nseg, seg_len, out0, out_step, _ = k.segments
     count, taps, run = k.positions, k.taps, min(run_length(k), k.taps)
-    blocks = -(-k.cout // LANES)
+    blocks = _blocks(k)
     low = k.exponents[-1] if k.exponents else 0
     return f"""\
     uint16_t row[{count * taps}];  /* per position and tap: where the product row of its input starts */

@@ -426,8 +426,9 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
     group starts or its sums per code and position, its delta-packed thresholds (packed weights), and its vector blocks
     (accumulators, byte sums, output stage); in the DSP form also a block's lane words, its
     levels, the lane thresholds and the helpers' saved registers (:mod:`.emit_dsp`). The group
-    starts are 4 bytes each, the fill pointers 8 (a 64-bit host's; 4 on a Cortex-M). Or, where the
-    layer has it and the build compiles it, the channel lanes' form (:mod:`.emit_lanes`)."""
+    starts are 4 bytes each, the fill pointers 8 (a 64-bit host's; 4 on a Cortex-M). Or the channel
+    lanes' form's (:mod:`.emit_lanes`) where the layer has it and that is larger: whatever the
+    target, so on cores that never compile that form the bound is loose, not short."""
     if not isinstance(k, ShiftLayer):
         return 0
     decoded = (4 * k.requant.count if weights == "packed" and k.requant is not None and k.requant.deltas is not None
@@ -436,4 +437,4 @@ def _stack_bytes(k: Kernel, weights: str) -> int:
     dsp = 2 * block + k.output.itemsize * block + 8 * COUNT_LANES + SEARCH_BUCKETS + 64 if k.dsp_form else 0
     general = (k.taps * (int_bytes(k.tap_offsets) + 1) + 4 * (k.groups_count + 2) + 8 * (k.groups_count + 1) + 13 * k.chunk
                + decoded + dsp + sums_bytes(k, weights))
-    return max(general, lanes_bytes(k, weights))  # x86 hosts with AVX2 compile the channel lanes' form instead
+    return max(general, lanes_bytes(k, weights))

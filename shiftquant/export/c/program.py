@@ -633,6 +633,14 @@ class Program:
         return total + sum(t.constant.size * t.itemsize for t in self.tensors if t.constant is not None)
 
     @property
+    def lanes_flash_bytes(self) -> int:
+        """Bytes of constants x86 hosts with AVX2 compile on top of :attr:`flash_bytes`: the channel
+        lanes' product tables, codes and offsets (:mod:`.emit_lanes`)."""
+        from .emit_lanes import lanes_flash_bytes
+
+        return sum(lanes_flash_bytes(k, self.weights) for k in self.kernels if isinstance(k, ShiftLayer))
+
+    @property
     def int8_flash_bytes(self) -> int:
         """The int8 equivalent for comparison: a byte per weight, an int32 bias per output channel."""
         return sum(k.weight_codes.size + 4 * k.cout for k in self.kernels if isinstance(k, ShiftLayer))
