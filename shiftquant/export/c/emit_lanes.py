@@ -1,6 +1,6 @@
 """The C of a shift layer with few output positions in channel lanes, for x86 hosts with AVX2
 (``SQ_LANES``): a Linear, a 1x1 or 2x2 map. The general form sums a channel's taps in lanes of
-output positions, so with one to four positions it runs scalar. Here the lanes are 32 output
+output positions, so with a few positions it runs nearly scalar. Here the lanes are 32 output
 channels instead: each tap's input ``x`` selects a row of the layer's product table (``x``'s
 product with the weight of every code, ``±2^(t - t_min) x``, computed here, not at run time), and
 one byte shuffle (``VPSHUFB``) looks the 32 channels' products up by their codes; runs of taps are
