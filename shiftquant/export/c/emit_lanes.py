@@ -83,7 +83,8 @@ def _input_offsets(k: ShiftLayer) -> list[int]:
 
 
 def _block_offsets(k: ShiftLayer) -> list[int]:
-    """Where each block's codes start in ``NAME_lcode``."""
+    """Where each block's codes start in ``NAME_lcode``: a table, as the general form's per-channel
+    bases are, so that no multiply enters the address arithmetic (``blk * 32 * taps``)."""
     return [b * LANES * k.taps for b in range(_blocks(k))]
 
 
