@@ -3,6 +3,7 @@ AVX2, ``emit_lanes``), which the host library compiles and runs (``VPSHUFB`` in 
 the by-code form of depthwise ones in every weights form (``emit_few``): bit for bit with the
 reference runtime and the PyTorch hard model, packed and as lists, on two threads; strict C99
 with no multiply, within the stated stack."""
+import re
 import shutil
 import subprocess
 
@@ -61,6 +62,13 @@ def mobilenet_1bit(tmp_path_factory):
     return _mobilenet(tmp_path_factory, 40, 1)
 
 
+def _lanes_array_bytes(source: str) -> int:
+    """Bytes of the channel lanes' constant arrays that C ``source`` declares."""
+    sizes = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4}
+    found = re.findall(r"static const (\w+) \w+_(?:prod|lcode|lin|lblk)\[(\d+)\]", source)
+    return sum(sizes[ctype] * int(n) for ctype, n in found)
+
+
 def lane_layers(program, weights: str) -> list[ShiftLayer]:
     return [k for k in program.kernels if isinstance(k, ShiftLayer) and takes_lanes(k, weights)]
 
@@ -94,6 +102,7 @@ def test_the_lanes_form_is_strict_c99_without_multiplies_within_the_stated_stack
         program = sq.codegen(rt, tmp_path, "net", weights=weights)
         assert lane_layers(program, weights)
         compile_object(tmp_path, "net", [*AVX2, "-fopenmp"])  # -Wall -Wextra -Werror -pedantic
+        assert _lanes_array_bytes((tmp_path / "net.c").read_text()) == program.lanes_flash_bytes  # as printed
         assert_no_multiply_in_shift_kernels(rt, tmp_path, AVX2)
         for flags in (AVX2, ["-O0", "-mavx2"]):  # unoptimized, the intrinsics' temporaries spill
             deepest, frames = deepest_call(tmp_path, "net", shutil.which("cc"), flags)

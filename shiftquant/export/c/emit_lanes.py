@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ctext import Width, array, smallest
+from .ctext import Width, array
 from .emit_few import position_offsets
-from .program import ShiftLayer, int_bytes
+from .program import CTYPES, ShiftLayer, narrowest
 
 LANES = 32  # output channels per block: one 256-bit register of byte lanes
 POSITIONS = 8  # the most output positions per channel (a 2x2 map over bordered rows is 6; at 17, a ViT-tiny
@@ -22,9 +22,8 @@ TABLE = 16  # entries of a product row: what one 128-bit lane of VPSHUFB looks u
 
 def value_of_code(k: ShiftLayer) -> list[int]:
     """Per code, its weight over the smallest exponent's: ``±2^(t - t_min)``, 0 for a zero weight."""
-    low = k.exponents[-1] if k.exponents else 0
-    return [0 if t < 0 or t not in k.exponents else (-1 if neg else 1) << (t - low)
-            for t, neg in zip(k.code_shift, k.code_negative)]
+    low, zero = (k.exponents[-1] if k.exponents else 0), k.groups_count
+    return [0 if g == zero else (-1 if g & 1 else 1) << (k.exponents[g >> 1] - low) for g in k.group_of_code()]
 
 
 def input_span(k: ShiftLayer) -> tuple[int, int]:
@@ -67,10 +66,7 @@ def lanes_flash_bytes(k: ShiftLayer, weights: str) -> int:
     """The form's constants where ``k`` has it (compiled on x86 hosts with AVX2 only), else 0."""
     if not takes_lanes(k, weights):
         return 0
-    lo, hi = input_span(k)
-    lin, blocks = _input_offsets(k), _blocks(k)
-    return ((hi - lo + 1) * TABLE + blocks * LANES * k.taps + int_bytes(lin) * len(lin)
-            + int_bytes(_block_offsets(k)) * blocks)
+    return sum(CTYPES[kind][1] * np.asarray(values).size for _, kind, values in _lane_arrays(k))
 
 
 def _blocks(k: ShiftLayer) -> int:
@@ -88,9 +84,10 @@ def _block_offsets(k: ShiftLayer) -> list[int]:
     return [b * LANES * k.taps for b in range(_blocks(k))]
 
 
-def lane_consts(k: ShiftLayer) -> str:
-    """The form's constants: the product table (a 16-byte row per input value) and the codes,
-    block by block, tap by tap, 32 channels each (the last block padded with code 0, unread)."""
+def _lane_arrays(k: ShiftLayer) -> list[tuple[str, str, object]]:
+    """``(name suffix, CTYPES kind, values)`` of the form's constants: the product table (a 16-byte
+    row per input value), the codes block by block, tap by tap, 32 channels each (the last block
+    padded with code 0, unread), and the inputs' and blocks' offsets in their narrowest types."""
     lo, hi = input_span(k)
     values = value_of_code(k)
     rows = [[v * x for v in values] + [0] * (TABLE - len(values)) for x in range(lo, hi + 1)]
@@ -99,9 +96,14 @@ def lane_consts(k: ShiftLayer) -> str:
     codes[:k.cout] = k.weight_codes
     lanes = codes.reshape(blocks, LANES, k.taps).transpose(0, 2, 1)  # (block, tap, lane)
     lin, starts = _input_offsets(k), _block_offsets(k)
-    return ("#if SQ_LANES\n" + array("int8_t", f"{k.name}_prod", rows) + array("uint8_t", f"{k.name}_lcode", lanes)
-            + array(smallest(lin, signed=False), f"{k.name}_lin", lin)
-            + array(smallest(starts, signed=False), f"{k.name}_lblk", starts) + "#endif\n")
+    return [("prod", "int8", rows), ("lcode", "uint8", lanes), ("lin", narrowest(lin, signed=False), lin),
+            ("lblk", narrowest(starts, signed=False), starts)]
+
+
+def lane_consts(k: ShiftLayer) -> str:
+    """The form's constants (:func:`_lane_arrays`), compiled where ``SQ_LANES``."""
+    arrays = "".join(array(CTYPES[kind][0], f"{k.name}_{suffix}", values) for suffix, kind, values in _lane_arrays(k))
+    return "#if SQ_LANES\n" + arrays + "#endif\n"
 
 
 def lanes_body(k: ShiftLayer, w: Width, stage: str, clear: str) -> str:

@@ -50,10 +50,8 @@ class ShiftLayerPrinter:
         consts.append(stage_consts)
         # Per output channel: its output plane, its group's first input plane, where its weights
         # start (code bit or table row) and where its thresholds start.
-        cout_g = k.cout // k.groups
-        table = [[co * out.plane, (co // cout_g) * k.cin_g * a.plane,
-                  co * k.taps * k.code_bits if packed or few else co * (k.groups_count + 1), rows[co]]
-                 for co in range(k.cout)]
+        cout_g, step = k.cout // k.groups, k.weights_step(self.p.weights)
+        table = [[co * out.plane, (co // cout_g) * k.cin_g * a.plane, co * step, rows[co]] for co in range(k.cout)]
         zero = []  # bases that are 0 for every channel: a constant, not an array
         for column, values in zip(CHANNEL_BASES, zip(*table)):
             if any(values):

@@ -378,14 +378,25 @@ class ShiftLayer(Kernel):
     def groups_count(self) -> int:
         return 2 * len(self.exponents)
 
+    def keeps_codes(self, weights: str) -> bool:
+        """Whether the C reads this layer's packed codes (a channel's weights start at a code bit)
+        rather than its taps grouped by exponent and sign: packed weights, or in any weights form
+        the by-code form of few positions (:func:`.emit_few.takes_few`)."""
+        from .emit_few import takes_few  # emit_few imports this module
+
+        return weights == "packed" or takes_few(self, weights)
+
+    def weights_step(self, weights: str) -> int:
+        """How far a channel's weights start from the one before's: code bits where the C keeps
+        packed codes (:meth:`keeps_codes`), else rows of the grouped taps' start table."""
+        return self.taps * self.code_bits if self.keeps_codes(weights) else self.groups_count + 1
+
     def base_bytes(self, weights: str) -> int:
         """The per-channel bases' bytes (:data:`.emit_shift.CHANNEL_BASES`; one that is 0 for every
         channel is a constant), the thresholds' not counted."""
-        from .emit_few import takes_few
-
         last = self.cout - 1
-        step = self.taps * self.code_bits if weights == "packed" or takes_few(self, weights) else self.groups_count + 1
-        ends = (last * self.output.plane, (self.groups - 1) * self.cin_g * self.inputs[0].plane, last * step)
+        ends = (last * self.output.plane, (self.groups - 1) * self.cin_g * self.inputs[0].plane,
+                last * self.weights_step(weights))
         return self.cout * sum(0 if e == 0 else _smallest_size([e], signed=False) for e in ends)
 
     def tap_pattern(self) -> tuple[list[int], int] | None:
@@ -602,12 +613,10 @@ class Program:
     @property
     def flash_bytes(self) -> int:
         """Bytes of constant data: packed codes, tap tables, thresholds, per-channel constants."""
-        from .emit_few import takes_few  # the by-code form keeps packed codes in any weights form
-
         total = 0
         for k in self.kernels:
             if isinstance(k, ShiftLayer):
-                if self.weights == "packed" or takes_few(k, self.weights):
+                if k.keeps_codes(self.weights):
                     total += k.codes.size + len(k.code_shift) + int_bytes(k.tap_offsets) * len(k.stored_taps())
                 else:
                     nonzero = int((np.asarray(k.group_of_code())[k.weight_codes] < k.groups_count).sum())
