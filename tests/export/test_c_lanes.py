@@ -14,7 +14,7 @@ import torch
 
 import shiftquant as sq
 from shiftquant.export.c import CRuntime
-from shiftquant.export.c.emit_few import takes_few
+from shiftquant.export.c.emit_few import FEW, takes_few
 from shiftquant.export.c.emit_lanes import LANES, run_length, takes_lanes
 from shiftquant.export.c.program import ShiftLayer
 from tests.export.models import deploy_exported
@@ -86,7 +86,9 @@ def test_few_position_layers_run_in_channel_lanes_bit_for_bit(model, weights, th
     if model == "mobilenet":  # one position and several (a 2x2 map over bordered rows), channels that fill
         assert any(k.positions == 1 for k in lanes) and any(k.positions > 1 for k in lanes)  # whole blocks and not
         assert any(k.cout % LANES for k in lanes) and any(k.cout % LANES == 0 for k in lanes)
-        assert any(k.groups > 1 and takes_few(k, weights) for k in native.program.kernels if isinstance(k, ShiftLayer))
+        few = [k.positions for k in native.program.kernels if isinstance(k, ShiftLayer) and k.groups > 1
+               and takes_few(k, weights)]
+        assert 1 in few and max(few) > FEW, few  # depthwise by code: 1x1 maps, 2x2 ones over bordered rows
     shuffles = {f.split(".")[0] for f, ops in kernels_of(native.library).items() if "vpshufb" in ops}
     assert {k.name for k in lanes} <= shuffles, sorted({k.name for k in lanes} - shuffles)  # compiled in: it runs
     assert np.array_equal(native.run(pixels), ref)

@@ -1,5 +1,5 @@
 """The C of a shift layer with few output positions per channel (a Linear, a 1x1 or 2x2 map: at
-most :data:`FEW`), packed weights: each tap's inputs are added to sums per code and position in
+most :data:`FEW`, a depthwise layer's :data:`FEW_GROUPED`), packed weights: each tap's inputs are added to sums per code and position in
 one pass over the channel's packed codes, then Horner's rule over the exponents combines the sums.
 The general form groups a channel's taps by exponent and sign before summing them, which pays for
 itself over many positions but costs about twice the sums themselves at one."""
@@ -9,7 +9,12 @@ from .ctext import Width, array
 from .emit_thresholds import LINE_STEP, stored_value
 from .program import ShiftLayer
 
-FEW = 4  # the most positions per channel summed by code
+FEW = 4  # the most positions per channel an ungrouped layer sums by code
+# A grouped (depthwise) layer's: its 2x2 maps over the host's shared borders are rows of 3 or 4, 6 or 8
+# positions, where the general form's lanes are nearly empty (timm's mobilenetv2_050 at 1x28x28 as
+# lists, one thread: 656-697 -> 549-550 us an image). The Cortex-M projects' minimal borders give
+# square maps of 1, 4 or 9 and more positions, whose forms this leaves as they were.
+FEW_GROUPED = 8
 
 
 class FewPositionsPrinter:
@@ -77,14 +82,16 @@ class FewPositionsPrinter:
 
 
 def takes_few(k: ShiftLayer, weights: str) -> bool:
-    """Whether ``k`` takes the by-code form: at most :data:`FEW` output positions (codes of at
-    most 4 bits where more than one: 16 sums per position, and the positions' offsets in 16
-    bits), no DSP form; packed weights, or in any form a grouped (depthwise) layer, whose few
-    taps a channel the general form's per-group loops cost more than they sum (timm's
-    ``mobilenetv2_050`` at 1x28x28 as lists on the host: 1.2x as fast with its 1x1 depthwise layers
-    by code)."""
+    """Whether ``k`` takes the by-code form: codes of at most 4 bits where more than one position
+    (16 sums per position, and the positions' offsets in 16 bits), and either an ungrouped layer of
+    packed weights, at most :data:`FEW` positions and no DSP form, or in any weights form a grouped
+    (depthwise) layer of at most :data:`FEW_GROUPED`, whose few taps a channel the general form's
+    per-group loops cost more than they sum (timm's ``mobilenetv2_050`` at 1x28x28 as lists on the
+    host: 1.2x as fast with its 1x1 depthwise layers by code, 1.2x again with its 2x2 ones)."""
     count = k.positions
-    if (weights != "packed" and k.groups == 1) or k.dsp_form or k.chunk < k.segments[1] or count > FEW:
+    if k.groups == 1 and (weights != "packed" or k.dsp_form or count > FEW):
+        return False
+    if count > FEW_GROUPED or k.chunk < k.segments[1]:
         return False
     return count == 1 or (k.code_bits <= 4 and max(position_offsets(k)) < 1 << 16)
 
@@ -96,7 +103,7 @@ def sums_bytes(k: ShiftLayer, weights: str) -> int:
 
 def sums_stride(count: int) -> int:
     """Sums kept per code for ``count`` positions: a power of two, so a code's sums are a shift away."""
-    return 1 if count == 1 else 2 if count == 2 else 4
+    return 1 << (count - 1).bit_length()
 
 
 def position_offsets(k: ShiftLayer) -> list[int]:
