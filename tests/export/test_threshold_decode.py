@@ -84,9 +84,9 @@ static void run_{nm}(void)
 @pytest.mark.parametrize("rows", ["lines inside", "lines leaving the range"])
 def test_a_single_value_walks_its_line_to_the_same_level(rows, tmp_path):
     """A one-position layer's output stage (:func:`walk_stage`) counts a value's thresholds along
-    their line, stopping at the first above it: the same level as counting the clamped table, for
-    every value of the accumulator's range, lines inside the range (no clamp) and leaving it,
-    negated channels too."""
+    their line by jumps: the same level as counting the clamped table, for every value of the
+    accumulator's range, lines inside the range (no clamp) and leaving it, negated channels too,
+    under UBSan."""
     raw = _rows(np.random.default_rng(1))[rows]
     d = pack_deltas(raw, LO, HI)
     assert d is not None and d.den is not None and packed_in_range(d) == (rows == "lines inside")
@@ -105,7 +105,8 @@ def test_a_single_value_walks_its_line_to_the_same_level(rows, tmp_path):
             + f"    for (co = 0; co < {channels}u; co++) {{\n        for (v = {values[0]}; v <= {values[-1]}; v += 7) "
             + "printf(\"%d \", (int)level(co, (uint16_t)v));\n        printf(\"\\n\");\n    }\n    return 0;\n}\n")
     (tmp_path / "walk.c").write_text(text)
-    subprocess.run([shutil.which("cc"), *STRICT, "-O2", "walk.c", "-o", "walk"], cwd=tmp_path, check=True)
+    subprocess.run([shutil.which("cc"), *STRICT, "-O2", "-fsanitize=undefined", "-fno-sanitize-recover=all", "walk.c",
+                    "-o", "walk"], cwd=tmp_path, check=True)
     out = subprocess.run([str(tmp_path / "walk")], capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(out) == channels
     for c, line in enumerate(out):

@@ -253,10 +253,11 @@ def decode_thresholds(nm: str, d: DeltaPack, sacc: str) -> str:
 LINE_STEP = "t += step;\nrem += frac;\nif (rem >= den) { rem -= den; t++; }"
 
 
-def stored_value(d: DeltaPack) -> str:
-    """The C value of stored threshold ``t``, clamped to the table's range only where one leaves it
-    (:func:`.program.packed_in_range`)."""
-    return "(int32_t)t" if packed_in_range(d) else f"((int32_t)t < {d.lo} ? {d.lo} : (int32_t)t > {d.hi} ? {d.hi} : (int32_t)t)"
+def stored_value(d: DeltaPack, t: str = "t") -> str:
+    """The C value of stored threshold ``t`` (a ``uint32_t``), clamped to the table's range only
+    where one leaves it (:func:`.program.packed_in_range`)."""
+    v = f"(int32_t){t}"
+    return v if packed_in_range(d) else f"({v} < {d.lo} ? {d.lo} : {v} > {d.hi} ? {d.hi} : {v})"
 
 
 def delta_arrays(nm: str, d: DeltaPack) -> str:
