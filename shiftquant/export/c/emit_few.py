@@ -202,13 +202,15 @@ def code_sums_helper(name: str) -> str:
     bits = int(bits)
     per, mask = 25 // bits, (1 << bits) - 1
     pos = ", const uint16_t *pos" if count > 1 else ""
+    offsets = ("\n    const unsigned " + ", ".join(f"p{q} = pos[{q}]" for q in range(count)) + ";") if count > 1 else ""
     shift = sums_stride(count).bit_length() - 1
 
     def add(src: str) -> str:  # the tap's input(s) into its code's sums
         if count == 1:
             return f"s[window & {mask}u] += (uint32_t)(int32_t){src};"
+        each = " ".join(f"sc[{q}] += (uint32_t)(int32_t)xt[p{q}];" for q in range(count))
         return (f"{{ uint32_t *const sc = s + ((window & {mask}u) << {shift}); const {ctype}_t *const xt = &{src}; "
-                f"unsigned q; for (q = 0; q < {count}u; q++) sc[q] += (uint32_t)(int32_t)xt[pos[q]]; }}")
+                f"{each} }}")
 
     def tap(src: str, pad: str) -> str:  # the next code (a new window of codes where one is used up), its sums
         lines = ["if (!left) {", "    SQ_LOAD_LE32(window, codes + (bit >> 3));", "    window >>= bit & 7u;", f"    bit += {per * bits}u;", f"    left = {per}u;", "}",
@@ -223,7 +225,7 @@ def code_sums_helper(name: str) -> str:
 static void SQ_ONE_FORM {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, uint32_t step, unsigned taps{pos}, uint32_t *s)
 {{
     uint32_t window = 0;
-    unsigned left = 0;
+    unsigned left = 0;{offsets}
     for (; taps >= {per}u; taps -= {per}u) {{
         SQ_LOAD_LE32(window, codes + (bit >> 3));
         window >>= bit & 7u;
@@ -241,7 +243,7 @@ static void SQ_ONE_FORM {name}(const uint8_t *codes, uint32_t bit, const {ctype}
                                 uint32_t step, unsigned cin{pos}, uint32_t *s)
 {{
     uint32_t window = 0;
-    unsigned ci, w, left = 0;
+    unsigned ci, w, left = 0;{offsets}
     for (ci = 0; ci < cin; ci++, x += step)
         for (w = 0; w < wlen; w++) {{
 {tap("x[win[w]]", " " * 12)}
