@@ -218,21 +218,14 @@ def code_sums_helper(name: str) -> str:
         return "\n".join(pad + line for line in lines)
     positions_note = f"; {count} positions pos[q] apart" if count > 1 else ""
     if off == "s":
-        unrolled = "\n".join(f"        {add('*x')}\n        window >>= {bits}u;\n        x += step;" for _ in range(per))
         return f"""\
-/* s[code of tap t] += x[t * step] for t < taps, their {bits}-bit codes from bit `bit` of codes (three zero bytes end them){positions_note}:
-   whole windows of {per} codes unrolled, then the rest one at a time. */
+/* s[code of tap t] += x[t * step] for t < taps, their {bits}-bit codes from bit `bit` of codes (three zero bytes end them){positions_note}. */
 static void SQ_ONE_FORM {name}(const uint8_t *codes, uint32_t bit, const {ctype}_t *x, uint32_t step, unsigned taps{pos}, uint32_t *s)
 {{
     uint32_t window = 0;
     unsigned left = 0;{offsets}
-    for (; taps >= {per}u; taps -= {per}u) {{
-        SQ_LOAD_LE32(window, codes + (bit >> 3));
-        window >>= bit & 7u;
-        bit += {per * bits}u;
-{unrolled}
-    }}
-    for (; taps; taps--, x += step) {{  /* one loop: a counted inner one had gcc compute its end with a multiply */
+    for (; taps; taps--, x += step) {{  /* one loop: a counted inner one, or taps unrolled a window at a time, had gcc
+                                          compute x's end, or a tap's address, with a multiply */
 {tap("*x", " " * 8)}
     }}
 }}"""
