@@ -16,7 +16,7 @@ import shiftquant as sq
 from shiftquant.export.c import CRuntime
 from shiftquant.export.c.emit_few import FEW, takes_few
 from shiftquant.export.c.emit_lanes import LANES, run_length, takes_lanes
-from shiftquant.export.c.program import ShiftLayer
+from shiftquant.export.c.program import CTYPES, ShiftLayer
 from tests.export.models import deploy_exported
 from tests.export.test_codegen import (
     assert_no_multiply_in_shift_kernels,
@@ -64,7 +64,7 @@ def mobilenet_1bit(tmp_path_factory):
 
 def _lanes_array_bytes(source: str) -> int:
     """Bytes of the channel lanes' constant arrays that C ``source`` declares."""
-    sizes = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4}
+    sizes = {ctype: size for ctype, size, _, _ in CTYPES.values()}
     found = re.findall(r"static const (\w+) \w+_(?:prod|lcode|lin|lblk)\[(\d+)\]", source)
     return sum(sizes[ctype] * int(n) for ctype, n in found)
 

@@ -5,14 +5,13 @@ this host at -O2 and -O3 -march=native, nor on a Cortex-M4 and M0+ at -Os where 
 is installed. A network's build only shows the helpers with its own constant steps: with a step
 gcc cannot fold, taps unrolled a window at a time compiled to a multiply (x86 ``imul``, Arm
 ``mla``)."""
-import re
 import shutil
 import subprocess
 
 import pytest
 
 from shiftquant.export.c.emit_few import code_sums_helper
-from tests.export.test_codegen import MULTIPLY, STRICT
+from tests.export.test_codegen import MULTIPLY, STRICT, kernels_of
 from tests.export.test_cortex_m import ARM_MULTIPLY
 
 PRELUDE = """#include <stdint.h>
@@ -29,20 +28,6 @@ BUILDS = [("cc", "objdump", ["-O2"], MULTIPLY), ("cc", "objdump", ["-O3", "-marc
           ("arm-none-eabi-gcc", "arm-none-eabi-objdump", ["-mcpu=cortex-m0plus", "-mthumb", "-Os"], ARM_MULTIPLY)]
 
 
-def _multiplies(objdump: str, obj, pattern) -> tuple[set[str], dict[str, set[str]]]:
-    """``(every function, the multiply and divide instructions of each that has some)``."""
-    listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(obj)], capture_output=True, text=True,
-                             check=True).stdout
-    functions, found, current = set(), {}, None
-    for line in listing.splitlines():
-        if head := re.match(r"^[0-9a-f]+ <(.+)>:$", line):
-            current = head.group(1)
-            functions.add(current)
-        elif current and (op := re.match(r"^\s+[0-9a-f]+:\s+(\S+)", line)) and pattern.match(op.group(1)):
-            found.setdefault(current, set()).add(op.group(1))
-    return functions, found
-
-
 @pytest.mark.parametrize("compiler, objdump, flags, pattern", BUILDS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_the_by_code_helpers_have_no_multiply_whatever_their_arguments(compiler, objdump, flags, pattern, tmp_path):
     if shutil.which(compiler) is None or shutil.which(objdump) is None:
@@ -50,6 +35,7 @@ def test_the_by_code_helpers_have_no_multiply_whatever_their_arguments(compiler,
     (tmp_path / "helpers.c").write_text(PRELUDE + "\n".join(code_sums_helper(name) for name in NAMES))
     subprocess.run([shutil.which(compiler), *STRICT, *flags, "-c", "helpers.c", "-o", "helpers.o"], cwd=tmp_path,
                    check=True)
-    functions, found = _multiplies(objdump, tmp_path / "helpers.o", pattern)
-    assert set(NAMES) <= functions, sorted(set(NAMES) - functions)
-    assert len(found) == 0, found
+    functions = kernels_of(tmp_path / "helpers.o", shutil.which(objdump))
+    assert set(NAMES) <= set(functions), sorted(set(NAMES) - set(functions))
+    found = {f: sorted({op for op in ops if pattern.match(op)}) for f, ops in functions.items()}
+    assert not any(found.values()), {f: ops for f, ops in found.items() if ops}

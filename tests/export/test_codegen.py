@@ -53,9 +53,10 @@ def assert_three_way(model, batches, px, rt, label, weights="packed", borders="s
     return native
 
 
-def kernels_of(objfile) -> dict[str, list[str]]:
-    """Mnemonics of every function of an object file (objdump -d)."""
-    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(objfile)], capture_output=True, text=True,
+def kernels_of(objfile, objdump: str = "objdump") -> dict[str, list[str]]:
+    """Mnemonics of every function of an object file (``objdump -d``; another target's
+    ``objdump``, such as ``arm-none-eabi-objdump``, for its objects)."""
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(objfile)], capture_output=True, text=True,
                           check=True).stdout
     functions, current = {}, None
     for line in text.splitlines():

@@ -20,7 +20,7 @@ from shiftquant.data.fashion_mnist import FILES, MEAN, STD, find_root, read_idx
 from shiftquant.export.c import codegen, cortex_m
 from shiftquant.models import lenet5, resnet8, resnet20
 from tests.export.models import deploy_exported
-from tests.export.test_codegen import deepest_call
+from tests.export.test_codegen import deepest_call, kernels_of
 from tests.export.test_mobile import PIXELS, exported
 
 pytestmark = pytest.mark.skipif(bool(cortex_m.tools_missing()),
@@ -38,18 +38,11 @@ SHIFT_HELPERS = re.compile(r"^sq_(run|count|search|bsearch|group_codes|code_sums
 def _multiplies_in_shift_layers(obj) -> dict:
     """Multiply and divide instructions in the Arm object's shift-layer functions and the helpers
     they call (arm-none-eabi-objdump -d)."""
-    text = subprocess.run([shutil.which("arm-none-eabi-objdump"), "-d", "--no-show-raw-insn", str(obj)],
-                          capture_output=True, text=True, check=True).stdout
-    found, current, layers = {}, None, 0
-    for line in text.splitlines():
-        head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
-        if head:
-            current = head.group(1) if "_shift_" in head.group(1) or SHIFT_HELPERS.match(head.group(1)) else None
-            layers += current is not None
-        elif current and (op := re.match(r"^\s+[0-9a-f]+:\s+(\S+)", line)) and ARM_MULTIPLY.match(op.group(1)):
-            found.setdefault(current, set()).add(op.group(1))
-    assert layers > 0
-    return found
+    functions = kernels_of(obj, shutil.which("arm-none-eabi-objdump"))
+    shift = {f: ops for f, ops in functions.items() if "_shift_" in f or SHIFT_HELPERS.match(f)}
+    assert shift
+    found = {f: {op for op in ops if ARM_MULTIPLY.match(op)} for f, ops in shift.items()}
+    return {f: ops for f, ops in found.items() if ops}
 
 
 def _on_target(bundle, images, tmp_path, name="net", capsys=None, target="cortex-m4"):
